@@ -1,0 +1,32 @@
+"End-to-end checks: papermill runs of the stage notebooks, resume, bad inputs."
+import json, os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / "nbs"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RECURSIVE_LOOPS_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    "A tiny random Llama (with the bundled tokenizer) for fast, real chains."
+    from recursive_loops.chain import make_tiny_model
+    return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def run_nb(name: str, out: Path, **params):
+    "Execute nbs/<name>.ipynb with papermill from the repo root, as a user would."
+    import papermill as pm
+    return pm.execute_notebook(str(NBS / f"{name}.ipynb"), str(out), parameters=params, cwd=str(ROOT),
+                               progress_bar=False, kernel_name="python3")
+
+
+def tiny_chain(run_dir, model, **kw):
+    "Parameters of a chain that runs in seconds with the tiny model."
+    p = dict(model=model, run_dir=str(run_dir), n_train=8, generations=3, ratio=0.5, n_heldout=4, n_generate=4,
+             max_new_tokens=8, batch_size=4, dtype="float32")
+    p.update(kw)
+    return p

@@ -1,0 +1,103 @@
+import json, shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from conftest import ROOT, NBS, run_nb, tiny_chain
+from recursive_loops.core import read_json, read_jsonl
+
+STAGES = ["01_data", "03_chain", "04_metrics", "06_figures"]
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_each_stage_has_one_parameters_cell(name):
+    nb = json.loads((NBS / f"{name}.ipynb").read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{name}: {len(tagged)} parameters cells"
+    assert "#| export" not in "".join(tagged[0]["source"])
+
+
+def _mtimes(run_dir):
+    return {p.relative_to(run_dir).as_posix(): p.stat().st_mtime_ns for p in Path(run_dir).glob("gen_*/*")}
+
+
+def test_chain_metrics_figures_and_resume(tmp_path, tiny_model):
+    rd = tmp_path / "chain"
+    run_nb("03_chain", tmp_path / "chain.ipynb", **tiny_chain(rd, tiny_model))
+    gens = sorted(p.name for p in rd.glob("gen_*"))
+    assert gens == ["gen_00", "gen_01", "gen_02"] and all((rd / g / "DONE").exists() for g in gens)
+    rows = read_jsonl(rd / "gen_02" / "train.jsonl")
+    assert len(rows) == 8 and sum(r["source"] == "synthetic" for r in rows) == 4
+    before = _mtimes(rd)
+    texts_before = (rd / "gen_02" / "generated.jsonl").read_bytes()
+
+    # a re-run recomputes nothing
+    run_nb("03_chain", tmp_path / "chain2.ipynb", **tiny_chain(rd, tiny_model))
+    assert _mtimes(rd) == before
+
+    # the last generation lost its completion marker (as if killed): only it is recomputed, identically
+    (rd / "gen_02" / "DONE").unlink()
+    run_nb("03_chain", tmp_path / "chain3.ipynb", **tiny_chain(rd, tiny_model))
+    after = _mtimes(rd)
+    assert {k: v for k, v in after.items() if not k.startswith("gen_02")} == {k: v for k, v in before.items() if not k.startswith("gen_02")}
+    assert after["gen_02/manifest.json"] != before["gen_02/manifest.json"]
+    assert (rd / "gen_02" / "generated.jsonl").read_bytes() == texts_before, "same seed must give the same texts"
+
+    run_nb("04_metrics", tmp_path / "metrics.ipynb", run_dir=str(rd), n_eval=4, reference_model=tiny_model)
+    m = pd.read_csv(rd / "metrics.csv")
+    assert set(m.generation) == {-1, 0, 1, 2}
+    assert {"ttr_150", "mtld", "semantic_diversity", "length_words", "fluency_nll", "heldout_nll", "heldout_nll_base"} == set(m.metric)
+
+    figs = tmp_path / "figs"
+    run_nb("06_figures", tmp_path / "figures.ipynb", runs_root=str(tmp_path), fig_dir=str(figs))
+    assert (figs / "fig_metric_curves.png").stat().st_size > 10_000
+    assert (figs / "fig_heldout_nll.png").stat().st_size > 5_000
+    assert (tmp_path / "results.csv").exists()
+
+
+def test_chain_notebook_defaults_with_bundled_model(tmp_path):
+    "The README's command: the notebook's own defaults (bundled SmolLM2 and BBC text), ratio overridden."
+    rd = tmp_path / "chain"
+    run_nb("03_chain", tmp_path / "out.ipynb", ratio=0.25, run_dir=str(rd))
+    chain = read_json(rd / "chain.json")
+    assert chain["config"]["model"] == "smollm2-135m" and chain["config"]["ratio"] == 0.25
+    man = read_json(rd / "gen_01" / "manifest.json")
+    assert man["n_synthetic"] == 4 and man["n_human"] == 12
+    assert all(r["text"].strip() for r in read_jsonl(rd / "gen_01" / "generated.jsonl"))
+
+
+def _file(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
+    return str(p)
+
+
+BAD = [
+    ("ratio", 1.5, "ratio=1.5"),
+    ("ratio", -0.1, "ratio=-0.1"),
+    ("ratio", "abc", "ratio='abc'"),
+    ("generations", 0, "generations=0"),
+    ("n_train", 0, "n_train=0"),
+    ("dataset", "no_such_dataset", "unknown name 'no_such_dataset'"),
+    ("dataset", "FILE:notext.csv", "no 'text' column"),
+    ("dataset", "FILE:empty.jsonl", "is empty"),
+    ("ratoi", 0.5, "unknown parameter(s) 'ratoi'"),
+    ("n_train", 10_000, "unseen human texts"),
+]
+
+
+@pytest.mark.parametrize("name,value,message", BAD, ids=[f"{n}={v}" for n, v, _ in BAD])
+def test_bad_parameters_stop_before_writing(tmp_path, tiny_model, name, value, message):
+    files = {"notext.csv": "body\n" + "x " * 30 + "\n", "empty.jsonl": ""}
+    if isinstance(value, str) and value.startswith("FILE:"):
+        value = _file(tmp_path, value[5:], files[value[5:]])
+    rd = tmp_path / "chain"
+    params = tiny_chain(rd, tiny_model, generations=2)
+    params[name] = value
+    with pytest.raises(PapermillExecutionError) as e:
+        run_nb("03_chain", tmp_path / "out.ipynb", **params)
+    assert message in e.value.evalue, e.value.evalue
+    assert "\n" not in e.value.evalue.strip()
+    assert not rd.exists(), "nothing may be written for bad parameters"
