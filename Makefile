@@ -24,9 +24,9 @@ RATIOS ?= 0.25 1.0
 GENERATIONS ?= 3
 N_TRAIN ?= 128
 SEEDS ?= 0
-CHAIN_ARGS ?= -p epochs 1 -p batch_size 4 -p lr 0.003 -p max_length 96 -p max_new_tokens 64 -p n_generate 32 -p n_heldout 32
+CHAIN_ARGS ?= -p max_tokens 60 -p epochs 1 -p batch_size 4 -p lr 0.003 -p max_length 96 -p max_new_tokens 80 -p n_generate 32 -p n_heldout 32
 METRIC_ARGS ?= -p n_eval 64
-PM := $(BIN)/papermill --no-progress-bar
+PM := $(BIN)/papermill --no-progress-bar --log-output
 
 .PHONY: help venv study test test-slow export clean-nbs check readme
 help:

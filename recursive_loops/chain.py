@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_chain.ipynb #4670bdf7
 from __future__ import annotations
-import hashlib, importlib.util, math, os, random, shutil, time
+import hashlib, importlib.util, math, os, random, shutil, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
@@ -27,6 +27,9 @@ class ChainConfig:
     "All parameters of one chain (see the parameters cell for meanings and units)."
     dataset: str = "bbc_news"
     cluster: str | None = None
+    clusters_path: str | None = None
+    min_tokens: int = 20
+    max_tokens: int = 200
     ratio: float = 0.5
     generations: int = 2
     n_train: int = 16
@@ -61,7 +64,8 @@ class ChainConfig:
         num("ratio", 0, 1)
         for n in ("generations", "n_train", "lora_r", "lora_alpha", "epochs", "batch_size", "max_length",
                   "max_new_tokens", "n_heldout", "gen_batch_size"): num(n, 1, integer=True)
-        for n in ("warmup_steps", "n_generate", "seed"): num(n, 0, integer=True)
+        for n in ("warmup_steps", "n_generate", "seed", "min_tokens"): num(n, 0, integer=True)
+        num("max_tokens", self.min_tokens + 1 if isinstance(self.min_tokens, int) else 1, integer=True)
         num("lr", 0); num("temperature", 0); num("min_p", 0, 1)
         if self.lr <= 0: bad("lr", "a number > 0")
         if self.temperature <= 0: bad("temperature", "a number > 0")
@@ -239,8 +243,10 @@ def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig,
     import torch
     from peft import LoraConfig, get_peft_model
     seed_everything(seed)
-    pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                          target_modules="all-linear", task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
     rng = random.Random(seed)
     plan = [b for _ in range(cfg.epochs) for b in length_batches([len(e[0]) for e in ex], cfg.batch_size, rng)]
@@ -335,18 +341,29 @@ def chain_identity(cfg: ChainConfig) -> dict:
     d = cfg.to_dict(); d.pop("run_dir"); return d
 
 # %% ../nbs/03_chain.ipynb #11532653
-def select_cluster(df: pd.DataFrame, cluster: str | None) -> pd.DataFrame:
-    "All texts (None), or the texts of one domain or cluster id (a `cluster` column, from 02_clusters)."
+def select_cluster(df: pd.DataFrame, # normalised dataset
+                   cluster: str | None, # None, a domain, or a cluster id (with clusters_path)
+                   clusters_path: str | None = None, # clusters.parquet from 02_clusters
+                  ) -> pd.DataFrame:
+    "All texts (None), one domain's texts, or one cluster's texts (clusters excluded as too small are refused)."
+    if clusters_path is not None:
+        p = resolve(clusters_path)
+        if not p.exists(): raise ValueError(f"clusters_path={clusters_path!r} does not exist; run 02_clusters first")
+        cl = pd.read_parquet(p)
+        if cluster is None: raise ValueError("cluster=None with clusters_path set; allowed: a cluster id from that file")
+        mine = cl[cl.cluster.astype(str) == str(cluster)]
+        if mine.empty: raise ValueError(f"cluster={cluster!r} is not in {p.name}; allowed: {', '.join(map(str, sorted(cl[cl.eligible].cluster.unique())))}")
+        if not mine.eligible.all(): raise ValueError(f"cluster={cluster!r} has {len(mine)} texts, too few for a chain (excluded by 02_clusters)")
+        return df[df.text_id.isin(set(mine.text_id))]
     if cluster is None: return df
-    col = "cluster" if "cluster" in df.columns else "domain"
-    sel = df[df[col].astype(str) == str(cluster)]
+    sel = df[df.domain.astype(str) == str(cluster)]
     if sel.empty:
-        raise ValueError(f"cluster={cluster!r} matches no text; allowed {col} values: {', '.join(sorted(map(str, df[col].unique())))}")
+        raise ValueError(f"cluster={cluster!r} matches no domain; allowed: {', '.join(sorted(map(str, df.domain.unique())))} (or a cluster id with clusters_path)")
     return sel
 
 def prepare_human(cfg: ChainConfig) -> pd.DataFrame:
     "The chain's human pool in its seeded order; fails clearly when it is too small."
-    df = select_cluster(load_texts(cfg.dataset), cfg.cluster)
+    df = select_cluster(load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens), cfg.cluster, cfg.clusters_path)
     need, have = cfg.human_needed(), len(df)
     if have < need:
         raise ValueError(f"n_train={cfg.n_train}: the chain needs {need} unseen human texts "

@@ -178,6 +178,7 @@ def progress(it: Iterable | None = None, # what to iterate over
     "A tqdm bar tuned for terminals and for papermill logs."
     from tqdm import tqdm
     tty = sys.stderr.isatty()
-    off = os.environ.get("RECURSIVE_LOOPS_PROGRESS", "1") == "0"
+    # inner bars (leave=False) only in a terminal: in a log or notebook their redraws are noise
+    off = os.environ.get("RECURSIVE_LOOPS_PROGRESS", "1") == "0" or (not tty and kw.get("leave") is False)
     return tqdm(it, total=total, desc=desc, disable=off, mininterval=0.5 if tty else 30,
                 dynamic_ncols=tty, ascii=not tty, **kw)

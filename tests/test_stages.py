@@ -8,7 +8,7 @@ from papermill.exceptions import PapermillExecutionError
 from conftest import ROOT, NBS, run_nb, tiny_chain
 from recursive_loops.core import read_json, read_jsonl
 
-STAGES = ["01_data", "03_chain", "04_metrics", "06_figures"]
+STAGES = ["01_data", "02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "06_figures"]
 
 
 @pytest.mark.parametrize("name", STAGES)
@@ -101,3 +101,13 @@ def test_bad_parameters_stop_before_writing(tmp_path, tiny_model, name, value, m
     assert message in e.value.evalue, e.value.evalue
     assert "\n" not in e.value.evalue.strip()
     assert not rd.exists(), "nothing may be written for bad parameters"
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_papermill_sees_every_parameter(name):
+    "papermill must parse each line of the parameters cell (it silently skips lines it cannot parse)."
+    import papermill as pm
+    nb = json.loads((NBS / f"{name}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    declared = [l.split(":")[0].strip() for l in "".join(cell["source"]).splitlines() if l.strip() and not l.startswith("#")]
+    assert sorted(pm.inspect_notebook(str(NBS / f"{name}.ipynb"))) == sorted(declared)
