@@ -34,7 +34,7 @@ help:
 	@echo "make test    run the tests (nbdev_test + pytest)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIPQ)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)" 2>&1 | $(PIPQ)
@@ -57,7 +57,6 @@ study: $(STAMP)
 	  echo "   metrics took $$(( $$(date +%s) - t )) s"; \
 	done; done; \
 	$(PM) nbs/06_figures.ipynb $(STUDY)/06_figures.ipynb -p runs_root $(STUDY) -p fig_dir figures; \
-	$(PY) -c "from recursive_loops.figures import study_summary; print(study_summary('$(STUDY)', 'figures'))"; \
 	echo "study finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 
 test: $(STAMP)

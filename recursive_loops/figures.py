@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, read_json, atomic_path
+from .regression import chain_shifts, average_over_seeds
 
 # %% auto #0
-__all__ = ['METRICS', 'gather_metrics', 'plot_metric_curves', 'plot_heldout', 'study_summary']
+__all__ = ['METRICS', 'gather_metrics', 'plot_metric_curves', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map',
+           'plot_property_vs_shift', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #78a21432
 def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv
@@ -75,7 +77,8 @@ def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
         ax.plot(p.index, p["heldout_nll_base"], ls="--", color="k", label="untuned base")
         for g, row in p.iterrows():
             ax.annotate(f"{100 * (row.heldout_nll / row.heldout_nll_base - 1):+.0f}%", (g, row.heldout_nll),
-                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+                        textcoords="offset points", xytext=(0, 7), ha="center", va="bottom", fontsize=8)
+        ax.margins(y=0.15)
         ax.set_title(f"r = {r:g}"); ax.set_xlabel("generation"); ax.xaxis.get_major_locator().set_params(integer=True)
     axes.flat[0].set_ylabel("NLL of held-out human texts"); axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
@@ -85,6 +88,66 @@ def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 # %% ../nbs/06_figures.ipynb #e3e6c715
+def plot_ratio_sweep(df: pd.DataFrame, path: str | Path) -> Path:
+    "Shift of each metric against r, mean over seeds with a bootstrap 95% CI."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    avg = average_over_seeds(chain_shifts(df))
+    mets = [m for m in METRICS if m in set(avg.metric)]
+    fig, axes = plt.subplots(1, len(mets), figsize=(3.3 * len(mets), 3.2), squeeze=False)
+    for ax, m in zip(axes.flat, mets):
+        d = avg[avg.metric == m].groupby("ratio")[["mean", "ci_low", "ci_high"]].mean().sort_index()
+        ax.errorbar(d.index, d["mean"], yerr=[d["mean"] - d.ci_low, d.ci_high - d["mean"]], marker="o", capsize=3)
+        ax.axhline(0, color="k", lw=0.8, ls="--"); ax.set_xscale("log", base=2)
+        ax.set_xticks(d.index); ax.set_xticklabels([f"{r:g}" for r in d.index])
+        ax.set_title(METRICS[m], fontsize=9); ax.set_xlabel("synthetic ratio r")
+    axes.flat[0].set_ylabel("shift (last generation - human)")
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
+
+# %% ../nbs/06_figures.ipynb #14bd0575
+def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
+                     props: pd.DataFrame | None, # cluster_properties.csv (optional)
+                     path: str | Path, prop: str = "prop_ttr_150") -> Path:
+    "UMAP 2-D map of the human texts, coloured by cluster and (if given) by a cluster property."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    two = props is not None and prop in props.columns
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(6 * (2 if two else 1), 5), squeeze=False)
+    c = clusters[clusters.cluster >= 0]
+    axes[0, 0].scatter(c.x, c.y, c=c.cluster, cmap="tab20", s=3, alpha=0.6)
+    for k, d in c.groupby("cluster"): axes[0, 0].annotate(str(k), (d.x.median(), d.y.median()), fontsize=7, weight="bold")
+    axes[0, 0].set_title(f"{c.cluster.nunique()} clusters of {len(c)} texts (UMAP)")
+    if two:
+        v = c.merge(props[["cluster", prop]], on="cluster")
+        sc = axes[0, 1].scatter(v.x, v.y, c=v[prop], cmap="viridis", s=3, alpha=0.6)
+        fig.colorbar(sc, ax=axes[0, 1], label=prop); axes[0, 1].set_title(f"clusters coloured by {prop}")
+    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
+
+def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
+    "Grid of property (x) against shift (y) over clusters, one colour per ratio, with OLS lines."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt, seaborn as sns
+    props = [c for c in table.columns if c.startswith("prop_")]; shifts = [c for c in table.columns if c.startswith("shift_")]
+    fig, axes = plt.subplots(len(shifts), len(props), figsize=(2.8 * len(props), 2.5 * len(shifts)), squeeze=False)
+    for i, sh in enumerate(shifts):
+        for j, pr in enumerate(props):
+            ax = axes[i, j]
+            for r, d in table.groupby("ratio"): sns.regplot(data=d, x=pr, y=sh, ax=ax, ci=None, scatter_kws=dict(s=12), label=f"r = {r:g}")
+            ax.set_xlabel(pr if i == len(shifts) - 1 else ""); ax.set_ylabel(sh if j == 0 else "")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+# %% ../nbs/06_figures.ipynb #c03290bf
 def study_summary(root: str | Path, # folder of chains
                   fig_dir: str | Path = "figures", # where figures went
                  ) -> str:
