@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, read_json, atomic_path
-from .regression import chain_shifts, average_over_seeds
+from .regression import chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
 
 # %% auto #0
 __all__ = ['METRICS', 'gather_metrics', 'plot_metric_curves', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map',
-           'plot_property_vs_shift', 'study_summary']
+           'plot_property_vs_shift', 'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #78a21432
 def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv
@@ -148,6 +148,29 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 # %% ../nbs/06_figures.ipynb #c03290bf
+def draw_figures(runs_root: str | Path, fig_dir: str | Path = "figures", clusters_dir: str | Path | None = None) -> list[str]:
+    "Draw every figure whose inputs are on disk; return one line per figure (written, or skipped and why)."
+    fd = resolve(fig_dir); out = []
+    results = gather_metrics(runs_root)
+    out += [f"wrote {plot_metric_curves(results, fd / 'fig_metric_curves.png')}",
+            f"wrote {plot_heldout(results, fd / 'fig_heldout_nll.png')}",
+            f"wrote {plot_ratio_sweep(results, fd / 'fig_ratio_sweep.png')}"]
+    cdir = resolve(clusters_dir) if clusters_dir else None
+    if cdir is None or not (cdir / "clusters.parquet").exists():
+        return out + [f"skipped cluster figures: no clusters.parquet in {cdir} (run 02_clusters)"]
+    props = pd.read_csv(cdir / "cluster_properties.csv") if (cdir / "cluster_properties.csv").exists() else None
+    out.append(f"wrote {plot_cluster_map(pd.read_parquet(cdir / 'clusters.parquet'), props, fd / 'fig_cluster_map.png')}")
+    if props is None: return out + ["skipped property/regression figures: no cluster_properties.csv (run 04b_properties)"]
+    try: table = build_regression_table(results, props)
+    except ValueError as e: return out + [f"skipped property/regression figures: {e}"]
+    out.append(f"wrote {plot_property_vs_shift(table, fd / 'fig_property_vs_shift.png')}")
+    try:
+        res = regress(table, [c for c in table.columns if c.startswith("shift_")], [c for c in table.columns if c.startswith("prop_")])
+        out.append(f"wrote {plot_coefficients(res, fd / 'fig_coefficients.png')}")
+    except ValueError as e: out.append(f"skipped fig_coefficients.png: {e}")
+    return out
+
+# %% ../nbs/06_figures.ipynb #245e559b
 def study_summary(root: str | Path, # folder of chains
                   fig_dir: str | Path = "figures", # where figures went
                  ) -> str:
