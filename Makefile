@@ -24,8 +24,13 @@ RATIOS ?= 0.25 1.0
 GENERATIONS ?= 3
 N_TRAIN ?= 128
 SEEDS ?= 0
-CHAIN_ARGS ?= -p max_tokens 60 -p epochs 1 -p batch_size 4 -p lr 0.003 -p max_length 96 -p max_new_tokens 80 -p n_generate 32 -p n_heldout 32
+# human texts of 20 to 60 tokens, so neither training (max_length) nor sampling (max_new_tokens) cuts them
+TOKENS ?= -p min_tokens 20 -p max_tokens 60
+CHAIN_ARGS ?= -p epochs 1 -p batch_size 4 -p lr 0.003 -p max_length 96 -p max_new_tokens 80 -p n_generate 32 -p n_heldout 32
 METRIC_ARGS ?= -p n_eval 64
+# clusters: 5 k-means clusters; a cluster must hold what one demo chain consumes (32 + 128 + 2 x 96)
+CLUSTER_ARGS ?= -p n_clusters 5 -p min_texts 352
+PROP_ARGS ?= -p n_per_cluster 32
 PM := $(BIN)/papermill --no-progress-bar --log-output
 
 .PHONY: help venv study test test-slow export clean-nbs check readme
@@ -51,12 +56,17 @@ study: $(STAMP)
 	  d=$(STUDY)/$(DATASET)/all/ratio-$$r/seed-$$seed; mkdir -p $$d; \
 	  echo "== chain: dataset=$(DATASET) ratio=$$r seed=$$seed -> $$d"; t=$$(date +%s); \
 	  $(PM) nbs/03_chain.ipynb $$d/03_chain.ipynb -p dataset $(DATASET) -p ratio $$r -p seed $$seed \
-	    -p generations $(GENERATIONS) -p n_train $(N_TRAIN) -p run_dir $$d $(CHAIN_ARGS); \
+	    -p generations $(GENERATIONS) -p n_train $(N_TRAIN) -p run_dir $$d $(TOKENS) $(CHAIN_ARGS); \
 	  echo "   chain took $$(( $$(date +%s) - t )) s"; t=$$(date +%s); \
 	  $(PM) nbs/04_metrics.ipynb $$d/04_metrics.ipynb -p run_dir $$d $(METRIC_ARGS); \
 	  echo "   metrics took $$(( $$(date +%s) - t )) s"; \
 	done; done; \
-	$(PM) nbs/06_figures.ipynb $(STUDY)/06_figures.ipynb -p runs_root $(STUDY) -p fig_dir figures; \
+	c=$(STUDY)/clusters; mkdir -p $$c; echo "== clusters and their properties -> $$c"; t=$$(date +%s); \
+	$(PM) nbs/02_clusters.ipynb $$c/02_clusters.ipynb -p dataset $(DATASET) $(TOKENS) $(CLUSTER_ARGS) -p out_dir $$c; \
+	$(PM) nbs/04b_properties.ipynb $$c/04b_properties.ipynb -p dataset $(DATASET) $(TOKENS) $(PROP_ARGS) \
+	  -p clusters_path $$c/clusters.parquet -p out_path $$c/cluster_properties.csv; \
+	echo "   clusters and properties took $$(( $$(date +%s) - t )) s"; \
+	$(PM) nbs/06_figures.ipynb $(STUDY)/06_figures.ipynb -p runs_root $(STUDY) -p fig_dir figures -p clusters_dir $$c; \
 	echo "study finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 
 test: $(STAMP)

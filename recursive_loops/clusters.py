@@ -81,11 +81,12 @@ def cluster_points(points: np.ndarray, method: str = "kmeans", n_clusters: int =
 # %% ../nbs/02_clusters.ipynb #5dcf0f7d
 def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", method: str = "kmeans",
                  n_clusters: int = 20, min_cluster_size: int = 50, umap_dim: int = 5, min_texts: int = 200,
-                 max_texts: int = 0, seed: int = 0, out_dir: str | Path = "runs/demo/clusters") -> Path:
+                 max_texts: int = 0, seed: int = 0, out_dir: str | Path = "runs/demo/clusters",
+                 min_tokens: int = 20, max_tokens: int = 200) -> Path:
     "Embed, reduce, cluster and size-check a dataset; write `clusters.parquet` and its manifest."
     check_cluster_params(method, n_clusters, min_cluster_size, umap_dim, min_texts)
     t = Timer()
-    df = load_texts(dataset)
+    df = load_texts(dataset, min_tokens, max_tokens)
     if max_texts and len(df) > max_texts: df = df.sample(n=max_texts, random_state=seed).reset_index(drop=True)
     with t("embed"): emb, n_new = embed_texts(df.text.tolist(), df.text_id.tolist(), embedder)
     with t("umap"):
@@ -99,7 +100,7 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", 
                                min_texts, dict(small))
     path = resolve(out_dir) / "clusters.parquet"
     with atomic_path(path) as tmp: out.to_parquet(tmp, index=False)
-    cfg = dict(dataset=dataset, embedder=embedder, method=method, n_clusters=n_clusters, min_cluster_size=min_cluster_size,
+    cfg = dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens, embedder=embedder, method=method, n_clusters=n_clusters, min_cluster_size=min_cluster_size,
                umap_dim=umap_dim, min_texts=min_texts, max_texts=max_texts)
     write_json(path.with_suffix(".manifest.json"), make_manifest(cfg, seed, t.times, n_texts=len(out), n_noise=int((lab < 0).sum()),
                embedded_now=n_new, sizes={int(k): int(v) for k, v in sizes.items()}, excluded={int(k): int(v) for k, v in small.items()}))

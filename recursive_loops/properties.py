@@ -19,19 +19,19 @@ from .metrics import measure_texts, subsample
 __all__ = ['cluster_texts', 'run_properties', 'select_spanning']
 
 # %% ../nbs/04b_properties.ipynb #0a058e18
-def cluster_texts(clusters_path: str | Path, dataset: str) -> pd.DataFrame:
+def cluster_texts(clusters_path: str | Path, dataset: str, min_tokens: int = 20, max_tokens: int = 200) -> pd.DataFrame:
     "The dataset's texts joined with their cluster (eligible clusters only)."
     cl = pd.read_parquet(resolve(clusters_path))
-    df = load_texts(dataset).merge(cl[["text_id", "cluster", "eligible"]], on="text_id", how="inner")
+    df = load_texts(dataset, min_tokens, max_tokens).merge(cl[["text_id", "cluster", "eligible"]], on="text_id", how="inner")
     if df.empty: raise ValueError(f"clusters_path={str(clusters_path)!r} shares no text with dataset {dataset!r}; cluster that dataset first")
     return df[df.eligible].drop(columns="eligible")
 
 def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_cluster: int = 64,
                    reference_model: str | None = "smollm2-135m", embedder: str = "all-MiniLM-L6-v2", seed: int = 0,
-                   out_path: str | Path = "runs/demo/clusters/cluster_properties.csv") -> Path:
+                   out_path: str | Path = "runs/demo/clusters/cluster_properties.csv", min_tokens: int = 20, max_tokens: int = 200) -> Path:
     "Measure every eligible cluster's human texts; write one row per cluster (`prop_*` columns)."
     t = Timer()
-    df = cluster_texts(clusters_path, dataset)
+    df = cluster_texts(clusters_path, dataset, min_tokens, max_tokens)
     with t("load"):
         emb = load_embedder(embedder)
         ref, rtok = load_model(reference_model, "auto") if reference_model else (None, None)
@@ -43,7 +43,7 @@ def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_c
                          domain_share=float((d.domain == d.domain.mode().iloc[0]).mean()), **{f"prop_{k}": v for k, v in vals.items()}))
     out = resolve(out_path)
     with atomic_path(out) as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
-    write_json(out.with_suffix(".manifest.json"), make_manifest(dict(clusters_path=str(clusters_path), dataset=dataset,
+    write_json(out.with_suffix(".manifest.json"), make_manifest(dict(clusters_path=str(clusters_path), dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens,
                n_per_cluster=n_per_cluster, reference_model=reference_model, embedder=embedder), seed, t.times, n_clusters=len(rows)))
     log.info("properties of %d clusters -> %s (%s)", len(rows), out, t.times)
     return out
