@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, cache_dir, config_hash, derive_seed, seed_everything, Timer,
+from .core import (log, resolve, cache_dir, config_hash, derive_seed, seed_everything, Timer, RunLock,
                                   make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
 from .data import load_texts, instruction_for, check_dataset_name, HubUnavailable
 
@@ -393,36 +393,37 @@ def run_chain(cfg: ChainConfig) -> Path:
     chain_file = run_dir / "chain.json"
     if chain_file.exists() and read_json(chain_file)["config_hash"] != config_hash(ident):
         raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or delete it")
-    heldout = human.text.iloc[:cfg.n_heldout].tolist()
-    if not chain_file.exists():
-        with timer("base_nll"): base_nll = response_nll(base, tok, instr, heldout, cfg.max_length)
-        write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, instruction=instr, base_heldout_nll=base_nll,
-                                             dtype=str(base.dtype), device=str(base.device), n_human_pool=len(human),
-                                             heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
-    base_nll = read_json(chain_file)["base_heldout_nll"]
-    generated: dict[int, list[str]] = {}
-    for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
-        d = gen_dir(run_dir, g)
-        if is_done(d):
-            generated[g] = [r["text"] for r in read_jsonl(d / "generated.jsonl")]
-            log.info("gen %d: done already, skipped", g); continue
-        if d.exists(): shutil.rmtree(d)
-        t = Timer()
-        rows = mix_training_set(cfg, g, human, generated)
-        with t("load"): model, _ = load_model(cfg.model, cfg.dtype) if g else (base, tok)  # a fresh base each time
-        with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", g))
-        with t("heldout_nll"): nll = response_nll(pm, tok, instr, heldout, cfg.max_length)
-        with t("merge"): merged = pm.merge_and_unload()
-        with t("generate"): texts = generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, derive_seed(cfg.seed, "generate", g))
-        generated[g] = texts
-        d.mkdir(parents=True, exist_ok=True)
-        write_jsonl(d / "train.jsonl", rows)
-        write_jsonl(d / "generated.jsonl", [dict(text=x) for x in texts])
-        write_json(d / "manifest.json", make_manifest(ident, cfg.seed, t.times, generation=g, instruction=instr,
-                   n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
-                   n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=base_nll,
-                   heldout_gain=1 - nll / base_nll, dtype=str(merged.dtype), device=str(merged.device)))
-        mark_done(d)
-        log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s", g, nll, base_nll, 100 * (nll / base_nll - 1), t.times)
-        del model, pm, merged
+    with RunLock(run_dir):  # one writer per run directory
+        heldout = human.text.iloc[:cfg.n_heldout].tolist()
+        if not chain_file.exists():
+            with timer("base_nll"): base_nll = response_nll(base, tok, instr, heldout, cfg.max_length)
+            write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, instruction=instr, base_heldout_nll=base_nll,
+                                                 dtype=str(base.dtype), device=str(base.device), n_human_pool=len(human),
+                                                 heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
+        base_nll = read_json(chain_file)["base_heldout_nll"]
+        generated: dict[int, list[str]] = {}
+        for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
+            d = gen_dir(run_dir, g)
+            if is_done(d):
+                generated[g] = [r["text"] for r in read_jsonl(d / "generated.jsonl")]
+                log.info("gen %d: done already, skipped", g); continue
+            if d.exists(): shutil.rmtree(d)
+            t = Timer()
+            rows = mix_training_set(cfg, g, human, generated)
+            with t("load"): model, _ = load_model(cfg.model, cfg.dtype) if g else (base, tok)  # a fresh base each time
+            with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", g))
+            with t("heldout_nll"): nll = response_nll(pm, tok, instr, heldout, cfg.max_length)
+            with t("merge"): merged = pm.merge_and_unload()
+            with t("generate"): texts = generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, derive_seed(cfg.seed, "generate", g))
+            generated[g] = texts
+            d.mkdir(parents=True, exist_ok=True)
+            write_jsonl(d / "train.jsonl", rows)
+            write_jsonl(d / "generated.jsonl", [dict(text=x) for x in texts])
+            write_json(d / "manifest.json", make_manifest(ident, cfg.seed, t.times, generation=g, instruction=instr,
+                       n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
+                       n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=base_nll,
+                       heldout_gain=1 - nll / base_nll, dtype=str(merged.dtype), device=str(merged.device)))
+            mark_done(d)
+            log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s", g, nll, base_nll, 100 * (nll / base_nll - 1), t.times)
+            del model, pm, merged
     return run_dir

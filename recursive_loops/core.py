@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'text_hash', 'derive_seed', 'seed_everything',
            'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'package_versions',
-           'Timer', 'make_manifest', 'check_unknown_params', 'setup_logging', 'progress']
+           'Timer', 'make_manifest', 'check_unknown_params', 'setup_logging', 'progress', 'RunLocked', 'RunLock']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -184,3 +184,41 @@ def progress(it: Iterable | None = None, # what to iterate over
     off = os.environ.get("RECURSIVE_LOOPS_PROGRESS", "1") == "0" or (not tty and kw.get("leave") is False)
     return tqdm(it, total=total, desc=desc, disable=off, mininterval=0.5 if tty else 30,
                 dynamic_ncols=tty, ascii=not tty, **kw)
+
+# %% ../nbs/00_core.ipynb #a61aeff8
+class RunLocked(RuntimeError):
+    "Another live process is writing this run directory."
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+class RunLock:
+    "`with RunLock(run_dir): ...` holds `run_dir/.lock` for this process."
+    def __init__(self, run_dir: str | Path): self.path = Path(run_dir) / ".lock"; self.owned = False
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try: info = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError): info = {}
+                pid, host = info.get("pid"), info.get("host")
+                if host == platform.node() and isinstance(pid, int) and (pid == os.getpid() or not _alive(pid)):
+                    if pid != os.getpid(): log.warning("taking over the stale lock of dead process %s on %s", pid, self.path.parent)
+                    with contextlib.suppress(FileNotFoundError): self.path.unlink()
+                    continue
+                raise RunLocked(f"{self.path.parent} is being written by process {pid} on {host} (since {info.get('since')}); "
+                                f"wait for it to finish or stop it (if it is gone, delete {self.path})") from None
+            with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+            self.owned = True
+            return self
+        raise RunLocked(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.owned:
+            with contextlib.suppress(FileNotFoundError): self.path.unlink()
+            self.owned = False
