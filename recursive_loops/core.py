@@ -13,7 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'text_hash', 'derive_seed', 'seed_everything',
            'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'package_versions',
-           'Timer', 'make_manifest', 'check_unknown_params', 'setup_logging', 'progress', 'RunLocked', 'RunLock']
+           'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging', 'progress', 'RunLocked',
+           'RunLock']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -163,6 +164,18 @@ def check_unknown_params(ns: dict, # the notebook namespace (`globals()`), passe
         raise ValueError(f"unknown parameter(s) {', '.join(map(repr, bad))}; allowed: {', '.join(sorted(known))}")
 
 # %% ../nbs/00_core.ipynb #3f8ee982
+def save_figure(fig, # a matplotlib Figure
+                path: str | Path, # PNG to write
+                dpi: int = 120, # resolution
+               ) -> Path:
+    "Write `fig` as PNG atomically, close it, return the path."
+    import matplotlib.pyplot as plt
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp: fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
+
+# %% ../nbs/00_core.ipynb #a61aeff8
 log = logging.getLogger("recursive_loops")
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -185,7 +198,7 @@ def progress(it: Iterable | None = None, # what to iterate over
     return tqdm(it, total=total, desc=desc, disable=off, mininterval=0.5 if tty else 30,
                 dynamic_ncols=tty, ascii=not tty, **kw)
 
-# %% ../nbs/00_core.ipynb #a61aeff8
+# %% ../nbs/00_core.ipynb #b1f364d6
 class RunLocked(RuntimeError):
     "Another live process is writing this run directory."
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, read_json, atomic_path
+from .core import log, resolve, read_json, atomic_path, save_figure
 from .regression import chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
 
 # %% auto #0
@@ -59,10 +59,7 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
     ds = ", ".join(sorted(df.dataset.astype(str).unique()))
     fig.suptitle(f"Recursive chains on {ds}: {df.seed.nunique()} seed(s) per ratio", fontsize=11)
     fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp: fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 120)
 
 def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
     "Held-out human NLL per generation, fine-tuned vs untuned base, per ratio, with the gain in %."
@@ -82,10 +79,7 @@ def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
         ax.set_title(f"r = {r:g}"); ax.set_xlabel("generation"); ax.xaxis.get_major_locator().set_params(integer=True)
     axes.flat[0].set_ylabel("NLL of held-out human texts"); axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp: fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #e3e6c715
 def plot_ratio_sweep(df: pd.DataFrame, path: str | Path) -> Path:
@@ -103,9 +97,7 @@ def plot_ratio_sweep(df: pd.DataFrame, path: str | Path) -> Path:
         ax.set_title(METRICS[m], fontsize=9); ax.set_xlabel("synthetic ratio r")
     axes.flat[0].set_ylabel("shift (last generation - human)")
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #14bd0575
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
@@ -126,9 +118,7 @@ def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
         fig.colorbar(sc, ax=axes[0, 1], label=prop); axes[0, 1].set_title(f"clusters coloured by {prop}")
     for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, 120)
 
 def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     "Grid of property (x) against shift (y) over clusters, one colour per ratio, with OLS lines."
@@ -143,9 +133,7 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
             ax.set_xlabel(pr if i == len(shifts) - 1 else ""); ax.set_ylabel(sh if j == 0 else "")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, 110)
 
 # %% ../nbs/06_figures.ipynb #c03290bf
 def draw_figures(runs_root: str | Path, fig_dir: str | Path = "figures", clusters_dir: str | Path | None = None) -> list[str]:

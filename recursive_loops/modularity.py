@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, read_json, read_jsonl, write_jsonl
+from .core import log, resolve, atomic_path, read_json, read_jsonl, write_jsonl, save_figure
 from .data import load_texts
 from .chain import gen_dir, is_done
 from .clusters import load_embedder
@@ -108,9 +108,7 @@ def plot_modularity(mat: pd.DataFrame, path: str | Path, metric: str = "ttr_150"
     sns.heatmap(m, annot=True, fmt=".2f", cmap="vlag", vmin=-1, vmax=1, ax=ax, cbar_kws=dict(label="standardised slope"))
     ax.set_title(f"{metric}: shift of row domain ~ human {metric} of column domain\n(n = {int(mat.n.max())} chains)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, 120)
 
 # %% ../nbs/05a_modularity.ipynb #3e4023d9
 def run_modularity(run_dirs: str | Path, prop: str = "ttr_150", embedder: str = "all-MiniLM-L6-v2",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path
+from .core import log, resolve, atomic_path, save_figure
 
 # %% auto #0
 __all__ = ['chain_shifts', 'bootstrap_ci', 'average_over_seeds', 'build_regression_table', 'vif', 'vif_prune', 'fit_ols',
@@ -144,9 +144,7 @@ def plot_coefficients(res: pd.DataFrame, path: str | Path, group: str | None = "
         ax.set_yticks(range(len(terms))); ax.set_yticklabels(terms); ax.set_xlabel("standardised coefficient")
     if group: axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, 120)
 
 # %% ../nbs/05_regression.ipynb #f74d1881
 def run_regression(table: str | Path, # CSV: one row per chain/cluster, property and shift columns
