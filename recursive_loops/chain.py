@@ -292,16 +292,16 @@ def generate_texts(model, tok, instruction: str, n: int, cfg: ChainConfig, seed:
     torch.manual_seed(seed)
     out: list[str] = []
     bar = progress(total=n, desc="generate", leave=False)
-    for attempt in range(20):
-        if len(out) >= n: break
-        k = min(cfg.gen_batch_size, max(n - len(out), 1) + (2 if attempt else 0))
+    barren = 0  # consecutive batches that gave no usable text
+    while len(out) < n and barren < 5:
+        k = min(cfg.gen_batch_size, n - len(out) + (2 if barren else 0))
         with torch.no_grad():
             seqs = model.generate(prompt.expand(k, -1), attention_mask=torch.ones_like(prompt).expand(k, -1),
                                   do_sample=True, temperature=cfg.temperature, min_p=cfg.min_p, top_k=0, top_p=1.0,
                                   max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
         texts = [t.strip() for t in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
         new = [t for t in texts if t][: n - len(out)]
-        out += new; bar.update(len(new))
+        out += new; bar.update(len(new)); barren = 0 if new else barren + 1
     bar.close()
     if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
     return out
