@@ -18,8 +18,8 @@ from .data import load_texts, instruction_for, check_dataset_name, HubUnavailabl
 # %% auto #0
 __all__ = ['BUNDLED_MODELS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'resolve_model', 'matmul_gflops', 'pick_dtype',
            'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate', 'train_lora',
-           'response_nll', 'generate_texts', 'human_slice', 'mix_training_set', 'gen_dir', 'is_done', 'mark_done',
-           'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
+           'pooled_nll', 'response_nll', 'generate_texts', 'human_slice', 'mix_training_set', 'gen_dir', 'is_done',
+           'mark_done', 'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #f05afe15
 @dataclass
@@ -271,18 +271,21 @@ def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig,
     return pm, dict(steps=total, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                     loss_mean=float(np.mean(losses)) if losses else None, tokens=n_tok)
 
-def response_nll(model, tok, instruction: str, texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
-    "Mean token NLL of `texts` after the instruction prompt (tokens pooled over all texts)."
+def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> float:
+    "Mean NLL over the labelled tokens (after each example's prefix) of `(ids, prefix_len)` examples."
     import torch
-    ex = encode_examples(tok, instruction, texts, max_length)
     tot, n = 0.0, 0
     with torch.no_grad():
-        for s in range(0, len(ex), batch_size):
-            ids, att, lab = (t.to(model.device) for t in collate(ex[s:s + batch_size], tok.pad_token_id))
+        for s in range(0, len(examples), batch_size):
+            ids, att, lab = (t.to(model.device) for t in collate(examples[s:s + batch_size], pad_id))
             logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
             tgt = lab[:, 1:]; m = tgt != -100
             tot += float(torch.nn.functional.cross_entropy(logits[m].float(), tgt[m], reduction="sum")); n += int(m.sum())
     return tot / max(n, 1)
+
+def response_nll(model, tok, instruction: str, texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
+    "Mean token NLL of `texts` after the instruction prompt (tokens pooled over all texts)."
+    return pooled_nll(model, encode_examples(tok, instruction, texts, max_length), tok.pad_token_id, batch_size)
 
 # %% ../nbs/03_chain.ipynb #273437cd
 def generate_texts(model, tok, instruction: str, n: int, cfg: ChainConfig, seed: int) -> list[str]:

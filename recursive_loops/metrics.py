@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed
-from .chain import load_model, gen_dir, is_done
+from .chain import load_model, gen_dir, is_done, pooled_nll
 from .clusters import load_embedder
 
 # %% auto #0
@@ -47,20 +47,10 @@ def semantic_diversity(emb: np.ndarray) -> float:
 
 # %% ../nbs/04_metrics.ipynb #6b9d230d
 def text_nll(model, tok, texts: list[str], batch_size: int = 16, max_length: int = 128) -> float:
-    "Mean token NLL of plain `texts` under `model` (pooled over tokens)."
-    import torch
+    "Mean token NLL of plain `texts` under `model` (pooled over tokens), each predicted from the BOS token on."
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    ids = [[start] + x[: max_length - 1] for x in tok(texts, add_special_tokens=False)["input_ids"]]
-    tot, n = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, len(ids), batch_size):
-            chunk = ids[s:s + batch_size]; L = max(map(len, chunk))
-            x = torch.full((len(chunk), L), tok.pad_token_id); att = torch.zeros_like(x)
-            for i, c in enumerate(chunk): x[i, :len(c)] = torch.tensor(c); att[i, :len(c)] = 1
-            logits = model(input_ids=x.to(model.device), attention_mask=att.to(model.device)).logits[:, :-1]
-            m = att[:, 1:].bool().to(model.device); tgt = x[:, 1:].to(model.device)
-            tot += float(torch.nn.functional.cross_entropy(logits[m].float(), tgt[m], reduction="sum")); n += int(m.sum())
-    return tot / max(n, 1)
+    ex = [(([start] + x)[:max_length], 1) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+    return pooled_nll(model, ex, tok.pad_token_id, batch_size)
 
 # %% ../nbs/04_metrics.ipynb #4cd76364
 def measure_texts(texts: list[str], # the set to measure
