@@ -17,8 +17,9 @@ from .data import load_texts, instruction_for, check_dataset_name, HubUnavailabl
 
 # %% auto #0
 __all__ = ['BUNDLED_MODELS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'resolve_model', 'matmul_gflops', 'pick_dtype',
-           'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate', 'train_lora',
-           'pooled_nll', 'response_nll', 'generate_texts', 'human_slice', 'mix_training_set', 'gen_dir', 'is_done',
+           'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate',
+           'shared_prompt_nll', 'head_nll', 'shares_prompt', 'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample',
+           'sample_batch', 'generate_texts', 'human_slice', 'mix_training_set', 'determinism', 'gen_dir', 'is_done',
            'mark_done', 'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #f05afe15
@@ -49,7 +50,7 @@ class ChainConfig:
     max_new_tokens: int = 48
     n_generate: int = 16
     n_heldout: int = 16
-    gen_batch_size: int = 64
+    gen_batch_size: int = 256
     dtype: str = "auto"
     instruction: str | None = None
 
@@ -245,7 +246,61 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int):
     return ids, att, lab
 
 # %% ../nbs/03_chain.ipynb #6d5df9b5
-def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig, seed: int) -> tuple[object, dict]:
+def _kv_arg(model) -> str:
+    "The name of the key/value-cache argument: `cache` in recent transformers 5.x, `past_key_values` before."
+    import inspect
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+def _kv_out(out):
+    "The key/value cache a forward pass returned (either field name)."
+    return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+
+def shared_prompt_nll(model, # a causal LM (peft-wrapped or plain), Llama-like: `.model` and `.lm_head`
+                      examples: list[tuple[list[int], int]], # `(ids, prompt_len)`, all with the same prompt
+                      pad_id: int, # padding token id
+                     ):
+    "Summed NLL of the labelled tokens, the shared prompt computed once for the batch; returns `(sum, n_tokens, positions)`."
+    import torch
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    p = examples[0][1]; prompt = examples[0][0][:p]; dev = lm.device
+    B, L = len(examples), max(len(x) - p for x, _ in examples)
+    ids = torch.full((B, L), pad_id, dtype=torch.long); att = torch.zeros((B, L), dtype=torch.long)
+    for i, (x, _) in enumerate(examples): ids[i, :len(x) - p] = torch.tensor(x[p:]); att[i, :len(x) - p] = 1
+    ids, att = ids.to(dev), att.to(dev)
+    pre = lm.model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
+    cache = _kv_out(pre); cache.batch_repeat_interleave(B)   # the prompt's keys/values, shared (gradients flow back)
+    first = lm.lm_head(pre.last_hidden_state[:, -1]).float()  # predicts every example's first token
+    h = lm.model(input_ids=ids, attention_mask=torch.cat([torch.ones((B, p), dtype=att.dtype, device=dev), att], 1),
+                 use_cache=True, **{_kv_arg(lm.model): cache}).last_hidden_state
+    tgt = ids[:, 1:].masked_fill(att[:, 1:] == 0, -100); sel = tgt != -100; has = att[:, 0] == 1
+    tot = head_nll(lm.lm_head, h[:, :-1][sel], tgt[sel])
+    tot = tot + torch.nn.functional.cross_entropy(first.expand(B, -1)[has], ids[:, 0][has], reduction="sum")
+    return tot, int(sel.sum()) + int(has.sum()), int(att.sum()) + p
+
+def _chunk_nll(head, h, y):  # summed cross-entropy of one block of rows
+    import torch
+    return torch.nn.functional.cross_entropy(head(h).float(), y, reduction="sum")
+
+def head_nll(head, # the output layer
+             h, # (n, hidden) hidden states
+             y, # (n,) target ids
+             chunk: int = 512, # rows per chunk
+            ):
+    "Summed NLL of `y` under `head(h)`: at once when training (autograd keeps the logits anyway), in chunks of rows without gradients."
+    import torch
+    if torch.is_grad_enabled() and h.requires_grad: return _chunk_nll(head, h, y)
+    return sum((_chunk_nll(head, h[s:s + chunk], y[s:s + chunk]) for s in range(0, len(h), chunk)), h.new_zeros((), dtype=torch.float32))
+
+def shares_prompt(model, examples: list[tuple[list[int], int]]) -> bool:
+    "Whether `shared_prompt_nll` applies: a Llama-like model, one prompt for all examples, every example longer than it."
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not (hasattr(lm, "lm_head") and hasattr(lm, "model")) or not examples: return False
+    p = examples[0][1]; head = examples[0][0][:p]
+    return p > 0 and all(q == p and len(x) > p and x[:p] == head for x, q in examples)
+
+def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig, seed: int,
+               shared_prompt: bool = True, # run the common prompt once per batch (same loss, faster); False: plain forward
+              ) -> tuple[object, dict]:
     "LoRA-tune `model` on `texts`; return the peft model and training stats."
     import torch
     from peft import LoraConfig, get_peft_model
@@ -255,32 +310,45 @@ def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig,
         pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                               target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
+    shared_prompt = shared_prompt and shares_prompt(pm, ex)
     rng = random.Random(seed)
     plan = [b for _ in range(cfg.epochs) for b in length_batches([len(e[0]) for e in ex], cfg.batch_size, rng)]
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     total, warm = len(plan), min(cfg.warmup_steps, max(len(plan) - 1, 0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    pm.train(); losses, n_tok = [], 0
+    pm.train(); losses, n_tok, n_pos = [], 0, 0
     for b in progress(plan, desc="train", leave=False):
-        ids, att, lab = (t.to(pm.device) for t in collate([ex[i] for i in b], tok.pad_token_id))
-        loss = pm(input_ids=ids, attention_mask=att, labels=lab).loss
+        batch = [ex[i] for i in b]
+        if shared_prompt: tot, n, pos = shared_prompt_nll(pm, batch, tok.pad_token_id); loss = tot / max(n, 1)
+        else:
+            ids, att, lab = (t.to(pm.device) for t in collate(batch, tok.pad_token_id))
+            loss, pos = pm(input_ids=ids, attention_mask=att, labels=lab).loss, ids.numel()
         loss.backward(); opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        losses.append(loss.item()); n_tok += int(att.sum())
+        losses.append(loss.item()); n_tok += sum(len(x) for x, _ in batch); n_pos += pos
     pm.eval()
     return pm, dict(steps=total, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
-                    loss_mean=float(np.mean(losses)) if losses else None, tokens=n_tok)
+                    loss_mean=float(np.mean(losses)) if losses else None, tokens=n_tok, positions=n_pos,
+                    shared_prompt=shared_prompt)
 
 def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> float:
     "Mean NLL over the labelled tokens (after each example's prefix) of `(ids, prefix_len)` examples."
     import torch
     tot, n = 0.0, 0
+    examples = sorted(examples, key=lambda e: len(e[0]))  # similar lengths together: little padding
+    shared = shares_prompt(model, examples)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.no_grad():
         for s in range(0, len(examples), batch_size):
-            ids, att, lab = (t.to(model.device) for t in collate(examples[s:s + batch_size], pad_id))
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+            batch = examples[s:s + batch_size]
+            if shared:
+                t, k, _ = shared_prompt_nll(model, batch, pad_id); tot += float(t); n += k; continue
+            ids, att, lab = (t.to(model.device) for t in collate(batch, pad_id))
             tgt = lab[:, 1:]; m = tgt != -100
-            tot += float(torch.nn.functional.cross_entropy(logits[m].float(), tgt[m], reduction="sum")); n += int(m.sum())
+            if hasattr(lm, "lm_head") and hasattr(lm, "model"):  # the output layer only where a label is
+                logits = lm.lm_head(lm.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][m])
+            else: logits = model(input_ids=ids, attention_mask=att).logits[:, :-1][m]
+            tot += float(torch.nn.functional.cross_entropy(logits.float(), tgt[m], reduction="sum")); n += int(m.sum())
     return tot / max(n, 1)
 
 def response_nll(model, tok, instruction: str, texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
@@ -288,28 +356,59 @@ def response_nll(model, tok, instruction: str, texts: list[str], max_length: int
     return pooled_nll(model, encode_examples(tok, instruction, texts, max_length), tok.pad_token_id, batch_size)
 
 # %% ../nbs/03_chain.ipynb #273437cd
+def min_p_sample(logits, # (batch, vocab) next-token logits
+                 temperature: float, # divides the logits
+                 min_p: float, # keep tokens with p >= min_p * max p
+                ):
+    "One token per row from temperature + min-p sampling."
+    import torch
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    floor = min_p * probs.max(dim=-1, keepdim=True).values
+    p, idx = probs.topk(int((probs >= floor).sum(dim=-1).max()), dim=-1)   # every row's kept tokens are among these
+    return idx.gather(-1, torch.multinomial(p.masked_fill(p < floor, 0.0), 1)).squeeze(-1)
+
+def sample_batch(model, prompt, # (1, P) prompt ids on the model's device
+                 k: int, cfg: ChainConfig, eos_id: int, pad_id: int):
+    "`k` continuations of `prompt` (`k x max_new_tokens` ids, `pad_id` after the end)."
+    import torch
+    with torch.no_grad():
+        o = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        cache = _kv_out(o); cache.batch_repeat_interleave(k); kv = _kv_arg(model)
+        logits = o.logits[:, -1].expand(k, -1)
+        alive = torch.arange(k, device=prompt.device)
+        toks = torch.full((k, cfg.max_new_tokens), pad_id, dtype=torch.long, device=prompt.device)
+        for t in range(cfg.max_new_tokens):
+            nxt = min_p_sample(logits, cfg.temperature, cfg.min_p)
+            toks[alive, t] = nxt
+            if t == cfg.max_new_tokens - 1: break
+            going = nxt != eos_id
+            if not going.all():
+                keep = going.nonzero().squeeze(1)
+                if keep.numel() == 0: break
+                cache.batch_select_indices(keep); alive, nxt = alive[keep], nxt[keep]
+            logits = model(input_ids=nxt[:, None], use_cache=True, **{kv: cache}).logits[:, -1]
+    return toks
+
 def generate_texts(model, tok, instruction: str, n: int, cfg: ChainConfig, seed: int) -> list[str]:
     "Sample `n` non-empty texts from `instruction` with temperature + min-p."
     import torch
     prompt = tok(chat_prompt(tok, instruction), add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else -1
     torch.manual_seed(seed)
     out: list[str] = []
     bar = progress(total=n, desc="generate", leave=False)
     barren = 0  # consecutive batches that gave no usable text
     while len(out) < n and barren < 5:
         k = min(cfg.gen_batch_size, n - len(out) + (2 if barren else 0))
-        with torch.no_grad():
-            seqs = model.generate(prompt.expand(k, -1), attention_mask=torch.ones_like(prompt).expand(k, -1),
-                                  do_sample=True, temperature=cfg.temperature, min_p=cfg.min_p, top_k=0, top_p=1.0,
-                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
-        texts = [t.strip() for t in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
+        seqs = sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id)
+        texts = [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
         new = [t for t in texts if t][: n - len(out)]
         out += new; bar.update(len(new)); barren = 0 if new else barren + 1
     bar.close()
     if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
     return out
 
-# %% ../nbs/03_chain.ipynb #e8dbeae7
+# %% ../nbs/03_chain.ipynb #19cd2946
 def human_slice(cfg: ChainConfig, gen: int) -> tuple[int, int]:
     "Positions `[start, end)` in the shuffled human pool that generation `gen` trains on."
     n_h = cfg.n_train - cfg.n_synthetic
@@ -328,8 +427,16 @@ def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame, generated:
     random.Random(derive_seed(cfg.seed, "order", gen)).shuffle(rows)
     return rows
 
-# %% ../nbs/03_chain.ipynb #68cf1b06
+# %% ../nbs/03_chain.ipynb #11532653
 GEN_FILES = ("train.jsonl", "generated.jsonl", "manifest.json")
+
+def determinism(device) -> dict:
+    "What a re-run of this chain on `device` can be expected to reproduce."
+    import torch
+    if str(device).startswith("cpu"):
+        return dict(mode="cpu", reproducible=True, note="same seed and parameters give byte-identical files")
+    return dict(mode=str(device), reproducible=bool(torch.are_deterministic_algorithms_enabled()),
+                note="GPU kernels (cuBLAS reductions, atomics) may differ in the last bits; texts can then differ")
 
 def _sha(p: Path) -> str: return hashlib.sha256(p.read_bytes()).hexdigest()
 
@@ -350,7 +457,7 @@ def chain_identity(cfg: ChainConfig) -> dict:
     "The parameters that define a chain's results (everything but the output folder)."
     d = cfg.to_dict(); d.pop("run_dir"); return d
 
-# %% ../nbs/03_chain.ipynb #11532653
+# %% ../nbs/03_chain.ipynb #1a26b5f8
 def select_cluster(df: pd.DataFrame, # normalised dataset
                    cluster: str | None, # None, a domain, or a cluster id (with clusters_path)
                    clusters_path: str | None = None, # clusters.parquet from 02_clusters
@@ -401,7 +508,8 @@ def run_chain(cfg: ChainConfig) -> Path:
         if not chain_file.exists():
             with timer("base_nll"): base_nll = response_nll(base, tok, instr, heldout, cfg.max_length)
             write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, instruction=instr, base_heldout_nll=base_nll,
-                                                 dtype=str(base.dtype), device=str(base.device), n_human_pool=len(human),
+                                                 dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),
+                                                 n_human_pool=len(human),
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
         base_nll = read_json(chain_file)["base_heldout_nll"]
         generated: dict[int, list[str]] = {}
@@ -415,8 +523,8 @@ def run_chain(cfg: ChainConfig) -> Path:
             rows = mix_training_set(cfg, g, human, generated)
             with t("load"): model, _ = load_model(cfg.model, cfg.dtype) if g else (base, tok)  # a fresh base each time
             with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", g))
-            with t("heldout_nll"): nll = response_nll(pm, tok, instr, heldout, cfg.max_length)
             with t("merge"): merged = pm.merge_and_unload()
+            with t("heldout_nll"): nll = response_nll(merged, tok, instr, heldout, cfg.max_length)
             with t("generate"): texts = generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, derive_seed(cfg.seed, "generate", g))
             generated[g] = texts
             d.mkdir(parents=True, exist_ok=True)
@@ -425,7 +533,8 @@ def run_chain(cfg: ChainConfig) -> Path:
             write_json(d / "manifest.json", make_manifest(ident, cfg.seed, t.times, generation=g, instruction=instr,
                        n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
                        n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=base_nll,
-                       heldout_gain=1 - nll / base_nll, dtype=str(merged.dtype), device=str(merged.device)))
+                       heldout_gain=1 - nll / base_nll, dtype=str(merged.dtype), device=str(merged.device),
+                       determinism=determinism(merged.device)))
             mark_done(d)
             log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s", g, nll, base_nll, 100 * (nll / base_nll - 1), t.times)
             del model, pm, merged

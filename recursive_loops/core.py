@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'text_hash', 'derive_seed', 'seed_everything',
            'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'package_versions',
            'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging', 'progress', 'RunLocked',
-           'RunLock']
+           'RunLock', 'study_notebook']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -228,6 +228,8 @@ class RunLock:
                                 f"wait for it to finish or stop it (if it is gone, delete {self.path})") from None
             with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
             self.owned = True
+            for tmp in self.path.parent.glob(".tmp-*"):  # half-written files of a writer that was killed: never read, removed
+                with contextlib.suppress(OSError): tmp.unlink()
             return self
         raise RunLocked(f"could not take the lock {self.path}")
 
@@ -235,3 +237,20 @@ class RunLock:
         if self.owned:
             with contextlib.suppress(FileNotFoundError): self.path.unlink()
             self.owned = False
+
+# %% ../nbs/00_core.ipynb #8593d9cb
+def study_notebook(src: str | Path, # a stage notebook
+                   dst: str | Path, # where the copy without test cells goes
+                  ) -> Path:
+    "Copy notebook `src` to `dst` without its test cells (code cells with no `#|` directive, except the validation cell)."
+    nb = json.loads(Path(src).read_text())
+    keep, after_params = [], False
+    for c in nb["cells"]:
+        text = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        is_params = "parameters" in c.get("metadata", {}).get("tags", [])
+        directive = any(l.startswith("#|") for l in text.splitlines())
+        if c["cell_type"] != "code" or is_params or directive or after_params: keep.append(c)
+        after_params = is_params  # the cell right after the parameters validates them: keep it
+    nb["cells"] = keep
+    with atomic_path(dst) as tmp: Path(tmp).write_text(json.dumps(nb, indent=1))
+    return Path(dst)

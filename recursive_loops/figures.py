@@ -10,25 +10,14 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, read_json, atomic_path, save_figure
-from .regression import chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
+from .modularity import plot_modularity
+from .regression import gather_metrics, chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
 
 # %% auto #0
-__all__ = ['METRICS', 'gather_metrics', 'plot_metric_curves', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map',
-           'plot_property_vs_shift', 'draw_figures', 'study_summary']
+__all__ = ['METRICS', 'plot_metric_curves', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift',
+           'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #78a21432
-def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv
-                   out: str | Path | None = None, # where to write the combined table (default root/results.csv)
-                  ) -> pd.DataFrame:
-    "Concatenate every chain's metrics.csv under `root`, with its `run_dir`; write `results.csv`."
-    root = resolve(root)
-    files = sorted(root.rglob("metrics.csv"))
-    if not files: raise ValueError(f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
-    df = pd.concat([pd.read_csv(f).assign(run_dir=str(f.parent.relative_to(root))) for f in files], ignore_index=True)
-    with atomic_path(Path(out) if out else root / "results.csv") as tmp: df.to_csv(tmp, index=False)
-    return df
-
-# %% ../nbs/06_figures.ipynb #ffa34623
 METRICS = {"ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
            "semantic_diversity": "semantic diversity ↑", "length_words": "length (words)",
            "fluency_nll": "fluency proxy: NLL under base ↓", "heldout_nll": "held-out human NLL ↓"}
@@ -81,7 +70,7 @@ def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
-# %% ../nbs/06_figures.ipynb #e3e6c715
+# %% ../nbs/06_figures.ipynb #ffa34623
 def plot_ratio_sweep(df: pd.DataFrame, path: str | Path) -> Path:
     "Shift of each metric against r, mean over seeds with a bootstrap 95% CI."
     import matplotlib; matplotlib.use("Agg")
@@ -99,7 +88,7 @@ def plot_ratio_sweep(df: pd.DataFrame, path: str | Path) -> Path:
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
-# %% ../nbs/06_figures.ipynb #14bd0575
+# %% ../nbs/06_figures.ipynb #e3e6c715
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
                      props: pd.DataFrame | None, # cluster_properties.csv (optional)
                      path: str | Path, prop: str = "prop_ttr_150") -> Path:
@@ -135,14 +124,25 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     fig.tight_layout()
     return save_figure(fig, path, 110)
 
-# %% ../nbs/06_figures.ipynb #c03290bf
-def draw_figures(runs_root: str | Path, fig_dir: str | Path = "figures", clusters_dir: str | Path | None = None) -> list[str]:
+# %% ../nbs/06_figures.ipynb #14bd0575
+def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without clusters
+                 fig_dir: str | Path = "figures", # where PNGs go
+                 clusters_dir: str | Path | None = None, # 02_clusters / 04b_properties output
+                 modularity_dir: str | Path | None = None, # 05a_modularity output
+                 regression_dir: str | Path | None = None, # 05_regression output (else the regression is refitted here)
+                ) -> list[str]:
     "Draw every figure whose inputs are on disk; return one line per figure (written, or skipped and why)."
     fd = resolve(fig_dir); out = []
     results = gather_metrics(runs_root)
-    out += [f"wrote {plot_metric_curves(results, fd / 'fig_metric_curves.png')}",
-            f"wrote {plot_heldout(results, fd / 'fig_heldout_nll.png')}",
-            f"wrote {plot_ratio_sweep(results, fd / 'fig_ratio_sweep.png')}"]
+    whole = results[results.cluster.isna()] if results.cluster.isna().any() else results  # curves: chains on the whole dataset
+    out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
+            f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
+            f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png')}"]
+    mdir = resolve(modularity_dir) if modularity_dir else None
+    if mdir is not None and (mdir / "modularity_matrix.csv").exists():
+        mat = pd.read_csv(mdir / "modularity_matrix.csv")
+        out.append(f"wrote {plot_modularity(mat, fd / 'fig_modularity.png', str(mat.metric.iloc[0]) if 'metric' in mat and len(mat) else 'ttr_150')}")
+    else: out.append(f"skipped fig_modularity.png: no modularity_matrix.csv in {mdir} (run 05a_modularity)")
     cdir = resolve(clusters_dir) if clusters_dir else None
     if cdir is None or not (cdir / "clusters.parquet").exists():
         return out + [f"skipped cluster figures: no clusters.parquet in {cdir} (run 02_clusters)"]
@@ -152,13 +152,16 @@ def draw_figures(runs_root: str | Path, fig_dir: str | Path = "figures", cluster
     try: table = build_regression_table(results, props)
     except ValueError as e: return out + [f"skipped property/regression figures: {e}"]
     out.append(f"wrote {plot_property_vs_shift(table, fd / 'fig_property_vs_shift.png')}")
+    rdir = resolve(regression_dir) if regression_dir else None
+    if rdir is not None and (rdir / "regression.csv").exists():
+        return out + [f"wrote {plot_coefficients(pd.read_csv(rdir / 'regression.csv'), fd / 'fig_coefficients.png')}"]
     try:
         res = regress(table, [c for c in table.columns if c.startswith("shift_")], [c for c in table.columns if c.startswith("prop_")])
         out.append(f"wrote {plot_coefficients(res, fd / 'fig_coefficients.png')}")
     except ValueError as e: out.append(f"skipped fig_coefficients.png: {e}")
     return out
 
-# %% ../nbs/06_figures.ipynb #245e559b
+# %% ../nbs/06_figures.ipynb #c03290bf
 def study_summary(root: str | Path, # folder of chains
                   fig_dir: str | Path = "figures", # where figures went
                  ) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed
+from .core import (log, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed,
+                                  RunLock, config_hash)
 from .chain import load_model, gen_dir, is_done, pooled_nll
 from .clusters import load_embedder
 
@@ -86,6 +87,13 @@ def run_metrics(run_dir: str | Path, # chain run directory
     cfg = chain["config"]; seed = chain["seed"]
     gens = sorted(int(d.name[4:]) for d in run_dir.glob("gen_*") if is_done(d))
     if not gens: raise ValueError(f"run_dir={str(run_dir)!r} has no finished generation to measure")
+    # what the table is computed from: the parameters and every measured generation's checksums
+    inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder,
+                              done={g: read_json(gen_dir(run_dir, g) / "DONE") for g in gens}))
+    out, man = run_dir / "metrics.csv", run_dir / "metrics.manifest.json"
+    if out.exists() and man.exists() and read_json(man).get("inputs_hash") == inputs:
+        log.info("metrics of %s are up to date (generations %s), kept", run_dir, gens)
+        return out
     t = Timer()
     with t("load"):
         emb = load_embedder(embedder)
@@ -103,9 +111,9 @@ def run_metrics(run_dir: str | Path, # chain run directory
                  dict(generation=g, source="model", metric="heldout_nll_base", value=man["base_heldout_nll"])]
     df = pd.DataFrame(rows)
     for k in CHAIN_KEYS: df.insert(0, k, cfg.get(k))
-    out = run_dir / "metrics.csv"
-    with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
-    write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
-               embedder=embedder), seed, t.times, generations=gens, n_rows=len(df)))
+    with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
+        with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
+        write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
+                   embedder=embedder), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs))
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out

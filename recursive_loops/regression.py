@@ -12,10 +12,22 @@ import pandas as pd
 from .core import log, resolve, atomic_path, save_figure
 
 # %% auto #0
-__all__ = ['chain_shifts', 'bootstrap_ci', 'average_over_seeds', 'build_regression_table', 'vif', 'vif_prune', 'fit_ols',
-           'regress', 'plot_coefficients', 'run_regression']
+__all__ = ['gather_metrics', 'chain_shifts', 'bootstrap_ci', 'average_over_seeds', 'build_regression_table', 'vif', 'vif_prune',
+           'fit_ols', 'regress', 'plot_coefficients', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
+def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv
+                   out: str | Path | None = None, # where to write the combined table (default root/results.csv)
+                  ) -> pd.DataFrame:
+    "Concatenate every chain's metrics.csv under `root`, with its `run_dir`; write `results.csv`."
+    root = resolve(root)
+    files = sorted(root.rglob("metrics.csv"))
+    if not files: raise ValueError(f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
+    df = pd.concat([pd.read_csv(f).assign(run_dir=str(f.parent.relative_to(root))) for f in files], ignore_index=True)
+    with atomic_path(Path(out) if out else root / "results.csv") as tmp: df.to_csv(tmp, index=False)
+    return df
+
+# %% ../nbs/05_regression.ipynb #6abb1a00
 def chain_shifts(metrics: pd.DataFrame, # long metrics of one or many chains (needs run_dir if many)
                  keys: tuple = ("dataset", "cluster", "ratio", "seed", "accumulate"), # identify a chain
                 ) -> pd.DataFrame:
@@ -49,7 +61,7 @@ def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFra
         return pd.Series({"mean": d[value].mean(), "ci_low": lo, "ci_high": hi, "n_seeds": len(d)})
     return shifts.groupby(keys, dropna=False).apply(agg, include_groups=False).reset_index()
 
-# %% ../nbs/05_regression.ipynb #192e7408
+# %% ../nbs/05_regression.ipynb #46ac5de2
 def build_regression_table(results: pd.DataFrame, # gathered metrics of all chains (results.csv)
                            props: pd.DataFrame, # cluster_properties.csv
                            relative: bool = False, # use shift_rel instead of shift
@@ -64,7 +76,7 @@ def build_regression_table(results: pd.DataFrame, # gathered metrics of all chai
     if out.empty: raise ValueError("no chain's cluster appears in the properties table; run chains with clusters_path and 04b_properties on the same clusters")
     return out
 
-# %% ../nbs/05_regression.ipynb #030d0568
+# %% ../nbs/05_regression.ipynb #ec24d20a
 def vif(X: pd.DataFrame) -> pd.Series:
     "Variance inflation factor of each column of `X` (a constant is added internally)."
     from statsmodels.stats.outliers_influence import variance_inflation_factor
@@ -82,7 +94,7 @@ def vif_prune(X: pd.DataFrame, vif_max: float = 5.0) -> tuple[list[str], list[tu
         worst = v.idxmax(); dropped.append((worst, float(v.max()))); kept.remove(worst)
     return kept, dropped
 
-# %% ../nbs/05_regression.ipynb #a71feb14
+# %% ../nbs/05_regression.ipynb #a399b550
 def fit_ols(df: pd.DataFrame, # one row per chain / cluster
             target: str, # shift column
             predictors: list[str], # property columns
@@ -124,7 +136,7 @@ def regress(df: pd.DataFrame, # one row per chain / cluster (x ratio)
     out["p_holm"] = multipletests(out.p, method="holm")[1]
     return out
 
-# %% ../nbs/05_regression.ipynb #8e1ae922
+# %% ../nbs/05_regression.ipynb #614ad714
 def plot_coefficients(res: pd.DataFrame, path: str | Path, group: str | None = "ratio") -> Path:
     "Coefficients with 95% CIs, one panel per target, one colour per group; significant (Holm) filled."
     import matplotlib; matplotlib.use("Agg")
@@ -146,15 +158,23 @@ def plot_coefficients(res: pd.DataFrame, path: str | Path, group: str | None = "
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
-# %% ../nbs/05_regression.ipynb #f74d1881
+# %% ../nbs/05_regression.ipynb #9bd4f468
 def run_regression(table: str | Path, # CSV: one row per chain/cluster, property and shift columns
                    predictors: str | list = "auto", # list, comma-separated, or "auto" (prop_* columns)
                    targets: str | list = "auto", # list, comma-separated, or "auto" (shift_* columns)
                    group: str = "ratio", # separate fits per value ("" for one)
                    vif_max: float = 5.0, # VIF threshold
                    out_dir: str | Path = "runs/demo/regression", # output folder
+                   results_root: str | Path | None = None, # instead of `table`: chains run on clusters ...
+                   properties: str | Path | None = None, # ... and cluster_properties.csv (table built, written to out_dir)
                   ) -> Path:
-    "Read a table, fit every target (x group), write `regression.csv` and `fig_coefficients.png`."
+    "Read (or build) a table, fit every target (x group), write `regression.csv` and `fig_coefficients.png`."
+    if results_root:
+        props = resolve(properties)
+        if not props.exists(): raise ValueError(f"properties={str(props)!r} does not exist; run 04b_properties first")
+        table = resolve(out_dir) / "regression_input.csv"
+        built = build_regression_table(gather_metrics(results_root), pd.read_csv(props))
+        with atomic_path(table) as tmp: built.to_csv(tmp, index=False)
     p = resolve(table)
     if not p.exists(): raise ValueError(f"table={str(p)!r} does not exist")
     df = pd.read_csv(p)

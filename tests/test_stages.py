@@ -111,3 +111,18 @@ def test_papermill_sees_every_parameter(name):
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     declared = [l.split(":")[0].strip() for l in "".join(cell["source"]).splitlines() if l.strip() and not l.startswith("#")]
     assert sorted(pm.inspect_notebook(str(NBS / f"{name}.ipynb"))) == sorted(declared)
+
+
+def test_study_copy_of_a_stage_runs_without_its_tests(tmp_path, tiny_model):
+    "make study runs stage notebooks stripped of their test cells: the copy must still run the stage."
+    import papermill as pm
+    from recursive_loops.core import study_notebook
+    src = json.loads((NBS / "03_chain.ipynb").read_text())
+    copy = study_notebook(NBS / "03_chain.ipynb", tmp_path / "03_chain.ipynb")
+    kept = json.loads(copy.read_text())["cells"]
+    assert 0 < len(kept) < len(src["cells"]) and not any("assert " in "".join(c["source"]) and "#|" not in "".join(c["source"])
+                                                         for c in kept[kept.index(next(c for c in kept if "parameters" in c["metadata"].get("tags", []))) + 2:])
+    rd = tmp_path / "chain"
+    pm.execute_notebook(str(copy), str(tmp_path / "out.ipynb"), parameters=tiny_chain(rd, tiny_model), cwd=str(ROOT),
+                        progress_bar=False, kernel_name="python3")
+    assert all((rd / f"gen_{g:02d}" / "DONE").exists() for g in range(3))
