@@ -261,12 +261,9 @@ def shared_prompt_nll(model, # a causal LM (peft-wrapped or plain), Llama-like: 
                      ):
     "Summed NLL of the labelled tokens, the shared prompt computed once for the batch; returns `(sum, n_tokens, positions)`."
     import torch
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    p = examples[0][1]; prompt = examples[0][0][:p]; dev = lm.device
-    B, L = len(examples), max(len(x) - p for x, _ in examples)
-    ids = torch.full((B, L), pad_id, dtype=torch.long); att = torch.zeros((B, L), dtype=torch.long)
-    for i, (x, _) in enumerate(examples): ids[i, :len(x) - p] = torch.tensor(x[p:]); att[i, :len(x) - p] = 1
-    ids, att = ids.to(dev), att.to(dev)
+    lm = _llama(model)
+    p = examples[0][1]; prompt = examples[0][0][:p]; dev = lm.device; B = len(examples)
+    ids, att, _ = (t.to(dev) for t in collate([(x[p:], 0) for x, _ in examples], pad_id))  # the texts after the prompt
     pre = lm.model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
     cache = _kv_out(pre); cache.batch_repeat_interleave(B)   # the prompt's keys/values, shared (gradients flow back)
     first = lm.lm_head(pre.last_hidden_state[:, -1]).float()  # predicts every example's first token
@@ -291,10 +288,18 @@ def head_nll(head, # the output layer
     if torch.is_grad_enabled() and h.requires_grad: return _chunk_nll(head, h, y)
     return sum((_chunk_nll(head, h[s:s + chunk], y[s:s + chunk]) for s in range(0, len(h), chunk)), h.new_zeros((), dtype=torch.float32))
 
+def _llama(model):
+    "The causal LM under a peft wrapper (or the model itself)."
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+def _split_head(model) -> bool:
+    "Whether the model exposes its body (`.model`) and output layer (`.lm_head`) separately."
+    lm = _llama(model)
+    return hasattr(lm, "lm_head") and hasattr(lm, "model")
+
 def shares_prompt(model, examples: list[tuple[list[int], int]]) -> bool:
     "Whether `shared_prompt_nll` applies: a Llama-like model, one prompt for all examples, every example longer than it."
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not (hasattr(lm, "lm_head") and hasattr(lm, "model")) or not examples: return False
+    if not _split_head(model) or not examples: return False
     p = examples[0][1]; head = examples[0][0][:p]
     return p > 0 and all(q == p and len(x) > p and x[:p] == head for x, q in examples)
 
@@ -336,8 +341,7 @@ def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_
     import torch
     tot, n = 0.0, 0
     examples = sorted(examples, key=lambda e: len(e[0]))  # similar lengths together: little padding
-    shared = shares_prompt(model, examples)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    shared = shares_prompt(model, examples); lm = _llama(model)
     with torch.no_grad():
         for s in range(0, len(examples), batch_size):
             batch = examples[s:s + batch_size]
@@ -345,7 +349,7 @@ def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_
                 t, k, _ = shared_prompt_nll(model, batch, pad_id); tot += float(t); n += k; continue
             ids, att, lab = (t.to(model.device) for t in collate(batch, pad_id))
             tgt = lab[:, 1:]; m = tgt != -100
-            if hasattr(lm, "lm_head") and hasattr(lm, "model"):  # the output layer only where a label is
+            if _split_head(model):  # the output layer only where a label is
                 logits = lm.lm_head(lm.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][m])
             else: logits = model(input_ids=ids, attention_mask=att).logits[:, :-1][m]
             tot += float(torch.nn.functional.cross_entropy(logits.float(), tgt[m], reduction="sum")); n += int(m.sum())
