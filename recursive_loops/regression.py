@@ -16,11 +16,12 @@ __all__ = ['gather_metrics', 'chain_shifts', 'bootstrap_ci', 'average_over_seeds
            'fit_ols', 'regress', 'plot_coefficients', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
-def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv
+def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv, or a study's results.csv
                    out: str | Path | None = None, # where to write the combined table (default root/results.csv)
                   ) -> pd.DataFrame:
-    "Concatenate every chain's metrics.csv under `root`, with its `run_dir`; write `results.csv`."
+    "Concatenate every chain's metrics.csv under `root`, with its `run_dir`, and write `results.csv`; or read a results.csv."
     root = resolve(root)
+    if root.is_file(): return pd.read_csv(root)  # a study's aggregated table (07_sweep), parameters included
     files = sorted(root.rglob("metrics.csv"))
     if not files: raise ValueError(f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
     df = pd.concat([pd.read_csv(f).assign(run_dir=str(f.parent.relative_to(root))) for f in files], ignore_index=True)
@@ -167,13 +168,16 @@ def run_regression(table: str | Path, # CSV: one row per chain/cluster, property
                    out_dir: str | Path = "runs/demo/regression", # output folder
                    results_root: str | Path | None = None, # instead of `table`: chains run on clusters ...
                    properties: str | Path | None = None, # ... and cluster_properties.csv (table built, written to out_dir)
+                   dataset: str | None = None, # with results_root: only the chains on this dataset
                   ) -> Path:
     "Read (or build) a table, fit every target (x group), write `regression.csv` and `fig_coefficients.png`."
     if results_root:
         props = resolve(properties)
         if not props.exists(): raise ValueError(f"properties={str(props)!r} does not exist; run 04b_properties first")
         table = resolve(out_dir) / "regression_input.csv"
-        built = build_regression_table(gather_metrics(results_root), pd.read_csv(props))
+        res = gather_metrics(results_root)
+        if dataset: res = res[res.dataset.astype(str) == dataset]
+        built = build_regression_table(res, pd.read_csv(props))
         with atomic_path(table) as tmp: built.to_csv(tmp, index=False)
     p = resolve(table)
     if not p.exists(): raise ValueError(f"table={str(p)!r} does not exist")

@@ -10,6 +10,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RECURSIVE_LOOPS_PROGRESS", "0")
 
 
+def _guard_network():
+    "Nothing in the tests may reach the network: connections beyond this machine raise (kernels, SLURM and munge talk over loopback)."
+    import ipaddress, socket
+    real = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try: local = ipaddress.ip_address(host).is_loopback
+            except ValueError: local = host in ("localhost", socket.gethostname())
+            if not local: raise OSError(f"network access blocked in tests: {address}")
+        return real(self, address)
+    socket.socket.connect = connect
+
+
+_guard_network()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     "A tiny random Llama (with the bundled tokenizer) for fast, real chains."

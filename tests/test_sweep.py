@@ -1,0 +1,131 @@
+"Study specs and executors: the CLI, a local study, the same study on a real (local, single-node) SLURM, scancel and resume."
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+import local_slurm
+from conftest import ROOT
+
+CLI = [sys.executable, "-c", "import sys; from recursive_loops.sweep import main; sys.exit(main())"]
+
+
+def cli(*args, timeout=900):
+    return subprocess.run(CLI + list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_paper_design_dry_run():
+    r = cli("study", "studies/paper.yaml", "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1,696 chains, 33,920 generations (fine-tunes)" in r.stdout, r.stdout
+    assert "GPU-h" in r.stdout and "clusters: 1600 chains" in r.stdout
+    print(r.stdout)
+
+
+def test_demo_spec_expands_and_status_reads_it():
+    r = cli("study", "studies/demo.yaml", "--dry-run")
+    assert r.returncode == 0 and "10 chains, 22 generations" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: t\nexperiments:\n  a: {ratoins: [0.5]}\n", "unknown key 'ratoins' in experiments.a; did you mean 'ratios'?"),
+    ("name: t\nexperimnts:\n  a: {}\n", "unknown key 'experimnts' in the top level; did you mean 'experiments'?"),
+    ("name: t\nexperiments:\n  a: {ratios: [1.5]}\n", "ratio=1.5 is invalid"),
+    ("name: t\nexperiments:\n  a: {train_on: {pool: 2, of: b}}\n", "train_on: {'pool': 2, 'of': 'b'} is invalid"),
+    ("name: t\nexperiments: [\n", "not valid YAML"),
+])
+def test_bad_spec_is_one_line_exit_2(tmp_path, body, message):
+    (tmp_path / "s.yaml").write_text(body)
+    r = cli("study", str(tmp_path / "s.yaml"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (ROOT / "runs" / "t").exists()
+
+
+def _spec(path: Path, out: Path, model: str, executor: str = "local", generations: int = 4) -> Path:
+    path.write_text(f"""
+name: t
+out_dir: {out}
+chain: {{model: {model}, n_train: 16, n_heldout: 4, n_generate: 8, max_new_tokens: 16, batch_size: 4, dtype: float32, generations: {generations}}}
+metrics: {{n_eval: 4, reference_model: {model}}}
+experiments:
+  sweep: {{ratios: [0.5, 1.0], seeds: [0]}}
+executor:
+  kind: {executor}
+  slurm: {{cpus_per_task: 1, time_min: 20, array_parallelism: 2}}
+""")
+    return path
+
+
+def _chains(out: Path) -> dict:
+    "relative run dir -> results a study reads (training sets, generated texts, metrics)."
+    res = {}
+    for chain in sorted(out.rglob("chain.json")):
+        rd = chain.parent
+        files = [p for g in sorted(rd.glob("gen_*")) for p in (g / "train.jsonl", g / "generated.jsonl")] + [rd / "metrics.csv"]
+        res[rd.relative_to(out).as_posix()] = {p.relative_to(rd).as_posix(): p.read_bytes() for p in files}
+    return res
+
+
+def _manifests(rd: Path) -> dict:
+    return {d.name: (d / "manifest.json").read_bytes() for d in sorted(rd.glob("gen_*")) if (d / "DONE").exists()}
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = local_slurm.why_not()
+    if reason is None:
+        try: local_slurm.start()
+        except Exception as e: reason = f"local SLURM did not start: {e}"
+    if reason:
+        if os.environ.get("RECURSIVE_LOOPS_REQUIRE_SLURM") == "1": pytest.fail(f"SLURM test required but: {reason}")
+        pytest.skip(reason)
+    yield
+    subprocess.run(["scancel", "--name", "recursive_loops"], capture_output=True)
+
+
+def test_local_study_then_slurm_gives_the_same_and_resumes_after_scancel(tmp_path, tiny_model, slurm):
+    # 1. the local executor, two worker processes (one thread each, as each SLURM task below gets one CPU:
+    #    the same thread count gives byte-identical results)
+    t0 = time.time()
+    r = cli("study", str(_spec(tmp_path / "local.yaml", tmp_path / "local", tiny_model)), "--no-analysis", "--workers", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    local = _chains(tmp_path / "local")
+    assert len(local) == 2 and (tmp_path / "local" / "results.csv").exists()
+    t_local = time.time() - t0
+
+    # 2. the same study on SLURM; cancel the r = 1 chain's array task once two generations are done
+    out = tmp_path / "slurm"; spec = _spec(tmp_path / "slurm.yaml", out, tiny_model, "slurm")
+    t0 = time.time()
+    p = subprocess.Popen(CLI + ["study", str(spec), "--no-analysis"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    target, cancelled = None, None
+    while p.poll() is None and cancelled is None:
+        time.sleep(0.2)
+        target = next((c.parent for c in out.rglob("chain.json") if "ratio-1/" in c.parent.as_posix() + "/"), None)
+        if target is not None and (target / "gen_01" / "DONE").exists() and (target / "attempts.jsonl").exists():
+            job = json.loads((target / "attempts.jsonl").read_text().splitlines()[-1])["slurm_job"]
+            subprocess.run(["scancel", job], check=True); cancelled = job
+        assert time.time() - t0 < 600, "the SLURM study did not progress"
+    _, err = p.communicate(timeout=600)
+    assert cancelled, f"the chain finished before it could be cancelled: {err[-2000:]}"
+    assert p.returncode == 1 and "kernel died" in err, err[-3000:]
+    before = _manifests(target)
+    assert 2 <= len(before) < 4, f"cancelled mid-chain: {sorted(before)}"
+    st = cli("status", str(spec))
+    assert st.returncode == 0 and "1 done" in st.stdout and "1 failed" in st.stdout and "kernel died" in st.stdout, st.stdout
+
+    # 3. re-run: the finished chain is skipped, the cancelled one runs only its unfinished generations
+    r = cli("study", str(spec), "--no-analysis")
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = _manifests(target)
+    recomputed = [g for g, m in before.items() if after[g] != m]
+    assert recomputed == [] and len(after) == 4, recomputed
+    attempts = {rd: len((out / rd / "attempts.jsonl").read_text().splitlines()) for rd in _chains(out)}
+    assert sorted(attempts.values()) == [1, 2], attempts   # the finished chain was not run again
+    slurm_res = _chains(out)
+    assert slurm_res.keys() == local.keys(), (slurm_res.keys(), local.keys())
+    assert slurm_res == local, "SLURM and local runs of the same spec must give byte-identical results"
+    assert "1,696" not in r.stdout and "2 chains, 1 run, 1 already done, 0 failed" in r.stdout, r.stdout
+    print(f"local {t_local:.0f} s; slurm run + scancel ({cancelled}) after {len(before)} generations + resume: "
+          f"{time.time() - t0:.0f} s; generations recomputed: 0; results identical to local: yes")
