@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import log, resolve, write_json, make_manifest, seed_everything, progress
+from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads
 from .data import load_texts, instruction_for
 from .chain import (ChainConfig, load_model, train_lora, generate_texts, encode_examples,
                                    response_nll, chat_prompt, matmul_gflops)
@@ -135,7 +135,7 @@ ARMS = {"baseline": baseline_generation, "ours": ours_generation}
 
 def _run_arm(name: str, bc: dict) -> dict:
     import torch
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(n_threads())
     out = ARMS[name](BenchConfig(**bc))
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)
     return out

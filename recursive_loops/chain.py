@@ -4,14 +4,14 @@
 
 # %% ../nbs/03_chain.ipynb #4670bdf7
 from __future__ import annotations
-import hashlib, importlib.util, math, os, random, shutil, time, warnings
+import importlib.util, math, os, random, shutil, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, n_threads, cache_dir, config_hash, derive_seed, seed_everything, Timer, RunLock,
+from .core import (log, resolve, n_threads, file_sha256, cache_dir, config_hash, derive_seed, seed_everything, Timer, RunLock,
                                   make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
 from .data import load_texts, instruction_for, check_dataset_name, HubUnavailable
 
@@ -458,8 +458,6 @@ def determinism(device) -> dict:
     return dict(mode=str(device), reproducible=bool(torch.are_deterministic_algorithms_enabled()),
                 note="GPU kernels (cuBLAS reductions, atomics) may differ in the last bits; texts can then differ")
 
-def _sha(p: Path) -> str: return hashlib.sha256(p.read_bytes()).hexdigest()
-
 def gen_dir(run_dir: Path, gen: int) -> Path: return Path(run_dir) / f"gen_{gen:02d}"
 
 def is_done(d: Path) -> bool:
@@ -467,11 +465,11 @@ def is_done(d: Path) -> bool:
     marker = d / "DONE"
     try: sums = read_json(marker)
     except (FileNotFoundError, ValueError): return False
-    return all((d / f).exists() and sums.get(f) == _sha(d / f) for f in GEN_FILES)
+    return all((d / f).exists() and sums.get(f) == file_sha256(d / f) for f in GEN_FILES)
 
 def mark_done(d: Path) -> None:
     "Write the DONE marker (last), with checksums of the generation's files."
-    write_json(d / "DONE", {f: _sha(d / f) for f in GEN_FILES})
+    write_json(d / "DONE", {f: file_sha256(d / f) for f in GEN_FILES})
 
 def chain_identity(cfg: ChainConfig) -> dict:
     "The parameters that define a chain's results (everything but the output folder)."

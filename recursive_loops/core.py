@@ -11,10 +11,10 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'text_hash', 'derive_seed', 'seed_everything',
-           'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'package_versions',
-           'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging', 'n_threads', 'progress',
-           'RunLocked', 'is_alive', 'RunLock', 'study_notebook']
+__all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'file_sha256', 'text_hash', 'derive_seed',
+           'seed_everything', 'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
+           'package_versions', 'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging',
+           'n_threads', 'progress', 'RunLocked', 'is_alive', 'lock_holder', 'RunLock', 'study_notebook']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -47,6 +47,10 @@ def config_hash(cfg: dict, # JSON-able parameters
     "Stable short hash of a config dict, independent of key order."
     blob = json.dumps(cfg, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+def file_sha256(path: str | Path) -> str:
+    "sha256 of a file's bytes (checksums that tell a finished file from a truncated one)."
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 def text_hash(text: str, # any text
               n: int = 16, # hex digits kept
@@ -218,6 +222,13 @@ def is_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
+def lock_holder(run_dir: str | Path) -> dict | None:
+    "Who holds `run_dir/.lock` (`pid`, `host`, `since`): None when unlocked, {} when the lock file is unreadable."
+    p = Path(run_dir) / ".lock"
+    if not p.exists(): return None
+    try: return json.loads(p.read_text() or "{}")
+    except (OSError, ValueError): return {}
+
 class RunLock:
     "`with RunLock(run_dir): ...` holds `run_dir/.lock` for this process."
     def __init__(self, run_dir: str | Path): self.path = Path(run_dir) / ".lock"; self.owned = False
@@ -227,8 +238,7 @@ class RunLock:
         for _ in range(3):
             try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try: info = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError): info = {}
+                info = lock_holder(self.path.parent) or {}
                 pid, host = info.get("pid"), info.get("host")
                 if host == platform.node() and isinstance(pid, int) and (pid == os.getpid() or not is_alive(pid)):
                     if pid != os.getpid(): log.warning("taking over the stale lock of dead process %s on %s", pid, self.path.parent)

@@ -4,13 +4,13 @@
 
 # %% ../nbs/04_metrics.ipynb #e938e8f2
 from __future__ import annotations
-import hashlib, random, re
+import random, re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed,
+from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed,
                                   RunLock, config_hash)
 from .chain import load_model, gen_dir, is_done, pooled_nll
 from .clusters import load_embedder
@@ -79,7 +79,7 @@ def metrics_intact(run_dir: str | Path) -> bool:
     out, man = Path(run_dir) / "metrics.csv", Path(run_dir) / "metrics.manifest.json"
     try: sha = read_json(man).get("sha256")
     except (FileNotFoundError, ValueError): return False
-    return out.exists() and sha == hashlib.sha256(out.read_bytes()).hexdigest()
+    return out.exists() and sha == file_sha256(out)
 
 def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
@@ -122,6 +122,6 @@ def run_metrics(run_dir: str | Path, # chain run directory
         with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
         write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
                    embedder=embedder), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
-                   sha256=hashlib.sha256(out.read_bytes()).hexdigest()))
+                   sha256=file_sha256(out)))
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out

@@ -13,7 +13,7 @@ import submitit
 import yaml
 
 from .core import (log, resolve, repo_root, config_hash, read_json, write_json, write_text, atomic_path,
-                                  setup_logging, study_notebook, is_alive)
+                                  setup_logging, study_notebook, is_alive, lock_holder)
 from .data import is_file_dataset
 from .data import load_texts
 from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, check_model
@@ -289,10 +289,8 @@ def chain_state(chain: Chain, # a chain of the plan
     "(`done` | `running` | `failed` | `pending`, detail) of a chain, from its run directory alone."
     rd = chain.run_dir; g = chain.generations
     n_done = sum(is_done(gen_dir(rd, i)) for i in range(g))
-    lock = rd / ".lock"
-    if lock.exists():
-        try: info = json.loads(lock.read_text() or "{}")
-        except (OSError, ValueError): info = {}
+    info = lock_holder(rd)
+    if info is not None:
         if info.get("host") != platform.node(): return "running", f"on {info.get('host')} (pid {info.get('pid')}), {n_done}/{g} generations"
         if is_alive(info.get("pid", -1)): return "running", f"pid {info['pid']}, {n_done}/{g} generations"
     if (rd / "FAILED").exists():  # (attempts.jsonl says when and where each attempt ran)
