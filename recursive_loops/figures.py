@@ -11,11 +11,11 @@ import pandas as pd
 
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
-from .regression import gather_metrics, chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
+from .regression import judge_verdicts, gather_metrics, chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
 
 # %% auto #0
-__all__ = ['METRICS', 'plot_metric_curves', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift',
-           'draw_figures', 'study_summary']
+__all__ = ['METRICS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map',
+           'plot_property_vs_shift', 'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #78a21432
 METRICS = {"ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
@@ -28,7 +28,8 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
     "One panel per metric: value per generation, a line per ratio, the human reference dashed."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
-    mets = [m for m in METRICS if m in set(df.metric)]
+    verdicts = judge_verdicts(df)
+    mets = [m for m in METRICS if m in set(df.metric)] + sorted(verdicts)
     ncol = 3; nrow = int(np.ceil(len(mets) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
     ratios = sorted(df.ratio.unique()); pal = dict(zip(ratios, sns.color_palette("viridis", len(ratios))))
@@ -42,11 +43,46 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
         if m == "heldout_nll": ref, lab = df[df.metric == "heldout_nll_base"].value, "untuned base"
         else: lab = "human data"
         if len(ref): ax.axhline(ref.mean(), color="k", ls="--", lw=1, label=lab)
-        ax.set_title(METRICS[m], fontsize=10); ax.set_xlabel("generation")
+        if m in verdicts:  # a judge's score: its audit verdict goes with it
+            ok = verdicts[m] == "passed"
+            ax.set_title(f"judge {m}\n" + ("audit passed" if ok else "FAILED its audit: not trustworthy (fig_judge_audit.png)"),
+                         fontsize=9, color="k" if ok else "red")
+            if not ok: ax.text(0.5, 0.5, "FAILED AUDIT", transform=ax.transAxes, ha="center", va="center", rotation=20,
+                               fontsize=20, color="red", alpha=0.35, weight="bold")
+        else: ax.set_title(METRICS[m], fontsize=10)
+        ax.set_xlabel("generation")
         ax.xaxis.get_major_locator().set_params(integer=True); ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(mets):]: ax.axis("off")
     ds = ", ".join(sorted(df.dataset.astype(str).unique()))
     fig.suptitle(f"Recursive chains on {ds}: {df.seed.nunique()} seed(s) per ratio", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path, 120)
+
+def plot_judge_audit(audits: list[dict], # judges.json records (of one or many chains)
+                     path: str | Path) -> Path:
+    "Per judge: share of pairs the judge gets right for each corruption (or lean accuracy), pooled over chains, 95% CI, threshold."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from statsmodels.stats.proportion import proportion_confint
+    by = {}
+    for a in audits:
+        j = by.setdefault(a["judge"], dict(a, tests={}))
+        for k, v in a["tests"].items():
+            t = j["tests"].setdefault(k, dict(wins=0.0, n=0, claimed=v["claimed"]))
+            t["wins"] += v.get("wins", v.get("correct", 0)); t["n"] += v["n"]
+    fig, axes = plt.subplots(1, len(by), figsize=(3.6 * len(by), 3.4), squeeze=False)
+    for ax, (name, j) in zip(axes.flat, by.items()):
+        ks = list(j["tests"]); sh = [j["tests"][k]["wins"] / max(j["tests"][k]["n"], 1) for k in ks]
+        ci = [proportion_confint(j["tests"][k]["wins"], max(j["tests"][k]["n"], 1), method="wilson") for k in ks]
+        failed = [k for k, v in zip(ks, sh) if j["tests"][k]["claimed"] and v < j["threshold"]]
+        cols = ["red" if k in failed else ("tab:green" if j["tests"][k]["claimed"] else "lightgrey") for k in ks]
+        ax.bar(ks, sh, color=cols, yerr=[[v - c[0] for v, c in zip(sh, ci)], [c[1] - v for v, c in zip(sh, ci)]], capsize=3)
+        ax.axhline(j["threshold"], color="k", ls="--", lw=1); ax.axhline(0.5, color="grey", ls=":", lw=1)
+        ax.set_ylim(0, 1.05); ax.set_ylabel("share right" if j["kind"] != "lean" else "accuracy")
+        ax.set_title(f"{name} ({j['backend']}: {j['model']})\n" + ("passed" if not failed else "FAILED: " + ", ".join(failed)),
+                     fontsize=9, color="k" if not failed else "red")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("Judge audits: original preferred over its corruption (grey: not claimed by the judge; dashed: threshold)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
@@ -139,6 +175,11 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
             f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
             f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png')}"]
+    audits = []
+    for rd in results.run_dir.dropna().unique() if "run_dir" in results else []:
+        for base in (resolve(rd), resolve(runs_root) / rd, resolve(runs_root).parent / rd):
+            if (base / "judges.json").exists(): audits += read_json(base / "judges.json"); break
+    out.append(f"wrote {plot_judge_audit(audits, fd / 'fig_judge_audit.png')}" if audits else "skipped fig_judge_audit.png: no chain has judges (metrics.judges)")
     mdir = resolve(modularity_dir) if modularity_dir else None
     if mdir is not None and (mdir / "modularity_matrix.csv").exists():
         mat = pd.read_csv(mdir / "modularity_matrix.csv")

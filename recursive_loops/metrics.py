@@ -14,10 +14,11 @@ from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json,
                                   RunLock, config_hash)
 from .chain import load_model, gen_dir, is_done, pooled_nll
 from .clusters import load_embedder
+from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, judge_rows, format_audit
 
 # %% auto #0
 __all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'text_nll', 'measure_texts', 'subsample',
-           'metrics_intact', 'run_metrics']
+           'audit_texts', 'metrics_intact', 'run_metrics']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -74,6 +75,13 @@ def subsample(texts: list[str], n: int, seed: int) -> list[str]:
 # %% ../nbs/04_metrics.ipynb #2bc246e0
 CHAIN_KEYS = ("dataset", "cluster", "ratio", "seed", "accumulate", "n_train", "model")
 
+def audit_texts(cfg: dict, n: int) -> list[str]:
+    "The judges' audit texts for a chain: a seeded sample of its dataset, the same for every chain on that dataset."
+    from recursive_loops.data import load_texts
+    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", 20), cfg.get("max_tokens", 200))["text"].tolist()
+    long = [t for t in texts if len(t.split()) >= 20]
+    return [long[i] for i in sorted(random.Random(f"audit-{cfg['dataset']}").sample(range(len(long)), min(n, len(long))))]
+
 def metrics_intact(run_dir: str | Path) -> bool:
     "Whether `run_dir/metrics.csv` is exactly the file its manifest recorded (a truncated or edited table is recomputed, never read)."
     out, man = Path(run_dir) / "metrics.csv", Path(run_dir) / "metrics.manifest.json"
@@ -85,8 +93,11 @@ def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
                 reference_model: str | None = "smollm2-135m", # fluency reference (None: skip fluency)
                 embedder: str = "all-MiniLM-L6-v2", # sentence-transformers model
+                judges: list[dict] | None = None, # judge settings (see 04a_judges); each is audited, then scores every set
+                judge_cache: str | Path | None = None, # score cache (None: the per-user cache)
                ) -> Path:
-    "Measure every finished generation of a chain and its human reference; write `metrics.csv`."
+    "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores)."
+    specs = [JudgeSpec.from_dict(d) for d in judges or []]  # a bad judge setting stops here, before anything is read
     run_dir = resolve(run_dir)
     if not (run_dir / "chain.json").exists():
         raise ValueError(f"run_dir={str(run_dir)!r} holds no chain (no chain.json); run 03_chain first or fix the path")
@@ -95,7 +106,7 @@ def run_metrics(run_dir: str | Path, # chain run directory
     gens = sorted(int(d.name[4:]) for d in run_dir.glob("gen_*") if is_done(d))
     if not gens: raise ValueError(f"run_dir={str(run_dir)!r} has no finished generation to measure")
     # what the table is computed from: the parameters and every measured generation's checksums
-    inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder,
+    inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder, judges=[vars(s) for s in specs],
                               done={g: read_json(gen_dir(run_dir, g) / "DONE") for g in gens}))
     out, man = run_dir / "metrics.csv", run_dir / "metrics.manifest.json"
     if metrics_intact(run_dir) and read_json(man).get("inputs_hash") == inputs:
@@ -107,11 +118,21 @@ def run_metrics(run_dir: str | Path, # chain run directory
         ref, rtok = load_model(reference_model, "auto") if reference_model else (None, None)
     sets = {-1: ("human", [r["text"] for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"])}
     for g in gens: sets[g] = ("generated", [r["text"] for r in read_jsonl(gen_dir(run_dir, g) / "generated.jsonl")])
+    sets = {g: (source, subsample(texts, n_eval, derive_seed(seed, "eval", g))) for g, (source, texts) in sets.items()}
     rows = []
     for g, (source, texts) in sets.items():
         with t(f"measure_{source}"):
-            vals = measure_texts(subsample(texts, n_eval, derive_seed(seed, "eval", g)), emb, ref, rtok)
+            vals = measure_texts(texts, emb, ref, rtok)
         rows += [dict(generation=g, source=source, metric=k, value=v) for k, v in vals.items()]
+    audits, per_text, cache = [], [], ScoreCache(judge_cache)
+    for spec in specs:
+        with t(f"judge_{spec.name}"):
+            j = Judge(spec, cache)
+            audit = audit_judge(j, audit_texts(cfg, spec.audit_n))
+            log.info("%s", format_audit(audit))
+            r, p = judge_rows(j, sets, audit)
+            rows += r; per_text += p
+            audits.append(dict(audit, requests=j.requests, cached=j.cached))
     for g in gens:
         man = read_json(gen_dir(run_dir, g) / "manifest.json")
         rows += [dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
@@ -119,9 +140,13 @@ def run_metrics(run_dir: str | Path, # chain run directory
     df = pd.DataFrame(rows)
     for k in CHAIN_KEYS: df.insert(0, k, cfg.get(k))
     with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
+        if specs:
+            write_json(run_dir / "judges.json", audits)
+            with atomic_path(run_dir / "judge_scores.csv") as tmp: pd.DataFrame(per_text).to_csv(tmp, index=False)
         with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
         write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
-                   embedder=embedder), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
+                   embedder=embedder, judges=list(judges or [])), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
+                   judge_requests=sum(a["requests"] for a in audits), judge_cached=sum(a["cached"] for a in audits),
                    sha256=file_sha256(out)))
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out

@@ -12,8 +12,8 @@ import pandas as pd
 from .core import log, resolve, atomic_path, save_figure
 
 # %% auto #0
-__all__ = ['gather_metrics', 'chain_shifts', 'bootstrap_ci', 'average_over_seeds', 'build_regression_table', 'vif', 'vif_prune',
-           'fit_ols', 'regress', 'plot_coefficients', 'run_regression']
+__all__ = ['gather_metrics', 'chain_shifts', 'bootstrap_ci', 'average_over_seeds', 'judge_verdicts', 'build_regression_table',
+           'vif', 'vif_prune', 'fit_ols', 'regress', 'plot_coefficients', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
 def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv, or a study's results.csv
@@ -63,12 +63,21 @@ def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFra
     return shifts.groupby(keys, dropna=False).apply(agg, include_groups=False).reset_index()
 
 # %% ../nbs/05_regression.ipynb #46ac5de2
+def judge_verdicts(results: pd.DataFrame) -> dict[str, str]:
+    "Judge metric -> its audit verdict ('passed' or 'FAILED: ...'; the first failure when chains disagree)."
+    if "judge_audit" not in results: return {}
+    d = results.dropna(subset=["judge_audit"])
+    return {m: next((v for v in g if v != "passed"), "passed") for m, g in d.groupby("metric").judge_audit}
+
 def build_regression_table(results: pd.DataFrame, # gathered metrics of all chains (results.csv)
                            props: pd.DataFrame, # cluster_properties.csv
                            relative: bool = False, # use shift_rel instead of shift
                           ) -> pd.DataFrame:
-    "Seed-averaged shifts per (cluster, ratio), joined with the cluster's properties."
-    sh = chain_shifts(results)
+    "Seed-averaged shifts per (cluster, ratio), joined with the cluster's properties; a judge that failed its audit is left out, loudly."
+    failed = {m: v for m, v in judge_verdicts(results).items() if v != "passed"}
+    for m, v in failed.items():
+        log.warning("judge metric %r is left out of the regression: its judge failed the audit (%s)", m, v)
+    sh = chain_shifts(results[~results.metric.isin(list(failed))])
     col = "shift_rel" if relative else "shift"
     sh = sh.dropna(subset=["cluster"]).assign(cluster=lambda d: d.cluster.astype(float).astype(int))
     wide = sh.pivot_table(index=["cluster", "ratio"], columns="metric", values=col, aggfunc="mean")
@@ -77,7 +86,7 @@ def build_regression_table(results: pd.DataFrame, # gathered metrics of all chai
     if out.empty: raise ValueError("no chain's cluster appears in the properties table; run chains with clusters_path and 04b_properties on the same clusters")
     return out
 
-# %% ../nbs/05_regression.ipynb #ec24d20a
+# %% ../nbs/05_regression.ipynb #4e191894
 def vif(X: pd.DataFrame) -> pd.Series:
     "Variance inflation factor of each column of `X` (a constant is added internally)."
     from statsmodels.stats.outliers_influence import variance_inflation_factor
@@ -95,7 +104,7 @@ def vif_prune(X: pd.DataFrame, vif_max: float = 5.0) -> tuple[list[str], list[tu
         worst = v.idxmax(); dropped.append((worst, float(v.max()))); kept.remove(worst)
     return kept, dropped
 
-# %% ../nbs/05_regression.ipynb #a399b550
+# %% ../nbs/05_regression.ipynb #6fb44236
 def fit_ols(df: pd.DataFrame, # one row per chain / cluster
             target: str, # shift column
             predictors: list[str], # property columns
@@ -137,7 +146,7 @@ def regress(df: pd.DataFrame, # one row per chain / cluster (x ratio)
     out["p_holm"] = multipletests(out.p, method="holm")[1]
     return out
 
-# %% ../nbs/05_regression.ipynb #614ad714
+# %% ../nbs/05_regression.ipynb #a82966b0
 def plot_coefficients(res: pd.DataFrame, path: str | Path, group: str | None = "ratio") -> Path:
     "Coefficients with 95% CIs, one panel per target, one colour per group; significant (Holm) filled."
     import matplotlib; matplotlib.use("Agg")
@@ -159,7 +168,7 @@ def plot_coefficients(res: pd.DataFrame, path: str | Path, group: str | None = "
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
-# %% ../nbs/05_regression.ipynb #9bd4f468
+# %% ../nbs/05_regression.ipynb #5e345da8
 def run_regression(table: str | Path, # CSV: one row per chain/cluster, property and shift columns
                    predictors: str | list = "auto", # list, comma-separated, or "auto" (prop_* columns)
                    targets: str | list = "auto", # list, comma-separated, or "auto" (shift_* columns)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_sweep.ipynb #116d4080
 from __future__ import annotations
-import argparse, concurrent.futures as cf, difflib, itertools, json, logging, multiprocessing, os, platform, subprocess, sys, time
+import argparse, concurrent.futures as cf, difflib, itertools, json, logging, multiprocessing, os, platform, random, subprocess, sys, time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -18,13 +18,16 @@ from .data import is_file_dataset
 from .data import load_texts
 from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, check_model
 from .metrics import metrics_intact
+from .judges import (JudgeSpec, JudgeError, OpenAIBackend, judge_server_command, start_judge_server,
+                                    stop_judge_server, judge_throughput)
 
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
            'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'chain_run_dir', 'expand', 'estimate_cost',
            'describe', 'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state',
            'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir', 'make_task', 'aggregate', 'run_clusters',
-           'make_pools', 'run_analysis', 'preflight', 'status_table', 'format_status', 'run_study', 'main']
+           'make_pools', 'run_analysis', 'preflight', 'status_table', 'format_status', 'run_study', 'judge_bench',
+           'format_throughput', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -36,7 +39,7 @@ PER_CHAIN = tuple(k for k in CHAIN_FIELDS if k not in ("run_dir", "dataset", "cl
 ALLOWED = {
     "": ("name", "out_dir", "datasets", "chain", "metrics", "clusters", "experiments", "analysis", "executor", "cost"),
     "chain": PER_CHAIN + ("model", "accumulate"),
-    "metrics": ("n_eval", "reference_model", "embedder"),
+    "metrics": ("n_eval", "reference_model", "embedder", "judges", "judge_cache"),
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
                  "n_per_cluster", "reference_model"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
@@ -71,6 +74,11 @@ def load_spec(path: str | Path, # the study spec (YAML)
     for sec in ("regression", "modularity", "figures"):
         if (spec.get("analysis") or {}).get(sec): _check_keys(spec["analysis"][sec], f"analysis.{sec}", f"analysis.{sec}", str(path))
     if (spec.get("executor") or {}).get("slurm"): _check_keys(spec["executor"]["slurm"], "executor.slurm", "executor.slurm", str(path))
+    js = (spec.get("metrics") or {}).get("judges") or []
+    if not isinstance(js, list): raise SpecError(f"{path}: metrics.judges must be a list of judges (see 04a_judges)")
+    for i, j in enumerate(js):
+        try: JudgeSpec.from_dict(j)
+        except JudgeError as e: raise SpecError(f"{path}: metrics.judges[{i}]: {e}") from None
     exps = spec.get("experiments")
     if not isinstance(exps, dict) or not exps: raise SpecError(f"{path}: 'experiments' must map experiment names to their settings")
     for name, e in exps.items(): _check_keys(e or {}, f"experiments.{name}", "experiment", str(path))
@@ -488,6 +496,12 @@ def preflight(plan: Plan, # the plan
             prepare_human(cfg, texts[key])
         except FileNotFoundError as e: raise SpecError(f"{w}: {e}") from None
         except ValueError as e: raise SpecError(f"{w}: {str(e).splitlines()[0]}") from None
+    for i, j in enumerate((plan.spec.get("metrics") or {}).get("judges") or []):  # a judge server must answer before any chain runs
+        js = JudgeSpec.from_dict(j)
+        try:
+            if js.backend == "openai": OpenAIBackend(js.base_url, js.model, js.prompt_obj, js.api_key_env).check()
+            else: check_model(js.model)
+        except ValueError as e: raise SpecError(f"{plan.spec['_path']}: metrics.judges[{i}] ({js.name}): {str(e).splitlines()[0]}") from None
 
 def status_table(plan: Plan) -> pd.DataFrame:
     "Every chain of the plan with its state and detail."
@@ -544,6 +558,25 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
 # %% ../nbs/07_sweep.ipynb #ef77fd4b
 USAGE_ERRORS = (SpecError, ValueError, FileNotFoundError)
 
+def judge_bench(model: str = "smollm2-135m", n: int = 512, concurrency: int = 32, base_url: str | None = None,
+                python: str = ".venv-vllm/bin/python", device: str = "cpu", out: str | Path = "runs/bench/judge_throughput.json") -> dict:
+    "`judge_throughput` on `n` bundled BBC texts cut to 64 words (the length of a chain's generations), on a server started here unless given."
+    texts = [" ".join(t.split()[:64]) for t in load_texts("bbc_news")["text"]]
+    texts = [texts[i] for i in sorted(random.Random(0).sample(range(len(texts)), min(n, len(texts))))]
+    proc = None
+    if not base_url:
+        proc, base_url, secs = start_judge_server(model, python=python, device=device, log_path=resolve(out).with_suffix(".server.log"))
+        log.info("judge server up in %.0f s", secs)
+    try: return judge_throughput(base_url, model, texts, concurrency, out=resolve(out))
+    finally:
+        if proc is not None: stop_judge_server(proc)
+
+def format_throughput(r: dict) -> str:
+    return (f"{r['n_texts']} texts, {r['model']} at {r['base_url']}:\n"
+            f"  one request at a time : {r['sequential_s']:7.1f} s  ({r['sequential_texts_per_s']:.2f} texts/s)\n"
+            f"  {r['concurrency']:3d} in flight        : {r['concurrent_s']:7.1f} s  ({r['concurrent_texts_per_s']:.2f} texts/s)\n"
+            f"  ratio concurrent/sequential: {r['ratio']:.2f}x (largest score difference between the two: {r['max_abs_score_diff']:.3g})")
+
 def main(argv: list[str] | None = None) -> int:
     "Console entry point `recursive-loops`."
     ap = argparse.ArgumentParser(prog="recursive-loops", description="Run and inspect recursive-training-loop studies.")
@@ -554,10 +587,25 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--no-analysis", action="store_true", help="run the chains and results.csv only")
     ss = sub.add_parser("status", help="list a study's chains: done / running / failed / pending")
     ss.add_argument("spec")
-    for p in (st, ss): p.add_argument("--debug", action="store_true", help="show tracebacks")
+    js = sub.add_parser("judge-server", help="serve a model as an OpenAI-compatible judge with vLLM on 127.0.0.1 (make judge-venv first)")
+    jb = sub.add_parser("judge-bench", help="judge throughput: the same texts one request at a time vs many in flight")
+    for p in (js, jb):
+        p.add_argument("--model", default="smollm2-135m"); p.add_argument("--python", default=".venv-vllm/bin/python")
+        p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    js.add_argument("--port", type=int, default=8000)
+    jb.add_argument("--base-url", help="a running server (default: start one)"); jb.add_argument("--n", type=int, default=512)
+    jb.add_argument("--concurrency", type=int, default=32); jb.add_argument("--out", default="runs/bench/judge_throughput.json")
+    for p in (st, ss, js, jb): p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = ap.parse_args(argv)
     log_papermill()
     try:
+        if a.cmd == "judge-server":
+            cmd, env = judge_server_command(a.model, a.port, a.python, a.device)
+            if not Path(cmd[0]).exists(): raise JudgeError(f"{a.python} does not exist; build it with `make judge-venv`")
+            print(f"serving {a.model} at http://127.0.0.1:{a.port}/v1 (Ctrl-C stops it)", flush=True)
+            os.execve(cmd[0], cmd, {**os.environ, **env})
+        if a.cmd == "judge-bench":
+            print(format_throughput(judge_bench(a.model, a.n, a.concurrency, a.base_url, a.python, a.device, a.out))); return 0
         if a.cmd == "status":
             print(format_status(status_table(expand(load_spec(a.spec))))); return 0
         s = run_study(a.spec, a.executor, a.workers, a.dry_run, not a.no_analysis)
