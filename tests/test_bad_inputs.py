@@ -34,6 +34,10 @@ CASES = {
     "unknown dataset name": (None, dict(dataset="bbc_newz"), "dataset: unknown name 'bbc_newz'; allowed: bbc_news"),
     "misspelt spec key": ("ok", dict(n_trian=8), "unknown key 'n_trian' in experiments.e; did you mean 'n_train'?"),
     "spec that is not YAML": ("ok", "broken", "not valid YAML"),
+    "API key written in the spec": ("ok", dict(_metrics={"judges": [dict(name="q", backend="openai", api_key="sk-x")]}),
+                                    "take no API key: put it in an environment variable and give that variable's name as api_key_env"),
+    "judge server unreachable": ("ok", dict(_metrics={"judges": [dict(name="q", backend="openai", base_url="http://127.0.0.1:9/v1")]}),
+                                 "metrics.judges[0] (q): judge server http://127.0.0.1:9/v1 is unreachable"),
 }
 
 
@@ -42,8 +46,10 @@ def _spec(tmp: Path, data, settings) -> Path:
     elif data == "ok": ds = str(tmp / "ok.jsonl"); (tmp / "ok.jsonl").write_text(_jsonl([{"text": t} for t in HUMAN]))
     else: ds = str(tmp / data[0]); (tmp / data[0]).write_bytes(data[1])
     if settings == "broken": return _write(tmp, "name: t\nexperiments: [\n")
+    metrics = settings.pop("_metrics", None)
     exp = dict(n_train=8, n_heldout=4, generations=2, ratios=[0.5]); exp.update(settings)
-    return _write(tmp, f"name: t\nout_dir: {tmp}/out\ndatasets: [{ds}]\nchain: {{max_tokens: 200}}\nexperiments:\n  e: {json.dumps(exp)}\n")
+    return _write(tmp, f"name: t\nout_dir: {tmp}/out\ndatasets: [{ds}]\nchain: {{max_tokens: 200}}\n"
+                       + (f"metrics: {json.dumps(metrics)}\n" if metrics else "") + f"experiments:\n  e: {json.dumps(exp)}\n")
 
 
 def _write(tmp, text):
