@@ -496,13 +496,18 @@ def stop_judge_server(proc) -> None:
             except ProcessLookupError: pass
 
 # %% ../nbs/04a_judges.ipynb #fdac4f6b
-def judge_throughput(base_url: str, model: str, texts: list[str], concurrency: int = 32, prompt: str = "quality-v1",
-                     out: str | Path | None = None) -> dict:
-    "Wall time of scoring `texts` sequentially and with `concurrency` requests in flight (fresh caches); the ratio."
+def judge_throughput(base_url: str | None, model: str, texts: list[str], concurrency: int = 32, prompt: str = "quality-v1",
+                     out: str | Path | None = None,
+                     fresh_server=None, # callable returning the base_url of a newly started server, called before each mode
+                    ) -> dict:
+    "Wall time of scoring `texts` sequentially and with `concurrency` requests in flight (empty score caches); the ratio."
     import tempfile
-    res = dict(base_url=base_url, model=model, n_texts=len(texts), prompt=prompt, concurrency=concurrency)
+    res = dict(base_url=base_url, model=model, n_texts=len(texts), prompt=prompt, concurrency=concurrency,
+               fresh_server_per_mode=fresh_server is not None)
+    if fresh_server is None: log.warning("one server for both modes: its prefix cache may favour the second (concurrent) pass")
     scores = {}
     for mode, conc in (("sequential", 1), ("concurrent", concurrency)):
+        if fresh_server is not None: base_url = res["base_url"] = fresh_server()
         with tempfile.TemporaryDirectory() as d:
             j = Judge(dict(name="bench", backend="openai", model=model, base_url=base_url, prompt=prompt, concurrency=conc),
                       Path(d) / "scores.sqlite")

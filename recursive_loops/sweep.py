@@ -560,16 +560,18 @@ USAGE_ERRORS = (SpecError, ValueError, FileNotFoundError)
 
 def judge_bench(model: str = "smollm2-135m", n: int = 512, concurrency: int = 32, base_url: str | None = None,
                 python: str = ".venv-vllm/bin/python", device: str = "cpu", out: str | Path = "runs/bench/judge_throughput.json") -> dict:
-    "`judge_throughput` on `n` bundled BBC texts cut to 64 words (the length of a chain's generations), on a server started here unless given."
+    "`judge_throughput` on `n` bundled BBC texts cut to 64 words (the length of a chain's generations), on servers started here (one per mode) unless given."
     texts = [" ".join(t.split()[:64]) for t in load_texts("bbc_news")["text"]]
     texts = [texts[i] for i in sorted(random.Random(0).sample(range(len(texts)), min(n, len(texts))))]
-    proc = None
-    if not base_url:
-        proc, base_url, secs = start_judge_server(model, python=python, device=device, log_path=resolve(out).with_suffix(".server.log"))
-        log.info("judge server up in %.0f s", secs)
-    try: return judge_throughput(base_url, model, texts, concurrency, out=resolve(out))
+    procs = []
+    def fresh() -> str:  # one server per mode, so neither mode finds the other's prompts in vLLM's prefix cache
+        while procs: stop_judge_server(procs.pop())
+        proc, url, secs = start_judge_server(model, python=python, device=device, log_path=resolve(out).with_suffix(".server.log"))
+        procs.append(proc); log.info("judge server up in %.0f s", secs)
+        return url
+    try: return judge_throughput(base_url, model, texts, concurrency, out=resolve(out), fresh_server=None if base_url else fresh)
     finally:
-        if proc is not None: stop_judge_server(proc)
+        while procs: stop_judge_server(procs.pop())
 
 def format_throughput(r: dict) -> str:
     return (f"{r['n_texts']} texts, {r['model']} at {r['base_url']}:\n"
