@@ -37,7 +37,7 @@ help:
 	@echo "make bench   time one chain generation: the anchor's way vs ours (about 15 min on 2 cores)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
 	@echo "make judge-server  serve JUDGE_MODEL (default the bundled SmolLM2) with vLLM at 127.0.0.1:JUDGE_PORT (default 8000)"
-	@echo "make judge-bench   judge throughput: 512 texts one request at a time vs 32 in flight (about 10 min on 2 cores)"
+	@echo "make judge-bench   judge throughput: 512 texts one request at a time vs 32 in flight (about 7 min on 2 cores)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -15,13 +15,13 @@ import numpy as np
 from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads
 from .data import load_texts, instruction_for
 from .chain import (ChainConfig, load_model, train_lora, generate_texts, encode_examples,
-                                   response_nll, chat_prompt, matmul_gflops)
+                                   response_nll, chat_prompt, matmul_gflops, resolve_model)
 from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words, subsample
 from .clusters import load_embedder
 
 # %% auto #0
-__all__ = ['ARMS', 'BenchConfig', 'peak_gflops', 'bench_data', 'baseline_generation', 'ours_generation', 'in_fresh_process',
-           'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench']
+__all__ = ['ARMS', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation', 'ours_generation',
+           'in_fresh_process', 'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #24248c32
 @dataclass
@@ -35,25 +35,58 @@ class BenchConfig:
     n_eval: int = 64
     n_heldout: int = 64
     seed: int = 0
+    device: str = "auto"  # cpu, cuda, or auto: cuda when there is one
+    embedder: str = "all-MiniLM-L6-v2"
 
     def chain_config(self) -> ChainConfig:
-        "The chain parameters both arms use (the paper's: LoRA r=16, 1 epoch, batch 16, lr 2e-4, 5 warm-up steps)."
+        "The chain parameters both arms use (the paper's: LoRA r=16, 1 epoch, batch 16, lr 2e-4, 5 warm-up steps); dtype the chain's `auto` (the baseline loads fp32 regardless)."
         return ChainConfig(model=self.model, n_train=self.n_train, lr=2e-4, epochs=1, batch_size=16, warmup_steps=5,
                            max_length=256, max_new_tokens=self.max_new_tokens, n_generate=self.n_generate,
-                           temperature=1.5, min_p=0.2, dtype="float32", seed=self.seed)
+                           temperature=1.5, min_p=0.2, dtype="auto", seed=self.seed)
+
+    def torch_device(self) -> str:
+        import torch
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+
+def _cuda_gflops(dt, n: int, reps: int) -> float:
+    import torch
+    a, b = torch.randn(n, n, dtype=dt, device="cuda"), torch.randn(n, n, dtype=dt, device="cuda")
+    for _ in range(3): a @ b
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(reps): a @ b
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 def peak_gflops(dtype: str = "float32", # a torch dtype name
-                sizes: tuple = (512, 1024, 2048), # matrix sides tried
+                sizes: tuple | None = None, # matrix sides tried (default: 512-2048 on CPU, 2048-8192 on a GPU)
+                device: str = "cpu", # cpu or cuda
                ) -> float:
-    "Best measured GFLOP/s of a square matmul in `dtype` on this CPU."
+    "Best measured GFLOP/s of a square matmul in `dtype` on this CPU (or GPU)."
     import torch
     dt = getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return round(max(_cuda_gflops(dt, n, 10) for n in (sizes or (2048, 4096, 8192))), 1)
     best = 0.0
-    for n in sizes:
+    for n in sizes or (512, 1024, 2048):
         reps = max(1, min(20, int(3e9 / (2 * n ** 3))))
         if dt != torch.float32 and matmul_gflops(dt, 256, 1) < 5: return round(matmul_gflops(dt, 256, 2), 1)  # slow: don't wait
         best = max(best, matmul_gflops(dt, n, reps))
     return round(best, 2)
+
+def random_weights_like(src: str | Path, # a model folder or bundled alias: a causal LM, or a sentence-transformers folder
+                        dst: str | Path, # folder to write
+                        seed: int = 0,
+                       ) -> Path:
+    "A copy of `src` (config, tokenizer, module files; its weights need not be there) with weights drawn anew from its config: for timing on a machine the real weights cannot reach."
+    import shutil, torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    src, dst = Path(resolve_model(str(src))), resolve(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf", "*.pt"), dirs_exist_ok=True)
+    cfg = AutoConfig.from_pretrained(src)
+    torch.manual_seed(seed)
+    st = (src / "modules.json").exists()  # a sentence-transformers folder: the bare encoder; else a causal LM
+    (AutoModel if st else AutoModelForCausalLM).from_config(cfg).save_pretrained(dst)
+    return dst
 
 def bench_data(bc: BenchConfig, tok) -> tuple[list[str], list[str]]:
     "Training texts and held-out human texts, each cut to `cut_tokens` tokens (bundled BBC News, seeded order)."
@@ -68,10 +101,10 @@ def _count(tok, texts: list[str]) -> int:
 def _lexical(texts: list[str]) -> dict:
     return dict(ttr_150=ttr_150(texts), mtld=mtld(texts), length_words=float(np.mean([len(words(t)) for t in texts])))
 
-def _prepare(bc: BenchConfig):
-    "A fresh base model, its tokenizer, the workload's texts and instruction, and the load time."
+def _prepare(bc: BenchConfig, dtype: str):
+    "A fresh base model in `dtype` on the bench's device, its tokenizer, the workload's texts and instruction, and the load time."
     t0 = time.perf_counter()
-    base, tok = load_model(bc.model, "float32")
+    base, tok = load_model(bc.model, dtype, bc.torch_device())
     train, heldout = bench_data(bc, tok)
     return base, tok, train, heldout, instruction_for("bbc_news"), {"load": time.perf_counter() - t0}
 
@@ -80,7 +113,7 @@ def baseline_generation(bc: BenchConfig) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, DataCollatorForSeq2Seq
-    cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc); t0 = time.perf_counter()
+    cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc, "float32"); t0 = time.perf_counter()
     seed_everything(bc.seed)
     pm = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instr, train, cfg.max_length)
@@ -89,13 +122,13 @@ def baseline_generation(bc: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=16, num_train_epochs=1, learning_rate=2e-4,
                                  lr_scheduler_type="linear", warmup_steps=5, logging_strategy="no", save_strategy="no",
-                                 report_to=[], use_cpu=True, disable_tqdm=True, seed=bc.seed)
+                                 report_to=[], use_cpu=base.device.type == "cpu", disable_tqdm=True, seed=bc.seed)
         tr = Trainer(model=pm, args=args, train_dataset=rows,
                      data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
         loss = tr.train().training_loss
     tok.padding_side = "left"; pm.eval()
     t["train"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    prompt = tok(chat_prompt(tok, instr), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    prompt = tok(chat_prompt(tok, instr), add_special_tokens=False, return_tensors="pt")["input_ids"].to(base.device)
     torch.manual_seed(bc.seed); texts = []
     while len(texts) < bc.n_generate:
         k = min(16, bc.n_generate - len(texts))
@@ -106,7 +139,7 @@ def baseline_generation(bc: BenchConfig) -> dict:
         texts += [x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
     t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
     heldout_nll = float(np.mean([response_nll(pm, tok, instr, [h], cfg.max_length, 1) for h in heldout]))
-    ref, rtok = load_model(bc.model, "float32"); emb = load_embedder("all-MiniLM-L6-v2")
+    ref, rtok = load_model(bc.model, "float32", bc.torch_device()); emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
     m = dict(_lexical(ev), semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
@@ -117,18 +150,18 @@ def baseline_generation(bc: BenchConfig) -> dict:
 
 def ours_generation(bc: BenchConfig) -> dict:
     "One chain generation as `03_chain` + `04_metrics` run it."
-    cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc); t0 = time.perf_counter()
+    cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc, cfg.dtype); t0 = time.perf_counter()
     pm, stats = train_lora(base, tok, instr, train, cfg, bc.seed)
     t["train"] = time.perf_counter() - t0; t0 = time.perf_counter()
     merged = pm.merge_and_unload()
     heldout_nll = response_nll(merged, tok, instr, heldout, cfg.max_length)
     texts = generate_texts(merged, tok, instr, bc.n_generate, cfg, bc.seed)
     t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    ref, rtok = load_model(bc.model, "float32"); emb = load_embedder("all-MiniLM-L6-v2")
+    ref, rtok = load_model(bc.model, cfg.dtype, bc.torch_device()); emb = load_embedder(bc.embedder)
     m = dict(measure_texts(subsample(texts, bc.n_eval, bc.seed), emb, ref, rtok), heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
     return dict(times=t, train_tokens=stats["tokens"], train_positions=stats["positions"], generated_tokens=_count(tok, texts),
-                n_generated=len(texts), train_loss=stats["loss_mean"], metrics=m,
+                n_generated=len(texts), train_loss=stats["loss_mean"], metrics=m, dtype=str(merged.dtype).replace("torch.", ""),
                 params=sum(p.numel() for p in merged.parameters()))
 
 ARMS = {"baseline": baseline_generation, "ours": ours_generation}
@@ -138,6 +171,7 @@ def _run_arm(name: str, bc: dict) -> dict:
     torch.set_num_threads(n_threads())
     out = ARMS[name](BenchConfig(**bc))
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)
+    if torch.cuda.is_available(): out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
     return out
 
 def in_fresh_process(name: str, bc: BenchConfig) -> dict:
@@ -154,7 +188,7 @@ def rates(r: dict, peak: float) -> dict:
     return dict(per_generation_s=round(sum(t.values()), 1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
                 metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1), generate_tok_s=round(ge, 1),
                 train_peak_share=round(4 * P * tr / 1e9 / peak, 3), generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
-                peak_rss_gb=r.get("peak_rss_gb"))
+                peak_rss_gb=r.get("peak_rss_gb"), **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
 
 def growth_exponent(ns: list[int], times: list[float]) -> float:
     "Slope of log(time) on log(N)."
@@ -181,7 +215,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"{name:>8}: per generation {a['per_generation_s']} s = load {a['load_s']} + train {a['train_s']} + "
                      f"generate {a['generate_s']} + metrics {a['metrics_s']}; train {a['train_tok_s']} tok/s "
                      f"({100 * a['train_peak_share']:.0f}% of peak), generate {a['generate_tok_s']} tok/s "
-                     f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB")
+                     f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB"
+                     + (f" resident, {a['peak_gpu_gb']} GB on the GPU" if "peak_gpu_gb" in a else ""))
     if "speedup" in s: lines.append("baseline/ours: " + ", ".join(f"{k.replace('_s', '')} {v}x" for k, v in s["speedup"].items()))
     if "scaling" in s:
         lines.append("ours per generation: " + ", ".join(f"N={n}: {v} s" for n, v in s["scaling"].items())
@@ -196,7 +231,7 @@ def run_bench(bc: BenchConfig, # the workload
              ) -> dict:
     "Run the benchmark; print and return its summary; write `bench.json`."
     t0 = time.perf_counter()
-    peak = {d: peak_gflops(d) for d in ("float32", "bfloat16")}
+    peak = {d: peak_gflops(d, device=bc.torch_device()) for d in ("float32", "bfloat16")}
     log.info("matmul peak: %s GFLOP/s", peak)
     results = dict(arms={}, scaling={})
     for a in arms:

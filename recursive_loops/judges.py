@@ -448,7 +448,7 @@ def judge_server_command(model: str = "smollm2-135m", # bundled alias, folder or
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--disable-log-stats"]
     env = {}
     if device == "cpu":
-        argv += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2"]
+        argv += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2", "--block-size", "32"]
         env = dict(VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     return argv, env
 
