@@ -48,15 +48,6 @@ class BenchConfig:
         import torch
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
-def _cuda_gflops(dt, n: int, reps: int) -> float:
-    import torch
-    a, b = torch.randn(n, n, dtype=dt, device="cuda"), torch.randn(n, n, dtype=dt, device="cuda")
-    for _ in range(3): a @ b
-    torch.cuda.synchronize(); t = time.perf_counter()
-    for _ in range(reps): a @ b
-    torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
-
 def peak_gflops(dtype: str = "float32", # a torch dtype name
                 sizes: tuple | None = None, # matrix sides tried (default: 512-2048 on CPU, 2048-8192 on a GPU)
                 device: str = "cpu", # cpu or cuda
@@ -65,7 +56,7 @@ def peak_gflops(dtype: str = "float32", # a torch dtype name
     import torch
     dt = getattr(torch, dtype)
     if device.startswith("cuda"):
-        return round(max(_cuda_gflops(dt, n, 10) for n in (sizes or (2048, 4096, 8192))), 1)
+        return round(max(matmul_gflops(dt, n, 10, device, warmup=3) for n in (sizes or (2048, 4096, 8192))), 1)
     best = 0.0
     for n in sizes or (512, 1024, 2048):
         reps = max(1, min(20, int(3e9 / (2 * n ** 3))))

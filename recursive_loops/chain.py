@@ -162,13 +162,17 @@ _DTYPE_CACHE: dict = {}
 def matmul_gflops(dtype, # a torch dtype
                   n: int = 256, # matrix side
                   reps: int = 5, # timed repetitions
+                  device: str = "cpu", # cpu or cuda
+                  warmup: int = 1, # untimed repetitions first
                  ) -> float:
-    "Measured GFLOP/s of an n x n matmul on the CPU in `dtype`."
+    "Measured GFLOP/s of an n x n matmul in `dtype` on `device` (the CPU by default)."
     import torch
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    for _ in range(warmup): a @ b
+    sync(); t = time.perf_counter()
     for _ in range(reps): a @ b
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 def pick_dtype(dtype: str = "auto", # auto, bfloat16 or float32

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
+from .judges import pool_audits
 from .regression import judge_verdicts, gather_metrics, chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
 
 # %% auto #0
@@ -63,18 +64,11 @@ def plot_judge_audit(audits: list[dict], # judges.json records (of one or many c
     "Per judge: share of pairs the judge gets right for each corruption (or lean accuracy), pooled over chains, 95% CI, threshold."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from statsmodels.stats.proportion import proportion_confint
-    by = {}
-    for a in audits:
-        j = by.setdefault(a["judge"], dict(a, tests={}))
-        for k, v in a["tests"].items():
-            t = j["tests"].setdefault(k, dict(wins=0.0, n=0, claimed=v["claimed"]))
-            t["wins"] += v.get("wins", v.get("correct", 0)); t["n"] += v["n"]
-    fig, axes = plt.subplots(1, len(by), figsize=(3.6 * len(by), 3.4), squeeze=False)
-    for ax, (name, j) in zip(axes.flat, by.items()):
-        ks = list(j["tests"]); sh = [j["tests"][k]["wins"] / max(j["tests"][k]["n"], 1) for k in ks]
-        ci = [proportion_confint(j["tests"][k]["wins"], max(j["tests"][k]["n"], 1), method="wilson") for k in ks]
-        failed = [k for k, v in zip(ks, sh) if j["tests"][k]["claimed"] and v < j["threshold"]]
+    pooled = pool_audits(audits)
+    fig, axes = plt.subplots(1, len(pooled), figsize=(3.6 * len(pooled), 3.4), squeeze=False)
+    for ax, j in zip(axes.flat, pooled):
+        name, ks, failed = j["judge"], list(j["tests"]), j["failed"]
+        sh = [j["tests"][k]["share"] for k in ks]; ci = [(j["tests"][k]["ci_low"], j["tests"][k]["ci_high"]) for k in ks]
         cols = ["red" if k in failed else ("tab:green" if j["tests"][k]["claimed"] else "lightgrey") for k in ks]
         ax.bar(ks, sh, color=cols, yerr=[[v - c[0] for v, c in zip(sh, ci)], [c[1] - v for v, c in zip(sh, ci)]], capsize=3)
         ax.axhline(j["threshold"], color="k", ls="--", lw=1); ax.axhline(0.5, color="grey", ls=":", lw=1)

@@ -16,8 +16,9 @@ from .core import log, cache_dir, resolve
 # %% auto #0
 __all__ = ['PROMPTS', 'FLUENCY_VERSION', 'JUDGE_KEYS', 'CORRUPTIONS', 'LEAN_SET', 'Prompt', 'expected_score', 'text_key',
            'ScoreCache', 'JudgeError', 'OpenAIBackend', 'HFBackend', 'FluencyBackend', 'JudgeSpec', 'Judge', 'corrupt',
-           'claimed', 'audit_judge', 'format_audit', 'judge_rows', 'served_model', 'judge_server_command',
-           'wait_for_server', 'free_port', 'start_judge_server', 'stop_judge_server', 'judge_throughput']
+           'claimed', 'audit_judge', 'pool_audits', 'format_audit', 'judge_rows', 'served_model',
+           'judge_server_command', 'wait_for_server', 'free_port', 'check_judge_python', 'start_judge_server',
+           'stop_judge_server', 'judge_throughput']
 
 # %% ../nbs/04a_judges.ipynb #97667046
 @dataclass(frozen=True)
@@ -404,10 +405,28 @@ def audit_judge(judge: Judge, # the judge to audit
             share, lo, hi = _share_ci(wins, int(valid.sum()))
             rec["tests"][kind] = dict(n=int(valid.sum()), wins=wins, share=share, ci_low=lo, ci_high=hi, claimed=kind in claimed(s),
                                       nan=int((~valid).sum()))
-    failed = {k: v for k, v in rec["tests"].items() if v["claimed"] and not v["share"] >= s.threshold}
-    rec["passed"] = not failed
-    rec["verdict"] = "passed" if not failed else "FAILED: " + ", ".join(f"{k} {v['share']:.2f} < {s.threshold}" for k, v in failed.items())
+    return _judge_verdict(rec)
+
+def _judge_verdict(rec: dict) -> dict:
+    "Set `failed` (claimed tests under the threshold), `passed` and `verdict` of an audit record from its tests."
+    rec["failed"] = [k for k, v in rec["tests"].items() if v["claimed"] and not v["share"] >= rec["threshold"]]
+    rec["passed"] = not rec["failed"]
+    rec["verdict"] = "passed" if rec["passed"] else "FAILED: " + ", ".join(f"{k} {rec['tests'][k]['share']:.2f} < {rec['threshold']}" for k in rec["failed"])
     return rec
+
+def pool_audits(audits: list[dict], # audit records (judges.json) of one or many chains
+               ) -> list[dict]:
+    "One record per judge: pairs and wins (or correct answers) summed per test over the chains; share, CI and verdict recomputed."
+    by = {}
+    for a in audits:
+        j = by.setdefault(a["judge"], dict(a, tests={}))
+        for k, v in a["tests"].items():
+            t = j["tests"].setdefault(k, dict(wins=0.0, n=0, claimed=v["claimed"]))
+            t["wins"] += v.get("wins", v.get("correct", 0)); t["n"] += v["n"]
+    for j in by.values():
+        for t in j["tests"].values(): t["share"], t["ci_low"], t["ci_high"] = _share_ci(t["wins"], t["n"])
+        _judge_verdict(j)
+    return list(by.values())
 
 def format_audit(rec: dict) -> str:
     "The audit as a few readable lines."
@@ -470,12 +489,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
+def check_judge_python(python: str) -> Path:
+    "The judge server's python (of its own virtualenv), or one JudgeError saying how to build it."
+    p = resolve(python)
+    if not p.exists(): raise JudgeError(f"{python} does not exist; build the judge server's virtualenv with `make judge-venv`")
+    return p
+
 def start_judge_server(model: str = "smollm2-135m", port: int | None = None, python: str = ".venv-vllm/bin/python",
                        device: str = "cpu", log_path: str | Path | None = None, env: dict | None = None, timeout: float = 600.0):
     "Start the vLLM judge server in the background and wait until it answers: (process, base_url, seconds to start)."
     import subprocess
-    if not resolve(python).exists():
-        raise JudgeError(f"{python} does not exist; build the judge server's virtualenv with `make judge-venv`")
+    check_judge_python(python)
     port = port or free_port()
     argv, extra = judge_server_command(model, port, python, device)
     logf = open(log_path, "w") if log_path else subprocess.DEVNULL

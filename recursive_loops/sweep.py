@@ -19,7 +19,7 @@ from .data import load_texts
 from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, check_model
 from .metrics import metrics_intact
 from .judges import (JudgeSpec, JudgeError, OpenAIBackend, judge_server_command, start_judge_server,
-                                    stop_judge_server, judge_throughput)
+                                    stop_judge_server, judge_throughput, check_judge_python)
 
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
@@ -602,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     log_papermill()
     try:
         if a.cmd == "judge-server":
+            check_judge_python(a.python)
             cmd, env = judge_server_command(a.model, a.port, a.python, a.device)
-            if not Path(cmd[0]).exists(): raise JudgeError(f"{a.python} does not exist; build it with `make judge-venv`")
             print(f"serving {a.model} at http://127.0.0.1:{a.port}/v1 (Ctrl-C stops it)", flush=True)
             os.execve(cmd[0], cmd, {**os.environ, **env})
         if a.cmd == "judge-bench":
