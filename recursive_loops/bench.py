@@ -21,7 +21,7 @@ from .clusters import load_embedder
 
 # %% auto #0
 __all__ = ['ARMS', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation', 'ours_generation',
-           'in_fresh_process', 'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench']
+           'warm_process', 'in_fresh_process', 'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #24248c32
 @dataclass
@@ -157,9 +157,17 @@ def ours_generation(bc: BenchConfig) -> dict:
 
 ARMS = {"baseline": baseline_generation, "ours": ours_generation}
 
+def warm_process(device: str) -> None:
+    "Import what the arms use and start the GPU: a chain pays these once per process, not per generation, so neither arm's times include them."
+    import torch, peft, sentence_transformers, transformers  # noqa: F401
+    from transformers import Trainer  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
+    if device.startswith("cuda"): torch.ones(1, device=device).sum().item()
+
 def _run_arm(name: str, bc: dict) -> dict:
     import torch
     torch.set_num_threads(n_threads())
+    warm_process(BenchConfig(**bc).torch_device())
     out = ARMS[name](BenchConfig(**bc))
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)
     if torch.cuda.is_available(): out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)

@@ -18,9 +18,10 @@ from .data import load_texts, instruction_for, check_dataset_name, HubUnavailabl
 # %% auto #0
 __all__ = ['BUNDLED_MODELS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'check_model', 'resolve_model', 'matmul_gflops',
            'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate',
-           'shared_prompt_nll', 'head_nll', 'shares_prompt', 'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample',
-           'sample_batch', 'generate_texts', 'human_slice', 'mix_training_set', 'determinism', 'gen_dir', 'is_done',
-           'mark_done', 'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
+           'shared_prompt_nll', 'head_nll', 'shares_prompt', 'micro_batches', 'n_labels', 'train_lora', 'pooled_nll',
+           'response_nll', 'min_p_sample', 'sample_batch', 'generate_texts', 'human_slice', 'mix_training_set',
+           'determinism', 'gen_dir', 'is_done', 'mark_done', 'chain_identity', 'select_cluster', 'prepare_human',
+           'run_chain']
 
 # %% ../nbs/03_chain.ipynb #f05afe15
 @dataclass
@@ -298,14 +299,47 @@ def _chunk_nll(head, h, y):  # summed cross-entropy of one block of rows
     import torch
     return torch.nn.functional.cross_entropy(head(h).float(), y, reduction="sum")
 
+_FUSED: dict = {}
+
+def _fused_head_nll():
+    "The autograd function behind `head_nll` when training (built on first use: this module imports torch lazily)."
+    if "fn" in _FUSED: return _FUSED["fn"]
+    import torch
+
+    class FusedHeadNLL(torch.autograd.Function):
+        "Summed cross-entropy of `y` under `h @ w.T`, block by block, for a frozen `w`: the gradient for `h` is formed in the forward pass, so the (n, vocab) logits are never held."
+        @staticmethod
+        def forward(ctx, h, w, y, chunk):
+            tot = torch.zeros((), dtype=torch.float32, device=h.device); g = torch.empty_like(h)
+            for s in range(0, len(h), chunk):
+                z = (h[s:s + chunk] @ w.t()).float(); yy = y[s:s + chunk]; rows = torch.arange(len(yy), device=z.device)
+                m = z.max(-1, keepdim=True).values; tgt = z[rows, yy]
+                se = z.sub_(m).exp_().sum(-1, keepdim=True)             # z is now exp(logit - max)
+                tot += (m + se.log()).sum() - tgt.sum()
+                z.div_(se); z[rows, yy] -= 1                            # softmax - one-hot: d loss / d logits
+                g[s:s + chunk] = z.to(w.dtype) @ w
+            ctx.save_for_backward(g)
+            return tot
+
+        @staticmethod
+        def backward(ctx, go):
+            g, = ctx.saved_tensors
+            return g * go.to(g.dtype), None, None, None
+
+    _FUSED["fn"] = FusedHeadNLL
+    return FusedHeadNLL
+
 def head_nll(head, # the output layer
              h, # (n, hidden) hidden states
              y, # (n,) target ids
              chunk: int = 512, # rows per chunk
             ):
-    "Summed NLL of `y` under `head(h)`: at once when training (autograd keeps the logits anyway), in chunks of rows without gradients."
+    "Summed NLL of `y` under `head(h)`, in blocks of rows: when training a frozen bias-free `nn.Linear` head, with its gradient for `h` formed block by block (same FLOPs, no logits kept); else plain autograd."
     import torch
-    if torch.is_grad_enabled() and h.requires_grad: return _chunk_nll(head, h, y)
+    if torch.is_grad_enabled() and h.requires_grad:
+        if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+            return _fused_head_nll().apply(h, head.weight, y, chunk)
+        return _chunk_nll(head, h, y)
     return sum((_chunk_nll(head, h[s:s + chunk], y[s:s + chunk]) for s in range(0, len(h), chunk)), h.new_zeros((), dtype=torch.float32))
 
 def _llama(model):
@@ -323,8 +357,24 @@ def shares_prompt(model, examples: list[tuple[list[int], int]]) -> bool:
     p = examples[0][1]; head = examples[0][0][:p]
     return p > 0 and all(q == p and len(x) > p and x[:p] == head for x, q in examples)
 
+def micro_batches(batch: list[tuple[list[int], int]], # `(ids, prompt_len)` examples of one optimiser step
+                  max_tokens: int | None, # most padded positions per pass (None: no limit)
+                 ) -> list[list[tuple[list[int], int]]]:
+    "Consecutive slices of `batch`, each at most `max_tokens` padded positions (longest x count) and at least one example."
+    if not max_tokens: return [batch]
+    out, cur, longest = [], [], 0
+    for e in batch:
+        if cur and (len(cur) + 1) * max(longest, len(e[0])) > max_tokens: out.append(cur); cur, longest = [], 0
+        cur.append(e); longest = max(longest, len(e[0]))
+    return out + [cur]
+
+def n_labels(examples: list[tuple[list[int], int]]) -> int:
+    "Tokens a causal LM loss counts: every token after the prompt (after the first token when there is no prompt)."
+    return sum(max(len(x) - max(p, 1), 0) for x, p in examples)
+
 def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig, seed: int,
                shared_prompt: bool | None = None, # run the common prompt once per batch (same loss, fewer FLOPs); False: plain forward; None: on CPU only (measured: on a GPU a 135M model is launch-bound and the extra pass made steps 2x slower)
+               pass_tokens: int | None = -1, # most padded positions per forward/backward pass: a larger batch is run in slices whose gradients add up to the batch's (same step, less memory); None: no limit; -1: 768 on CPU, no limit on a GPU
               ) -> tuple[object, dict]:
     "LoRA-tune `model` on `texts`; return the peft model and training stats."
     import torch
@@ -337,25 +387,28 @@ def train_lora(model, tok, instruction: str, texts: list[str], cfg: ChainConfig,
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
     if shared_prompt is None: shared_prompt = pm.device.type == "cpu"
     shared_prompt = shared_prompt and shares_prompt(pm, ex)
+    if pass_tokens == -1: pass_tokens = 768 if pm.device.type == "cpu" else None
     rng = random.Random(seed)
     plan = [b for _ in range(cfg.epochs) for b in length_batches([len(e[0]) for e in ex], cfg.batch_size, rng)]
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=pm.device.type == "cuda")  # one kernel for all adapter tensors
     total, warm = len(plan), min(cfg.warmup_steps, max(len(plan) - 1, 0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     pm.train(); losses, n_tok, n_pos = [], 0, 0
     for b in progress(plan, desc="train", leave=False):
-        batch = [ex[i] for i in b]
-        if shared_prompt: tot, n, pos = shared_prompt_nll(pm, batch, tok.pad_token_id); loss = tot / max(n, 1)
-        else:
-            ids, att, lab = (t.to(pm.device) for t in collate(batch, tok.pad_token_id))
-            loss, pos = pm(input_ids=ids, attention_mask=att, labels=lab).loss, ids.numel()
-        loss.backward(); opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        losses.append(loss.item()); n_tok += sum(len(x) for x, _ in batch); n_pos += pos
-    pm.eval()
+        batch = [ex[i] for i in b]; N = max(n_labels(batch), 1); loss = 0.0
+        for mb in micro_batches(batch, pass_tokens):  # each slice's summed NLL / the batch's token count: the batch's mean
+            if shared_prompt: tot, _, pos = shared_prompt_nll(pm, mb, tok.pad_token_id); part = tot / N
+            else:
+                ids, att, lab = (t.to(pm.device) for t in collate(mb, tok.pad_token_id))
+                part, pos = pm(input_ids=ids, attention_mask=att, labels=lab, num_items_in_batch=N).loss, ids.numel()
+            part.backward(); loss = loss + part.detach(); n_pos += pos
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        losses.append(loss); n_tok += sum(len(x) for x, _ in batch)
+    pm.eval(); losses = [float(x) for x in losses]  # read once at the end: no GPU sync per step
     return pm, dict(steps=total, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                     loss_mean=float(np.mean(losses)) if losses else None, tokens=n_tok, positions=n_pos,
-                    shared_prompt=shared_prompt)
+                    shared_prompt=shared_prompt, pass_tokens=pass_tokens)
 
 def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> float:
     "Mean NLL over the labelled tokens (after each example's prefix) of `(ids, prefix_len)` examples."
@@ -387,10 +440,14 @@ def min_p_sample(logits, # (batch, vocab) next-token logits
                 ):
     "One token per row from temperature + min-p sampling."
     import torch
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    floor = min_p * probs.max(dim=-1, keepdim=True).values
-    p, idx = probs.topk(int((probs >= floor).sum(dim=-1).max()), dim=-1)   # every row's kept tokens are among these
-    return idx.gather(-1, torch.multinomial(p.masked_fill(p < floor, 0.0), 1)).squeeze(-1)
+    # p >= min_p * max p  <=>  logit / T >= max logit / T + log(min_p): the kept tokens are found among the top k logits
+    # (k grown until the k-th is out for every row), and only those k go through the softmax
+    cut, V = (math.log(min_p) if min_p > 0 else -math.inf), logits.shape[-1]; k = min(64, V)
+    while True:
+        v, idx = logits.topk(k, dim=-1); v = v.float() / temperature; floor = v[:, :1] + cut
+        if k == V or bool((v[:, -1:] < floor).all()): break
+        k = min(4 * k, V)
+    return idx.gather(-1, torch.multinomial(torch.softmax(v.masked_fill(v < floor, -math.inf), -1), 1)).squeeze(-1)
 
 def sample_batch(model, prompt, # (1, P) prompt ids on the model's device
                  k: int, cfg: ChainConfig, eos_id: int, pad_id: int):
