@@ -15,7 +15,7 @@ import numpy as np
 from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads
 from .data import load_texts, instruction_for
 from .chain import (ChainConfig, load_model, train_lora, generate_texts, encode_examples,
-                                   response_nll, chat_prompt, matmul_gflops, resolve_model)
+                                   response_nll, chat_prompt, matmul_gflops, resolve_model, resolve_dtype)
 from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words, subsample
 from .clusters import load_embedder
 
@@ -100,11 +100,12 @@ def _prepare(bc: BenchConfig, dtype: str):
     return base, tok, train, heldout, instruction_for("bbc_news"), {"load": time.perf_counter() - t0}
 
 def baseline_generation(bc: BenchConfig) -> dict:
-    "One chain generation the anchor's way: HF Trainer, unmerged adapter, generate in batches of 16, one text per pass."
+    "One chain generation the anchor's way: HF Trainer, unmerged adapter, generate in batches of 16, one text per pass; in ours' number format (the anchor's scripts train in bf16 too)."
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, DataCollatorForSeq2Seq
-    cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc, "float32"); t0 = time.perf_counter()
+    cfg = bc.chain_config(); fmt = resolve_dtype(cfg.dtype, bc.torch_device())
+    base, tok, train, heldout, instr, t = _prepare(bc, fmt); t0 = time.perf_counter()
     seed_everything(bc.seed)
     pm = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instr, train, cfg.max_length)
@@ -130,14 +131,14 @@ def baseline_generation(bc: BenchConfig) -> dict:
         texts += [x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
     t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
     heldout_nll = float(np.mean([response_nll(pm, tok, instr, [h], cfg.max_length, 1) for h in heldout]))
-    ref, rtok = load_model(bc.model, "float32", bc.torch_device()); emb = load_embedder(bc.embedder)
+    ref, rtok = load_model(bc.model, fmt, bc.torch_device()); emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
     m = dict(_lexical(ev), semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
              fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1) for x in ev])), heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
     return dict(times=t, train_tokens=sum(len(x) for x, _ in ex), generated_tokens=_count(tok, texts), n_generated=len(texts),
-                train_loss=loss, metrics=m, params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
+                train_loss=loss, metrics=m, dtype=fmt, params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
 
 def ours_generation(bc: BenchConfig) -> dict:
     "One chain generation as `03_chain` + `04_metrics` run it."
@@ -187,7 +188,7 @@ def rates(r: dict, peak: float) -> dict:
     return dict(per_generation_s=round(sum(t.values()), 1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
                 metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1), generate_tok_s=round(ge, 1),
                 train_peak_share=round(4 * P * tr / 1e9 / peak, 3), generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
-                peak_rss_gb=r.get("peak_rss_gb"), **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
+                peak_rss_gb=r.get("peak_rss_gb"), dtype=r.get("dtype", "float32"), **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
 
 def growth_exponent(ns: list[int], times: list[float]) -> float:
     "Slope of log(time) on log(N)."
@@ -195,8 +196,8 @@ def growth_exponent(ns: list[int], times: list[float]) -> float:
 
 def summarise(results: dict, peak: dict) -> dict:
     "The benchmark's figures: per-arm rates, ours/baseline ratios, the scaling line."
-    best = max(peak.values())
-    out = dict(peak_gflops=peak, peak_used=best, arms={k: rates(v, best) for k, v in results.get("arms", {}).items()})
+    best = max(peak.values())  # each arm's shares are of the peak of its own number format
+    out = dict(peak_gflops=peak, peak_used=best, arms={k: rates(v, peak.get(v.get("dtype", "float32"), best)) for k, v in results.get("arms", {}).items()})
     if {"baseline", "ours"} <= set(out["arms"]):
         b, o = out["arms"]["baseline"], out["arms"]["ours"]
         out["speedup"] = {k: round(b[k] / o[k], 2) for k in ("per_generation_s", "train_s", "generate_s", "metrics_s")}
@@ -209,9 +210,9 @@ def summarise(results: dict, peak: dict) -> dict:
 
 def format_summary(s: dict) -> str:
     "The summary as a few readable lines."
-    lines = [f"matmul peak (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in s["peak_gflops"].items()) + f"; shares below are of {s['peak_used']}"]
+    lines = [f"matmul peak (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in s["peak_gflops"].items()) + "; each arm's shares are of its own format's peak"]
     for name, a in s["arms"].items():
-        lines.append(f"{name:>8}: per generation {a['per_generation_s']} s = load {a['load_s']} + train {a['train_s']} + "
+        lines.append(f"{name:>8} ({a.get('dtype', 'float32')}): per generation {a['per_generation_s']} s = load {a['load_s']} + train {a['train_s']} + "
                      f"generate {a['generate_s']} + metrics {a['metrics_s']}; train {a['train_tok_s']} tok/s "
                      f"({100 * a['train_peak_share']:.0f}% of peak), generate {a['generate_tok_s']} tok/s "
                      f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB"

@@ -5,23 +5,42 @@
 # %% ../nbs/03_chain.ipynb #4670bdf7
 from __future__ import annotations
 import contextlib, importlib.util, math, os, random, shutil, tempfile, time, warnings
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .core import (log, resolve, n_threads, file_sha256, cache_dir, config_hash, derive_seed, seed_everything, Timer, RunLock,
-                                  make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
+                                  make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress, cpu_info)
 from .data import load_texts, instruction_for, check_dataset_name, HubUnavailable
 
 # %% auto #0
-__all__ = ['BUNDLED_MODELS', 'VLLM_LORA_RANKS', 'GEN_FILES', 'ChainConfig', 'chain_identity', 'bundled_model_dir', 'check_model',
-           'resolve_model', 'matmul_gflops', 'pick_dtype', 'load_model', 'make_tiny_model', 'chat_prompt',
-           'encode_examples', 'length_batches', 'collate', 'shared_prompt_nll', 'head_nll', 'shares_prompt',
-           'micro_batches', 'n_labels', 'train_lora', 'pooled_nll', 'response_nll', 'min_p_sample', 'sample_batch',
-           'fill_texts', 'generate_texts', 'vllm_python', 'VLLMSampler', 'human_slice', 'mix_training_set',
-           'determinism', 'gen_dir', 'is_done', 'mark_done', 'select_cluster', 'prepare_human', 'run_chain']
+__all__ = ['DTYPES', 'BUNDLED_MODELS', 'VLLM_LORA_RANKS', 'GEN_FILES', 'resolve_dtype', 'ChainConfig', 'chain_identity',
+           'bundled_model_dir', 'check_model', 'resolve_model', 'matmul_gflops', 'pick_dtype', 'load_model',
+           'make_tiny_model', 'chat_prompt', 'encode_examples', 'length_batches', 'collate', 'shared_prompt_nll',
+           'head_nll', 'shares_prompt', 'micro_batches', 'n_labels', 'train_lora', 'pooled_nll', 'response_nll',
+           'min_p_sample', 'sample_batch', 'fill_texts', 'generate_texts', 'vllm_python', 'VLLMSampler', 'human_slice',
+           'mix_training_set', 'determinism', 'gen_dir', 'is_done', 'mark_done', 'select_cluster', 'prepare_human',
+           'recorded_format', 'run_chain']
+
+# %% ../nbs/03_chain.ipynb #43ae9b2c
+DTYPES = ("auto", "bfloat16", "float32")
+
+def resolve_dtype(dtype: str = "auto", # auto, bfloat16 or float32
+                  device: str | None = None, # cpu or cuda (default: cuda when there is one)
+                 ) -> str:
+    "The format `dtype` names: itself, or for `auto` the rule's answer for `device` (never a timing)."
+    import torch
+    if dtype not in DTYPES: raise ValueError(f"dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
+    if dtype != "auto": return dtype
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda"): return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float32"
+    forced = os.environ.get("RECURSIVE_LOOPS_CPU_DTYPE")
+    if forced:
+        if forced not in DTYPES[1:]: raise ValueError(f"RECURSIVE_LOOPS_CPU_DTYPE={forced!r} is invalid; allowed: bfloat16, float32")
+        return forced
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]) else "float32"
 
 # %% ../nbs/03_chain.ipynb #f05afe15
 @dataclass
@@ -104,8 +123,8 @@ class ChainConfig:
         return resolve("runs/chains") / name
 
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results: all but the output folder, and `generator` only when not the default (so chains run before it existed keep their hash)."
-    d = cfg.to_dict(); d.pop("run_dir")
+    "The parameters that define a chain's results: all but the output folder, the format resolved (never `auto`), and `generator` only when not the default (so chains run before it existed keep their hash)."
+    d = cfg.to_dict(); d.pop("run_dir"); d["dtype"] = resolve_dtype(d["dtype"])
     if d["generator"] == "hf": d.pop("generator")
     return d
 
@@ -166,8 +185,6 @@ def resolve_model(model: str) -> str:
     p = resolve(model)
     return str(p) if p.exists() else model
 
-_DTYPE_CACHE: dict = {}
-
 def matmul_gflops(dtype, # a torch dtype
                   n: int = 256, # matrix side
                   reps: int = 5, # timed repetitions
@@ -187,15 +204,9 @@ def matmul_gflops(dtype, # a torch dtype
 def pick_dtype(dtype: str = "auto", # auto, bfloat16 or float32
                device: str = "cpu", # cpu or cuda
               ):
-    "The torch dtype to run in. `auto`: bf16 on GPUs that support it; on CPU whichever matmul is faster, measured."
+    "The torch dtype to run in (`resolve_dtype`'s rule for `auto`)."
     import torch
-    if dtype != "auto": return getattr(torch, dtype)
-    if device.startswith("cuda"): return torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float32  # Ampere on
-    if "cpu" not in _DTYPE_CACHE:
-        f32, b16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-        _DTYPE_CACHE["cpu"] = torch.bfloat16 if b16 > 1.2 * f32 else torch.float32
-        log.info("CPU matmul: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s -> %s", f32, b16, _DTYPE_CACHE["cpu"])
-    return _DTYPE_CACHE["cpu"]
+    return getattr(torch, resolve_dtype(dtype, device))
 
 def load_model(model: str, # alias, folder or hub id
                dtype: str = "auto", # see pick_dtype
@@ -661,17 +672,26 @@ def prepare_human(cfg: ChainConfig, # the chain
                          f"lower n_train, generations or ratio's complement, or bring more texts")
     return df.sample(frac=1.0, random_state=derive_seed(cfg.seed, "human")).reset_index(drop=True)
 
+def recorded_format(run_dir: Path) -> str | None:
+    "The number format a chain's `chain.json` recorded (None when there is no readable one)."
+    try: rec = read_json(Path(run_dir) / "chain.json")
+    except (FileNotFoundError, ValueError): return None
+    fmt = rec.get("config", {}).get("dtype")
+    return fmt if fmt in DTYPES[1:] else (str(rec.get("dtype", "")).removeprefix("torch.") or None)
+
 def run_chain(cfg: ChainConfig) -> Path:
     "Run (or resume) a chain; return its run directory."
     import torch
     cfg.validate()
     timer = Timer()
+    run_dir = cfg.resolved_run_dir()  # `auto` resumes in the format its chain.json recorded, whatever the rule says now
+    cfg = replace(cfg, dtype=(recorded_format(run_dir) if cfg.dtype == "auto" else None) or resolve_dtype(cfg.dtype), run_dir=str(run_dir))
     with timer("prepare"):
         human = prepare_human(cfg)
         instr = cfg.instruction or instruction_for(cfg.dataset)
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
     torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
-    run_dir = cfg.resolved_run_dir(); ident = chain_identity(cfg)
+    ident = chain_identity(cfg)
     sampler = VLLMSampler(cfg, run_dir / "vllm_server.log") if cfg.generator == "vllm" else None
     if sampler: sampler.check()  # before anything is written
     chain_file = run_dir / "chain.json"

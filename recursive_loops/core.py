@@ -11,10 +11,11 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['PACKAGES', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'file_sha256', 'text_hash', 'derive_seed',
-           'seed_everything', 'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
-           'package_versions', 'Timer', 'make_manifest', 'check_unknown_params', 'save_figure', 'setup_logging',
-           'n_threads', 'progress', 'RunLocked', 'is_alive', 'lock_holder', 'RunLock', 'study_notebook']
+__all__ = ['PACKAGES', 'BF16_FLAGS', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'file_sha256', 'text_hash',
+           'derive_seed', 'seed_everything', 'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl',
+           'read_jsonl', 'cpu_info', 'package_versions', 'Timer', 'make_manifest', 'check_unknown_params',
+           'save_figure', 'setup_logging', 'n_threads', 'progress', 'RunLocked', 'is_alive', 'lock_holder', 'RunLock',
+           'study_notebook']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -122,7 +123,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f: return [json.loads(l) for l in f if l.strip()]
 
 # %% ../nbs/00_core.ipynb #efcd5206
-PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "numpy", "pandas", "lexicalrichness")
+PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "numpy", "pandas", "lexicalrichness", "sacrebleu", "vaderSentiment")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")  # the CPU flags that decide how bf16 runs
+
+def cpu_info() -> dict:
+    "The CPU's model name and which of `BF16_FLAGS` it has (from /proc/cpuinfo; empty elsewhere)."
+    try: txt = Path("/proc/cpuinfo").read_text()
+    except OSError: return dict(model=platform.processor() or None, flags=[])
+    model = next((l.split(":", 1)[1].strip() for l in txt.splitlines() if l.startswith("model name")), None)
+    flags = set(next((l.split(":", 1)[1].split() for l in txt.splitlines() if l.startswith("flags")), []))
+    return dict(model=model, flags=[f for f in BF16_FLAGS if f in flags])
 
 def package_versions(names: Iterable[str] = PACKAGES, # distributions to report
                     ) -> dict:
@@ -150,7 +160,7 @@ def make_manifest(cfg: dict, # the parameters that produced the artefact
                  ) -> dict:
     "A manifest dict: config, its hash, seed, versions, machine, timings, extra fields."
     return dict(config=cfg, config_hash=config_hash(cfg), seed=seed, versions=package_versions(),
-                machine=dict(host=platform.node(), platform=platform.platform(), cpus=os.cpu_count()),
+                machine=dict(host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(), cpu=cpu_info()),
                 timings=timings or {}, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
@@ -159,13 +169,16 @@ _PARAM_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
 def check_unknown_params(ns: dict, # the notebook namespace (`globals()`), passed explicitly
                          known: Iterable[str], # the stage's parameter names
                         ) -> None:
-    "Raise `ValueError` naming any parameter-like value (a literal) in `ns` that is not in `known`."
+    "Raise `ValueError` naming any parameter-like value (a literal) in `ns` that is not in `known`; turn numbers given for `str` parameters into text."
     known = set(known)
     bad = sorted(k for k, v in ns.items()
                  if not k.startswith("_") and k not in known and k not in ("In", "Out")
                  and isinstance(v, _PARAM_TYPES))
     if bad:
         raise ValueError(f"unknown parameter(s) {', '.join(map(repr, bad))}; allowed: {', '.join(sorted(known))}")
+    ann = ns.get("__annotations__") or {}
+    for k in known:  # papermill reads `-p k 256` as YAML: a str parameter that looks like a number arrives as one
+        if ann.get(k) in (str, "str") and isinstance(ns.get(k), (int, float)) and not isinstance(ns.get(k), bool): ns[k] = str(ns[k])
 
 # %% ../nbs/00_core.ipynb #3f8ee982
 def save_figure(fig, # a matplotlib Figure

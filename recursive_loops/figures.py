@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_figures.ipynb #1851b7a3
 from __future__ import annotations
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,23 @@ import pandas as pd
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
 from .judges import pool_audits
-from .regression import judge_verdicts, gather_metrics, chain_shifts, average_over_seeds, build_regression_table, regress, plot_coefficients
+from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci, build_regression_table, select_predictors, regress,
+                                        plot_coefficients, paper_columns, shift_label)
 
 # %% auto #0
-__all__ = ['METRICS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout', 'plot_ratio_sweep', 'plot_cluster_map',
-           'plot_property_vs_shift', 'draw_figures', 'study_summary']
+__all__ = ['METRICS', 'SWEEP_METRICS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout', 'plot_ratio_sweep',
+           'plot_cluster_map', 'plot_property_vs_shift', 'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #78a21432
-METRICS = {"ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
-           "semantic_diversity": "semantic diversity ↑", "length_words": "length (words)",
+METRICS = {"selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity": "semantic diversity ↑",
+           "ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
+           "length_chars": "length (characters)", "length_words": "length (words)", "positivity": "positivity (VADER compound)",
            "fluency_nll": "fluency proxy: NLL under base ↓", "heldout_nll": "held-out human NLL ↓"}
 
 def plot_metric_curves(df: pd.DataFrame, # gathered metrics
                        path: str | Path, # PNG to write
                       ) -> Path:
-    "One panel per metric: value per generation, a line per ratio, the human reference dashed."
+    "One panel per metric: value per generation, a line per dataset and ratio (mean over seeds, band: 95% CI over seeds), the human reference dashed."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
     verdicts = judge_verdicts(df)
@@ -34,12 +37,15 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
     ncol = 3; nrow = int(np.ceil(len(mets) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
     ratios = sorted(df.ratio.unique()); pal = dict(zip(ratios, sns.color_palette("viridis", len(ratios))))
+    styles = dict(zip(sorted(df.dataset.astype(str).unique()), ["-", "--", ":", "-."] * 8))
     for ax, m in zip(axes.flat, mets):
         d = df[(df.metric == m) & (df.generation >= 0)]
-        for r in ratios:
-            s = d[d.ratio == r].groupby("generation").value.agg(["mean", "min", "max"])
-            ax.plot(s.index, s["mean"], marker="o", color=pal[r], label=f"r = {r:g}")
-            ax.fill_between(s.index, s["min"], s["max"], color=pal[r], alpha=0.15)
+        for (ds, r), dr in d.groupby([d.dataset.astype(str), "ratio"]):
+            s = dr.groupby(["generation", "seed"]).value.mean().groupby("generation")
+            mean, ci, n = s.mean(), np.array([seed_ci(v.to_numpy()) for _, v in s]), int(s.size().min())
+            ax.plot(mean.index, mean, marker="o", color=pal[r], ls=styles[ds],
+                    label=(f"{ds}, " if len(styles) > 1 else "") + f"r = {r:g} ({n} seed{'s' if n != 1 else ''})")
+            if n > 1: ax.fill_between(mean.index, ci[:, 0], ci[:, 1], color=pal[r], alpha=0.15)
         ref = df[(df.metric == m) & (df.source == "human")].value
         if m == "heldout_nll": ref, lab = df[df.metric == "heldout_nll_base"].value, "untuned base"
         else: lab = "human data"
@@ -101,30 +107,57 @@ def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
     return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #ffa34623
-def plot_ratio_sweep(df: pd.DataFrame, path: str | Path) -> Path:
-    "Shift of each metric against r, mean over seeds with a bootstrap 95% CI."
+SWEEP_METRICS = ("semantic_diversity", "selfbleu_diversity")
+
+def _ratio_label(r: float) -> str: return "0\n(gen 0)" if r == 0 else str(Fraction(r).limit_denominator(64))
+
+def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole datasets
+                     path: str | Path, # PNG to write
+                     shift: str = "relative_to_gen0", # the shift definition (05_regression)
+                     k: int = 0, # generations averaged at the end (0: min(5, G - 1))
+                     metrics: list[str] | None = None, # default: each judge that passed its audit, semantic diversity, 1 - Self-BLEU
+                    ) -> Path:
+    "Late value and shift of each metric against r, one curve per dataset, r = 0 at generation 0, mean and 95% CI over seeds."
     import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    avg = average_over_seeds(chain_shifts(df))
-    mets = [m for m in METRICS if m in set(avg.metric)]
-    fig, axes = plt.subplots(1, len(mets), figsize=(3.3 * len(mets), 3.2), squeeze=False)
-    for ax, m in zip(axes.flat, mets):
-        d = avg[avg.metric == m].groupby("ratio")[["mean", "ci_low", "ci_high"]].mean().sort_index()
-        ax.errorbar(d.index, d["mean"], yerr=[d["mean"] - d.ci_low, d.ci_high - d["mean"]], marker="o", capsize=3)
-        ax.axhline(0, color="k", lw=0.8, ls="--"); ax.set_xscale("log", base=2)
-        ax.set_xticks(d.index); ax.set_xticklabels([f"{r:g}" for r in d.index])
-        ax.set_title(METRICS[m], fontsize=9); ax.set_xlabel("synthetic ratio r")
-    axes.flat[0].set_ylabel("shift (last generation - human)")
+    import matplotlib.pyplot as plt, seaborn as sns
+    passed = sorted(m for m, v in judge_verdicts(df).items() if v == "passed")
+    mets = [m for m in (metrics or passed + list(SWEEP_METRICS)) if m in set(df.metric)]
+    if not mets: raise ValueError(f"no metric to draw; the results have {', '.join(sorted(set(df.metric)))}")
+    sh = chain_shifts(df[df.metric.isin(mets)], shift, k)
+    ks = sorted(sh.k.unique()); klab = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+    ratios = sorted(sh.ratio.unique()); xs = [0.0] + ratios; pos = {r: i for i, r in enumerate(xs)}
+    neutral = {"relative_to_gen0": 1.0, "minus_gen0": 0.0}
+    dss = sorted(sh.dataset.astype(str).unique()); pal = dict(zip(dss, sns.color_palette("deep", len(dss))))
+    fig, axes = plt.subplots(len(mets), 2, figsize=(9.6, 3.3 * len(mets)), squeeze=False)
+    for i, m in enumerate(mets):
+        for j, (col, ylab) in enumerate([("late", f"mean of the last {klab} generations"), ("shift", shift_label(shift, klab))]):
+            ax = axes[i, j]
+            for ds in dss:
+                d = sh[(sh.metric == m) & (sh.dataset.astype(str) == ds)]
+                zero = d.groupby("seed").gen0.mean()  # generation 0 of each seed (shared in kind by all its ratios)
+                if col == "shift": zero = zero * 0 + neutral[shift] if shift in neutral else (d.gen0 - d.human).groupby(d.seed).mean()
+                per = [zero] + [d[d.ratio == r].groupby("seed")[col].mean() for r in ratios]
+                mean = np.array([p.mean() for p in per]); ci = np.array([seed_ci(p.to_numpy()) for p in per])
+                n = min(len(p) for p in per[1:])
+                ax.errorbar([pos[x] + 0.06 * (dss.index(ds) - (len(dss) - 1) / 2) for x in xs], mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean],
+                            marker="o", capsize=3, color=pal[ds], label=f"{ds} ({n} seed{'s' if n != 1 else ''})")
+            if col == "shift" and shift in neutral: ax.axhline(neutral[shift], color="k", lw=0.8, ls="--")
+            ax.set_xticks(range(len(xs))); ax.set_xticklabels([_ratio_label(x) for x in xs], fontsize=8)
+            ax.set_title(METRICS.get(m, f"judge {m} (audit passed)"), fontsize=9); ax.set_ylabel(ylab, fontsize=8)
+            if i == len(mets) - 1: ax.set_xlabel("synthetic ratio r")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Ratio sweep: mean over seeds, 95% CI over seeds", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #e3e6c715
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
                      props: pd.DataFrame | None, # cluster_properties.csv (optional)
-                     path: str | Path, prop: str = "prop_ttr_150") -> Path:
+                     path: str | Path, prop: str = "prop_selfbleu_diversity") -> Path:
     "UMAP 2-D map of the human texts, coloured by cluster and (if given) by a cluster property."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    if props is not None and prop not in props.columns: prop = next((c for c in props.columns if c.startswith("prop_")), prop)
     two = props is not None and prop in props.columns
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(6 * (2 if two else 1), 5), squeeze=False)
     c = clusters[clusters.cluster >= 0]
@@ -143,13 +176,17 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     "Grid of property (x) against shift (y) over clusters, one colour per ratio, with OLS lines."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
-    props = [c for c in table.columns if c.startswith("prop_")]; shifts = [c for c in table.columns if c.startswith("shift_")]
+    from recursive_loops.regression import PAPER_PREDICTORS  # (a module-level tuple would look like a papermill parameter here)
+    props = [c for c in PAPER_PREDICTORS if c in table.columns] or [c for c in table.columns if c.startswith("prop_")]
+    passed = [c for c in table.columns if c.startswith("shift_") and c.removeprefix("shift_") not in METRICS]  # judges (failed ones never reach the table)
+    shifts = passed + [f"shift_{m}" for m in SWEEP_METRICS if f"shift_{m}" in table.columns] or [c for c in table.columns if c.startswith("shift_")]
+    definition = str(table.definition.iloc[0]) if "definition" in table else "shift"
     fig, axes = plt.subplots(len(shifts), len(props), figsize=(2.8 * len(props), 2.5 * len(shifts)), squeeze=False)
     for i, sh in enumerate(shifts):
         for j, pr in enumerate(props):
             ax = axes[i, j]
             for r, d in table.groupby("ratio"): sns.regplot(data=d, x=pr, y=sh, ax=ax, ci=None, scatter_kws=dict(s=12), label=f"r = {r:g}")
-            ax.set_xlabel(pr if i == len(shifts) - 1 else ""); ax.set_ylabel(sh if j == 0 else "")
+            ax.set_xlabel(pr if i == len(shifts) - 1 else ""); ax.set_ylabel(f"{sh}\n({definition})" if j == 0 else "", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path, 110)
@@ -160,6 +197,8 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
                  clusters_dir: str | Path | None = None, # 02_clusters / 04b_properties output
                  modularity_dir: str | Path | None = None, # 05a_modularity output
                  regression_dir: str | Path | None = None, # 05_regression output (else the regression is refitted here)
+                 shift: str = "relative_to_gen0", # the shift definition (05_regression)
+                 k: int = 0, # generations averaged at the end (0: min(5, G - 1))
                 ) -> list[str]:
     "Draw every figure whose inputs are on disk; return one line per figure (written, or skipped and why)."
     fd = resolve(fig_dir); out = []
@@ -168,7 +207,7 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     else: whole = results[results.cluster.isna()] if results.cluster.isna().any() else results  # curves: chains on the whole dataset
     out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
             f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
-            f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png')}"]
+            f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png', shift, k)}"]
     audits = []
     for rd in results.run_dir.dropna().unique() if "run_dir" in results else []:
         for base in (resolve(rd), resolve(runs_root) / rd, resolve(runs_root).parent / rd):
@@ -185,14 +224,15 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     props = pd.read_csv(cdir / "cluster_properties.csv") if (cdir / "cluster_properties.csv").exists() else None
     out.append(f"wrote {plot_cluster_map(pd.read_parquet(cdir / 'clusters.parquet'), props, fd / 'fig_cluster_map.png')}")
     if props is None: return out + ["skipped property/regression figures: no cluster_properties.csv (run 04b_properties)"]
-    try: table = build_regression_table(results, props)
+    try: table = build_regression_table(results, props, shift, k)
     except ValueError as e: return out + [f"skipped property/regression figures: {e}"]
     out.append(f"wrote {plot_property_vs_shift(table, fd / 'fig_property_vs_shift.png')}")
     rdir = resolve(regression_dir) if regression_dir else None
     if rdir is not None and (rdir / "regression.csv").exists():
         return out + [f"wrote {plot_coefficients(pd.read_csv(rdir / 'regression.csv'), fd / 'fig_coefficients.png')}"]
     try:
-        res = regress(table, [c for c in table.columns if c.startswith("shift_")], [c for c in table.columns if c.startswith("prop_")])
+        preds, tgts, _ = paper_columns(table)
+        res = regress(table, tgts, select_predictors(table, preds)[0]).assign(definition=shift)
         out.append(f"wrote {plot_coefficients(res, fd / 'fig_coefficients.png')}")
     except ValueError as e: out.append(f"skipped fig_coefficients.png: {e}")
     return out

@@ -13,21 +13,21 @@ import submitit
 import yaml
 
 from .core import (log, resolve, repo_root, config_hash, read_json, write_json, write_text, atomic_path,
-                                  setup_logging, study_notebook, is_alive, lock_holder)
+                                  setup_logging, study_notebook, is_alive, lock_holder, cpu_info)
 from .data import is_file_dataset
 from .data import load_texts
-from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, check_model, VLLMSampler
+from .chain import resolve_dtype, ChainConfig, chain_identity, gen_dir, is_done, prepare_human, select_cluster, check_model, VLLMSampler
 from .metrics import metrics_intact
 from .judges import (JudgeSpec, JudgeError, OpenAIBackend, judge_server_command, start_judge_server,
                                     stop_judge_server, judge_throughput, check_judge_python)
 
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
-           'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'chain_run_dir', 'expand', 'estimate_cost',
-           'describe', 'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state',
-           'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir', 'make_task', 'aggregate', 'run_clusters',
-           'make_pools', 'run_analysis', 'preflight', 'status_table', 'format_status', 'run_study', 'judge_bench',
-           'format_throughput', 'main']
+           'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'chain_run_dir', 'format_file', 'study_format',
+           'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker', 'log_papermill',
+           'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir',
+           'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_pools', 'run_analysis',
+           'preflight', 'status_table', 'format_status', 'run_study', 'judge_bench', 'format_throughput', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -37,14 +37,14 @@ CHAIN_FIELDS = tuple(f.name for f in fields(ChainConfig))
 AXES = ("datasets", "ratios", "seeds", "models", "accumulate")
 PER_CHAIN = tuple(k for k in CHAIN_FIELDS if k not in ("run_dir", "dataset", "cluster", "clusters_path", "ratio", "seed", "model", "accumulate"))
 ALLOWED = {
-    "": ("name", "out_dir", "datasets", "chain", "metrics", "clusters", "experiments", "analysis", "executor", "cost"),
+    "": ("name", "out_dir", "datasets", "chain", "metrics", "clusters", "experiments", "analysis", "executor", "cost", "mixed_formats"),
     "chain": PER_CHAIN + ("model", "accumulate"),
     "metrics": ("n_eval", "reference_model", "embedder", "judges", "judge_cache"),
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
-                 "n_per_cluster", "reference_model"),
+                 "n_per_cluster", "reference_model", "max_n", "selfbleu_n", "aic_n", "candidate_sizes"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
-    "analysis": ("regression", "modularity", "figures"),
-    "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max"),
+    "analysis": ("shift", "k_last", "regression", "modularity", "figures"),
+    "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max", "quality", "pooled", "folds"),
     "analysis.modularity": ("experiment", "prop", "embedder"),
     "analysis.figures": ("fig_dir",),
     "executor": ("kind", "workers", "slurm"),
@@ -79,6 +79,9 @@ def load_spec(path: str | Path, # the study spec (YAML)
     for i, j in enumerate(js):
         try: JudgeSpec.from_dict(j)
         except JudgeError as e: raise SpecError(f"{path}: metrics.judges[{i}]: {e}") from None
+    sh = (spec.get("analysis") or {}).get("shift", "relative_to_gen0")
+    if sh not in ("relative_to_gen0", "minus_gen0", "minus_human"):
+        raise SpecError(f"{path}: analysis.shift={sh!r} is invalid; allowed: relative_to_gen0, minus_gen0, minus_human")
     exps = spec.get("experiments")
     if not isinstance(exps, dict) or not exps: raise SpecError(f"{path}: 'experiments' must map experiment names to their settings")
     for name, e in exps.items(): _check_keys(e or {}, f"experiments.{name}", "experiment", str(path))
@@ -108,6 +111,7 @@ class Plan:
     cluster_sets: dict = field(default_factory=dict) # dataset -> clusters dir, for datasets needing clusters
     pools: dict = field(default_factory=dict) # pool file -> (dataset, cluster ids or domains, whether they are cluster ids)
     unresolved: list = field(default_factory=list) # lines naming what is known only after clustering
+    dtype: str = "float32" # the study's number format: what `auto` resolved to, once (see study_format)
 
     @property
     def out(self) -> Path: return resolve(self.spec["out_dir"])
@@ -140,10 +144,18 @@ def chain_run_dir(out: str, params: dict) -> str:
     cl = "whole" if params.get("cluster") is None else f"cluster-{params['cluster']}"
     return f"{out}/{_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/seed-{params['seed']}-{config_hash(ident, 8)}"
 
+def format_file(spec: dict) -> Path: return resolve(spec["out_dir"]) / "format.json"
+
+def study_format(spec: dict) -> str:
+    "The study's number format for `dtype: auto`: the one its `format.json` recorded, else the rule's answer here (`resolve_dtype`)."
+    f = format_file(spec)
+    try: return read_json(f)["dtype"] if f.exists() else resolve_dtype("auto")
+    except (ValueError, KeyError): return resolve_dtype("auto")
+
 def expand(spec: dict, # from load_spec
           ) -> Plan:
     "The plan of a spec: chains (placeholders where clusters are not computed yet), clusterings, pools."
-    plan, where = Plan(spec), spec["_path"]
+    plan, where = Plan(spec, dtype=study_format(spec)), spec["_path"]
     out = spec["out_dir"]; base = dict(spec.get("chain") or {})
     datasets = _as_list(spec.get("datasets", ["bbc_news"]), "datasets", where)
     resolved: dict = {}  # (experiment, dataset) -> cluster ids, for pools built from them
@@ -191,6 +203,7 @@ def expand(spec: dict, # from load_spec
                                                        axes.get("accumulate", [base.get("accumulate", True)])):
                 p = {**{k: v for k, v in base.items() if k not in ("model", "accumulate")}, **e,
                      "dataset": pool or ds, "ratio": r, "seed": s, "model": m, "accumulate": acc}
+                if p.get("dtype", "auto") == "auto": p["dtype"] = plan.dtype  # resolved once for the whole study
                 if design == "cluster": p["cluster"] = cl
                 if by_cluster: p["clusters_path"] = str(Path(out) / "clusters" / _label(ds) / "clusters.parquet")
                 try: p = ChainConfig(**{**p, "dataset": ds, "run_dir": "x"}).validate().to_dict()  # (the pool file may not exist yet)
@@ -202,6 +215,12 @@ def expand(spec: dict, # from load_spec
                 if key in chains: chains[key].experiments.append(name)
                 else: chains[key] = Chain(p, [name], design, placeholder)
     plan.chains = list(chains.values())
+    fmts = {}
+    for c in plan.chains: fmts.setdefault(c.params["dtype"], []).append(c.experiments[0])
+    if len(fmts) > 1 and not spec.get("mixed_formats"):
+        raise SpecError(f"{where}: the chains would run in {len(fmts)} number formats ("
+                        + "; ".join(f"{k}: {', '.join(sorted(set(v)))}" for k, v in sorted(fmts.items()))
+                        + "); give every experiment one dtype, or set mixed_formats: true to compare formats on purpose")
     return plan
 
 # %% ../nbs/07_sweep.ipynb #b5eadeaa
@@ -245,6 +264,33 @@ def describe(plan: Plan) -> str:
     lines.append(f"  time: {c['seconds'] / 3600:,.1f} h on {c['device']}; {c['gpu_seconds'] / 3600:,.2f} GPU-h at {c['gpu']}")
     if c["unknown_models"]: lines.append(f"  (no size known for {sorted(c['unknown_models'])}: add cost.params to count them)")
     return "\n".join(lines)
+
+# %% ../nbs/07_sweep.ipynb #3e44c893
+def _reachable(ds: str) -> bool:
+    from recursive_loops.data import REGISTRY  # (imported at the top, a dict would look like a papermill parameter to the validation cell)
+    return (is_file_dataset(ds) and resolve(ds).exists()) or (ds in REGISTRY and REGISTRY[ds].hub_id is None)
+
+def check_feeding(plan: Plan) -> list[str]:
+    "Raise `SpecError` (one line) if a chain of the plan needs more human texts than its data holds; return what could not be checked."
+    sp = plan.spec; floor = int((sp.get("clusters") or {}).get("min_texts", 200)); loaded: dict = {}; unchecked = set()
+    for c in plan.chains:
+        p = c.params; cfg = ChainConfig(**{**p, "dataset": "bbc_news"}); need = cfg.human_needed()
+        name = f"{_label(p['dataset'])} {'whole' if p.get('cluster') is None else 'cluster ' + str(p['cluster'])} r={p['ratio']:g} seed={p['seed']}"
+        if c.placeholder and c.design == "cluster":  # not clustered yet: all 02_clusters guarantees is min_texts
+            if floor < need:
+                raise SpecError(f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} human texts ({cfg.n_heldout} held out + "
+                                f"{cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) but clusters.min_texts, the least an "
+                                f"eligible cluster holds, is {floor:,}; lower n_train or generations, raise the ratio, or raise clusters.min_texts")
+        elif c.placeholder or not _reachable(p["dataset"]):
+            unchecked.add(f"{_label(p['dataset'])} ({c.experiments[0]}): " + ("pool not mixed yet" if c.design == "pool" else "not reachable here"))
+            continue
+        else:
+            key = (p["dataset"], cfg.min_tokens, cfg.max_tokens)
+            try:
+                if key not in loaded: loaded[key] = load_texts(*key)
+                prepare_human(ChainConfig(**p), loaded[key])  # the chain's own check, in its own words
+            except ValueError as e: raise SpecError(f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name}: {str(e).splitlines()[0]}") from None
+    return sorted(unchecked)
 
 # %% ../nbs/07_sweep.ipynb #168cfc6f
 def n_threads_per_worker(workers: int) -> int: return max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -390,9 +436,13 @@ def run_slurm(tasks: list[dict], # from make_task
 # %% ../nbs/07_sweep.ipynb #9e4c7830
 def notebooks_dir(plan: Plan) -> Path: return plan.out / ".notebooks"
 
+def metrics_params(plan: Plan) -> dict:
+    "04_metrics parameters of the study's chains: the spec's, in the study's number format."
+    return {**(plan.spec.get("metrics") or {}), "dtype": plan.dtype}
+
 def make_task(plan: Plan, chain: Chain) -> dict:
     "What `chain_task` needs for one chain (plain JSON-able values, so it can go to another machine)."
-    return dict(run_dir=chain.params["run_dir"], chain=dict(chain.params), metrics=dict(plan.spec.get("metrics") or {}),
+    return dict(run_dir=chain.params["run_dir"], chain=dict(chain.params), metrics=metrics_params(plan),
                 notebooks=str(notebooks_dir(plan)), root=str(repo_root()))
 
 RESULT_KEYS = ("experiment", "design", "config_hash", "generations", "n_train", "clusters_path")
@@ -416,10 +466,18 @@ def aggregate(plan: Plan, # the study's plan
     with atomic_path(resolve(out) if out else plan.out / "results.csv") as tmp: res.to_csv(tmp, index=False)
     return res
 
-def _clusters_params(spec: dict, ds: str) -> tuple[dict, dict]:
-    c = dict(spec.get("clusters") or {}); ch = spec.get("chain") or {}
+def quality_judge_of(spec: dict) -> dict | None:
+    "The spec's quality judge (the first of metrics.judges with a quality prompt), or None."
+    for j in (spec.get("metrics") or {}).get("judges") or []:
+        js = JudgeSpec.from_dict(j)
+        if js.backend != "fluency" and js.prompt.startswith("quality"): return dict(j)
+    return None
+
+def _clusters_params(spec: dict, ds: str, dtype: str = "float32") -> tuple[dict, dict]:
+    c = dict(spec.get("clusters") or {}); ch = spec.get("chain") or {}; m = spec.get("metrics") or {}
     tok = dict(min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
-    props = dict(n_per_cluster=c.pop("n_per_cluster", 64), **({"reference_model": c.pop("reference_model")} if "reference_model" in c else {}))
+    props = dict(n_per_cluster=c.pop("n_per_cluster", 64), **{k: c.pop(k) for k in ("reference_model", "max_n", "selfbleu_n", "aic_n") if k in c},
+                 quality_judge=quality_judge_of(spec) or {}, dtype=dtype, **({"judge_cache": m["judge_cache"]} if m.get("judge_cache") else {}))
     return dict(dataset=ds, **tok, **c), dict(dataset=ds, **tok, **props)
 
 def run_clusters(plan: Plan, # plan whose cluster_sets say what to cluster
@@ -427,7 +485,7 @@ def run_clusters(plan: Plan, # plan whose cluster_sets say what to cluster
     "02_clusters + 04b_properties for each dataset that needs clusters (kept when done with the same parameters)."
     root, nbs = repo_root(), notebooks_dir(plan)
     for ds, cdir in plan.cluster_sets.items():
-        cp, pp = _clusters_params(plan.spec, ds)
+        cp, pp = _clusters_params(plan.spec, ds, plan.dtype)
         h = config_hash(dict(clusters=cp, properties=pp)); stamp = cdir / "clusters.params.json"
         if stamp.exists() and read_json(stamp).get("hash") == h and (cdir / "cluster_properties.csv").exists():
             log.info("clusters of %s are up to date in %s, kept", ds, cdir); continue
@@ -463,9 +521,11 @@ def run_analysis(plan: Plan, # a plan whose chains ran
     if reg:
         for ds in _datasets_of(plan, reg.get("experiment"), "cluster"):
             reg_dir = out / "regression" / _label(ds)
+            q = quality_judge_of(sp)
             params = dict(results_root=str(results), properties=str(clusters_dir(sp, ds) / "cluster_properties.csv"),
-                          out_dir=str(reg_dir), dataset=ds,
-                          **{k: (",".join(v) if isinstance(v, list) else v) for k, v in reg.items() if k != "experiment"})
+                          out_dir=str(reg_dir), dataset=ds, shift=an.get("shift", "relative_to_gen0"), k_last=an.get("k_last", 0),
+                          **({"quality": q["name"]} if q else {}))
+            params.update({k: (",".join(v) if isinstance(v, list) else v) for k, v in reg.items() if k != "experiment"})  # the spec's own keys win
             _papermill(nbs / "05_regression.ipynb", reg_dir / "05_regression.ipynb", params, root); done.append(f"05_regression -> {reg_dir}")
     mod = an.get("modularity"); mod_dir = None
     if mod:
@@ -477,7 +537,8 @@ def run_analysis(plan: Plan, # a plan whose chains ran
     if fig:
         cds = [clusters_dir(sp, ds) for ds in plan.cluster_sets] or [out / "clusters"]
         params = dict(runs_root=str(results), fig_dir=fig.get("fig_dir", "figures"), clusters_dir=str(cds[0]),
-                      modularity_dir=str(mod_dir or out / "modularity"), regression_dir=str(reg_dir or out / "regression"))
+                      modularity_dir=str(mod_dir or out / "modularity"), regression_dir=str(reg_dir or out / "regression"),
+                      shift=an.get("shift", "relative_to_gen0"), k_last=an.get("k_last", 0))
         _papermill(nbs / "06_figures.ipynb", out / "06_figures.ipynb", params, root); done.append(f"06_figures -> {params['fig_dir']}")
     return done
 
@@ -508,7 +569,7 @@ def status_table(plan: Plan) -> pd.DataFrame:
     "Every chain of the plan with its state and detail."
     rows = []
     for c in plan.chains:
-        st, detail = ("pending", "cluster not known yet") if c.placeholder else chain_state(c, plan.spec.get("metrics"))
+        st, detail = ("pending", "cluster not known yet") if c.placeholder else chain_state(c, metrics_params(plan))
         rows.append(dict(state=st, run_dir=c.params["run_dir"], experiments=",".join(c.experiments), detail=detail))
     return pd.DataFrame(rows)
 
@@ -529,16 +590,22 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     kind = executor or ex_cfg.get("kind", "local")
     if kind not in ("local", "slurm"): raise SpecError(f"executor={kind!r} is invalid; allowed: local, slurm")
     workers = int(workers or ex_cfg.get("workers", 1))
-    if dry_run: print(describe(plan)); return dict(plan=plan, dry_run=True)
+    unchecked = check_feeding(plan)  # every chain's human-text need against its data, before anything is written
+    if dry_run:
+        print(describe(plan))
+        for u in unchecked: print(f"  human-text need not checked: {u}")
+        return dict(plan=plan, dry_run=True)
     t0 = time.time(); out = plan.out
     preflight(plan)  # datasets, pool sizes and models of the chains known now, before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    if not format_file(spec).exists():  # the study's number format, decided once: every later run of it reads this
+        write_json(format_file(spec), dict(dtype=plan.dtype, rule="resolve_dtype('auto')", cpu=cpu_info(), decided=time.strftime("%Y-%m-%dT%H:%M:%S")))
     for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "06_figures"):
         study_notebook(repo_root() / "nbs" / f"{n}.ipynb", notebooks_dir(plan) / f"{n}.ipynb")
     if plan.cluster_sets: run_clusters(plan)
     plan = expand(spec)  # cluster ids are known now
     make_pools(plan); plan = expand(spec)
-    todo = [c for c in plan.chains if chain_state(c, spec.get("metrics"))[0] != "done"]
+    todo = [c for c in plan.chains if chain_state(c, metrics_params(plan))[0] != "done"]
     preflight(plan, todo)  # now with the clusters and pools
     log.info("%d chains: %d done already, %d to run (%s executor)", len(plan.chains), len(plan.chains) - len(todo), len(todo), kind)
     tasks = [make_task(plan, c) for c in todo]
@@ -546,7 +613,7 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     elif kind == "local": errors = run_local(tasks, workers)
     else: errors = run_slurm(tasks, out / ".slurm", ex_cfg.get("slurm"))
     for c in todo:  # whatever an executor said, a chain counts as run only if its run directory is complete
-        st, detail = chain_state(c, spec.get("metrics"))
+        st, detail = chain_state(c, metrics_params(plan))
         if st != "done" and not errors.get(c.params["run_dir"]): errors[c.params["run_dir"]] = f"not finished ({st}: {detail})"
     failed = {k: v for k, v in errors.items() if v}
     summary = dict(chains=len(plan.chains), ran=len(tasks), skipped=len(plan.chains) - len(tasks), failed=failed,

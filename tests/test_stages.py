@@ -19,6 +19,37 @@ def test_each_stage_has_one_parameters_cell(name):
     assert "#| export" not in "".join(tagged[0]["source"])
 
 
+def _str_params(source: str) -> list[str]:
+    "Names the parameters cell annotates as `str`."
+    import ast
+    return [n.target.id for n in ast.parse(source).body if isinstance(n, ast.AnnAssign) and getattr(n.annotation, "id", None) == "str"]
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_str_parameters_that_look_like_numbers(name, tmp_path, monkeypatch):
+    "papermill reads `-p sizes 256` as the integer 256: each stage's validation takes it as the text '256', or stops with one clear line."
+    monkeypatch.chdir(tmp_path)  # nothing a validation cell might write lands in the repository
+    cells = [c for c in json.loads((NBS / f"{name}.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+    i = next(k for k, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    src = ["".join(c["source"]) for c in cells[:i + 2]]
+    names = _str_params(src[i])
+    assert names or name == "__none__", f"{name}: no str parameter found"
+    base: dict = {}
+    for s in src[:i]: exec(compile(s, f"{name}-setup", "exec"), base)
+    outcomes = {}
+    for n in names:
+        ns = dict(base); exec(compile(src[i], f"{name}-parameters", "exec"), ns)
+        ns[n] = 7  # what papermill injects for `-p n 7`
+        try:
+            exec(compile(src[i + 1], f"{name}-validation", "exec"), ns)
+            assert not isinstance(ns[n], int), f"{name}: {n}=7 stayed an integer"
+            outcomes[n] = "ok"
+        except ValueError as e:  # a value that really is wrong: one clear line naming what is wrong
+            assert "\n" not in str(e) and str(e), (name, n, e)
+            outcomes[n] = str(e)[:80]
+    print(name, outcomes)
+
+
 def _mtimes(run_dir):
     return {p.relative_to(run_dir).as_posix(): p.stat().st_mtime_ns for p in Path(run_dir).glob("gen_*/*")}
 
@@ -48,7 +79,8 @@ def test_chain_metrics_figures_and_resume(tmp_path, tiny_model):
     run_nb("04_metrics", tmp_path / "metrics.ipynb", run_dir=str(rd), n_eval=4, reference_model=tiny_model)
     m = pd.read_csv(rd / "metrics.csv")
     assert set(m.generation) == {-1, 0, 1, 2}
-    assert {"ttr_150", "mtld", "semantic_diversity", "length_words", "fluency_nll", "heldout_nll", "heldout_nll_base"} == set(m.metric)
+    assert {"ttr_150", "mtld", "selfbleu_diversity", "semantic_diversity", "length_words", "length_chars", "positivity", "fluency_nll",
+            "heldout_nll", "heldout_nll_base"} == set(m.metric)
 
     figs = tmp_path / "figs"
     run_nb("06_figures", tmp_path / "figures.ipynb", runs_root=str(tmp_path), fig_dir=str(figs))

@@ -19,7 +19,20 @@ def test_paper_design_dry_run():
     assert r.returncode == 0, r.stderr[-2000:]
     assert "1,696 chains, 33,920 generations (fine-tunes)" in r.stdout, r.stdout
     assert "GPU-h" in r.stdout and "clusters: 1600 chains" in r.stdout
+    assert "human-text need not checked: twitter_100m (ratio_sweep): not reachable here" in r.stdout, r.stdout
     print(r.stdout)
+
+
+def test_paper_spec_with_clusters_too_small_is_refused(tmp_path):
+    "A cluster chain at N = 4000, r = 0.125, 20 generations eats 70,700 human texts: min_texts 4200 cannot feed it."
+    body = (ROOT / "studies" / "paper.yaml").read_text()
+    assert "min_texts: 80000" in body
+    (tmp_path / "p.yaml").write_text(body.replace("min_texts: 80000", "min_texts: 4200"))
+    r = cli("study", str(tmp_path / "p.yaml"), "--dry-run")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, (r.returncode, r.stderr)
+    assert "experiments.clusters: chain twitter_100m cluster ?0 r=0.125 seed=0 needs 70,700 human texts (200 held out + 4000 + 19 x 3500)" in lines[0]
+    assert "clusters.min_texts, the least an eligible cluster holds, is 4,200" in lines[0] and not r.stdout
 
 
 def test_demo_spec_expands_and_status_reads_it():
@@ -33,6 +46,7 @@ def test_demo_spec_expands_and_status_reads_it():
     ("name: t\nexperiments:\n  a: {ratios: [1.5]}\n", "ratio=1.5 is invalid"),
     ("name: t\nexperiments:\n  a: {train_on: {pool: 2, of: b}}\n", "train_on: {'pool': 2, 'of': 'b'} is invalid"),
     ("name: t\nexperiments: [\n", "not valid YAML"),
+    ("name: t\nanalysis: {shift: last_minus_human}\nexperiments:\n  a: {}\n", "analysis.shift='last_minus_human' is invalid; allowed: relative_to_gen0"),
 ])
 def test_bad_spec_is_one_line_exit_2(tmp_path, body, message):
     (tmp_path / "s.yaml").write_text(body)

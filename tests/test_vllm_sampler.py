@@ -23,7 +23,8 @@ def test_chain_samples_on_vllm_with_its_own_adapter(tmp_path, monkeypatch):
         pytest.skip(msg)
     monkeypatch.setenv("RECURSIVE_LOOPS_VLLM_PYTHON", str(VLLM_PYTHON))
     cfg = ChainConfig(model="smollm2-135m", n_train=8, generations=2, n_generate=6, n_heldout=4, max_new_tokens=16,
-                      batch_size=4, epochs=3, lr=1e-2, temperature=1e-4, generator="vllm", run_dir=str(tmp_path / "chain"))
+                      batch_size=4, epochs=3, lr=1e-2, temperature=1e-4, generator="vllm", dtype="float32",  # the server runs fp32 on CPU
+                      run_dir=str(tmp_path / "chain"))
     out = run_chain(cfg)
     m0, m1 = (read_json(gen_dir(out, g) / "manifest.json") for g in (0, 1))
     assert m0["generator"] == m1["generator"] == "vllm" and m0["vllm_server_start_s"] == m1["vllm_server_start_s"] > 0  # one server
