@@ -171,9 +171,11 @@ def check_unknown_params(ns: dict, # the notebook namespace (`globals()`), passe
                         ) -> None:
     "Raise `ValueError` naming any parameter-like value (a literal) in `ns` that is not in `known`; turn numbers given for `str` parameters into text."
     known = set(known)
+    mods = [m for n, m in list(sys.modules.items()) if n.startswith("recursive_loops") and m is not None]
+    imported = lambda k, v: any(getattr(m, k, None) is v for m in mods)  # a constant imported from the package, not an injection
     bad = sorted(k for k, v in ns.items()
                  if not k.startswith("_") and k not in known and k not in ("In", "Out")
-                 and isinstance(v, _PARAM_TYPES))
+                 and isinstance(v, _PARAM_TYPES) and not imported(k, v))
     if bad:
         raise ValueError(f"unknown parameter(s) {', '.join(map(repr, bad))}; allowed: {', '.join(sorted(known))}")
     ann = ns.get("__annotations__") or {}

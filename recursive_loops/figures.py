@@ -14,7 +14,7 @@ from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
 from .judges import pool_audits
 from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci, build_regression_table, select_predictors, regress,
-                                        plot_coefficients, paper_columns, shift_label)
+                                        plot_coefficients, paper_columns, shift_label, SHIFTS, PAPER_PREDICTORS)
 
 # %% auto #0
 __all__ = ['METRICS', 'SWEEP_METRICS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout', 'plot_ratio_sweep',
@@ -135,7 +135,8 @@ def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole dat
             for ds in dss:
                 d = sh[(sh.metric == m) & (sh.dataset.astype(str) == ds)]
                 zero = d.groupby("seed").gen0.mean()  # generation 0 of each seed (shared in kind by all its ratios)
-                if col == "shift": zero = zero * 0 + neutral[shift] if shift in neutral else (d.gen0 - d.human).groupby(d.seed).mean()
+                if col == "shift":  # generation 0's own shift: exactly 1 or 0, or for minus_human its gap to the human data
+                    zero = pd.Series(neutral[shift], index=zero.index) if shift in neutral else (d.gen0 - d.human).groupby(d.seed).mean()
                 per = [zero] + [d[d.ratio == r].groupby("seed")[col].mean() for r in ratios]
                 mean = np.array([p.mean() for p in per]); ci = np.array([seed_ci(p.to_numpy()) for p in per])
                 n = min(len(p) for p in per[1:])
@@ -176,7 +177,6 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     "Grid of property (x) against shift (y) over clusters, one colour per ratio, with OLS lines."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
-    from recursive_loops.regression import PAPER_PREDICTORS  # (a module-level tuple would look like a papermill parameter here)
     props = [c for c in PAPER_PREDICTORS if c in table.columns] or [c for c in table.columns if c.startswith("prop_")]
     passed = [c for c in table.columns if c.startswith("shift_") and c.removeprefix("shift_") not in METRICS]  # judges (failed ones never reach the table)
     shifts = passed + [f"shift_{m}" for m in SWEEP_METRICS if f"shift_{m}" in table.columns] or [c for c in table.columns if c.startswith("shift_")]

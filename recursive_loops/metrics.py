@@ -18,7 +18,8 @@ from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, judge_rows, forma
 
 # %% auto #0
 __all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu', 'selfbleu_diversity', 'positivity',
-           'length_chars', 'text_nll', 'measure_texts', 'subsample', 'audit_texts', 'metrics_intact', 'run_metrics']
+           'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample', 'audit_texts', 'metrics_intact',
+           'run_metrics']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -91,6 +92,10 @@ def length_chars(texts: list[str]) -> float:
     "Mean characters per text (the paper's text length)."
     return float(np.mean([len(t) for t in texts])) if texts else float("nan")
 
+def length_words(texts: list[str]) -> float:
+    "Mean words per text."
+    return float(np.mean([len(words(t)) for t in texts])) if texts else float("nan")
+
 # %% ../nbs/04_metrics.ipynb #6b9d230d
 def text_nll(model, tok, texts: list[str], batch_size: int = 16, max_length: int = 128) -> float:
     "Mean token NLL of plain `texts` under `model` (pooled over tokens), each predicted from the BOS token on."
@@ -106,7 +111,7 @@ def measure_texts(texts: list[str], # the set to measure
     "All text metrics of one set."
     out = dict(ttr_150=ttr_150(texts), mtld=mtld(texts), selfbleu_diversity=selfbleu_diversity(texts),
                semantic_diversity=semantic_diversity(embedder.encode(texts, batch_size=64, show_progress_bar=False)),
-               length_words=float(np.mean([len(words(t)) for t in texts])), length_chars=length_chars(texts), positivity=positivity(texts))
+               length_words=length_words(texts), length_chars=length_chars(texts), positivity=positivity(texts))
     if ref_model is not None: out["fluency_nll"] = text_nll(ref_model, ref_tok, texts)
     return out
 

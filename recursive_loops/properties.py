@@ -14,7 +14,7 @@ from .data import load_texts
 from .chain import load_model, resolve_dtype
 from .clusters import embed_texts
 from .metrics import (subsample, length_chars, selfbleu_diversity, semantic_diversity, positivity, ttr_150, mtld,
-                                     words, text_nll, audit_texts)
+                                     length_words, text_nll, audit_texts)
 from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, format_audit
 
 # %% auto #0
@@ -76,7 +76,7 @@ def measure_cluster(d: pd.DataFrame, # one cluster's rows of cluster_texts
     if {"x", "y"} <= set(d.columns):
         out.update(prop_gaussian_aic=gaussian_aic(d[["x", "y"]].to_numpy(), aic_n, derive_seed(seed, "props-aic")), n_gaussian_aic=aic_n)
     out.update(prop_positivity=positivity([tx[i] for i in big]), n_positivity=len(big),
-               prop_ttr_150=ttr_150(few), prop_mtld=mtld(few), prop_length_words=float(np.mean([len(words(t)) for t in few])),
+               prop_ttr_150=ttr_150(few), prop_mtld=mtld(few), prop_length_words=length_words(few),
                n_ttr_150=len(few), n_mtld=len(few), n_length_words=len(few))
     if ref is not None: out.update(prop_fluency_nll=text_nll(ref, rtok, few), n_fluency_nll=len(few))
     return out

@@ -15,7 +15,8 @@ import yaml
 from .core import (log, resolve, repo_root, config_hash, read_json, write_json, write_text, atomic_path,
                                   setup_logging, study_notebook, is_alive, lock_holder, cpu_info)
 from .data import is_file_dataset
-from .data import load_texts
+from .data import load_texts, REGISTRY
+from .regression import SHIFTS
 from .chain import resolve_dtype, ChainConfig, chain_identity, gen_dir, is_done, prepare_human, select_cluster, check_model, VLLMSampler
 from .metrics import metrics_intact
 from .judges import (JudgeSpec, JudgeError, OpenAIBackend, judge_server_command, start_judge_server,
@@ -80,8 +81,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
         try: JudgeSpec.from_dict(j)
         except JudgeError as e: raise SpecError(f"{path}: metrics.judges[{i}]: {e}") from None
     sh = (spec.get("analysis") or {}).get("shift", "relative_to_gen0")
-    if sh not in ("relative_to_gen0", "minus_gen0", "minus_human"):
-        raise SpecError(f"{path}: analysis.shift={sh!r} is invalid; allowed: relative_to_gen0, minus_gen0, minus_human")
+    if sh not in SHIFTS: raise SpecError(f"{path}: analysis.shift={sh!r} is invalid; allowed: {', '.join(SHIFTS)}")
     exps = spec.get("experiments")
     if not isinstance(exps, dict) or not exps: raise SpecError(f"{path}: 'experiments' must map experiment names to their settings")
     for name, e in exps.items(): _check_keys(e or {}, f"experiments.{name}", "experiment", str(path))
@@ -267,7 +267,6 @@ def describe(plan: Plan) -> str:
 
 # %% ../nbs/07_sweep.ipynb #3e44c893
 def _reachable(ds: str) -> bool:
-    from recursive_loops.data import REGISTRY  # (imported at the top, a dict would look like a papermill parameter to the validation cell)
     return (is_file_dataset(ds) and resolve(ds).exists()) or (ds in REGISTRY and REGISTRY[ds].hub_id is None)
 
 def check_feeding(plan: Plan) -> list[str]:
