@@ -14,10 +14,11 @@ import numpy as np
 
 from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads
 from .data import load_texts, instruction_for
-from .chain import (ChainConfig, load_model, train_lora, generate_texts, encode_examples,
-                                   response_nll, chat_prompt, matmul_gflops, resolve_model, resolve_dtype)
+from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder
+from .training import train_lora, response_nll
+from .sampling import generate_texts
+from .chain import ChainConfig
 from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words, subsample
-from .clusters import load_embedder
 
 # %% auto #0
 __all__ = ['ARMS', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation', 'ours_generation',

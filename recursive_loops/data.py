@@ -11,12 +11,12 @@ from typing import Callable
 
 import pandas as pd
 
-from .core import log, resolve, text_hash, write_json, make_manifest, atomic_path
+from .core import log, resolve, text_hash, write_json, make_manifest, atomic_path, HubUnavailable
 
 # %% auto #0
-__all__ = ['REGISTRY', 'FILE_SUFFIXES', 'count_tokens', 'normalise', 'DatasetSpec', 'HubUnavailable', 'register', 'bbc_news_dir',
-           'load_bbc_news', 'load_twitter_100m', 'load_reddit', 'load_wikipedia', 'load_senator_tweets', 'load_file',
-           'is_file_dataset', 'check_dataset_name', 'instruction_for', 'load_texts', 'run_data']
+__all__ = ['REGISTRY', 'FILE_SUFFIXES', 'count_tokens', 'normalise', 'DatasetSpec', 'register', 'bbc_news_dir', 'load_bbc_news',
+           'load_twitter_100m', 'load_reddit', 'load_wikipedia', 'load_senator_tweets', 'load_file', 'is_file_dataset',
+           'check_dataset_name', 'instruction_for', 'load_texts', 'run_data']
 
 # %% ../nbs/01_data.ipynb #b2a07724
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -59,9 +59,6 @@ class DatasetSpec:
     loader: Callable[[], pd.DataFrame]  # returns a frame with `text` (and optionally `domain`)
     description: str = ""
     hub_id: str | None = None
-
-class HubUnavailable(RuntimeError):
-    "A hub dataset or model was asked for but the Hugging Face hub cannot be reached."
 
 REGISTRY: dict[str, DatasetSpec] = {}
 

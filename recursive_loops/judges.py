@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import log, cache_dir, resolve
+from .core import log, cache_dir
+from .models import load_model, collate, ServerError
 
 # %% auto #0
 __all__ = ['PROMPTS', 'FLUENCY_VERSION', 'JUDGE_KEYS', 'CORRUPTIONS', 'LEAN_SET', 'Prompt', 'expected_score', 'text_key',
            'ScoreCache', 'JudgeError', 'OpenAIBackend', 'HFBackend', 'FluencyBackend', 'JudgeSpec', 'Judge', 'corrupt',
-           'claimed', 'audit_judge', 'pool_audits', 'format_audit', 'judge_rows', 'served_model',
-           'judge_server_command', 'wait_for_server', 'free_port', 'check_judge_python', 'start_judge_server',
-           'stop_judge_server', 'judge_throughput']
+           'claimed', 'audit_judge', 'pool_audits', 'format_audit', 'judge_rows', 'judge_throughput']
 
 # %% ../nbs/04a_judges.ipynb #97667046
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class ScoreCache:
                             for k, b, m, v, r in rows])
 
 # %% ../nbs/04a_judges.ipynb #cd717ebd
-class JudgeError(ValueError):
+class JudgeError(ServerError):
     "A judge that cannot be used as configured (server unreachable, model not served, bad setting); the message says the fix."
 
 class OpenAIBackend:
@@ -171,7 +170,6 @@ class OpenAIBackend:
 class HFBackend:
     "A local transformers model as a judge: batched greedy answers, top logprobs at each answer token."
     def __init__(self, model: str, prompt: Prompt, batch_size: int = 16, top_logprobs: int = 20, dtype: str = "auto"):
-        from recursive_loops.chain import load_model
         self.model_name, self.prompt, self.batch_size, self.top_logprobs = model, prompt, batch_size, top_logprobs
         self.model, self.tok = load_model(model, dtype)
         self.requests = 0
@@ -203,7 +201,6 @@ class HFBackend:
 class FluencyBackend:
     "The offline fluency proxy: each text's mean token NLL under a reference model (lower = more fluent)."
     def __init__(self, model: str = "smollm2-135m", dtype: str = "auto"):
-        from recursive_loops.chain import load_model
         self.model_name = model
         self.model, self.tok = load_model(model, dtype)
         self.requests = 0
@@ -213,7 +210,6 @@ class FluencyBackend:
     def score(self, texts: list[str], progress: bool = False, batch_size: int = 8) -> list[dict]:
         import torch
         from tqdm.auto import tqdm
-        from recursive_loops.chain import collate
         tok = self.tok
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         ex = [(([start] + ids)[:128], 1) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -448,79 +444,6 @@ def judge_rows(judge: Judge, sets: dict[int, tuple[str, list[str]]], audit: dict
                          judge_audit=audit["verdict"]))
         per_text += [dict(judge=judge.spec.name, version=judge.spec.version, generation=g, source=source, index=i, **r) for i, r in enumerate(res)]
     return rows, per_text
-
-# %% ../nbs/04a_judges.ipynb #6aae1e03
-def served_model(model: str) -> tuple[str, str]:
-    "(path or hub id vLLM loads, name it serves it under) for a bundled alias, folder or hub id."
-    from recursive_loops.chain import BUNDLED_MODELS, resolve_model
-    if model in BUNDLED_MODELS: return resolve_model(model), model
-    return (str(resolve(model)) if resolve(model).exists() else model), model
-
-def judge_server_command(model: str = "smollm2-135m", # bundled alias, folder or hub id
-                         port: int = 8000, # port on 127.0.0.1
-                         python: str = ".venv-vllm/bin/python", # the vLLM virtualenv's python
-                         device: str = "cpu", # cpu (flags measured on CPU) or cuda (vLLM's defaults)
-                        ) -> tuple[list[str], dict]:
-    "The command line and extra environment of vLLM's OpenAI-compatible server for `model`."
-    path, name = served_model(model)
-    argv = [str(resolve(python)), "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", name,
-            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--disable-log-stats"]
-    env = {}
-    if device == "cpu":
-        argv += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2", "--block-size", "32"]
-        env = dict(VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
-    return argv, env
-
-def wait_for_server(base_url: str, timeout: float = 600.0, proc=None) -> float:
-    "Poll `base_url/models` until it answers; seconds waited. Raises JudgeError on timeout or if `proc` exits."
-    import urllib.error, urllib.request
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc is not None and proc.poll() is not None:
-            raise JudgeError(f"the judge server exited with status {proc.returncode} before answering; see its log")
-        try:
-            with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5): return time.time() - t0
-        except urllib.error.HTTPError: return time.time() - t0  # it answers (401 when it wants a key)
-        except OSError: time.sleep(2)
-    raise JudgeError(f"the judge server at {base_url} did not answer within {timeout:.0f} s")
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-def check_judge_python(python: str) -> Path:
-    "The judge server's python (of its own virtualenv), or one JudgeError saying how to build it."
-    p = resolve(python)
-    if not p.exists(): raise JudgeError(f"{python} does not exist; build the judge server's virtualenv with `make judge-venv`")
-    return p
-
-def start_judge_server(model: str = "smollm2-135m", port: int | None = None, python: str = ".venv-vllm/bin/python",
-                       device: str = "cpu", log_path: str | Path | None = None, env: dict | None = None, timeout: float = 600.0,
-                       extra_args: list[str] | None = None, # more server flags (the chain's vLLM sampler adds LoRA's)
-                      ):
-    "Start the vLLM judge server in the background and wait until it answers: (process, base_url, seconds to start)."
-    import subprocess
-    check_judge_python(python)
-    port = port or free_port()
-    argv, extra = judge_server_command(model, port, python, device)
-    argv += list(extra_args or [])
-    logf = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **extra, **(env or {})})
-    url = f"http://127.0.0.1:{port}/v1"
-    try: return proc, url, wait_for_server(url, timeout, proc)
-    except BaseException:
-        stop_judge_server(proc); raise
-
-def stop_judge_server(proc) -> None:
-    "Stop a server started by `start_judge_server` (its whole process group)."
-    import signal
-    if proc.poll() is None:
-        try: os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
-        except Exception:
-            try: os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError: pass
 
 # %% ../nbs/04a_judges.ipynb #fdac4f6b
 def judge_throughput(base_url: str | None, model: str, texts: list[str], concurrency: int = 32, prompt: str = "quality-v1",

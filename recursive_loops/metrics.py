@@ -12,8 +12,9 @@ import pandas as pd
 
 from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed,
                                   RunLock, config_hash)
-from .chain import load_model, gen_dir, is_done, pooled_nll, resolve_dtype
-from .clusters import load_embedder
+from .models import load_model, resolve_dtype, load_embedder
+from .training import pooled_nll
+from .chain import gen_dir, is_done
 from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, judge_rows, format_audit
 
 # %% auto #0

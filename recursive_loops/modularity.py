@@ -12,7 +12,7 @@ import pandas as pd
 from .core import log, resolve, atomic_path, read_json, read_jsonl, write_jsonl, save_figure
 from .data import load_texts
 from .chain import gen_dir, is_done
-from .clusters import load_embedder
+from .models import load_embedder
 from .metrics import measure_texts
 
 # %% auto #0

@@ -11,8 +11,7 @@ import pandas as pd
 
 from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, derive_seed
 from .data import load_texts
-from .chain import load_model, resolve_dtype
-from .clusters import embed_texts
+from .models import load_model, resolve_dtype, embed_texts
 from .metrics import (subsample, length_chars, selfbleu_diversity, semantic_diversity, positivity, ttr_150, mtld,
                                      length_words, text_nll, audit_texts)
 from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, format_audit

@@ -17,10 +17,11 @@ from .core import (log, resolve, repo_root, config_hash, read_json, write_json, 
 from .data import is_file_dataset
 from .data import load_texts, REGISTRY
 from .regression import SHIFTS
-from .chain import resolve_dtype, ChainConfig, chain_identity, gen_dir, is_done, prepare_human, select_cluster, check_model, VLLMSampler
+from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
+from .sampling import VLLMSampler
+from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, select_cluster
 from .metrics import metrics_intact
-from .judges import (JudgeSpec, JudgeError, OpenAIBackend, judge_server_command, start_judge_server,
-                                    stop_judge_server, judge_throughput, check_judge_python)
+from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
 
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
@@ -632,13 +633,13 @@ def judge_bench(model: str = "smollm2-135m", n: int = 512, concurrency: int = 32
     texts = [texts[i] for i in sorted(random.Random(0).sample(range(len(texts)), min(n, len(texts))))]
     procs = []
     def fresh() -> str:  # one server per mode, so neither mode finds the other's prompts in vLLM's prefix cache
-        while procs: stop_judge_server(procs.pop())
-        proc, url, secs = start_judge_server(model, python=python, device=device, log_path=resolve(out).with_suffix(".server.log"))
+        while procs: stop_server(procs.pop())
+        proc, url, secs = start_server(model, python=python, device=device, log_path=resolve(out).with_suffix(".server.log"))
         procs.append(proc); log.info("judge server up in %.0f s", secs)
         return url
     try: return judge_throughput(base_url, model, texts, concurrency, out=resolve(out), fresh_server=None if base_url else fresh)
     finally:
-        while procs: stop_judge_server(procs.pop())
+        while procs: stop_server(procs.pop())
 
 def format_throughput(r: dict) -> str:
     return (f"{r['n_texts']} texts, {r['model']} at {r['base_url']}:\n"
@@ -669,8 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     log_papermill()
     try:
         if a.cmd == "judge-server":
-            check_judge_python(a.python)
-            cmd, env = judge_server_command(a.model, a.port, a.python, a.device)
+            check_vllm_python(a.python)
+            cmd, env = server_command(a.model, a.port, a.python, a.device)
             print(f"serving {a.model} at http://127.0.0.1:{a.port}/v1 (Ctrl-C stops it)", flush=True)
             os.execve(cmd[0], cmd, {**os.environ, **env})
         if a.cmd == "judge-bench":

@@ -31,7 +31,7 @@ _guard_network()
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     "A tiny random Llama (with the bundled tokenizer) for fast, real chains."
-    from recursive_loops.chain import make_tiny_model
+    from recursive_loops.models import make_tiny_model
     return str(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
 

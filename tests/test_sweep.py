@@ -88,15 +88,17 @@ def _manifests(rd: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def slurm():
-    reason = local_slurm.why_not()
+    reason, started = local_slurm.why_not(), []
     if reason is None:
-        try: local_slurm.start()
+        try: started = local_slurm.start()
         except Exception as e: reason = f"local SLURM did not start: {e}"
     if reason:
         if os.environ.get("RECURSIVE_LOOPS_REQUIRE_SLURM") == "1": pytest.fail(f"SLURM test required but: {reason}")
         pytest.skip(reason)
     yield
     subprocess.run(["scancel", "--name", "recursive_loops"], capture_output=True)
+    left = local_slurm.stop(started)  # every daemon this test started, it stops (one that was up before is left up)
+    assert not left, f"still running after the SLURM test: {left}"
 
 
 def test_local_study_then_slurm_gives_the_same_and_resumes_after_scancel(tmp_path, tiny_model, slurm):

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from recursive_loops.chain import ChainConfig, chat_prompt, gen_dir, load_model, run_chain, train_lora
+from recursive_loops.models import chat_prompt, load_model
+from recursive_loops.training import train_lora
+from recursive_loops.chain import ChainConfig, gen_dir, run_chain
 from recursive_loops.core import derive_seed, read_json, read_jsonl
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
