@@ -72,7 +72,7 @@ class ChainConfig:
         if self.lr <= 0: bad("lr", "a number > 0")
         if self.temperature <= 0: bad("temperature", "a number > 0")
         if not isinstance(self.accumulate, bool): bad("accumulate", "True or False")
-        if self.dtype not in ("auto", "bfloat16", "float32"): bad("dtype", "auto, bfloat16 or float32")
+        if self.dtype not in DTYPES: bad("dtype", "auto, bfloat16 or float32")
         if self.generator not in ("hf", "vllm"): bad("generator", "hf or vllm")
         if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
         if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
