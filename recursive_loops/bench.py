@@ -24,7 +24,7 @@ from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words, su
 __all__ = ['ARMS', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation', 'ours_generation',
            'warm_process', 'in_fresh_process', 'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench']
 
-# %% ../nbs/08_bench.ipynb #24248c32
+# %% ../nbs/08_bench.ipynb #3a7975eb
 @dataclass
 class BenchConfig:
     "The fixed workload of one benchmarked chain generation."
@@ -49,6 +49,7 @@ class BenchConfig:
         import torch
         return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
+# %% ../nbs/08_bench.ipynb #15145252
 def peak_gflops(dtype: str = "float32", # a torch dtype name
                 sizes: tuple | None = None, # matrix sides tried (default: 512-2048 on CPU, 2048-8192 on a GPU)
                 device: str = "cpu", # cpu or cuda
@@ -80,13 +81,14 @@ def random_weights_like(src: str | Path, # a model folder or bundled alias: a ca
     (AutoModel if st else AutoModelForCausalLM).from_config(cfg).save_pretrained(dst)
     return dst
 
+# %% ../nbs/08_bench.ipynb #6f55e2bd
 def bench_data(bc: BenchConfig, tok) -> tuple[list[str], list[str]]:
     "Training texts and held-out human texts, each cut to `cut_tokens` tokens (bundled BBC News, seeded order)."
     df = load_texts("bbc_news", 20, 200).sample(frac=1.0, random_state=bc.seed)
     cut = lambda t: tok.decode(tok(t, add_special_tokens=False)["input_ids"][:bc.cut_tokens]).strip()
     return [cut(t) for t in df.text.iloc[:bc.n_train]], [cut(t) for t in df.text.iloc[bc.n_train:bc.n_train + bc.n_heldout]]
 
-# %% ../nbs/08_bench.ipynb #6a19771e
+# %% ../nbs/08_bench.ipynb #3d98cdd1
 def _count(tok, texts: list[str]) -> int:
     return sum(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
 
@@ -141,6 +143,7 @@ def baseline_generation(bc: BenchConfig) -> dict:
     return dict(times=t, train_tokens=sum(len(x) for x, _ in ex), generated_tokens=_count(tok, texts), n_generated=len(texts),
                 train_loss=loss, metrics=m, dtype=fmt, params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
 
+# %% ../nbs/08_bench.ipynb #6c47febd
 def ours_generation(bc: BenchConfig) -> dict:
     "One chain generation as `03_chain` + `04_metrics` run it."
     cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc, cfg.dtype); t0 = time.perf_counter()
@@ -159,6 +162,7 @@ def ours_generation(bc: BenchConfig) -> dict:
 
 ARMS = {"baseline": baseline_generation, "ours": ours_generation}
 
+# %% ../nbs/08_bench.ipynb #2c716a51
 def warm_process(device: str) -> None:
     "Import what the arms use and start the GPU: a chain pays these once per process, not per generation, so neither arm's times include them."
     import torch, peft, sentence_transformers, transformers  # noqa: F401

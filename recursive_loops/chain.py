@@ -9,6 +9,7 @@ from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 
 import pandas as pd
+from fastcore.basics import patch
 
 from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_seed, Timer, RunLock,
                                   make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
@@ -55,30 +56,6 @@ class ChainConfig:
     generator: str = "hf"
     instruction: str | None = None
 
-    def validate(self) -> "ChainConfig":
-        "Check every parameter; raise one clear `ValueError` for the first bad one."
-        def bad(name, allowed): raise ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
-        def num(name, lo=None, hi=None, integer=False):
-            v = getattr(self, name)
-            ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-            if isinstance(v, bool) or not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
-                bad(name, ("an integer" if integer else "a number") + (f" >= {lo}" if hi is None else f" in [{lo}, {hi}]"))
-        num("ratio", 0, 1)
-        for n in ("generations", "n_train", "lora_r", "lora_alpha", "epochs", "batch_size", "max_length",
-                  "max_new_tokens", "n_heldout", "gen_batch_size"): num(n, 1, integer=True)
-        for n in ("warmup_steps", "n_generate", "seed", "min_tokens"): num(n, 0, integer=True)
-        num("max_tokens", self.min_tokens + 1 if isinstance(self.min_tokens, int) else 1, integer=True)
-        num("lr", 0); num("temperature", 0); num("min_p", 0, 1)
-        if self.lr <= 0: bad("lr", "a number > 0")
-        if self.temperature <= 0: bad("temperature", "a number > 0")
-        if not isinstance(self.accumulate, bool): bad("accumulate", "True or False")
-        if self.dtype not in DTYPES: bad("dtype", "auto, bfloat16 or float32")
-        if self.generator not in ("hf", "vllm"): bad("generator", "hf or vllm")
-        if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
-        if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
-        check_dataset_name(self.dataset)
-        return self
-
     @property
     def n_synthetic(self) -> int:
         "Synthetic texts in each training set from generation 1 on."
@@ -101,6 +78,32 @@ class ChainConfig:
         ident = chain_identity(self)
         name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
         return resolve("runs/chains") / name
+
+# %% ../nbs/03_chain.ipynb #7000bef9
+@patch
+def validate(self: ChainConfig) -> ChainConfig:
+    "Check every parameter; raise one clear `ValueError` for the first bad one."
+    def bad(name, allowed): raise ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
+    def num(name, lo=None, hi=None, integer=False):
+        v = getattr(self, name)
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+            bad(name, ("an integer" if integer else "a number") + (f" >= {lo}" if hi is None else f" in [{lo}, {hi}]"))
+    num("ratio", 0, 1)
+    for n in ("generations", "n_train", "lora_r", "lora_alpha", "epochs", "batch_size", "max_length",
+              "max_new_tokens", "n_heldout", "gen_batch_size"): num(n, 1, integer=True)
+    for n in ("warmup_steps", "n_generate", "seed", "min_tokens"): num(n, 0, integer=True)
+    num("max_tokens", self.min_tokens + 1 if isinstance(self.min_tokens, int) else 1, integer=True)
+    num("lr", 0); num("temperature", 0); num("min_p", 0, 1)
+    if self.lr <= 0: bad("lr", "a number > 0")
+    if self.temperature <= 0: bad("temperature", "a number > 0")
+    if not isinstance(self.accumulate, bool): bad("accumulate", "True or False")
+    if self.dtype not in DTYPES: bad("dtype", "auto, bfloat16 or float32")
+    if self.generator not in ("hf", "vllm"): bad("generator", "hf or vllm")
+    if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
+    if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
+    check_dataset_name(self.dataset)
+    return self
 
 # %% ../nbs/03_chain.ipynb #d08d306d
 def chain_identity(cfg: ChainConfig) -> dict:

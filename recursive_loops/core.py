@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #3bca72a7
 from __future__ import annotations
-import contextlib, hashlib, importlib.metadata, json, logging, os, platform, random, sys, tempfile, time
+import contextlib, hashlib, importlib.metadata, json, logging, os, platform, random, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -219,6 +219,10 @@ def n_threads() -> int:
     except AttributeError: return os.cpu_count() or 1
 
 # %% ../nbs/00_core.ipynb #36de58bf
+# tqdm.auto warns "IProgress not found" when imported in a kernel without ipywidgets (transformers imports it):
+# our bars are text (below), so in a study's log it is a WARNING about nothing
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 def progress(it: Iterable | None = None, # what to iterate over
              total: int | None = None, # length, if `it` has none
              desc: str = "", # label

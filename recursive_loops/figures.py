@@ -20,7 +20,7 @@ from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci, 
 __all__ = ['METRICS', 'SWEEP_METRICS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout', 'plot_ratio_sweep',
            'plot_cluster_map', 'plot_property_vs_shift', 'draw_figures', 'study_summary']
 
-# %% ../nbs/06_figures.ipynb #78a21432
+# %% ../nbs/06_figures.ipynb #2c1be7bd
 METRICS = {"selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity": "semantic diversity ↑",
            "ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
            "length_chars": "length (characters)", "length_words": "length (words)", "positivity": "positivity (VADER compound)",
@@ -65,6 +65,7 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
+# %% ../nbs/06_figures.ipynb #6231f10a
 def plot_judge_audit(audits: list[dict], # judges.json records (of one or many chains)
                      path: str | Path) -> Path:
     "Per judge: share of pairs the judge gets right for each corruption (or lean accuracy), pooled over chains, 95% CI, threshold."
@@ -86,6 +87,7 @@ def plot_judge_audit(audits: list[dict], # judges.json records (of one or many c
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
+# %% ../nbs/06_figures.ipynb #bfc4be4e
 def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
     "Held-out human NLL per generation, fine-tuned vs untuned base, per ratio, with the gain in %."
     import matplotlib; matplotlib.use("Agg")

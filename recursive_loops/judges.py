@@ -224,7 +224,7 @@ class FluencyBackend:
         self.requests += len(texts)
         return out
 
-# %% ../nbs/04a_judges.ipynb #2f15c77d
+# %% ../nbs/04a_judges.ipynb #ed33b013
 JUDGE_KEYS = ("name", "backend", "model", "prompt", "base_url", "api_key_env", "concurrency", "batch_size", "threshold", "audit_n", "n_texts")
 
 @dataclass
@@ -272,6 +272,7 @@ class JudgeSpec:
     @property
     def higher_is_better(self) -> bool: return self.backend != "fluency"
 
+# %% ../nbs/04a_judges.ipynb #c2bae57d
 class Judge:
     "A configured judge: scores texts through its backend, asking only for texts not already in the cache."
     def __init__(self, spec: JudgeSpec | dict, cache: ScoreCache | str | Path | None = None, backend=None):
@@ -312,7 +313,7 @@ class Judge:
         "Scores of `texts` (NaN where the judge gave no number)."
         return np.array([r["score"] for r in self.results(texts, progress)], dtype=float)
 
-# %% ../nbs/04a_judges.ipynb #81f570f3
+# %% ../nbs/04a_judges.ipynb #f631d086
 CORRUPTIONS = ("shuffle", "truncate", "repeat", "noise")
 
 def corrupt(text: str, kind: str, seed: int = 0) -> str:
@@ -338,6 +339,7 @@ def claimed(spec: JudgeSpec) -> tuple[str, ...]:
     "The corruptions a judge's score is meant to penalise (see the table above)."
     return {"quality": CORRUPTIONS, "fluency": ("shuffle", "truncate", "noise"), "lean": ()}[spec.kind]
 
+# %% ../nbs/04a_judges.ipynb #afb4ca5e
 LEAN_SET = [(t, "left") for t in [
     "We must raise the minimum wage and make the wealthiest Americans pay their fair share in taxes.",
     "Healthcare is a human right, and Medicare for All would finally guarantee it to every family.",
@@ -366,6 +368,7 @@ LEAN_SET = [(t, "left") for t in [
     "Voter ID laws keep our elections secure; every American should support them.",
 ]]
 
+# %% ../nbs/04a_judges.ipynb #020aa10b
 def _share_ci(wins: float, n: int) -> tuple[float, float, float]:
     from statsmodels.stats.proportion import proportion_confint
     if n == 0: return float("nan"), float("nan"), float("nan")
@@ -403,6 +406,7 @@ def audit_judge(judge: Judge, # the judge to audit
                                       nan=int((~valid).sum()))
     return _judge_verdict(rec)
 
+# %% ../nbs/04a_judges.ipynb #129572a1
 def _judge_verdict(rec: dict) -> dict:
     "Set `failed` (claimed tests under the threshold), `passed` and `verdict` of an audit record from its tests."
     rec["failed"] = [k for k, v in rec["tests"].items() if v["claimed"] and not v["share"] >= rec["threshold"]]

@@ -122,7 +122,7 @@ def subsample(texts: list[str], n: int, seed: int) -> list[str]:
     keep = sorted(random.Random(seed).sample(range(len(texts)), n))
     return [texts[i] for i in keep]
 
-# %% ../nbs/04_metrics.ipynb #2bc246e0
+# %% ../nbs/04_metrics.ipynb #182e6dad
 CHAIN_KEYS = ("dataset", "cluster", "ratio", "seed", "accumulate", "n_train", "model")
 
 def audit_texts(cfg: dict, n: int) -> list[str]:
@@ -139,6 +139,7 @@ def metrics_intact(run_dir: str | Path) -> bool:
     except (FileNotFoundError, ValueError): return False
     return out.exists() and sha == file_sha256(out)
 
+# %% ../nbs/04_metrics.ipynb #811f3f72
 def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
                 reference_model: str | None = "smollm2-135m", # fluency reference (None: skip fluency)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_models.ipynb #eb2fc9eb
 from __future__ import annotations
-import importlib.util, os, shutil, tempfile, time
+import contextlib, importlib.util, io, os, shutil, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,8 @@ def bundled_model_dir(name: str = "smollm2-135m", # key of BUNDLED_MODELS
     src = spec.submodule_search_locations[0]
     log.info("converting bundled %s (GGUF -> HF folder, once) into %s", name, out)
     _quiet_transformers()
-    q = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' GGUF reader draws its own bar on stderr (a WARNING under papermill)
+        q = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
     cfg = q.config.to_dict(); cfg.pop("quantization_config", None)
     config = AutoConfig.for_model(**cfg)
@@ -231,7 +232,8 @@ def embed_texts(texts: list[str], # texts to embed
     todo = [i for i, t in enumerate(ids) if t not in known]
     if todo:
         model = load_embedder(embedder)
-        new = model.encode([texts[i] for i in todo], batch_size=batch_size, show_progress_bar=len(todo) > 2000,
+        log.info("embedding %d texts with %s", len(todo), embedder)
+        new = model.encode([texts[i] for i in todo], batch_size=batch_size, show_progress_bar=len(todo) > 2000 and sys.stderr.isatty(),
                            convert_to_numpy=True).astype(np.float32)
         known.update({ids[i]: v for i, v in zip(todo, new)})
         store.parent.mkdir(parents=True, exist_ok=True)

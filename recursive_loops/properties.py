@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, derive_seed
+from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, derive_seed, progress
 from .data import load_texts
 from .models import load_model, resolve_dtype, embed_texts
 from .metrics import (subsample, length_chars, selfbleu_diversity, semantic_diversity, positivity, ttr_150, mtld,
@@ -90,7 +90,6 @@ def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_c
                    dtype: str = "auto", # number format of the fluency reference (resolve_dtype)
                   ) -> Path:
     "Measure every eligible cluster's human texts; write one row per cluster (`prop_*` and `n_*` columns)."
-    from tqdm.auto import tqdm
     t = Timer()
     df = cluster_texts(clusters_path, dataset, min_tokens, max_tokens)
     with t("embed"): emb, _ = embed_texts(df.text.tolist(), df.text_id.tolist(), embedder)
@@ -98,7 +97,7 @@ def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_c
     with t("load"): ref, rtok = load_model(reference_model, dtype) if reference_model else (None, None)
     rows, groups = [], list(df.groupby("cluster"))
     with t("measure"):
-        for c, d in tqdm(groups, desc="cluster properties", mininterval=10):
+        for c, d in progress(groups, desc="cluster properties"):
             rows.append(dict(cluster=int(c), n_texts=len(d), domain=d.domain.mode().iloc[0], domain_share=float((d.domain == d.domain.mode().iloc[0]).mean()),
                              **measure_cluster(d, emb[df.index.get_indexer(d.index)], derive_seed(seed, "props", c), max_n, selfbleu_n, aic_n, n_per_cluster, ref, rtok)))
     quality = "absent: no quality judge given (quality_judge)"

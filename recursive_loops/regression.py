@@ -250,7 +250,7 @@ def plot_coefficients(res: pd.DataFrame, # regress's table
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
-# %% ../nbs/05_regression.ipynb #5e345da8
+# %% ../nbs/05_regression.ipynb #d3378daf
 PAPER_PREDICTORS = ("prop_length_chars", "prop_quality", "prop_selfbleu_diversity", "prop_semantic_diversity", "prop_gaussian_aic", "prop_positivity")
 
 def paper_columns(df: pd.DataFrame, # the regression table
@@ -271,6 +271,7 @@ def paper_columns(df: pd.DataFrame, # the regression table
         notes.append(f"target shift_{quality} absent: " + (f"its judge failed the audit ({v})" if v and v != "passed" else "no such metric in the chains' results"))
     return preds, tgts, notes
 
+# %% ../nbs/05_regression.ipynb #f521d5b2
 def run_regression(table: str | Path, # CSV: one row per chain/cluster, property and shift columns
                    predictors: str | list = "paper", # "paper", "auto" (prop_* columns), a list or comma-separated
                    targets: str | list = "paper", # "paper", "auto" (shift_* columns), a list or comma-separated

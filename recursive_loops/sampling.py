@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .core import log, derive_seed, progress
 from .models import chat_prompt, _kv_arg, _kv_out, vllm_python, check_vllm_python, start_server, stop_server
 
@@ -118,33 +120,36 @@ class VLLMSampler:
 
     def unload(self, name: str) -> None: self._post("/unload_lora_adapter", dict(lora_name=name))
 
-    def generate(self, adapter_dir: str | Path, tok, instruction: str, n: int, seed: int) -> list[str]:
-        "Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir`: temperature + min-p, `gen_batch_size` per request."
-        from openai import OpenAI
-        name = self.load(adapter_dir, f"chain-{seed}")
-        try:
-            client = OpenAI(base_url=self.url, api_key="EMPTY", max_retries=2, timeout=3600)
-            ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]  # the exact prompt tokens 03 samples from
-
-            def draw(k, i):
-                seeded = dict(seed=derive_seed(seed, "vllm", i)) if self.device != "cpu" else {}  # see `determinism`
-                r = client.completions.create(model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
-                                              temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0, top_k=-1),
-                                              **seeded)
-                return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
-            return fill_texts(draw, n, self.cfg.gen_batch_size, "generate (vLLM)")
-        finally: self.unload(name)
-
-    def determinism(self) -> dict:
-        "What a re-run can be expected to reproduce (for the manifests)."
-        if self.device == "cpu":
-            return dict(mode="vllm-cpu", reproducible=False, note="vLLM 0.32's CPU backend fails on per-request seeds "
-                        "('CPU Generator does not use offset'), so none are sent: the texts are not reproducible")
-        return dict(mode=f"vllm-{self.device}", reproducible=False, note="per-request seeds, but GPU kernels and vLLM's "
-                    "dynamic batching may differ in the last bits; texts can then differ")
-
     def close(self) -> None:
         if self.proc is not None: stop_server(self.proc); self.proc = None
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/03b_sampling.ipynb #8e69d5a3
+@patch
+def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, n: int, seed: int) -> list[str]:
+    "Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir`: temperature + min-p, `gen_batch_size` per request."
+    from openai import OpenAI
+    name = self.load(adapter_dir, f"chain-{seed}")
+    try:
+        client = OpenAI(base_url=self.url, api_key="EMPTY", max_retries=2, timeout=3600)
+        ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]  # the exact prompt tokens 03 samples from
+
+        def draw(k, i):
+            seeded = dict(seed=derive_seed(seed, "vllm", i)) if self.device != "cpu" else {}  # see `determinism`
+            r = client.completions.create(model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
+                                          temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0, top_k=-1),
+                                          **seeded)
+            return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+        return fill_texts(draw, n, self.cfg.gen_batch_size, "generate (vLLM)")
+    finally: self.unload(name)
+
+@patch
+def determinism(self: VLLMSampler) -> dict:
+    "What a re-run can be expected to reproduce (for the manifests)."
+    if self.device == "cpu":
+        return dict(mode="vllm-cpu", reproducible=False, note="vLLM 0.32's CPU backend fails on per-request seeds "
+                    "('CPU Generator does not use offset'), so none are sent: the texts are not reproducible")
+    return dict(mode=f"vllm-{self.device}", reproducible=False, note="per-request seeds, but GPU kernels and vLLM's "
+                "dynamic batching may differ in the last bits; texts can then differ")

@@ -22,6 +22,7 @@ from .sampling import VLLMSampler
 from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, select_cluster
 from .metrics import metrics_intact
 from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
+from .docs import build_appendix, build_docs, keep_appendix
 
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
@@ -29,7 +30,8 @@ __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_
            'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker', 'log_papermill',
            'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir',
            'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_pools', 'run_analysis',
-           'preflight', 'status_table', 'format_status', 'run_study', 'judge_bench', 'format_throughput', 'main']
+           'preflight', 'status_table', 'format_status', 'appendix_line', 'run_study', 'judge_bench',
+           'format_throughput', 'make_parser', 'study_dir', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -90,7 +92,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
     spec["_path"] = str(path)
     return spec
 
-# %% ../nbs/07_sweep.ipynb #3e1d50f2
+# %% ../nbs/07_sweep.ipynb #4079be0d
 @dataclass
 class Chain:
     "One chain of a study: its 03_chain parameters and the experiments that asked for it."
@@ -117,6 +119,7 @@ class Plan:
     @property
     def out(self) -> Path: return resolve(self.spec["out_dir"])
 
+# %% ../nbs/07_sweep.ipynb #0a1aeb82
 def _label(dataset: str) -> str: return Path(dataset).stem if is_file_dataset(dataset) else dataset
 
 def clusters_dir(spec: dict, dataset: str) -> Path:
@@ -145,6 +148,7 @@ def chain_run_dir(out: str, params: dict) -> str:
     cl = "whole" if params.get("cluster") is None else f"cluster-{params['cluster']}"
     return f"{out}/{_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/seed-{params['seed']}-{config_hash(ident, 8)}"
 
+# %% ../nbs/07_sweep.ipynb #c4970fde
 def format_file(spec: dict) -> Path: return resolve(spec["out_dir"]) / "format.json"
 
 def study_format(spec: dict) -> str:
@@ -153,6 +157,49 @@ def study_format(spec: dict) -> str:
     try: return read_json(f)["dtype"] if f.exists() else resolve_dtype("auto")
     except (ValueError, KeyError): return resolve_dtype("auto")
 
+# %% ../nbs/07_sweep.ipynb #f9232bb0
+def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, pools and unresolved grow)
+              name: str, # the experiment
+              on, # its train_on
+              ds: str, # the dataset
+              resolved: dict, # (experiment, dataset) -> (ids, by_cluster) of the experiments listed before it
+             ) -> tuple:
+    "What experiment `name` trains on in `ds`: (design, cluster ids or domains, pool file or None, whether the ids are 02_clusters ids)."
+    spec = plan.spec; out = spec["out_dir"]; w = f"{spec['_path']}: experiments.{name}"
+    design, ids, pool, by_cluster = "whole", [None], None, False  # by_cluster: ids are 02_clusters ids (else domains)
+    if on == "whole": pass
+    elif isinstance(on, list):  # cluster ids of 02_clusters
+        design, ids, by_cluster = "cluster", [str(x) for x in on], True; plan.cluster_sets[ds] = clusters_dir(spec, ds)
+    elif isinstance(on, dict) and set(on) == {"domains"} and isinstance(on["domains"], list) and on["domains"]:
+        design, ids = "cluster", [str(x) for x in on["domains"]]  # the dataset's own domains (e.g. BBC topics), no clustering
+    elif on == "every_cluster" or (isinstance(on, dict) and "spanning" in on):
+        design, by_cluster = "cluster", True; cdir = clusters_dir(spec, ds); plan.cluster_sets[ds] = cdir
+        if on == "every_cluster":
+            ids = _eligible(cdir); what = f"every eligible cluster of {ds}"
+            n_guess = int((spec.get("clusters") or {}).get("n_clusters", 20))
+        else:
+            if set(on) - {"spanning", "k"} or not isinstance(on.get("k"), int) or on["k"] < 1:
+                raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{spanning: <property column>, k: <clusters>}}")
+            ids = _spanning(cdir, on["spanning"], on["k"]); n_guess = on["k"]
+            what = f"{on['k']} clusters of {ds} spanning {on['spanning']}"
+        if ids is None:
+            plan.unresolved.append(f"{name}: {what} (known after 02_clusters/04b_properties; counted as {n_guess})")
+            ids = [f"?{i}" for i in range(n_guess)]
+        ids = [str(i) for i in ids]
+    elif isinstance(on, dict) and "pool" in on:
+        src = on.get("of")
+        if set(on) - {"pool", "of"} or not isinstance(on["pool"], int) or src not in spec["experiments"] or src == name:
+            raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{pool: <clusters to mix>, of: <another experiment's name>}}")
+        src_ids, src_by_cluster = resolved.get((src, ds), (None, False))
+        if not src_ids: raise SpecError(f"{w}: pool of {src!r} needs experiment {src!r} to be listed before it and to run on clusters or domains of {ds}")
+        design = "pool"; picked = src_ids[::2][:on["pool"]]  # every other one: the pool spans the source's range
+        pool = str(Path(out) / "pools" / f"{name}-{_label(ds)}.jsonl")
+        if any(str(i).startswith("?") for i in picked): plan.unresolved.append(f"{name}: pool of {on['pool']} clusters of {src!r}")
+        else: plan.pools[pool] = (ds, picked, src_by_cluster)
+    else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}} or {{pool: K, of: EXPERIMENT}}")
+    return design, ids, pool, by_cluster
+
+# %% ../nbs/07_sweep.ipynb #948752fb
 def expand(spec: dict, # from load_spec
           ) -> Plan:
     "The plan of a spec: chains (placeholders where clusters are not computed yet), clusterings, pools."
@@ -167,37 +214,7 @@ def expand(spec: dict, # from load_spec
         axes = {a: _as_list(e.pop(a), a, w) for a in AXES if a in e}
         dss = axes.get("datasets", datasets)
         for ds in dss:
-            design, ids, pool, by_cluster = "whole", [None], None, False  # by_cluster: ids are 02_clusters ids (else domains)
-            if on == "whole": pass
-            elif isinstance(on, list):  # cluster ids of 02_clusters
-                design, ids, by_cluster = "cluster", [str(x) for x in on], True; plan.cluster_sets[ds] = clusters_dir(spec, ds)
-            elif isinstance(on, dict) and set(on) == {"domains"} and isinstance(on["domains"], list) and on["domains"]:
-                design, ids = "cluster", [str(x) for x in on["domains"]]  # the dataset's own domains (e.g. BBC topics), no clustering
-            elif on == "every_cluster" or (isinstance(on, dict) and "spanning" in on):
-                design, by_cluster = "cluster", True; cdir = clusters_dir(spec, ds); plan.cluster_sets[ds] = cdir
-                if on == "every_cluster":
-                    ids = _eligible(cdir); what = f"every eligible cluster of {ds}"
-                    n_guess = int((spec.get("clusters") or {}).get("n_clusters", 20))
-                else:
-                    if set(on) - {"spanning", "k"} or not isinstance(on.get("k"), int) or on["k"] < 1:
-                        raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{spanning: <property column>, k: <clusters>}}")
-                    ids = _spanning(cdir, on["spanning"], on["k"]); n_guess = on["k"]
-                    what = f"{on['k']} clusters of {ds} spanning {on['spanning']}"
-                if ids is None:
-                    plan.unresolved.append(f"{name}: {what} (known after 02_clusters/04b_properties; counted as {n_guess})")
-                    ids = [f"?{i}" for i in range(n_guess)]
-                ids = [str(i) for i in ids]
-            elif isinstance(on, dict) and "pool" in on:
-                src = on.get("of")
-                if set(on) - {"pool", "of"} or not isinstance(on["pool"], int) or src not in spec["experiments"] or src == name:
-                    raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{pool: <clusters to mix>, of: <another experiment's name>}}")
-                src_ids, src_by_cluster = resolved.get((src, ds), (None, False))
-                if not src_ids: raise SpecError(f"{w}: pool of {src!r} needs experiment {src!r} to be listed before it and to run on clusters or domains of {ds}")
-                design = "pool"; picked = src_ids[::2][:on["pool"]]  # every other one: the pool spans the source's range
-                pool = str(Path(out) / "pools" / f"{name}-{_label(ds)}.jsonl")
-                if any(str(i).startswith("?") for i in picked): plan.unresolved.append(f"{name}: pool of {on['pool']} clusters of {src!r}")
-                else: plan.pools[pool] = (ds, picked, src_by_cluster)
-            else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}} or {{pool: K, of: EXPERIMENT}}")
+            design, ids, pool, by_cluster = _train_on(plan, name, on, ds, resolved)
             resolved[(name, ds)] = (ids if design == "cluster" else [], by_cluster)
             for cl, r, s, m, acc in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
                                                        axes.get("models", [base.get("model", "smollm2-135m")]),
@@ -292,7 +309,7 @@ def check_feeding(plan: Plan) -> list[str]:
             except ValueError as e: raise SpecError(f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name}: {str(e).splitlines()[0]}") from None
     return sorted(unchecked)
 
-# %% ../nbs/07_sweep.ipynb #168cfc6f
+# %% ../nbs/07_sweep.ipynb #992bb87a
 def n_threads_per_worker(workers: int) -> int: return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 def _not_cell_marker(rec: logging.LogRecord) -> bool:
@@ -310,6 +327,7 @@ def _papermill(nb: Path, out: Path, params: dict, root: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(root), progress_bar=False, log_output=True, kernel_name="python3")
 
+# %% ../nbs/07_sweep.ipynb #97dda91a
 def chain_task(task: dict, # run_dir, chain (03_chain parameters), metrics (04_metrics parameters), notebooks, root
               ) -> dict:
     "Run (or resume) one chain and its metrics as papermill executions; what a worker or a SLURM task runs."
@@ -337,6 +355,7 @@ class SlurmChainTask(submitit.helpers.Checkpointable):
     def __call__(self, task: dict) -> dict:
         return chain_task(task)
 
+# %% ../nbs/07_sweep.ipynb #2422dcbe
 def chain_state(chain: Chain, # a chain of the plan
                 metrics: dict | None = None, # the study's 04_metrics parameters (None: any)
                ) -> tuple[str, str]:
@@ -356,7 +375,7 @@ def chain_state(chain: Chain, # a chain of the plan
             return "done", f"{g}/{g} generations, metrics"
     return "pending", f"{n_done}/{g} generations" + (", metrics to (re)compute" if n_done == g else "")
 
-# %% ../nbs/07_sweep.ipynb #b9884b99
+# %% ../nbs/07_sweep.ipynb #47ecb60a
 def run_local(tasks: list[dict], # from make_task
               workers: int = 1, # chains at once
              ) -> dict:
@@ -383,6 +402,7 @@ def _one_line(e: BaseException) -> str:
     lines = [l for l in str(e).splitlines() if l.strip()]
     return f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"[:300]
 
+# %% ../nbs/07_sweep.ipynb #47639958
 def _in_queue(array_id: str) -> set:
     "Ids (`A_i`) of the tasks of job array `array_id` that SLURM still holds as pending or running."
     r = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%i"], capture_output=True, text=True)
@@ -433,7 +453,7 @@ def run_slurm(tasks: list[dict], # from make_task
                 if gone[rd] >= 3: errors[rd] = f"SLURM task {j.job_id} ended without a result (cancelled, killed or node failure); see {j.paths.stderr}"
     return errors
 
-# %% ../nbs/07_sweep.ipynb #9e4c7830
+# %% ../nbs/07_sweep.ipynb #57a755a0
 def notebooks_dir(plan: Plan) -> Path: return plan.out / ".notebooks"
 
 def metrics_params(plan: Plan) -> dict:
@@ -445,6 +465,7 @@ def make_task(plan: Plan, chain: Chain) -> dict:
     return dict(run_dir=chain.params["run_dir"], chain=dict(chain.params), metrics=metrics_params(plan),
                 notebooks=str(notebooks_dir(plan)), root=str(repo_root()))
 
+# %% ../nbs/07_sweep.ipynb #ab70d682
 RESULT_KEYS = ("experiment", "design", "config_hash", "generations", "n_train", "clusters_path")
 
 def aggregate(plan: Plan, # the study's plan
@@ -466,6 +487,7 @@ def aggregate(plan: Plan, # the study's plan
     with atomic_path(resolve(out) if out else plan.out / "results.csv") as tmp: res.to_csv(tmp, index=False)
     return res
 
+# %% ../nbs/07_sweep.ipynb #5629d4f3
 def quality_judge_of(spec: dict) -> dict | None:
     "The spec's quality judge (the first of metrics.judges with a quality prompt), or None."
     for j in (spec.get("metrics") or {}).get("judges") or []:
@@ -505,6 +527,7 @@ def make_pools(plan: Plan) -> None:
         mix_pool(ds, ids, pool, str(clusters_dir(plan.spec, ds) / "clusters.parquet") if by_cluster else None,
                  ch.get("min_tokens", 20), ch.get("max_tokens", 200))
 
+# %% ../nbs/07_sweep.ipynb #bbb9286d
 def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
     "Datasets of the `design` chains of `experiment` (None: the first experiment that has such chains); cluster chains need 02_clusters ids."
     mine = lambda c: c.design == design and (design != "cluster" or c.params.get("clusters_path"))
@@ -542,6 +565,7 @@ def run_analysis(plan: Plan, # a plan whose chains ran
         _papermill(nbs / "06_figures.ipynb", out / "06_figures.ipynb", params, root); done.append(f"06_figures -> {params['fig_dir']}")
     return done
 
+# %% ../nbs/07_sweep.ipynb #91442c7a
 def preflight(plan: Plan, # the plan
               chains: list | None = None, # the chains to check (default: every resolved one)
              ) -> None:
@@ -565,6 +589,7 @@ def preflight(plan: Plan, # the plan
             else: check_model(js.model)
         except ValueError as e: raise SpecError(f"{plan.spec['_path']}: metrics.judges[{i}] ({js.name}): {str(e).splitlines()[0]}") from None
 
+# %% ../nbs/07_sweep.ipynb #aa41ff6b
 def status_table(plan: Plan) -> pd.DataFrame:
     "Every chain of the plan with its state and detail."
     rows = []
@@ -578,11 +603,21 @@ def format_status(tab: pd.DataFrame) -> str:
     head = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "running", "failed", "pending"))
     return "\n".join([f"chains: {head}"] + [f"  {r.state:8s} {r.run_dir}  [{r.detail}]" for r in tab.itertuples()])
 
+# %% ../nbs/07_sweep.ipynb #77607e66
+def appendix_line(out: Path, # the study's out_dir
+                 ) -> str:
+    "Build the study's appendix; one line saying where it is, or why it is missing (the study's results stand either way)."
+    try: return f"appendix -> {build_appendix(out)}"
+    except Exception as e:
+        log.warning("the appendix was not built: %s", _one_line(e))
+        return f"appendix not built ({_one_line(e)}); `recursive-loops appendix SPEC` retries"
+
+# %% ../nbs/07_sweep.ipynb #1120450a
 def run_study(spec_path: str | Path, # the study spec (YAML)
               executor: str | None = None, # local or slurm (None: the spec's executor.kind, else local)
               workers: int | None = None, # local workers (None: the spec's, else 1)
               dry_run: bool = False, # only print the plan and its cost
-              analysis: bool = True, # run aggregation and analysis after the chains
+              analysis: bool = True, # run the analysis and build the appendix after the chains
              ) -> dict:
     "Run (or resume) a whole study; return a summary (chains run, skipped, failed)."
     spec = load_spec(spec_path); plan = expand(spec)
@@ -620,10 +655,11 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
                    plan=plan, analysis=[])
     aggregate(plan)
     if analysis and not failed: summary["analysis"] = run_analysis(plan)
+    if analysis: summary["analysis"].append(appendix_line(out))  # failed chains too: their notebooks show why
     summary["seconds"] = round(time.time() - t0, 1)
     return summary
 
-# %% ../nbs/07_sweep.ipynb #ef77fd4b
+# %% ../nbs/07_sweep.ipynb #c70850b2
 USAGE_ERRORS = (SpecError, ValueError, FileNotFoundError)
 
 def judge_bench(model: str = "smollm2-135m", n: int = 512, concurrency: int = 32, base_url: str | None = None,
@@ -647,16 +683,24 @@ def format_throughput(r: dict) -> str:
             f"  {r['concurrency']:3d} in flight        : {r['concurrent_s']:7.1f} s  ({r['concurrent_texts_per_s']:.2f} texts/s)\n"
             f"  ratio concurrent/sequential: {r['ratio']:.2f}x (largest score difference between the two: {r['max_abs_score_diff']:.3g})")
 
-def main(argv: list[str] | None = None) -> int:
-    "Console entry point `recursive-loops`."
+# %% ../nbs/07_sweep.ipynb #7f9bb1aa
+def make_parser() -> argparse.ArgumentParser:
+    "The `recursive-loops` command's arguments."
     ap = argparse.ArgumentParser(prog="recursive-loops", description="Run and inspect recursive-training-loop studies.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("study", help="run (or resume) a study spec")
     st.add_argument("spec"); st.add_argument("--executor", choices=["local", "slurm"]); st.add_argument("--workers", type=int)
     st.add_argument("--dry-run", action="store_true", help="print the plan and its cost, run nothing")
-    st.add_argument("--no-analysis", action="store_true", help="run the chains and results.csv only")
+    st.add_argument("--no-analysis", action="store_true", help="run the chains and results.csv only (no analysis, no appendix)")
     ss = sub.add_parser("status", help="list a study's chains: done / running / failed / pending")
     ss.add_argument("spec")
+    ap_ = sub.add_parser("appendix", help="render a study's executed notebooks as HTML into <out_dir>/appendix/")
+    ap_.add_argument("spec", help="a study spec, or a study's out_dir")
+    ap_.add_argument("--keep", metavar="DIR", help="also copy its clustering and analysis notebooks and one chain's into DIR (e.g. appendix/demo)")
+    ap_.add_argument("--chain", default="0", help="with --keep: which chain, by text its run directory contains (e.g. whole/ratio-1/) or index (default 0)")
+    dc = sub.add_parser("docs", help="build the docs site of the notebooks into _docs/")
+    dc.add_argument("--no-execute", action="store_true", help="show the notebooks without running their cells (seconds, not minutes)")
+    dc.add_argument("--workers", type=int, default=2)
     js = sub.add_parser("judge-server", help="serve a model as an OpenAI-compatible judge with vLLM on 127.0.0.1 (make judge-venv first)")
     jb = sub.add_parser("judge-bench", help="judge throughput: the same texts one request at a time vs many in flight")
     for p in (js, jb):
@@ -665,7 +709,20 @@ def main(argv: list[str] | None = None) -> int:
     js.add_argument("--port", type=int, default=8000)
     jb.add_argument("--base-url", help="a running server (default: start one)"); jb.add_argument("--n", type=int, default=512)
     jb.add_argument("--concurrency", type=int, default=32); jb.add_argument("--out", default="runs/bench/judge_throughput.json")
-    for p in (st, ss, js, jb): p.add_argument("--debug", action="store_true", help="show tracebacks")
+    for p in (st, ss, ap_, dc, js, jb): p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return ap
+
+def study_dir(spec_or_dir: str) -> Path:
+    "A study's out_dir, from its spec or the folder itself."
+    p = resolve(spec_or_dir)
+    if p.is_dir(): return p
+    if not p.exists(): raise FileNotFoundError(f"{spec_or_dir}: no such study spec or study folder")
+    return resolve(load_spec(spec_or_dir)["out_dir"])
+
+# %% ../nbs/07_sweep.ipynb #6bc99a1a
+def main(argv: list[str] | None = None) -> int:
+    "Console entry point `recursive-loops`."
+    ap = make_parser()
     a = ap.parse_args(argv)
     log_papermill()
     try:
@@ -676,6 +733,12 @@ def main(argv: list[str] | None = None) -> int:
             os.execve(cmd[0], cmd, {**os.environ, **env})
         if a.cmd == "judge-bench":
             print(format_throughput(judge_bench(a.model, a.n, a.concurrency, a.base_url, a.python, a.device, a.out))); return 0
+        if a.cmd == "appendix":
+            out = study_dir(a.spec); print(f"appendix: {build_appendix(out)}")
+            if a.keep: print(f"kept {len(keep_appendix(out, a.keep, int(a.chain) if a.chain.isdigit() else a.chain))} notebooks in {resolve(a.keep)}")
+            return 0
+        if a.cmd == "docs":
+            print(f"docs: {build_docs(execute=not a.no_execute, workers=a.workers)}"); return 0
         if a.cmd == "status":
             print(format_status(status_table(expand(load_spec(a.spec))))); return 0
         s = run_study(a.spec, a.executor, a.workers, a.dry_run, not a.no_analysis)

@@ -72,6 +72,41 @@ executor:
     return path
 
 
+def test_a_study_ends_with_its_appendix(tmp_path, tiny_model):
+    "The study's executed notebooks as a browsable site: an index row per chain linking its notebooks, the figures; `appendix --keep` copies one chain's and the analysis notebooks."
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"""
+name: t
+out_dir: {tmp_path / "study"}
+chain: {{model: {tiny_model}, n_train: 8, n_heldout: 4, n_generate: 4, max_new_tokens: 8, batch_size: 4, dtype: float32, generations: 2}}
+metrics: {{n_eval: 4, reference_model: {tiny_model}}}
+experiments:
+  sweep: {{ratios: [0.5, 1.0]}}
+analysis:
+  figures: {{fig_dir: {tmp_path / "figs"}}}
+""")
+    r = cli("study", str(spec))
+    assert r.returncode == 0, r.stderr[-3000:]
+    site = tmp_path / "study" / "appendix"
+    assert f"appendix -> {site / 'index.html'}" in r.stdout, r.stdout
+    index = (site / "index.html").read_text()
+    chains = sorted(p.parent.relative_to(tmp_path / "study").as_posix() for p in (tmp_path / "study").rglob("chain.json"))
+    assert len(chains) == 2
+    for rd in chains:
+        for nb in ("03_chain", "04_metrics"):
+            assert f'href="{rd}/{nb}.html"' in index, (rd, nb)
+            page = (site / rd / f"{nb}.html").read_text()
+            assert "#| export" not in page and "injected-parameters" in page  # directives hidden, the parameters papermill gave shown
+    assert 'href="06_figures.html"' in index and "fig_heldout_nll.png" in index and (site / "_images").is_dir()
+    before = (site / chains[0] / "03_chain.html").stat().st_mtime
+    r = cli("appendix", str(spec), "--keep", str(tmp_path / "kept"))
+    assert r.returncode == 0 and "kept 3 notebooks" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert (site / chains[0] / "03_chain.html").stat().st_mtime == before  # nothing changed: the page was not re-made
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["03_chain.ipynb", "04_metrics.ipynb", "06_figures.ipynb"]
+    r = cli("appendix", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such study spec or study folder" in r.stderr, r.stderr
+
+
 def _chains(out: Path) -> dict:
     "relative run dir -> results a study reads (training sets, generated texts, metrics)."
     res = {}
