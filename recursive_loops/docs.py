@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 from .core import log, resolve, repo_root, read_json, write_text
+from .data import is_file_dataset
+from .chain import gen_dir, is_done
 
 # %% auto #0
-__all__ = ['SPHINX_CONF', 'WIDE_CSS', 'APPENDIX_ORDER', 'ANALYSIS_NBS', 'CHAIN_COLUMNS', 'skip_flags', 'not_run', 'reader_cells',
-           'doc_notebook', 'doc_notebooks', 'write_sphinx_project', 'toctree', 'sphinx_build', 'committed_appendix',
-           'build_docs', 'study_notebooks', 'chain_row', 'experiments_of', 'page_title', 'chains_table',
-           'appendix_index', 'study_figures', 'build_appendix', 'keep_appendix']
+__all__ = ['SPHINX_CONF', 'WIDE_CSS', 'APPENDIX_ORDER', 'ANALYSIS_NBS', 'CHAIN_COLUMNS', 'skip_flags', 'skip_reason', 'not_run',
+           'reader_cells', 'doc_notebook', 'doc_notebooks', 'write_sphinx_project', 'toctree', 'sphinx_build',
+           'committed_appendix', 'build_docs', 'study_notebooks', 'chain_row', 'experiments_of', 'page_title',
+           'chains_table', 'appendix_index', 'study_figures', 'build_appendix', 'keep_appendix']
 
 # %% ../nbs/06a_docs.ipynb #5be14498
 def skip_flags(root: str | Path | None = None, # the repository (default: the one holding the cwd)
@@ -26,13 +28,19 @@ def skip_flags(root: str | Path | None = None, # the repository (default: the on
     from nbdev.config import get_config
     return set(str(get_config(path=str(root or repo_root())).tst_flags or "").split())
 
+def skip_reason(cell, # a code cell parsed by nbdev's NBProcessor
+                flags: set[str], # from skip_flags
+               ) -> str | None:
+    "Why nbdev_test (and so the docs) does not run this code cell: `eval: false`, or its flags among `flags`; None when it runs."
+    d = getattr(cell, "directives_", None) or {}
+    if d.get("eval:", [""])[0].lower() == "false": return "eval: false"
+    return ", ".join(sorted(flags & d.keys())) or None
+
 def not_run(cell, # a cell parsed by nbdev's NBProcessor
             flags: set[str], # from skip_flags
            ) -> bool:
-    "True for a cell the docs do not run: not code, `#| eval: false`, or flagged with one of `flags` (nbdev_test's rule)."
-    if cell.cell_type != "code": return True
-    d = getattr(cell, "directives_", None) or {}
-    return d.get("eval:", [""])[0].lower() == "false" or bool(flags & d.keys())
+    "True for a cell the docs do not run: not code, or a `skip_reason`."
+    return cell.cell_type != "code" or skip_reason(cell, flags) is not None
 
 # %% ../nbs/06a_docs.ipynb #32182397
 def reader_cells(nb, # a notebook processed by NBProcessor(fn, procs=FrontmatterProc, process=True)
@@ -54,8 +62,7 @@ def reader_cells(nb, # a notebook processed by NBProcessor(fn, procs=Frontmatter
         tags = [t for t in c.metadata.get("tags", []) if t != "remove-cell"]
         if "hide" in d: tags.append("remove-cell")
         if c.cell_type == "code" and not c.get("outputs") and not_run(c, flags):
-            why = "eval: false" if d.get("eval:", [""])[0].lower() == "false" else ", ".join(sorted(flags & d.keys()))
-            c.source = f"# not run for these pages ({why})\n" + c.source
+            c.source = f"# not run for these pages ({skip_reason(c, flags)})\n" + c.source
         c.metadata = {"tags": tags} if tags else {}
         out.append(c)
     return out
@@ -225,8 +232,9 @@ def chain_row(run_dir: str | Path, # a chain's run directory (holds chain.json)
     "One chain's parameters and state, for the appendix's table."
     rd = Path(run_dir); rec = read_json(rd / "chain.json"); cfg = rec.get("config", {})
     row = {k: cfg.get(k) for k in CHAIN_COLUMNS}
-    row["dataset"] = Path(str(row["dataset"])).stem if str(row["dataset"]).endswith((".jsonl", ".csv", ".parquet", ".json")) else row["dataset"]
-    row["done"] = f"{sum(1 for _ in rd.glob('gen_*/DONE'))}/{cfg.get('generations')}"
+    if is_file_dataset(row["dataset"]): row["dataset"] = Path(row["dataset"]).stem
+    g = cfg.get("generations") or 0
+    row["done"] = f"{sum(is_done(gen_dir(rd, i)) for i in range(g))}/{g}"  # the chain's own rule, as `status` counts
     row["measured"] = "yes" if (rd / "metrics.csv").exists() else "no"
     row["failed"] = "yes" if (rd / "FAILED").exists() else "no"
     return row
@@ -316,7 +324,8 @@ def build_appendix(out_dir: str | Path, # a study's out_dir (relative to the rep
     if bad: raise RuntimeError(f"appendix: could not read {', '.join(r['notebook'] for r in bad)}")
     figs = study_figures(found); (src / "figures").mkdir(parents=True, exist_ok=True)
     for f in figs: shutil.copy2(f, src / "figures" / f.name)
-    write_sphinx_project(src, title or f"Appendix: {out.name}", appendix_index(out, found, [f.name for f in figs], title or f"Appendix: {out.name}"))
+    title = title or f"Appendix: {out.name}"
+    write_sphinx_project(src, title, appendix_index(out, found, [f.name for f in figs], title))
     page = sphinx_build(src, site, src / ".doctrees")
     log.info("appendix: %d notebooks (%d re-made) -> %s in %.0f s", len(pages), len(jobs), page, time.time() - t0)
     return page

@@ -609,8 +609,8 @@ def appendix_line(out: Path, # the study's out_dir
     "Build the study's appendix; one line saying where it is, or why it is missing (the study's results stand either way)."
     try: return f"appendix -> {build_appendix(out)}"
     except Exception as e:
-        log.warning("the appendix was not built: %s", _one_line(e))
-        return f"appendix not built ({_one_line(e)}); `recursive-loops appendix SPEC` retries"
+        why = _one_line(e); log.warning("the appendix was not built: %s", why)
+        return f"appendix not built ({why}); `recursive-loops appendix SPEC` retries"
 
 # %% ../nbs/07_sweep.ipynb #1120450a
 def run_study(spec_path: str | Path, # the study spec (YAML)
