@@ -12,16 +12,17 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_seed, Timer, RunLock,
-                                  make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
-from .data import load_texts, instruction_for, check_dataset_name
+                                  RunLocked, make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
+from .data import load_texts, instruction_for, check_dataset_name, is_file_dataset
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model
 from .training import train_lora, response_nll
 from .sampling import generate_texts, VLLMSampler
 
 # %% auto #0
-__all__ = ['GEN_FILES', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set', 'gen_dir', 'is_done', 'mark_done',
-           'determinism', 'select_cluster', 'prepare_human', 'earlier_texts', 'ChainRun', 'run_generation',
-           'recorded_format', 'run_chain']
+__all__ = ['GEN_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set', 'gen_dir',
+           'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'gen0_identity', 'Gen0Share',
+           'earlier_texts', 'ChainRun', 'run_generation', 'recorded_format', 'input_checksums', 'stale_inputs',
+           'run_chain']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 @dataclass
@@ -55,6 +56,7 @@ class ChainConfig:
     dtype: str = "auto"
     generator: str = "hf"
     instruction: str | None = None
+    gen0_cache: str | None = None
 
     @property
     def n_synthetic(self) -> int:
@@ -102,13 +104,14 @@ def validate(self: ChainConfig) -> ChainConfig:
     if self.generator not in ("hf", "vllm"): bad("generator", "hf or vllm")
     if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
     if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
+    if self.gen0_cache is not None and (not isinstance(self.gen0_cache, str) or not self.gen0_cache): bad("gen0_cache", "None or a folder path")
     check_dataset_name(self.dataset)
     return self
 
 # %% ../nbs/03_chain.ipynb #d08d306d
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results: all but the output folder, the format resolved (never `auto`), and `generator` only when not the default (so chains run before it existed keep their hash)."
-    d = cfg.to_dict(); d.pop("run_dir"); d["dtype"] = resolve_dtype(d["dtype"])
+    "The parameters that define a chain's results: all but the output folder and the generation-0 cache, the format resolved (never `auto`), and `generator` only when not the default (so chains run before it existed keep their hash)."
+    d = cfg.to_dict(); d.pop("run_dir"); d.pop("gen0_cache"); d["dtype"] = resolve_dtype(d["dtype"])
     if d["generator"] == "hf": d.pop("generator")
     return d
 
@@ -195,6 +198,64 @@ def prepare_human(cfg: ChainConfig, # the chain
                          f"lower n_train, generations or ratio's complement, or bring more texts")
     return df.sample(frac=1.0, random_state=derive_seed(cfg.seed, "human")).reset_index(drop=True)
 
+# %% ../nbs/03_chain.ipynb #837344b8
+SAMPLING_FIELDS = ("temperature", "min_p", "max_new_tokens", "gen_batch_size", "generator")
+
+def gen0_identity(cfg: ChainConfig) -> dict:
+    "What generation 0's adapter depends on: the chain's identity without the ratio, the number of generations, accumulation, `n_generate` and the sampling settings."
+    d = chain_identity(cfg)
+    for k in ("ratio", "generations", "accumulate", "n_generate", *SAMPLING_FIELDS): d.pop(k, None)
+    return d
+
+# %% ../nbs/03_chain.ipynb #65171fae
+@dataclass
+class Gen0Share:
+    "Generation 0 of the chains alike to `cfg` (see `gen0_identity`), kept under `cfg.gen0_cache`: `adapter/`, `gen0.json` (stats, held-out NLL, checksums; written last), `texts-<key>.jsonl` per sampling setting."
+    cfg: ChainConfig
+
+    @property
+    def folder(self) -> Path:
+        c = self.cfg
+        return resolve(c.gen0_cache) / f"{Path(str(c.dataset)).stem}_{c.cluster or 'all'}_s{c.seed}_{config_hash(gen0_identity(c), 8)}"
+
+    @property
+    def texts_file(self) -> Path:
+        "The texts sampled with this chain's sampling settings and count."
+        c = self.cfg; key = dict(gen0_identity(c), n=c.n_to_generate, **{k: getattr(c, k) for k in SAMPLING_FIELDS})
+        return self.folder / f"texts-{config_hash(key, 12)}.jsonl"
+
+    def read(self) -> dict | None:
+        "The shared record, or None when there is none complete (or its adapter's files do not match their checksums)."
+        try: rec = read_json(self.folder / "gen0.json")
+        except (FileNotFoundError, ValueError): return None
+        ok = rec.get("identity") == gen0_identity(self.cfg) and all(
+            (self.folder / "adapter" / f).exists() and file_sha256(self.folder / "adapter" / f) == s for f, s in rec.get("adapter", {}).items())
+        return rec if ok and rec.get("adapter") else None
+
+    def texts(self) -> list[str] | None:
+        try: return [r["text"] for r in read_jsonl(self.texts_file)]
+        except (FileNotFoundError, ValueError, KeyError): return None
+
+    def load(self, base):
+        "`base` with the shared adapter, ready to merge."
+        import warnings
+        from peft import PeftModel
+        with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates (as in train_lora)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return PeftModel.from_pretrained(base, str(self.folder / "adapter"))
+
+    def write(self, adapter_dir: Path | None, record: dict | None, texts: list[str]) -> bool:
+        "Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype, device) and/or `texts`; False when another process holds the folder."
+        try:
+            with RunLock(self.folder):
+                if adapter_dir is not None:
+                    dst = self.folder / "adapter"; shutil.rmtree(dst, ignore_errors=True); shutil.copytree(adapter_dir, dst)
+                    write_json(self.folder / "gen0.json", dict(record, identity=gen0_identity(self.cfg),
+                               adapter={f.name: file_sha256(f) for f in sorted(dst.iterdir()) if f.is_file()}))
+                write_jsonl(self.texts_file, [dict(text=x) for x in texts])
+            return True
+        except RunLocked: log.info("generation 0 is being shared by another process (%s): computed here, not kept", self.folder); return False
+
 # %% ../nbs/03_chain.ipynb #ab46b2c2
 def earlier_texts(run_dir: Path, # the chain's run directory
                   cfg: ChainConfig, # the chain
@@ -223,33 +284,47 @@ class ChainRun:
 def run_generation(run: ChainRun, # the chain, loaded
                    gen: int, # the generation to compute
                   ) -> Path:
-    "Generation `gen` from the files of the earlier ones: mix its N texts, tune a fresh base model, measure the held-out NLL, sample; write `gen_XX/` and, last, its DONE marker."
+    "Generation `gen` from the files of the earlier ones: mix its N texts, tune a fresh base model (or take generation 0 from `gen0_cache`), measure the held-out NLL, sample; write `gen_XX/` and, last, its DONE marker."
     cfg, tok, instr, sampler = run.cfg, run.tok, run.instruction, run.sampler
     d = gen_dir(run.run_dir, gen)
     if d.exists(): shutil.rmtree(d)  # a half-written generation is recomputed from scratch
     t = Timer(); gseed = derive_seed(cfg.seed, "generate", gen)
     rows = mix_training_set(cfg, gen, run.human, earlier_texts(run.run_dir, cfg, gen))
-    with t("load"): model = load_model(cfg.model, cfg.dtype)[0] if gen else run.base  # a fresh base each time
-    with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", gen))
-    with tempfile.TemporaryDirectory(prefix="rl-adapter-") as adapter:
-        if sampler:
-            with t("save_adapter"): pm.save_pretrained(adapter)  # before the merge, which removes it
-        with t("merge"): merged = pm.merge_and_unload()
-        with t("heldout_nll"): nll = response_nll(merged, tok, instr, run.heldout, cfg.max_length)
-        with t("generate"):
-            texts = (sampler.generate(adapter, tok, instr, cfg.n_to_generate, gseed) if sampler
-                     else generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, gseed))
+    share = Gen0Share(cfg) if gen == 0 and cfg.gen0_cache else None
+    shared = share.read() if share else None
+    texts = share.texts() if shared else None
+    if texts is not None:  # all of generation 0 computed by an earlier chain: its numbers, its texts
+        stats, nll, fmt = shared["train"], shared["heldout_nll"], (shared["dtype"], shared["device"])
+    else:
+        with t("load"): model = load_model(cfg.model, cfg.dtype)[0] if gen else run.base  # a fresh base each time
+        if shared:
+            with t("load_adapter"): pm, stats = share.load(model), shared["train"]
+        else:
+            with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", gen))
+        with tempfile.TemporaryDirectory(prefix="rl-adapter-") as adapter:
+            if sampler or (share and not shared):
+                with t("save_adapter"): pm.save_pretrained(adapter)  # before the merge, which removes it
+            with t("merge"): merged = pm.merge_and_unload()
+            with t("heldout_nll"): nll = response_nll(merged, tok, instr, run.heldout, cfg.max_length)
+            fmt = (str(merged.dtype), str(merged.device))
+            with t("generate"):
+                texts = (sampler.generate(adapter, tok, instr, cfg.n_to_generate, gseed) if sampler
+                         else generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, gseed))
+            if share: share.write(None if shared else Path(adapter), dict(train=stats, heldout_nll=nll, dtype=fmt[0], device=fmt[1]), texts)
     d.mkdir(parents=True, exist_ok=True)
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "generated.jsonl", [dict(text=x) for x in texts])
     write_json(d / "manifest.json", make_manifest(run.ident, cfg.seed, t.times, generation=gen, instruction=instr,
                n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
                n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=run.base_nll,
-               heldout_gain=1 - nll / run.base_nll, dtype=str(merged.dtype), device=str(merged.device),
+               heldout_gain=1 - nll / run.base_nll, dtype=fmt[0], device=fmt[1],
                generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}),
-               determinism=sampler.determinism() if sampler else determinism(merged.device)))
+               **({"gen0_shared": dict(folder=str(share.folder), adapter="shared" if shared else "trained here",
+                                       texts="shared" if not t.times.get("generate") else "sampled here")} if share else {}),
+               determinism=sampler.determinism() if sampler else determinism(fmt[1])))
     mark_done(d)
-    log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s", gen, nll, run.base_nll, 100 * (nll / run.base_nll - 1), t.times)
+    log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s%s", gen, nll, run.base_nll, 100 * (nll / run.base_nll - 1), t.times,
+             f" (generation 0 {'shared' if shared else 'kept for sharing'}: {share.folder})" if share else "")
     return d
 
 # %% ../nbs/03_chain.ipynb #2149db7e
@@ -259,6 +334,22 @@ def recorded_format(run_dir: Path) -> str | None:
     except (FileNotFoundError, ValueError): return None
     fmt = rec.get("config", {}).get("dtype")
     return fmt if fmt in DTYPES[1:] else (str(rec.get("dtype", "")).removeprefix("torch.") or None)
+
+# %% ../nbs/03_chain.ipynb #9a1f9388
+def input_checksums(cfg: ChainConfig) -> dict:
+    "sha256 of the files the chain's human texts come from: `dataset` (a file) and `clusters_path`, where they exist."
+    paths = dict(dataset=cfg.dataset if is_file_dataset(cfg.dataset) else None, clusters_path=cfg.clusters_path)
+    return {k: file_sha256(resolve(p)) for k, p in paths.items() if p and resolve(p).exists()}
+
+def stale_inputs(run_dir: Path, cfg: ChainConfig) -> str | None:
+    "What changed in the chain's input files since the chain in `run_dir` began (None: nothing, or no chain there)."
+    p = Path(run_dir) / "chain.json"
+    try: rec = read_json(p)
+    except (FileNotFoundError, ValueError): return None
+    now = input_checksums(cfg)
+    if "inputs" in rec: changed = [k for k in sorted(set(rec["inputs"]) | set(now)) if rec["inputs"].get(k) != now.get(k)]
+    else: changed = [k for k in now if resolve(getattr(cfg, k)).stat().st_mtime > p.stat().st_mtime]  # recorded before checksums were
+    return ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed) + " changed since the chain began" if changed else None
 
 # %% ../nbs/03_chain.ipynb #42eacc49
 def run_chain(cfg: ChainConfig) -> Path:
@@ -281,6 +372,8 @@ def run_chain(cfg: ChainConfig) -> Path:
     except ValueError: prev = {}  # truncated or damaged: never read, rewritten below
     if prev and prev.get("config_hash") != config_hash(ident):
         raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or delete it")
+    if prev and (why := stale_inputs(run_dir, cfg)):
+        raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain computed from other data ({why}); use another run_dir or delete it")
     with RunLock(run_dir):  # one writer per run directory
         heldout = human.text.iloc[:cfg.n_heldout].tolist()
         if not prev:
@@ -288,7 +381,7 @@ def run_chain(cfg: ChainConfig) -> Path:
             with timer("base_nll"): base_nll = response_nll(base, tok, instr, heldout, cfg.max_length)
             write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, instruction=instr, base_heldout_nll=base_nll,
                                                  dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),
-                                                 n_human_pool=len(human),
+                                                 n_human_pool=len(human), inputs=input_checksums(cfg),
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
         run = ChainRun(cfg, run_dir, human, instr, tok, base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler)
         with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the loop ends

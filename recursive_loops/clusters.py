@@ -15,7 +15,7 @@ from .models import embed_texts
 
 # %% auto #0
 __all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'reduce_umap', 'cluster_points', 'candidate_clusters',
-           'draw_candidates', 'run_clusters']
+           'draw_candidates', 'reference_partition', 'run_clusters']
 
 # %% ../nbs/02_clusters.ipynb #c0f88089
 METHODS = ("kmeans", "gmm", "hdbscan", "candidates")
@@ -81,12 +81,22 @@ def draw_candidates(cands: list[dict], k: int, seed: int = 0) -> list[dict]:
     if len(cands) < k: log.warning("only %d candidate clusters hold enough texts; all are used (n_clusters=%d asked for)", len(cands), k)
     return [cands[i] for i in sorted(random.Random(seed).sample(range(len(cands)), min(k, len(cands))))]
 
+# %% ../nbs/02_clusters.ipynb #76c61d3e
+def reference_partition(base: pd.DataFrame, # text_id, domain, x, y of every text
+                        points: np.ndarray, # the projection the candidates came from
+                        n_clusters: int, min_texts: int, seed: int = 0,
+                       ) -> pd.DataFrame:
+    "One k-means partition of `points` in clusters.parquet's format: what drawn clusters are compared with."
+    part = base.assign(cluster=cluster_points(points, "kmeans", n_clusters, seed=seed))
+    sizes = part.cluster.value_counts()
+    return part.assign(eligible=part.cluster.isin(sizes[sizes >= min_texts].index))[["text_id", "domain", "cluster", "x", "y", "eligible"]]
+
 # %% ../nbs/02_clusters.ipynb #5dcf0f7d
 def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", method: str = "kmeans",
                  n_clusters: int = 20, min_cluster_size: int = 50, umap_dim: int = 5, min_texts: int = 200,
                  max_texts: int = 0, seed: int = 0, out_dir: str | Path = "runs/demo/clusters",
                  min_tokens: int = 20, max_tokens: int = 200, candidate_sizes: list = (5, 10, 20, 50)) -> Path:
-    "Embed, reduce, cluster and size-check a dataset; write `clusters.parquet` and its manifest."
+    "Embed, reduce, cluster and size-check a dataset; write `clusters.parquet` and its manifest (with `candidates`, also `candidates.csv` and `partition.parquet`)."
     check_cluster_params(method, n_clusters, min_cluster_size, umap_dim, min_texts, candidate_sizes)
     t = Timer()
     df = load_texts(dataset, min_tokens, max_tokens)
@@ -118,6 +128,7 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", 
     if drawn is not None:
         with atomic_path(path.parent / "candidates.csv") as tmp:
             pd.DataFrame([dict(cluster=i, origin=c["origin"], size=c["size"]) for i, c in enumerate(drawn)]).to_csv(tmp, index=False)
+        with atomic_path(path.parent / "partition.parquet") as tmp: reference_partition(base, red, n_clusters, min_texts, seed).to_parquet(tmp, index=False)
     cfg = dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens, embedder=embedder, method=method, n_clusters=n_clusters, min_cluster_size=min_cluster_size,
                umap_dim=umap_dim, min_texts=min_texts, max_texts=max_texts, **({"candidate_sizes": list(candidate_sizes)} if method == "candidates" else {}))
     write_json(path.with_suffix(".manifest.json"), make_manifest(cfg, seed, t.times, n_texts=len(out), n_noise=int((lab < 0).sum()),

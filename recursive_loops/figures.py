@@ -17,8 +17,9 @@ from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci, 
                                         plot_coefficients, paper_columns, shift_label, SHIFTS, PAPER_PREDICTORS)
 
 # %% auto #0
-__all__ = ['METRICS', 'SWEEP_METRICS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout', 'plot_ratio_sweep',
-           'plot_cluster_map', 'plot_property_vs_shift', 'draw_figures', 'study_summary']
+__all__ = ['METRICS', 'SWEEP_METRICS', 'PROP_LABELS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout',
+           'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift', 'plot_property_ranges', 'draw_figures',
+           'study_summary']
 
 # %% ../nbs/06_figures.ipynb #2c1be7bd
 METRICS = {"selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity": "semantic diversity ↑",
@@ -77,7 +78,7 @@ def plot_judge_audit(audits: list[dict], # judges.json records (of one or many c
         name, ks, failed = j["judge"], list(j["tests"]), j["failed"]
         sh = [j["tests"][k]["share"] for k in ks]; ci = [(j["tests"][k]["ci_low"], j["tests"][k]["ci_high"]) for k in ks]
         cols = ["red" if k in failed else ("tab:green" if j["tests"][k]["claimed"] else "lightgrey") for k in ks]
-        ax.bar(ks, sh, color=cols, yerr=[[v - c[0] for v, c in zip(sh, ci)], [c[1] - v for v, c in zip(sh, ci)]], capsize=3)
+        ax.bar(ks, sh, color=cols, yerr=[[max(v - c[0], 0) for v, c in zip(sh, ci)], [max(c[1] - v, 0) for v, c in zip(sh, ci)]], capsize=3)  # (Wilson's bound at 544/544 is 1 - 1e-16)
         ax.axhline(j["threshold"], color="k", ls="--", lw=1); ax.axhline(0.5, color="grey", ls=":", lw=1)
         ax.set_ylim(0, 1.05); ax.set_ylabel("share right" if j["kind"] != "lean" else "accuracy")
         ax.set_title(f"{name} ({j['backend']}: {j['model']})\n" + ("passed" if not failed else "FAILED: " + ", ".join(failed)),
@@ -156,21 +157,29 @@ def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole dat
 # %% ../nbs/06_figures.ipynb #e3e6c715
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
                      props: pd.DataFrame | None, # cluster_properties.csv (optional)
-                     path: str | Path, prop: str = "prop_selfbleu_diversity") -> Path:
-    "UMAP 2-D map of the human texts, coloured by cluster and (if given) by a cluster property."
+                     path: str | Path, prop: str = "prop_selfbleu_diversity",
+                     partition: pd.DataFrame | None = None, # 02_clusters' partition.parquet: drawn against one partition
+                    ) -> Path:
+    "UMAP 2-D map of the human texts, coloured by cluster, (if given) by a cluster property, and (if given) by one partition's clusters."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if props is not None and prop not in props.columns: prop = next((c for c in props.columns if c.startswith("prop_")), prop)
     two = props is not None and prop in props.columns
-    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(6 * (2 if two else 1), 5), squeeze=False)
+    n = 1 + two + (partition is not None)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
     c = clusters[clusters.cluster >= 0]
     axes[0, 0].scatter(c.x, c.y, c=c.cluster, cmap="tab20", s=3, alpha=0.6)
     for k, d in c.groupby("cluster"): axes[0, 0].annotate(str(k), (d.x.median(), d.y.median()), fontsize=7, weight="bold")
-    axes[0, 0].set_title(f"{c.cluster.nunique()} clusters of {len(c)} texts (UMAP)")
+    over = len(c) - c.text_id.nunique() if "text_id" in c else 0
+    axes[0, 0].set_title(f"{c.cluster.nunique()} clusters, {len(c) - over} texts (UMAP)" + (f"\n{over} texts in two or more (drawn clusters overlap)" if over else ""), fontsize=9)
     if two:
         v = c.merge(props[["cluster", prop]], on="cluster")
         sc = axes[0, 1].scatter(v.x, v.y, c=v[prop], cmap="viridis", s=3, alpha=0.6)
-        fig.colorbar(sc, ax=axes[0, 1], label=prop); axes[0, 1].set_title(f"clusters coloured by {prop}")
+        fig.colorbar(sc, ax=axes[0, 1], label=prop); axes[0, 1].set_title(f"clusters coloured by {prop}", fontsize=9)
+    if partition is not None:
+        ax = axes[0, -1]; p = partition[partition.cluster >= 0]
+        ax.scatter(p.x, p.y, c=p.cluster, cmap="tab20", s=3, alpha=0.6)
+        ax.set_title(f"one partition: k-means, {p.cluster.nunique()} clusters of {len(p)} texts", fontsize=9)
     for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
     return save_figure(fig, path, 120)
@@ -192,6 +201,38 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path, 110)
+
+# %% ../nbs/06_figures.ipynb #49da9d84
+PROP_LABELS = {"prop_length_chars": "length (characters)", "prop_quality": "quality (judge)",
+               "prop_selfbleu_diversity": "lexical diversity (1 - Self-BLEU)", "prop_semantic_diversity": "semantic diversity",
+               "prop_gaussian_aic": "Gaussianity (AIC of one Gaussian; lower: tighter)", "prop_positivity": "positivity (VADER compound)"}
+
+def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the drawn clusters
+                         partition: pd.DataFrame, # partition_properties.csv of one partition
+                         path: str | Path,
+                         labels: tuple[str, str] = ("drawn clusters", "one partition"),
+                        ) -> Path:
+    "Each paper property's values over the drawn clusters against one partition's clusters, with the ratio of their ranges."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    props = [p for p in PAPER_PREDICTORS if p in drawn.columns and p in partition.columns]
+    if not props: raise ValueError(f"no property of the paper ({', '.join(PAPER_PREDICTORS)}) is in both tables")
+    ncol = min(3, len(props)); nrow = -(-len(props) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 1.9 * nrow + 0.6), squeeze=False)
+    for ax, p in zip(axes.flat, props):
+        spans = []
+        for y, (tab, colour) in enumerate([(partition, "tab:gray"), (drawn, "tab:blue")]):
+            v = tab[p].dropna().to_numpy(); spans.append(np.ptp(v) if len(v) else np.nan)
+            ax.hlines(y, v.min(), v.max(), color=colour, lw=2, alpha=0.5)
+            ax.scatter(v, np.full(len(v), y), color=colour, s=22, zorder=3, edgecolor="white", linewidth=0.5)
+        ratio = spans[1] / spans[0] if spans[0] else np.inf
+        ax.set_title(f"{PROP_LABELS.get(p, p)}\nrange ×{ratio:.1f} the partition's", fontsize=9)
+        ax.set_yticks([0, 1]); ax.set_yticklabels([f"{labels[1]}\n(n = {len(partition)})", f"{labels[0]}\n(n = {len(drawn)})"], fontsize=8)
+        ax.set_ylim(-0.6, 1.6); ax.tick_params(axis="x", labelsize=8); ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(props):]: ax.axis("off")
+    fig.suptitle("How wide the clusters' properties range: each dot one cluster", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #14bd0575
 def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without clusters
@@ -224,7 +265,13 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     if cdir is None or not (cdir / "clusters.parquet").exists():
         return out + [f"skipped cluster figures: no clusters.parquet in {cdir} (run 02_clusters)"]
     props = pd.read_csv(cdir / "cluster_properties.csv") if (cdir / "cluster_properties.csv").exists() else None
-    out.append(f"wrote {plot_cluster_map(pd.read_parquet(cdir / 'clusters.parquet'), props, fd / 'fig_cluster_map.png')}")
+    part = pd.read_parquet(cdir / "partition.parquet") if (cdir / "partition.parquet").exists() else None
+    out.append(f"wrote {plot_cluster_map(pd.read_parquet(cdir / 'clusters.parquet'), props, fd / 'fig_cluster_map.png', partition=part)}")
+    if props is not None and (cdir / "partition_properties.csv").exists():
+        man = read_json(cdir / "clusters.manifest.json") if (cdir / "clusters.manifest.json").exists() else {}
+        labels = (f"drawn of {man['n_candidates']} candidates" if "n_candidates" in man else "drawn clusters", "k-means partition")
+        out.append(f"wrote {plot_property_ranges(props, pd.read_csv(cdir / 'partition_properties.csv'), fd / 'fig_property_ranges.png', labels)}")
+    else: out.append("skipped fig_property_ranges.png: no partition_properties.csv (a method: candidates clustering writes it)")
     if props is None: return out + ["skipped property/regression figures: no cluster_properties.csv (run 04b_properties)"]
     try: table = build_regression_table(results, props, shift, k)
     except ValueError as e: return out + [f"skipped property/regression figures: {e}"]

@@ -25,8 +25,10 @@ def mix_pool(dataset: str, # dataset the clusters came from
              out_path: str | Path, # JSONL to write (a dataset file for 03_chain)
              clusters_path: str | Path | None = None, # clusters.parquet from 02_clusters
              min_tokens: int = 20, max_tokens: int = 200,
+             balance: bool = True, # equal shares, as the paper's merged datasets: each group cut to the smallest one's size (seeded)
+             seed: int = 0,
             ) -> Path:
-    "Write the texts of several clusters/domains as one dataset file, `domain` = the source group."
+    "Write the texts of several clusters/domains as one dataset file, `domain` = the source group (texts in two of them left out; equal shares unless `balance=False`)."
     df = load_texts(dataset, min_tokens, max_tokens)
     if clusters_path is not None:
         cl = pd.read_parquet(resolve(clusters_path))[["text_id", "cluster"]]
@@ -36,6 +38,11 @@ def mix_pool(dataset: str, # dataset the clusters came from
     missing = sorted(set(want) - set(key))
     if missing: raise ValueError(f"groups {missing} not found; allowed: {', '.join(sorted(set(key)))}")
     sel = df[key.isin(want)].assign(domain=key[key.isin(want)])
+    twice = sel.text_id.duplicated(keep=False)  # drawn clusters may overlap: such a text has no one domain
+    if twice.any(): log.info("pool of %s: %d texts in two or more of its clusters left out", want, sel[twice].text_id.nunique()); sel = sel[~twice]
+    if balance:
+        n = int(sel.domain.value_counts().min())
+        sel = pd.concat([d.sample(n=n, random_state=seed) for _, d in sel.groupby("domain", sort=True)]).sort_index()
     out = resolve(out_path)
     write_jsonl(out, sel[["text", "domain"]].to_dict("records"))
     log.info("pool of %s: %d texts -> %s", want, len(sel), out)

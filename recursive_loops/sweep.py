@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_sweep.ipynb #116d4080
 from __future__ import annotations
-import argparse, concurrent.futures as cf, difflib, itertools, json, logging, multiprocessing, os, platform, random, subprocess, sys, time
+import argparse, collections, concurrent.futures as cf, difflib, itertools, json, logging, multiprocessing, os, platform, random, subprocess, sys, time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -13,13 +13,13 @@ import submitit
 import yaml
 
 from .core import (log, resolve, repo_root, config_hash, read_json, write_json, write_text, atomic_path,
-                                  setup_logging, study_notebook, is_alive, lock_holder, cpu_info)
+                                  setup_logging, study_notebook, is_alive, lock_holder, cpu_info, file_sha256)
 from .data import is_file_dataset
 from .data import load_texts, REGISTRY
 from .regression import SHIFTS
 from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
 from .sampling import VLLMSampler
-from .chain import ChainConfig, chain_identity, gen_dir, is_done, prepare_human, select_cluster
+from .chain import ChainConfig, chain_identity, gen0_identity, stale_inputs, gen_dir, is_done, prepare_human, select_cluster
 from .metrics import metrics_intact
 from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
 from .docs import build_appendix, build_docs, keep_appendix
@@ -29,9 +29,9 @@ __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_
            'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'chain_run_dir', 'format_file', 'study_format',
            'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker', 'log_papermill',
            'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir',
-           'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_pools', 'run_analysis',
-           'preflight', 'status_table', 'format_status', 'appendix_line', 'run_study', 'judge_bench',
-           'format_throughput', 'make_parser', 'study_dir', 'main']
+           'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_pools',
+           'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status', 'appendix_line',
+           'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -137,6 +137,17 @@ def _spanning(cdir: Path, prop: str, k: int) -> list | None:
     p = cdir / "cluster_properties.csv"
     return select_spanning(pd.read_csv(p), prop, k) if p.exists() else None
 
+def _pool_pick(cdir: Path | None, ids: list, k: int) -> list:
+    "K of `ids` for a pool: every other one first (the pool spans the source's range), skipping clusters that share texts with those already picked (drawn clusters can overlap; a shared text has no one domain)."
+    order = ids[::2] + ids[1::2]
+    p = cdir / "clusters.parquet" if cdir is not None else None
+    if p is None or not p.exists() or any(str(i).startswith("?") for i in ids): return order[:k]
+    cl = pd.read_parquet(p, columns=["text_id", "cluster"]); members = {str(c): set(d.text_id) for c, d in cl.groupby("cluster")}
+    picked, used = [], set()
+    for i in order:
+        if len(picked) < k and not (members.get(str(i), set()) & used): picked.append(i); used |= members.get(str(i), set())
+    return picked + [i for i in order if i not in picked][:k - len(picked)]  # too few disjoint ones: mix_pool leaves shared texts out
+
 def _as_list(v, name: str, where: str) -> list:
     v = v if isinstance(v, list) else [v]
     if not v: raise SpecError(f"{where}: {name} is empty; give at least one value")
@@ -192,7 +203,7 @@ def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, pools and
             raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{pool: <clusters to mix>, of: <another experiment's name>}}")
         src_ids, src_by_cluster = resolved.get((src, ds), (None, False))
         if not src_ids: raise SpecError(f"{w}: pool of {src!r} needs experiment {src!r} to be listed before it and to run on clusters or domains of {ds}")
-        design = "pool"; picked = src_ids[::2][:on["pool"]]  # every other one: the pool spans the source's range
+        design = "pool"; picked = _pool_pick(plan.cluster_sets.get(ds) if src_by_cluster else None, src_ids, on["pool"])
         pool = str(Path(out) / "pools" / f"{name}-{_label(ds)}.jsonl")
         if any(str(i).startswith("?") for i in picked): plan.unresolved.append(f"{name}: pool of {on['pool']} clusters of {src!r}")
         else: plan.pools[pool] = (ds, picked, src_by_cluster)
@@ -227,12 +238,17 @@ def expand(spec: dict, # from load_spec
                 try: p = ChainConfig(**{**p, "dataset": ds, "run_dir": "x"}).validate().to_dict()  # (the pool file may not exist yet)
                 except (ValueError, TypeError) as err: raise SpecError(f"{w}: {err}") from None
                 p["dataset"] = pool or ds  # every 03_chain parameter, defaults included: the executed notebook records them all
+                if "gen0_cache" not in {**base, **e}: p["gen0_cache"] = f"{out}/gen0"  # chains alike but for r share generation 0 (`gen0_cache: null` turns it off)
                 placeholder = str(cl).startswith("?") or (pool is not None and pool not in plan.pools)
                 p["run_dir"] = chain_run_dir(out, p) if not placeholder else f"{out}/(pending)/{name}-{len(chains)}"
                 key = p["run_dir"]
                 if key in chains: chains[key].experiments.append(name)
                 else: chains[key] = Chain(p, [name], design, placeholder)
     plan.chains = list(chains.values())
+    g0 = lambda c: config_hash(gen0_identity(ChainConfig(**c.params)))
+    alike = collections.Counter(g0(c) for c in plan.chains)
+    for c in plan.chains:  # a generation 0 that no other chain of the study shares is not kept (an adapter is ~19 MB)
+        if c.params.get("gen0_cache") == f"{out}/gen0" and alike[g0(c)] < 2: c.params["gen0_cache"] = None
     fmts = {}
     for c in plan.chains: fmts.setdefault(c.params["dtype"], []).append(c.experiments[0])
     if len(fmts) > 1 and not spec.get("mixed_formats"):
@@ -250,11 +266,15 @@ def estimate_cost(plan: Plan) -> dict:
     "Counts and time estimate of a plan (see the prose for the model of cost)."
     c = {**MEASURED, "gpu_tflops": 989.0, "gpu_efficiency": 0.3, **(plan.spec.get("cost") or {})}
     params = {**BUNDLED_PARAMS, **(c.get("params") or {})}
-    out = dict(chains=len(plan.chains), generations=0, train_texts=0, generated_texts=0, seconds=0.0, gpu_seconds=0.0, unknown_models=set())
+    out = dict(chains=len(plan.chains), generations=0, fine_tunes=0, gen0_shared=0, train_texts=0, generated_texts=0, seconds=0.0,
+               gpu_seconds=0.0, unknown_models=set())
+    gen0s = set()  # generation 0s computed once and shared (`gen0_cache`)
     for ch in plan.chains:
-        cfg = ChainConfig(**{**ch.params, "dataset": "bbc_news"})
-        g = cfg.generations; out["generations"] += g
-        out["train_texts"] += g * cfg.n_train; out["generated_texts"] += g * cfg.n_to_generate
+        cfg = ChainConfig(**ch.params)  # (not validated: a pool may not exist yet)
+        key = (cfg.gen0_cache, config_hash(gen0_identity(cfg))) if cfg.gen0_cache else None
+        shared = key is not None and key in gen0s; gen0s.add(key); out["gen0_shared"] += shared
+        out["generations"] += cfg.generations; g = cfg.generations - shared; out["fine_tunes"] += g
+        out["train_texts"] += g * cfg.n_train; out["generated_texts"] += cfg.generations * cfg.n_to_generate
         n_par = params.get(cfg.model)
         if n_par is None: out["unknown_models"].add(cfg.model); continue
         out["seconds"] += g * c["seconds_per_generation"] * (cfg.n_train / c["n_train"]) ** c["exponent"] * (n_par / c["model_params"])
@@ -277,7 +297,8 @@ def describe(plan: Plan) -> str:
     steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("figures", "06_figures")) if an.get(k)]
     lines.append("  steps: " + " -> ".join(steps))
     c = estimate_cost(plan)
-    lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations (fine-tunes), "
+    lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
+                 f"({c['gen0_shared']:,} generation 0s shared), "
                  f"{c['train_texts']:,} training texts, {c['generated_texts']:,} generated texts")
     lines.append(f"  time: {c['seconds'] / 3600:,.1f} h on {c['device']}; {c['gpu_seconds'] / 3600:,.2f} GPU-h at {c['gpu']}")
     if c["unknown_models"]: lines.append(f"  (no size known for {sorted(c['unknown_models'])}: add cost.params to count them)")
@@ -515,17 +536,32 @@ def run_clusters(plan: Plan, # plan whose cluster_sets say what to cluster
         log.info("clustering %s -> %s", ds, cdir)
         _papermill(nbs / "02_clusters.ipynb", cdir / "02_clusters.ipynb", {**cp, "out_dir": str(cdir)}, root)
         _papermill(nbs / "04b_properties.ipynb", cdir / "04b_properties.ipynb",
-                   {**pp, "clusters_path": str(cdir / "clusters.parquet"), "out_path": str(cdir / "cluster_properties.csv")}, root)
+                   {**pp, "clusters_path": str(cdir / "clusters.parquet"), "out_path": str(cdir / "cluster_properties.csv"),
+                    **({"partition_path": str(cdir / "partition.parquet")} if cp.get("method") == "candidates" else {})}, root)
         write_json(stamp, dict(hash=h, clusters=cp, properties=pp))
 
 def make_pools(plan: Plan) -> None:
-    "Write each modularity pool (a dataset file mixing clusters) that is missing."
+    "Write each modularity pool (a dataset file mixing clusters) that is missing or was mixed from other clusters (`<pool>.params.json` says from what)."
     from recursive_loops.modularity import mix_pool
     ch = plan.spec.get("chain") or {}
     for pool, (ds, ids, by_cluster) in plan.pools.items():
-        if resolve(pool).exists(): continue
-        mix_pool(ds, ids, pool, str(clusters_dir(plan.spec, ds) / "clusters.parquet") if by_cluster else None,
-                 ch.get("min_tokens", 20), ch.get("max_tokens", 200))
+        cpath = clusters_dir(plan.spec, ds) / "clusters.parquet" if by_cluster else None
+        made = dict(dataset=ds, ids=[str(i) for i in ids], clusters=file_sha256(cpath) if cpath else None,
+                    min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200), balanced=True)
+        stamp = Path(f"{resolve(pool)}.params.json")
+        if resolve(pool).exists() and stamp.exists() and read_json(stamp) == made: continue
+        mix_pool(ds, ids, pool, str(cpath) if cpath else None, made["min_tokens"], made["max_tokens"]); write_json(stamp, made)
+
+def set_aside_stale(plan: Plan) -> list[str]:
+    "Move each chain whose input files changed since it began (`chain.stale_inputs`) to `<out>/.stale/`, so that it runs again; one line per chain moved."
+    moved = []
+    for c in plan.chains:
+        why = stale_inputs(c.run_dir, ChainConfig(**c.params)) if c.run_dir.exists() else None
+        if not why: continue
+        dest = plan.out / ".stale" / f"{c.run_dir.relative_to(plan.out)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.parent.mkdir(parents=True, exist_ok=True); c.run_dir.rename(dest)
+        moved.append(f"{c.run_dir}: {why}; set aside in {dest}, run again"); log.warning(moved[-1])
+    return moved
 
 # %% ../nbs/07_sweep.ipynb #bbb9286d
 def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
@@ -640,6 +676,7 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     if plan.cluster_sets: run_clusters(plan)
     plan = expand(spec)  # cluster ids are known now
     make_pools(plan); plan = expand(spec)
+    set_aside_stale(plan)  # chains whose clusters or pool were made again since they ran
     todo = [c for c in plan.chains if chain_state(c, metrics_params(plan))[0] != "done"]
     preflight(plan, todo)  # now with the clusters and pools
     log.info("%d chains: %d done already, %d to run (%s executor)", len(plan.chains), len(plan.chains) - len(todo), len(todo), kind)

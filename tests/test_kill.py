@@ -1,4 +1,4 @@
-"Kill anywhere, lose nothing: SIGKILL a chain (then its metrics) at random moments, resume, compare with an uninterrupted run."
+"Kill anywhere, lose nothing: SIGKILL a chain (then its metrics) at random moments, resume, compare with an uninterrupted run that shares nothing."
 import json, random, shutil, subprocess, sys, time
 from pathlib import Path
 
@@ -36,6 +36,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model):
     assert p.returncode == 0, err[-2000:]
 
     rd = tmp_path / "killed"; rng = random.Random(0); kills, recomputed, runs = 0, 0, 0
+    gen0 = str(tmp_path / "gen0")  # the killed chain shares its generation 0 (as a study's chains do), the reference does not
+    alone = chain
+    chain = lambda d: {**alone(d), "chain": {**alone(d)["chain"], "gen0_cache": gen0}}
 
     def run(kill: bool):
         nonlocal kills, recomputed, runs, full
@@ -58,6 +61,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model):
     code, err = run(kill=False)
     assert code == 0, err[-2000:]
     assert recomputed == 0
-    assert _artefacts(rd) == _artefacts(ref), "a resumed chain must give byte-identical results"
+    assert _artefacts(rd) == _artefacts(ref), "a resumed chain, its generation 0 shared, must give byte-identical results"
+    assert "gen0_shared" in read_json(rd / "gen_00" / "manifest.json") and not list(Path(gen0).rglob(".lock"))
     assert not list(rd.rglob(".tmp-*")) and not (rd / ".lock").exists(), "no partial file or lock left behind"
     print(f"kills={kills} runs={runs} generations recomputed={recomputed} identical=yes (uninterrupted run {full:.1f} s)")

@@ -17,7 +17,7 @@ def cli(*args, timeout=900):
 def test_paper_design_dry_run():
     r = cli("study", "studies/paper.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "1,696 chains, 33,920 generations (fine-tunes)" in r.stdout, r.stdout
+    assert "1,696 chains, 33,920 generations, 33,045 fine-tunes (875 generation 0s shared)" in r.stdout, r.stdout
     assert "GPU-h" in r.stdout and "clusters: 1600 chains" in r.stdout
     assert "human-text need not checked: twitter_100m (ratio_sweep): not reachable here" in r.stdout, r.stdout
     print(r.stdout)
@@ -37,7 +37,7 @@ def test_paper_spec_with_clusters_too_small_is_refused(tmp_path):
 
 def test_demo_spec_expands_and_status_reads_it():
     r = cli("study", "studies/demo.yaml", "--dry-run")
-    assert r.returncode == 0 and "10 chains, 22 generations" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "17 chains, 43 generations, 37 fine-tunes (6 generation 0s shared)" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("body, message", [
