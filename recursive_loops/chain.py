@@ -293,7 +293,8 @@ def run_generation(run: ChainRun, # the chain, loaded
     share = Gen0Share(cfg) if gen == 0 and cfg.gen0_cache else None
     shared = share.read() if share else None
     texts = share.texts() if shared else None
-    if texts is not None:  # all of generation 0 computed by an earlier chain: its numbers, its texts
+    texts_shared = texts is not None
+    if texts_shared:  # all of generation 0 computed by an earlier chain: its numbers, its texts
         stats, nll, fmt = shared["train"], shared["heldout_nll"], (shared["dtype"], shared["device"])
     else:
         with t("load"): model = load_model(cfg.model, cfg.dtype)[0] if gen else run.base  # a fresh base each time
@@ -320,7 +321,7 @@ def run_generation(run: ChainRun, # the chain, loaded
                heldout_gain=1 - nll / run.base_nll, dtype=fmt[0], device=fmt[1],
                generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}),
                **({"gen0_shared": dict(folder=str(share.folder), adapter="shared" if shared else "trained here",
-                                       texts="shared" if not t.times.get("generate") else "sampled here")} if share else {}),
+                                       texts="shared" if texts_shared else "sampled here")} if share else {}),
                determinism=sampler.determinism() if sampler else determinism(fmt[1])))
     mark_done(d)
     log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s%s", gen, nll, run.base_nll, 100 * (nll / run.base_nll - 1), t.times,

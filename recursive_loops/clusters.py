@@ -15,7 +15,7 @@ from .models import embed_texts
 
 # %% auto #0
 __all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'reduce_umap', 'cluster_points', 'candidate_clusters',
-           'draw_candidates', 'reference_partition', 'run_clusters']
+           'draw_candidates', 'eligible', 'reference_partition', 'run_clusters']
 
 # %% ../nbs/02_clusters.ipynb #c0f88089
 METHODS = ("kmeans", "gmm", "hdbscan", "candidates")
@@ -81,6 +81,13 @@ def draw_candidates(cands: list[dict], k: int, seed: int = 0) -> list[dict]:
     if len(cands) < k: log.warning("only %d candidate clusters hold enough texts; all are used (n_clusters=%d asked for)", len(cands), k)
     return [cands[i] for i in sorted(random.Random(seed).sample(range(len(cands)), min(k, len(cands))))]
 
+# %% ../nbs/02_clusters.ipynb #a3d5267e
+def eligible(labels: pd.Series, # cluster label of each row (-1: noise)
+             min_texts: int) -> pd.Series:
+    "Whether each row's cluster holds at least `min_texts` rows (noise never does): the clusters a chain may train on."
+    sizes = labels[labels >= 0].value_counts()
+    return labels.isin(sizes[sizes >= min_texts].index)
+
 # %% ../nbs/02_clusters.ipynb #76c61d3e
 def reference_partition(base: pd.DataFrame, # text_id, domain, x, y of every text
                         points: np.ndarray, # the projection the candidates came from
@@ -88,8 +95,7 @@ def reference_partition(base: pd.DataFrame, # text_id, domain, x, y of every tex
                        ) -> pd.DataFrame:
     "One k-means partition of `points` in clusters.parquet's format: what drawn clusters are compared with."
     part = base.assign(cluster=cluster_points(points, "kmeans", n_clusters, seed=seed))
-    sizes = part.cluster.value_counts()
-    return part.assign(eligible=part.cluster.isin(sizes[sizes >= min_texts].index))[["text_id", "domain", "cluster", "x", "y", "eligible"]]
+    return part.assign(eligible=eligible(part.cluster, min_texts))[["text_id", "domain", "cluster", "x", "y", "eligible"]]
 
 # %% ../nbs/02_clusters.ipynb #5dcf0f7d
 def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", method: str = "kmeans",
@@ -120,7 +126,7 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", 
             out = base.assign(cluster=lab)[["text_id", "domain", "cluster", "x", "y"]]
     sizes = out[out.cluster >= 0].cluster.value_counts().sort_index()
     small = sizes[sizes < min_texts]
-    out["eligible"] = out.cluster.isin(sizes[sizes >= min_texts].index)
+    out["eligible"] = eligible(out.cluster, min_texts)
     if len(small): log.warning("%d of %d clusters have fewer than %d texts and are excluded: %s", len(small), len(sizes),
                                min_texts, dict(small))
     path = resolve(out_dir) / "clusters.parquet"

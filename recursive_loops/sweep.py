@@ -19,7 +19,7 @@ from .data import load_texts, REGISTRY
 from .regression import SHIFTS
 from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
 from .sampling import VLLMSampler
-from .chain import ChainConfig, chain_identity, gen0_identity, stale_inputs, gen_dir, is_done, prepare_human, select_cluster
+from .chain import ChainConfig, chain_identity, Gen0Share, stale_inputs, gen_dir, is_done, prepare_human, select_cluster
 from .metrics import metrics_intact
 from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
 from .docs import build_appendix, build_docs, keep_appendix
@@ -245,10 +245,11 @@ def expand(spec: dict, # from load_spec
                 if key in chains: chains[key].experiments.append(name)
                 else: chains[key] = Chain(p, [name], design, placeholder)
     plan.chains = list(chains.values())
-    g0 = lambda c: config_hash(gen0_identity(ChainConfig(**c.params)))
-    alike = collections.Counter(g0(c) for c in plan.chains)
-    for c in plan.chains:  # a generation 0 that no other chain of the study shares is not kept (an adapter is ~19 MB)
-        if c.params.get("gen0_cache") == f"{out}/gen0" and alike[g0(c)] < 2: c.params["gen0_cache"] = None
+    mine = [c for c in plan.chains if c.params.get("gen0_cache") == f"{out}/gen0"]
+    folder = {c.params["run_dir"]: Gen0Share(ChainConfig(**c.params)).folder for c in mine}
+    alike = collections.Counter(folder.values())
+    for c in mine:  # a generation 0 that no other chain of the study shares is not kept (an adapter is ~19 MB)
+        if alike[folder[c.params["run_dir"]]] < 2: c.params["gen0_cache"] = None
     fmts = {}
     for c in plan.chains: fmts.setdefault(c.params["dtype"], []).append(c.experiments[0])
     if len(fmts) > 1 and not spec.get("mixed_formats"):
@@ -271,7 +272,7 @@ def estimate_cost(plan: Plan) -> dict:
     gen0s = set()  # generation 0s computed once and shared (`gen0_cache`)
     for ch in plan.chains:
         cfg = ChainConfig(**ch.params)  # (not validated: a pool may not exist yet)
-        key = (cfg.gen0_cache, config_hash(gen0_identity(cfg))) if cfg.gen0_cache else None
+        key = Gen0Share(cfg).folder if cfg.gen0_cache else None
         shared = key is not None and key in gen0s; gen0s.add(key); out["gen0_shared"] += shared
         out["generations"] += cfg.generations; g = cfg.generations - shared; out["fine_tunes"] += g
         out["train_texts"] += g * cfg.n_train; out["generated_texts"] += cfg.generations * cfg.n_to_generate
