@@ -16,13 +16,13 @@ from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_see
 from .data import load_texts, instruction_for, check_dataset_name, is_file_dataset
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model
 from .training import train_lora, response_nll
-from .sampling import generate_texts, VLLMSampler
+from .sampling import generate_texts, sample_by_instruction, VLLMSampler
 
 # %% auto #0
 __all__ = ['GEN_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set', 'gen_dir',
-           'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'gen0_identity', 'Gen0Share',
-           'earlier_texts', 'ChainRun', 'run_generation', 'recorded_format', 'input_checksums', 'stale_inputs',
-           'run_chain']
+           'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'pool_domains', 'gen0_identity',
+           'Gen0Share', 'earlier_texts', 'ChainRun', 'run_generation', 'recorded_format', 'input_checksums',
+           'stale_inputs', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 @dataclass
@@ -123,15 +123,23 @@ def human_slice(cfg: ChainConfig, gen: int) -> tuple[int, int]:
     return start, start + (cfg.n_train if gen == 0 else n_h)
 
 # %% ../nbs/03_chain.ipynb #3d3e28ee
-def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame, generated: dict[int, list[str]]) -> list[dict]:
-    "Generation `gen`'s training rows: `text, source (human|synthetic), origin (text_id | gen_XX)`."
+def _tags(r) -> dict:
+    "A row's instruction and domain, where it has them (per-text instructions); nothing for a single-instruction chain."
+    return {k: r[k] for k in ("instruction", "domain") if k in r}
+
+def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame,
+                     generated: dict[int, list[dict]], # earlier generations' rows (`text`, and `instruction`, `domain` when per text)
+                    ) -> list[dict]:
+    "Generation `gen`'s training rows: `text, source (human|synthetic), origin (text_id | gen_XX)`, and each text's `instruction` and `domain` when the pool has per-text instructions."
     s, e = human_slice(cfg, gen)
-    rows = [dict(text=t, source="human", origin=i) for t, i in zip(human.text.iloc[s:e], human.text_id.iloc[s:e])]
+    h = human.iloc[s:e]; per_text = "instruction" in human.columns
+    rows = [dict(text=r.text, source="human", origin=r.text_id, **(dict(instruction=r.instruction, domain=r.domain) if per_text else {}))
+            for r in h.itertuples()]
     if gen > 0 and cfg.n_synthetic:
         gens = range(gen) if cfg.accumulate else [gen - 1]
-        pool = [(g, t) for g in gens for t in generated[g]]
+        pool = [(g, r) for g in gens for r in generated[g]]
         rng = random.Random(derive_seed(cfg.seed, "mix", gen))
-        rows += [dict(text=t, source="synthetic", origin=f"gen_{g:02d}") for g, t in rng.sample(pool, cfg.n_synthetic)]
+        rows += [dict(text=r["text"], source="synthetic", origin=f"gen_{g:02d}", **_tags(r)) for g, r in rng.sample(pool, cfg.n_synthetic)]
     random.Random(derive_seed(cfg.seed, "order", gen)).shuffle(rows)
     return rows
 
@@ -198,6 +206,18 @@ def prepare_human(cfg: ChainConfig, # the chain
                          f"lower n_train, generations or ratio's complement, or bring more texts")
     return df.sample(frac=1.0, random_state=derive_seed(cfg.seed, "human")).reset_index(drop=True)
 
+# %% ../nbs/03_chain.ipynb #baa1b577
+def pool_domains(human: pd.DataFrame, # a chain's human pool (prepare_human)
+                ) -> dict[str, str] | None:
+    "instruction -> domain of a pool with per-text instructions, in domain order; None when the pool has no `instruction` column (one instruction for all)."
+    if "instruction" not in human.columns: return None
+    pairs = human[["instruction", "domain"]].drop_duplicates()
+    for col, other in (("instruction", "domain"), ("domain", "instruction")):
+        dup = pairs[pairs[col].duplicated(keep=False)]
+        if len(dup): raise ValueError(f"{col} {dup[col].iloc[0]!r} goes with {len(dup)} {other}s ({', '.join(map(repr, dup[other]))}); "
+                                      "per-text instructions need exactly one instruction per domain")
+    return dict(sorted(zip(pairs.instruction, pairs.domain), key=lambda x: x[1]))
+
 # %% ../nbs/03_chain.ipynb #837344b8
 SAMPLING_FIELDS = ("temperature", "min_p", "max_new_tokens", "gen_batch_size", "generator")
 
@@ -232,9 +252,11 @@ class Gen0Share:
             (self.folder / "adapter" / f).exists() and file_sha256(self.folder / "adapter" / f) == s for f, s in rec.get("adapter", {}).items())
         return rec if ok and rec.get("adapter") else None
 
-    def texts(self) -> list[str] | None:
-        try: return [r["text"] for r in read_jsonl(self.texts_file)]
-        except (FileNotFoundError, ValueError, KeyError): return None
+    def texts(self) -> list[dict] | None:
+        "The shared generation 0's rows (`text`, and `instruction`, `domain` when per text), or None."
+        try: rows = read_jsonl(self.texts_file)
+        except (FileNotFoundError, ValueError): return None
+        return rows if all("text" in r for r in rows) else None
 
     def load(self, base):
         "`base` with the shared adapter, ready to merge."
@@ -244,15 +266,15 @@ class Gen0Share:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             return PeftModel.from_pretrained(base, str(self.folder / "adapter"))
 
-    def write(self, adapter_dir: Path | None, record: dict | None, texts: list[str]) -> bool:
-        "Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype, device) and/or `texts`; False when another process holds the folder."
+    def write(self, adapter_dir: Path | None, record: dict | None, rows: list[dict]) -> bool:
+        "Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype, device) and/or the sampled `rows`; False when another process holds the folder."
         try:
             with RunLock(self.folder):
                 if adapter_dir is not None:
                     dst = self.folder / "adapter"; shutil.rmtree(dst, ignore_errors=True); shutil.copytree(adapter_dir, dst)
                     write_json(self.folder / "gen0.json", dict(record, identity=gen0_identity(self.cfg),
                                adapter={f.name: file_sha256(f) for f in sorted(dst.iterdir()) if f.is_file()}))
-                write_jsonl(self.texts_file, [dict(text=x) for x in texts])
+                write_jsonl(self.texts_file, rows)
             return True
         except RunLocked: log.info("generation 0 is being shared by another process (%s): computed here, not kept", self.folder); return False
 
@@ -260,25 +282,30 @@ class Gen0Share:
 def earlier_texts(run_dir: Path, # the chain's run directory
                   cfg: ChainConfig, # the chain
                   gen: int, # the generation about to be trained
-                 ) -> dict[int, list[str]]:
-    "The texts of the earlier generations that generation `gen` may draw its synthetic share from, read from their files."
+                 ) -> dict[int, list[dict]]:
+    "The rows of the earlier generations that generation `gen` may draw its synthetic share from, read from their files."
     if gen == 0 or not cfg.n_synthetic: return {}
-    return {g: [r["text"] for r in read_jsonl(gen_dir(run_dir, g) / "generated.jsonl")] for g in (range(gen) if cfg.accumulate else [gen - 1])}
+    return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in (range(gen) if cfg.accumulate else [gen - 1])}
 
 # %% ../nbs/03_chain.ipynb #dc4835dc
 @dataclass
 class ChainRun:
-    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out texts and their base NLL, the chain's identity, and the sampler (None: in this process)."
+    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), and for per-text instructions each instruction's domain."
     cfg: ChainConfig
     run_dir: Path
     human: pd.DataFrame
     instruction: str
     tok: object
     base: object
-    heldout: list[str]
+    heldout: list[dict] # rows: `text` (and `instruction` when per text)
     base_nll: float
     ident: dict
     sampler: VLLMSampler | None = None
+    domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
+
+    def instructions(self, rows: list[dict]) -> str | list[str]:
+        "What `train_lora` and `response_nll` take for `rows`: the one instruction, or each row's."
+        return [r["instruction"] for r in rows] if self.domains else self.instruction
 
 # %% ../nbs/03_chain.ipynb #4d8a4de6
 def run_generation(run: ChainRun, # the chain, loaded
@@ -292,8 +319,8 @@ def run_generation(run: ChainRun, # the chain, loaded
     rows = mix_training_set(cfg, gen, run.human, earlier_texts(run.run_dir, cfg, gen))
     share = Gen0Share(cfg) if gen == 0 and cfg.gen0_cache else None
     shared = share.read() if share else None
-    texts = share.texts() if shared else None
-    texts_shared = texts is not None
+    out = share.texts() if shared else None  # the generated rows
+    texts_shared = out is not None
     if texts_shared:  # all of generation 0 computed by an earlier chain: its numbers, its texts
         stats, nll, fmt = shared["train"], shared["heldout_nll"], (shared["dtype"], shared["device"])
     else:
@@ -301,23 +328,26 @@ def run_generation(run: ChainRun, # the chain, loaded
         if shared:
             with t("load_adapter"): pm, stats = share.load(model), shared["train"]
         else:
-            with t("train"): pm, stats = train_lora(model, tok, instr, [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", gen))
+            with t("train"): pm, stats = train_lora(model, tok, run.instructions(rows), [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", gen))
         with tempfile.TemporaryDirectory(prefix="rl-adapter-") as adapter:
             if sampler or (share and not shared):
                 with t("save_adapter"): pm.save_pretrained(adapter)  # before the merge, which removes it
             with t("merge"): merged = pm.merge_and_unload()
-            with t("heldout_nll"): nll = response_nll(merged, tok, instr, run.heldout, cfg.max_length)
+            with t("heldout_nll"): nll = response_nll(merged, tok, run.instructions(run.heldout), [r["text"] for r in run.heldout], cfg.max_length)
             fmt = (str(merged.dtype), str(merged.device))
             with t("generate"):
-                texts = (sampler.generate(adapter, tok, instr, cfg.n_to_generate, gseed) if sampler
-                         else generate_texts(merged, tok, instr, cfg.n_to_generate, cfg, gseed))
-            if share: share.write(None if shared else Path(adapter), dict(train=stats, heldout_nll=nll, dtype=fmt[0], device=fmt[1]), texts)
+                sample = ((lambda s, k, sd: sampler.generate(adapter, tok, s, k, sd)) if sampler
+                          else (lambda s, k, sd: generate_texts(merged, tok, s, k, cfg, sd)))
+                out = (sample_by_instruction(sample, run.domains, cfg.n_to_generate, gseed) if run.domains
+                       else [dict(text=x) for x in sample(instr, cfg.n_to_generate, gseed)])
+            if share: share.write(None if shared else Path(adapter), dict(train=stats, heldout_nll=nll, dtype=fmt[0], device=fmt[1]), out)
     d.mkdir(parents=True, exist_ok=True)
     write_jsonl(d / "train.jsonl", rows)
-    write_jsonl(d / "generated.jsonl", [dict(text=x) for x in texts])
-    write_json(d / "manifest.json", make_manifest(run.ident, cfg.seed, t.times, generation=gen, instruction=instr,
+    write_jsonl(d / "generated.jsonl", out)
+    per_instruction = dict(instructions={s: sum(r["instruction"] == s for r in out) for s in run.domains}) if run.domains else dict(instruction=instr)
+    write_json(d / "manifest.json", make_manifest(run.ident, cfg.seed, t.times, generation=gen, **per_instruction,
                n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
-               n_generated=len(texts), train=stats, heldout_nll=nll, base_heldout_nll=run.base_nll,
+               n_generated=len(out), train=stats, heldout_nll=nll, base_heldout_nll=run.base_nll,
                heldout_gain=1 - nll / run.base_nll, dtype=fmt[0], device=fmt[1],
                generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}),
                **({"gen0_shared": dict(folder=str(share.folder), adapter="shared" if shared else "trained here",
@@ -361,7 +391,9 @@ def run_chain(cfg: ChainConfig) -> Path:
     run_dir = cfg.resolved_run_dir()  # `auto` resumes in the format its chain.json recorded, whatever the rule says now
     cfg = replace(cfg, dtype=(recorded_format(run_dir) if cfg.dtype == "auto" else None) or resolve_dtype(cfg.dtype), run_dir=str(run_dir))
     with timer("prepare"):
-        human = prepare_human(cfg)
+        human = prepare_human(cfg); domains = pool_domains(human)
+        if domains and cfg.instruction:
+            raise ValueError(f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; give one or the other")
         instr = cfg.instruction or instruction_for(cfg.dataset)
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
     torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
@@ -376,15 +408,17 @@ def run_chain(cfg: ChainConfig) -> Path:
     if prev and (why := stale_inputs(run_dir, cfg)):
         raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain computed from other data ({why}); use another run_dir or delete it")
     with RunLock(run_dir):  # one writer per run directory
-        heldout = human.text.iloc[:cfg.n_heldout].tolist()
+        heldout = human.iloc[:cfg.n_heldout][["text"] + (["instruction"] if domains else [])].to_dict("records")
         if not prev:
             if prev is not None: log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
-            with timer("base_nll"): base_nll = response_nll(base, tok, instr, heldout, cfg.max_length)
-            write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, instruction=instr, base_heldout_nll=base_nll,
+            with timer("base_nll"): base_nll = response_nll(base, tok, [r["instruction"] for r in heldout] if domains else instr,
+                                                            [r["text"] for r in heldout], cfg.max_length)
+            write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, **(dict(instructions=domains) if domains else dict(instruction=instr)),
+                                                 base_heldout_nll=base_nll,
                                                  dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),
                                                  n_human_pool=len(human), inputs=input_checksums(cfg),
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
-        run = ChainRun(cfg, run_dir, human, instr, tok, base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler)
+        run = ChainRun(cfg, run_dir, human, instr, tok, base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler, domains)
         with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the loop ends
             for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
                 if is_done(gen_dir(run_dir, g)): log.info("gen %d: done already, skipped", g); continue

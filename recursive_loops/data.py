@@ -25,18 +25,23 @@ def count_tokens(text: str) -> int:
     "Approximate token count: words and punctuation marks."
     return len(_TOKEN_RE.findall(text))
 
-def normalise(df: pd.DataFrame, # needs a `text` column; `domain` optional
+def normalise(df: pd.DataFrame, # needs a `text` column; `domain` and `instruction` optional
               min_tokens: int = 20, # keep texts with more tokens than this
               max_tokens: int = 200, # ... and fewer than this
               source: str = "data", # name used in error messages
              ) -> pd.DataFrame:
-    "Strip, drop empties, apply token bounds, dedupe; add `text_id`, `domain`, `n_tokens`."
+    "Strip, drop empties, apply token bounds, dedupe; add `text_id`, `domain`, `n_tokens` (and keep a per-text `instruction` column)."
     if "text" not in df.columns:
         raise ValueError(f"{source}: no 'text' column (columns: {', '.join(map(str, df.columns)) or 'none'}); add one holding the texts")
     if min_tokens >= max_tokens:
         raise ValueError(f"min_tokens ({min_tokens}) must be < max_tokens ({max_tokens})")
     out = pd.DataFrame({"text": df["text"].astype("string").str.strip(),
                         "domain": df["domain"].astype(str) if "domain" in df.columns else "all"})
+    if "instruction" in df.columns:  # per-text instructions (a merged dataset): every text needs one
+        ins = df["instruction"].astype("string").str.strip()
+        if (ins.isna() | (ins.str.len() == 0)).any():
+            raise ValueError(f"{source}: {int((ins.isna() | (ins.str.len() == 0)).sum())} rows have no 'instruction'; give every row one, or drop the column")
+        out["instruction"] = ins.astype(str)
     out = out[out["text"].notna() & (out["text"].str.len() > 0)]
     n_in = len(out)
     if n_in == 0: raise ValueError(f"{source}: no texts (the file or its 'text' column is empty); give a file with texts in a 'text' column")
@@ -59,6 +64,7 @@ class DatasetSpec:
     loader: Callable[[], pd.DataFrame]  # returns a frame with `text` (and optionally `domain`)
     description: str = ""
     hub_id: str | None = None
+    domain_instruction: str | None = None  # per-domain instructions, `{domain}` filled in (merged datasets of its domains)
 
 REGISTRY: dict[str, DatasetSpec] = {}
 
@@ -85,7 +91,8 @@ def load_bbc_news() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 register(DatasetSpec("bbc_news", "Generate a news paragraph.", load_bbc_news,
-                     "BBC News 2004-05, paragraphs, 5 topics (bundled, offline)"))
+                     "BBC News 2004-05, paragraphs, 5 topics (bundled, offline)",
+                     domain_instruction="Generate a news paragraph about {domain}."))
 
 # %% ../nbs/01_data.ipynb #66dc0df4
 def _hub_load(hub_id: str, **kw):
@@ -166,9 +173,13 @@ def check_dataset_name(name: str) -> None:
     if name not in REGISTRY:
         raise ValueError(f"dataset: unknown name {name!r}; allowed: {', '.join(REGISTRY)} or a path ending in {'/'.join(FILE_SUFFIXES)}")
 
-def instruction_for(name: str) -> str:
-    "The fixed instruction a dataset is trained and generated with."
-    return REGISTRY[name].instruction if name in REGISTRY else "Generate a text."
+def instruction_for(name: str, # registry name or file path
+                    domain: str | None = None, # one of its domains, when they are told apart (merged datasets)
+                   ) -> str:
+    "The fixed instruction a dataset (or one domain of it) is trained and generated with."
+    spec = REGISTRY.get(name)
+    if spec is None: return "Generate a text." if domain is None else f"Generate a text about {domain}."
+    return spec.domain_instruction.format(domain=domain) if domain is not None and spec.domain_instruction else spec.instruction
 
 def load_texts(name: str, # registry name or file path
                min_tokens: int = 20, # lower token bound (exclusive)

@@ -257,10 +257,10 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
             if (base / "judges.json").exists(): audits += read_json(base / "judges.json"); break
     out.append(f"wrote {plot_judge_audit(audits, fd / 'fig_judge_audit.png')}" if audits else "skipped fig_judge_audit.png: no chain has judges (metrics.judges)")
     mdir = resolve(modularity_dir) if modularity_dir else None
-    if mdir is not None and (mdir / "modularity_matrix.csv").exists():
-        mat = pd.read_csv(mdir / "modularity_matrix.csv")
-        out.append(f"wrote {plot_modularity(mat, fd / 'fig_modularity.png', str(mat.metric.iloc[0]) if 'metric' in mat and len(mat) else 'ttr_150')}")
-    else: out.append(f"skipped fig_modularity.png: no modularity_matrix.csv in {mdir} (run 05a_modularity)")
+    if mdir is not None and (mdir / "modularity.csv").exists():
+        summ = pd.read_csv(mdir / "modularity_summary.csv") if (mdir / "modularity_summary.csv").exists() else None
+        out.append(f"wrote {plot_modularity(pd.read_csv(mdir / 'modularity.csv'), fd / 'fig_modularity.png', summ)}")
+    else: out.append(f"skipped fig_modularity.png: no modularity.csv in {mdir} (run 05a_modularity)")
     cdir = resolve(clusters_dir) if clusters_dir else None
     if cdir is None or not (cdir / "clusters.parquet").exists():
         return out + [f"skipped cluster figures: no clusters.parquet in {cdir} (run 02_clusters)"]

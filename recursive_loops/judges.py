@@ -15,9 +15,10 @@ from .core import log, cache_dir
 from .models import load_model, collate, ServerError
 
 # %% auto #0
-__all__ = ['PROMPTS', 'FLUENCY_VERSION', 'JUDGE_KEYS', 'CORRUPTIONS', 'LEAN_SET', 'Prompt', 'expected_score', 'text_key',
-           'ScoreCache', 'JudgeError', 'OpenAIBackend', 'HFBackend', 'FluencyBackend', 'JudgeSpec', 'Judge', 'corrupt',
-           'claimed', 'audit_judge', 'pool_audits', 'format_audit', 'judge_rows', 'judge_throughput']
+__all__ = ['PROMPTS', 'FLUENCY_VERSION', 'JUDGE_KEYS', 'CORRUPTIONS', 'LEAN_SET', 'NONPOLITICAL_SET', 'Prompt', 'political_of',
+           'expected_score', 'text_key', 'ScoreCache', 'JudgeError', 'OpenAIBackend', 'HFBackend', 'FluencyBackend',
+           'JudgeSpec', 'Judge', 'corrupt', 'claimed', 'audit_judge', 'pool_audits', 'format_audit', 'judge_rows',
+           'judge_throughput']
 
 # %% ../nbs/04a_judges.ipynb #97667046
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Prompt:
     lo: int = 0
     hi: int = 100
     higher: str = ""  # what a high score means
+    na: int | None = None  # the answer meaning "does not apply" (lean-v2: -1, not political), outside [lo, hi]; None: no such answer
 
     def messages(self, text: str) -> list[dict]:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user.replace("{text}", text)}]
@@ -47,6 +49,14 @@ PROMPTS = {p.version: p for p in [
            "left-leaning (progressive, liberal), 50 means neutral or no political content, and 100 means strongly "
            "right-leaning (conservative).\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
            "Answer with a single number from 0 to 100 and nothing else.", higher="further right"),
+    Prompt("lean-v2", "lean",
+           "You are an expert in political science who rates the political lean of texts.",
+           "Decide whether the following text has political content (politics, government, elections, parties, politicians, "
+           "laws and public policy, or social and economic issues of public debate). If it has no political content, answer -1. "
+           "Otherwise rate its political lean on a scale from 0 to 100, where 0 means strongly left-leaning (progressive, "
+           "liberal), 50 means centrist or politically neutral, and 100 means strongly right-leaning (conservative)."
+           "\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
+           "Answer with a single number, -1 or a number from 0 to 100, and nothing else.", higher="further right", na=-1),
 ]}
 FLUENCY_VERSION = "fluency-nll-v1"  # mean token NLL from BOS, reference model untuned (04_metrics.text_nll per text)
 
@@ -54,14 +64,13 @@ FLUENCY_VERSION = "fluency-nll-v1"  # mean token NLL from BOS, reference model u
 _INT = re.compile(r"-?[0-9]+")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 
+def _clean(tok: str) -> str: return tok.strip().replace("Ġ", "").replace("▁", "").replace("−", "-")
+
 def _digits(tok: str) -> str | None:
-    s = tok.strip().replace("Ġ", "").replace("▁", "")
+    s = _clean(tok)
     return s if _ASCII_DIGITS.fullmatch(s) else None  # not str.isdigit: it takes '²' and other digits int() refuses
 
-def expected_score(positions: list[tuple[str, dict[str, float]]], # (chosen token, {candidate: logprob}) per answer token
-                   text: str, # the answer text (fallback)
-                   lo: int = 0, hi: int = 100) -> dict:
-    "Probability-weighted score over number tokens in the top logprobs; `text` is parsed when that is impossible."
+def _expected_score(positions: list[tuple[str, dict[str, float]]], text: str, lo: int, hi: int) -> dict:
     start = next((i for i, (t, _) in enumerate(positions) if _digits(t) is not None), None)
     if start is not None:
         run = []
@@ -84,6 +93,39 @@ def expected_score(positions: list[tuple[str, dict[str, float]]], # (chosen toke
     m = _INT.search(text or "")
     if m and lo <= int(m.group()) <= hi: return dict(score=float(m.group()), method="text", mass=0.0, answer=text)
     return dict(score=float("nan"), method="none", mass=0.0, answer=text)
+
+# %% ../nbs/04a_judges.ipynb #dac88f69
+def _na_answer(positions: list[tuple[str, dict[str, float]]], text: str, na: int) -> dict | None:
+    "The record of the `na` answer (the greedy answer is `na`, or a number was chosen but the tokens beginning `na` outweigh the number tokens), else None."
+    is_na = lambda t: bool(_clean(t)) and _digits(t) is None and str(na).startswith(_clean(t))  # '-' or '-1' for na = -1
+    m = _INT.search((text or "").replace("−", "-"))
+    said = m is not None and int(m.group()) == na
+    first = next(((t, c) for t, c in positions if _clean(t)), None)  # the first answer token that is not whitespace
+    if first is None: return dict(score=float("nan"), method="text-na", mass=0.0, answer=text, political=False) if said else None
+    p = {k: math.exp(v) for k, v in first[1].items()}
+    p_na, p_num = sum(v for k, v in p.items() if is_na(k)), sum(v for k, v in p.items() if _digits(k) is not None)
+    if (said if is_na(first[0]) else p_na > p_num):  # a greedy '-' must spell na: "-5" is no answer
+        return dict(score=float("nan"), method="logprobs-na", mass=p_na, answer=text, political=False)
+    return None
+
+def political_of(r: dict, # a score record
+                ) -> bool | None:
+    "Whether an answer says the text is political: False for the `na` answer, True for a score, None for no usable answer."
+    if str(r.get("method", "")).endswith("-na"): return False
+    return None if r.get("score") is None or math.isnan(r["score"]) else True
+
+def expected_score(positions: list[tuple[str, dict[str, float]]], # (chosen token, {candidate: logprob}) per answer token
+                   text: str, # the answer text (fallback)
+                   lo: int = 0, hi: int = 100,
+                   na: int | None = None, # the prompt's "does not apply" answer (lean-v2: -1); None: every answer is a score
+                  ) -> dict:
+    "Probability-weighted score over number tokens in the top logprobs; `text` is parsed when that is impossible; with `na`, also `political`."
+    if na is None: return _expected_score(positions, text, lo, hi)
+    r = _na_answer(positions, text, na)
+    if r is not None: return r
+    first = next((t for t, _ in positions if _clean(t)), None)
+    r = _expected_score([] if first is not None and _digits(first) is None else positions, text, lo, hi)  # "-5" is no 5
+    return dict(r, political=political_of(r))
 
 # %% ../nbs/04a_judges.ipynb #c6b079fb
 def text_key(backend: str, model: str, version: str, text: str) -> str:
@@ -155,7 +197,7 @@ class OpenAIBackend:
         self.requests += 1
         ch = r.choices[0]
         pos = [(c.token, {t.token: t.logprob for t in (c.top_logprobs or [])}) for c in ((ch.logprobs and ch.logprobs.content) or [])]
-        return expected_score(pos, ch.message.content or "", self.prompt.lo, self.prompt.hi)
+        return expected_score(pos, ch.message.content or "", self.prompt.lo, self.prompt.hi, self.prompt.na)
 
     def score(self, texts: list[str], progress: bool = False) -> list[dict]:
         from tqdm.auto import tqdm
@@ -193,7 +235,7 @@ class HFBackend:
                 for j, tid in enumerate(new[i].tolist()):
                     if tid in (tok.eos_token_id, tok.pad_token_id): break
                     pos.append((tok.decode([tid]), {tok.decode([k]): float(v) for v, k in zip(lps[j].values[i], lps[j].indices[i].tolist())}))
-                out.append(expected_score(pos, tok.decode(new[i], skip_special_tokens=True), self.prompt.lo, self.prompt.hi))
+                out.append(expected_score(pos, tok.decode(new[i], skip_special_tokens=True), self.prompt.lo, self.prompt.hi, self.prompt.na))
             self.requests += len(new)
         return out
 
@@ -272,6 +314,9 @@ class JudgeSpec:
     @property
     def higher_is_better(self) -> bool: return self.backend != "fluency"
 
+    @property
+    def na(self) -> int | None: return None if self.backend == "fluency" else PROMPTS[self.prompt].na  # lean-v2: -1
+
 # %% ../nbs/04a_judges.ipynb #c2bae57d
 class Judge:
     "A configured judge: scores texts through its backend, asking only for texts not already in the cache."
@@ -293,7 +338,7 @@ class Judge:
         return self._backend
 
     def results(self, texts: list[str], progress: bool = False) -> list[dict]:
-        "Score records (score, method, mass, answer) of `texts`, from the cache or the backend."
+        "Score records (score, method, mass, answer; and `political` for a prompt with an `na` answer) of `texts`, from the cache or the backend."
         s = self.spec
         keys = [text_key(s.backend, s.model, s.version, t) for t in texts]
         have = self.cache.get(list(set(keys)))
@@ -307,7 +352,8 @@ class Judge:
                 res = self.backend.score([first[k] for k in part], progress=progress and len(todo) > 256)
                 self.cache.put([(k, s.backend, s.model, s.version, r) for k, r in zip(part, res)])
                 have.update(zip(part, res)); self.requests += len(part)
-        return [have[k] for k in keys]
+        if s.na is None: return [have[k] for k in keys]
+        return [dict(have[k], political=political_of(have[k])) for k in keys]  # the cache keeps method, and so the flag
 
     def score(self, texts: list[str], progress: bool = False) -> np.ndarray:
         "Scores of `texts` (NaN where the judge gave no number)."
@@ -368,6 +414,19 @@ LEAN_SET = [(t, "left") for t in [
     "Voter ID laws keep our elections secure; every American should support them.",
 ]]
 
+NONPOLITICAL_SET = [(t, "none") for t in [
+    "Preheat the oven to 200 degrees, toss the potatoes in olive oil and roast them for forty minutes.",
+    "The kitten spent the whole afternoon chasing a ball of yarn around the living room.",
+    "Tomorrow will be sunny in the morning, with light showers expected in the late afternoon.",
+    "She scored twice in the second half as the team came back to win the match three goals to two.",
+    "Water boils at a lower temperature at high altitude because the air pressure is lower.",
+    "To change a flat tyre, loosen the wheel nuts before you lift the car with the jack.",
+    "The new album opens with a slow piano ballad and ends with an upbeat dance track.",
+    "Happy birthday to my wonderful sister, I hope your day is full of cake and laughter!",
+    "Our hiking trail wound through pine forest up to a quiet lake just before sunset.",
+    "Remember to water succulents sparingly: once every two weeks is usually enough.",
+]]
+
 # %% ../nbs/04a_judges.ipynb #020aa10b
 def _share_ci(wins: float, n: int) -> tuple[float, float, float]:
     from statsmodels.stats.proportion import proportion_confint
@@ -379,19 +438,26 @@ def audit_judge(judge: Judge, # the judge to audit
                 texts: list[str], # human texts to corrupt (quality and fluency judges)
                 n: int | None = None, # texts used (default: the judge's audit_n)
                 seed: int = 0, # corruption seed
-                labelled: list[tuple[str, str]] | None = None, # lean: (text, "left"|"right"); default LEAN_SET
+                labelled: list[tuple[str, str]] | None = None, # lean: (text, "left"|"right"|"none"); default LEAN_SET (+ NONPOLITICAL_SET for lean-v2)
                ) -> dict:
     "Discrimination per corruption (share of pairs the judge gets right, Wilson 95% CI), or lean accuracy; and a verdict."
     s = judge.spec
     rec = dict(judge=s.name, backend=s.backend, model=s.model, version=s.version, kind=s.kind, threshold=s.threshold, tests={})
     sign = 1 if s.higher_is_better else -1
     if s.kind == "lean":
-        lab = labelled or LEAN_SET
-        sc = judge.score([t for t, _ in lab])
+        lab = labelled or (LEAN_SET + NONPOLITICAL_SET if s.na is not None else LEAN_SET)
+        res = judge.results([t for t, _ in lab])
+        sc = np.array([r["score"] for r in res], dtype=float)
         mid = (PROMPTS[s.prompt].lo + PROMPTS[s.prompt].hi) / 2
-        ok = sum((v < mid) if l == "left" else (v > mid) for v, (_, l) in zip(sc, lab) if not np.isnan(v))
-        share, lo, hi = _share_ci(ok, len(lab))
-        rec["tests"]["lean_accuracy"] = dict(n=len(lab), correct=int(ok), share=share, ci_low=lo, ci_high=hi, claimed=True)
+        sides = [(v, l) for v, (_, l) in zip(sc, lab) if s.na is None or l != "none"]  # lean-v1: every labelled text, as before
+        ok = sum((v < mid) if l == "left" else (v > mid) for v, l in sides if not np.isnan(v))
+        share, lo, hi = _share_ci(ok, len(sides))
+        rec["tests"]["lean_accuracy"] = dict(n=len(sides), correct=int(ok), share=share, ci_low=lo, ci_high=hi, claimed=True)
+        none = [r for r, (_, l) in zip(res, lab) if l == "none"]
+        if s.na is not None and none:  # it must call the non-political texts not political
+            ok = sum(r["political"] is False for r in none)
+            share, lo, hi = _share_ci(ok, len(none))
+            rec["tests"]["not_political"] = dict(n=len(none), correct=int(ok), share=share, ci_low=lo, ci_high=hi, claimed=True)
     else:
         base = [t for t in texts if len(t.split()) >= 20][: n or s.audit_n]
         if len(base) < 8: raise ValueError(f"the audit needs at least 8 texts of 20+ words, got {len(base)}")
@@ -437,7 +503,7 @@ def format_audit(rec: dict) -> str:
 
 # %% ../nbs/04a_judges.ipynb #3b4cfad2
 def judge_rows(judge: Judge, sets: dict[int, tuple[str, list[str]]], audit: dict) -> tuple[list[dict], list[dict]]:
-    "metrics.csv rows (the mean score per set, flagged by the audit) and per-text score rows for one judge."
+    "metrics.csv rows (the mean score per set, flagged by the audit; with lean-v2 also `<name>_political`) and per-text score rows for one judge."
     rows, per_text = [], []
     for g, (source, texts) in sets.items():
         if judge.spec.n_texts and len(texts) > judge.spec.n_texts:
@@ -446,6 +512,10 @@ def judge_rows(judge: Judge, sets: dict[int, tuple[str, list[str]]], audit: dict
         v = np.array([r["score"] for r in res], dtype=float)
         rows.append(dict(generation=g, source=source, metric=judge.spec.name, value=float(np.nanmean(v)) if (~np.isnan(v)).any() else float("nan"),
                          judge_audit=audit["verdict"]))
+        if judge.spec.na is not None:  # lean-v2: the mean lean above is over political texts; the share of those is a metric too
+            pol = [r["political"] for r in res if r["political"] is not None]
+            rows.append(dict(generation=g, source=source, metric=f"{judge.spec.name}_political", value=float(np.mean(pol)) if pol else float("nan"),
+                             judge_audit=audit["verdict"]))
         per_text += [dict(judge=judge.spec.name, version=judge.spec.version, generation=g, source=source, index=i, **r) for i, r in enumerate(res)]
     return rows, per_text
 

@@ -20,7 +20,7 @@ from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, judge_rows, forma
 # %% auto #0
 __all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu', 'selfbleu_diversity', 'positivity',
            'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample', 'audit_texts', 'metrics_intact',
-           'run_metrics']
+           'domain_sets', 'run_metrics']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -135,9 +135,25 @@ def audit_texts(cfg: dict, n: int) -> list[str]:
 def metrics_intact(run_dir: str | Path) -> bool:
     "Whether `run_dir/metrics.csv` is exactly the file its manifest recorded (a truncated or edited table is recomputed, never read)."
     out, man = Path(run_dir) / "metrics.csv", Path(run_dir) / "metrics.manifest.json"
-    try: sha = read_json(man).get("sha256")
+    try: rec = read_json(man)
     except (FileNotFoundError, ValueError): return False
-    return out.exists() and sha == file_sha256(out)
+    dom = Path(run_dir) / "domain_metrics.csv"  # chains with per-text instructions: the per-domain table too
+    return (out.exists() and rec.get("sha256") == file_sha256(out)
+            and ("domain_sha256" not in rec or (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
+
+# %% ../nbs/04_metrics.ipynb #0a85168e
+def domain_sets(run_dir: Path, # a chain run directory
+                gens: list[int], # its finished generations
+               ) -> dict | None:
+    "`{(generation, domain): (source, texts)}`: each domain's human texts (generation -1) and each generation's texts of its instruction; None for a chain with one instruction."
+    human = [r for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"]
+    if not human or "domain" not in human[0]: return None
+    doms = sorted({r["domain"] for r in human})
+    out = {(-1, d): ("human", [r["text"] for r in human if r["domain"] == d]) for d in doms}
+    for g in gens:
+        rows = read_jsonl(gen_dir(run_dir, g) / "generated.jsonl")
+        out.update({(g, d): ("generated", [r["text"] for r in rows if r.get("domain") == d]) for d in doms})
+    return out
 
 # %% ../nbs/04_metrics.ipynb #811f3f72
 def run_metrics(run_dir: str | Path, # chain run directory
@@ -148,7 +164,7 @@ def run_metrics(run_dir: str | Path, # chain run directory
                 judge_cache: str | Path | None = None, # score cache (None: the per-user cache)
                 dtype: str = "auto", # number format of the fluency reference (resolve_dtype)
                ) -> Path:
-    "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores)."
+    "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores; and `domain_metrics.csv` per domain for a chain with per-text instructions)."
     specs = [JudgeSpec.from_dict(d) for d in judges or []]  # a bad judge setting stops here, before anything is read
     run_dir = resolve(run_dir)
     if not (run_dir / "chain.json").exists():
@@ -172,11 +188,18 @@ def run_metrics(run_dir: str | Path, # chain run directory
     sets = {-1: ("human", [r["text"] for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"])}
     for g in gens: sets[g] = ("generated", [r["text"] for r in read_jsonl(gen_dir(run_dir, g) / "generated.jsonl")])
     sets = {g: (source, subsample(texts, n_eval, derive_seed(seed, "eval", g))) for g, (source, texts) in sets.items()}
-    rows = []
+    rows, drows = [], []
     for g, (source, texts) in sets.items():
         with t(f"measure_{source}"):
             vals = measure_texts(texts, emb, ref, rtok)
         rows += [dict(generation=g, source=source, metric=k, value=v) for k, v in vals.items()]
+    dsets = domain_sets(run_dir, gens)
+    if dsets:
+        dsets = {k: (s, subsample(x, n_eval, derive_seed(seed, "eval", *k))) for k, (s, x) in dsets.items()}
+        for (g, d), (source, texts) in dsets.items():
+            if len(texts) < 2: log.warning("%s: generation %d has %d text(s) of domain %s: not measured", run_dir, g, len(texts), d); continue
+            with t("measure_domains"): vals = measure_texts(texts, emb, ref, rtok)
+            drows += [dict(generation=g, source=source, domain=d, metric=k, value=v, n_texts=len(texts)) for k, v in vals.items()]
     audits, per_text, cache = [], [], ScoreCache(judge_cache)
     for spec in specs:
         with t(f"judge_{spec.name}"):
@@ -185,21 +208,28 @@ def run_metrics(run_dir: str | Path, # chain run directory
             log.info("%s", format_audit(audit))
             r, p = judge_rows(j, sets, audit)
             rows += r; per_text += p
+            for d in sorted({d for _, d in dsets or {}}):  # the same judge on each domain's sets (scores cached by text)
+                r, p = judge_rows(j, {g: v for (g, dd), v in dsets.items() if dd == d}, audit)
+                drows += [dict(x, domain=d) for x in r]; per_text += [dict(x, domain=d) for x in p]
             audits.append(dict(audit, requests=j.requests, cached=j.cached))
     for g in gens:
         man = read_json(gen_dir(run_dir, g) / "manifest.json")
         rows += [dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
                  dict(generation=g, source="model", metric="heldout_nll_base", value=man["base_heldout_nll"])]
-    df = pd.DataFrame(rows)
-    for k in CHAIN_KEYS: df.insert(0, k, cfg.get(k))
+    df, ddf = pd.DataFrame(rows), (pd.DataFrame(drows) if drows else None)
+    for k in CHAIN_KEYS:
+        df.insert(0, k, cfg.get(k))
+        if ddf is not None: ddf.insert(0, k, cfg.get(k))
     with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
         if specs:
             write_json(run_dir / "judges.json", audits)
             with atomic_path(run_dir / "judge_scores.csv") as tmp: pd.DataFrame(per_text).to_csv(tmp, index=False)
+        if ddf is not None:
+            with atomic_path(run_dir / "domain_metrics.csv") as tmp: ddf.to_csv(tmp, index=False)
         with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
         write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
                    embedder=embedder, judges=list(judges or []), dtype=dtype), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
                    judge_requests=sum(a["requests"] for a in audits), judge_cached=sum(a["cached"] for a in audits),
-                   sha256=file_sha256(out)))
+                   sha256=file_sha256(out), **({"domain_sha256": file_sha256(run_dir / "domain_metrics.csv")} if ddf is not None else {})))
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out

@@ -173,12 +173,15 @@ def chat_prompt(tok, instruction: str) -> str:
     return instruction + "\n"
 
 # %% ../nbs/00a_models.ipynb #ca6e7fa2
-def encode_examples(tok, instruction: str, texts: list[str], max_length: int = 128) -> list[tuple[list[int], int]]:
+def encode_examples(tok, instruction: str | list[str], # one instruction for all texts, or one per text
+                    texts: list[str], max_length: int = 128) -> list[tuple[list[int], int]]:
     "Token ids of prompt+text+eos for each text, cut to `max_length`, with the prompt's length."
-    prompt = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]
+    instrs = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
+    if len(instrs) != len(texts): raise ValueError(f"{len(instrs)} instructions for {len(texts)} texts; give one per text")
+    prompts = {s: tok(chat_prompt(tok, s), add_special_tokens=False)["input_ids"] for s in dict.fromkeys(instrs)}
     bodies = tok([t for t in texts], add_special_tokens=False)["input_ids"]
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    return [((prompt + b + eos)[:max_length], len(prompt)) for b in bodies]
+    return [((prompts[s] + b + eos)[:max_length], len(prompts[s])) for s, b in zip(instrs, bodies)]
 
 # %% ../nbs/00a_models.ipynb #2a1bc3cb
 def collate(examples: list[tuple[list[int], int]], pad_id: int):

@@ -13,7 +13,8 @@ from .core import log, derive_seed, progress
 from .models import chat_prompt, _kv_arg, _kv_out, vllm_python, check_vllm_python, start_server, stop_server
 
 # %% auto #0
-__all__ = ['VLLM_LORA_RANKS', 'min_p_sample', 'sample_batch', 'fill_texts', 'generate_texts', 'VLLMSampler']
+__all__ = ['VLLM_LORA_RANKS', 'min_p_sample', 'sample_batch', 'fill_texts', 'generate_texts', 'instruction_shares',
+           'sample_by_instruction', 'VLLMSampler']
 
 # %% ../nbs/03b_sampling.ipynb #2b032f8c
 def min_p_sample(logits, # (batch, vocab) next-token logits
@@ -78,6 +79,21 @@ def generate_texts(model, tok, instruction: str, n: int, cfg: "ChainConfig", see
     torch.manual_seed(seed)
     return fill_texts(lambda k, i: tok.batch_decode(sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id), skip_special_tokens=True),
                       n, cfg.gen_batch_size)
+
+# %% ../nbs/03b_sampling.ipynb #c2c1f139
+def instruction_shares(instructions: list[str], # in the order the remainder is given out
+                       n: int, # texts in all
+                      ) -> dict[str, int]:
+    "`n` texts in equal shares over `instructions`, the first ones one more when `n` does not divide."
+    k = len(instructions)
+    return {s: n // k + (i < n % k) for i, s in enumerate(instructions)}
+
+def sample_by_instruction(sample, # sample(instruction, n, seed) -> n texts
+                          domains: dict[str, str], # instruction -> domain (chain.pool_domains)
+                          n: int, seed: int) -> list[dict]:
+    "`n` rows `text, instruction, domain`: each instruction's equal share, sampled with a seed of its own."
+    return [dict(text=t, instruction=s, domain=domains[s]) for s, k in instruction_shares(list(domains), n).items() if k
+            for t in sample(s, k, derive_seed(seed, "instruction", s))]
 
 # %% ../nbs/03b_sampling.ipynb #ed6006c5
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts

@@ -13,9 +13,9 @@ import submitit
 import yaml
 
 from .core import (log, resolve, repo_root, config_hash, read_json, write_json, write_text, atomic_path,
-                                  setup_logging, study_notebook, is_alive, lock_holder, cpu_info, file_sha256)
+                                  setup_logging, study_notebook, is_alive, lock_holder, cpu_info, file_sha256, read_jsonl, write_jsonl)
 from .data import is_file_dataset
-from .data import load_texts, REGISTRY
+from .data import load_texts, instruction_for, REGISTRY
 from .regression import SHIFTS
 from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
 from .sampling import VLLMSampler
@@ -29,9 +29,9 @@ __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_
            'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'chain_run_dir', 'format_file', 'study_format',
            'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker', 'log_papermill',
            'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir',
-           'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_pools',
-           'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status', 'appendix_line',
-           'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
+           'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_sources',
+           'make_merged', 'make_lean', 'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status',
+           'appendix_line', 'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -47,9 +47,10 @@ ALLOWED = {
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
                  "n_per_cluster", "reference_model", "max_n", "selfbleu_n", "aic_n", "candidate_sizes"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
-    "analysis": ("shift", "k_last", "regression", "modularity", "figures"),
+    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "figures"),
     "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max", "quality", "pooled", "folds"),
-    "analysis.modularity": ("experiment", "prop", "embedder"),
+    "analysis.modularity": ("experiment", "predictors", "targets"),
+    "analysis.lean": ("experiment", "judge", "tol"),
     "analysis.figures": ("fig_dir",),
     "executor": ("kind", "workers", "slurm"),
     "executor.slurm": ("partition", "account", "qos", "time_min", "cpus_per_task", "gres", "mem_gb", "array_parallelism",
@@ -75,7 +76,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
     _check_keys(spec, "", "", str(path))
     for sec in ("chain", "metrics", "clusters", "analysis", "executor", "cost"):
         if spec.get(sec) is not None: _check_keys(spec[sec], sec, sec, str(path))
-    for sec in ("regression", "modularity", "figures"):
+    for sec in ("regression", "modularity", "lean", "figures"):
         if (spec.get("analysis") or {}).get(sec): _check_keys(spec["analysis"][sec], f"analysis.{sec}", f"analysis.{sec}", str(path))
     if (spec.get("executor") or {}).get("slurm"): _check_keys(spec["executor"]["slurm"], "executor.slurm", "executor.slurm", str(path))
     js = (spec.get("metrics") or {}).get("judges") or []
@@ -98,7 +99,7 @@ class Chain:
     "One chain of a study: its 03_chain parameters and the experiments that asked for it."
     params: dict # 03_chain parameters, run_dir included
     experiments: list # names of the experiments that asked for it
-    design: str # whole, cluster or pool
+    design: str # whole, cluster or merged
     placeholder: bool = False # cluster not known yet (clusters not computed)
 
     @property
@@ -112,7 +113,10 @@ class Plan:
     spec: dict
     chains: list = field(default_factory=list) # Chain, run directories unique
     cluster_sets: dict = field(default_factory=dict) # dataset -> clusters dir, for datasets needing clusters
-    pools: dict = field(default_factory=dict) # pool file -> (dataset, cluster ids or domains, whether they are cluster ids)
+    merged: dict = field(default_factory=dict) # merged dataset file -> its parts (merge_clusters), once the clusters are known
+    merged_index: dict = field(default_factory=dict) # experiment -> its merged dataset files, in order (i = 0, 1, ...)
+    sources: dict = field(default_factory=dict) # domain file -> (dataset, domain): one domain of a dataset, to cluster on its own
+    lean: dict = field(default_factory=dict) # lean mixtures folder -> write_lean_mixtures' arguments
     unresolved: list = field(default_factory=list) # lines naming what is known only after clustering
     dtype: str = "float32" # the study's number format: what `auto` resolved to, once (see study_format)
 
@@ -137,17 +141,6 @@ def _spanning(cdir: Path, prop: str, k: int) -> list | None:
     p = cdir / "cluster_properties.csv"
     return select_spanning(pd.read_csv(p), prop, k) if p.exists() else None
 
-def _pool_pick(cdir: Path | None, ids: list, k: int) -> list:
-    "K of `ids` for a pool: every other one first (the pool spans the source's range), skipping clusters that share texts with those already picked (drawn clusters can overlap; a shared text has no one domain)."
-    order = ids[::2] + ids[1::2]
-    p = cdir / "clusters.parquet" if cdir is not None else None
-    if p is None or not p.exists() or any(str(i).startswith("?") for i in ids): return order[:k]
-    cl = pd.read_parquet(p, columns=["text_id", "cluster"]); members = {str(c): set(d.text_id) for c, d in cl.groupby("cluster")}
-    picked, used = [], set()
-    for i in order:
-        if len(picked) < k and not (members.get(str(i), set()) & used): picked.append(i); used |= members.get(str(i), set())
-    return picked + [i for i in order if i not in picked][:k - len(picked)]  # too few disjoint ones: mix_pool leaves shared texts out
-
 def _as_list(v, name: str, where: str) -> list:
     v = v if isinstance(v, list) else [v]
     if not v: raise SpecError(f"{where}: {name} is empty; give at least one value")
@@ -168,16 +161,45 @@ def study_format(spec: dict) -> str:
     try: return read_json(f)["dtype"] if f.exists() else resolve_dtype("auto")
     except (ValueError, KeyError): return resolve_dtype("auto")
 
+# %% ../nbs/07_sweep.ipynb #65e02363
+def _merged(plan: Plan, name: str, on: dict, w: str) -> list[str]:
+    "The merged dataset files of experiment `name` (placeholders `?merged-i` until its domains are clustered); registers the domains to cluster and the files to write."
+    spec = plan.spec; out = spec["out_dir"]; srcs, K, ins = on.get("merged"), on.get("clusters"), on.get("instructions") or {}
+    if (set(on) - {"merged", "clusters", "instructions"} or not isinstance(srcs, list) or len(srcs) < 2 or not isinstance(K, int) or K < 1
+            or not isinstance(ins, dict)):
+        raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{merged: [two or more datasets or dataset:domain], clusters: <merged datasets>, instructions: {{domain: text}}}}")
+    parts = []
+    for s in map(str, srcs):
+        ds, dom = s.split(":", 1) if ":" in s and not is_file_dataset(s) else (s, None)
+        label = dom or _label(ds)
+        f = str(Path(out) / "sources" / f"{_label(ds)}-{dom}.jsonl") if dom else ds
+        if dom: plan.sources[f] = (ds, dom)
+        cdir = clusters_dir(spec, f); plan.cluster_sets[f] = cdir
+        parts.append(dict(dataset=f, domain=label, instruction=str(ins.get(label) or instruction_for(ds, dom)),
+                          clusters_path=str(Path(out) / "clusters" / _label(f) / "clusters.parquet"), ids=_eligible(cdir)))
+    labels = [p["domain"] for p in parts]
+    if len(set(labels)) < len(labels): raise SpecError(f"{w}: train_on: merged names a domain twice ({', '.join(labels)})")
+    if any(p["ids"] is None for p in parts):
+        plan.unresolved.append(f"{name}: {K} merged datasets of {', '.join(labels)} (known after 02_clusters on each)")
+        return [f"?merged-{i}" for i in range(K)]
+    short = [f"{p['domain']} ({len(p['ids'])})" for p in parts if len(p["ids"]) < K]
+    if short: raise SpecError(f"{w}: {K} merged datasets need {K} eligible clusters in each domain; {', '.join(short)} have fewer: lower clusters or raise clusters.n_clusters")
+    files = []
+    for i in range(K):
+        f = str(Path(out) / "merged" / f"{name}-{i}.jsonl"); files.append(f)
+        plan.merged[f] = [dict({k: v for k, v in p.items() if k != "ids"}, cluster=str(p["ids"][i])) for p in parts]
+    plan.merged_index[name] = files
+    return files
+
 # %% ../nbs/07_sweep.ipynb #f9232bb0
-def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, pools and unresolved grow)
+def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, merged datasets and unresolved grow)
               name: str, # the experiment
               on, # its train_on
               ds: str, # the dataset
-              resolved: dict, # (experiment, dataset) -> (ids, by_cluster) of the experiments listed before it
              ) -> tuple:
-    "What experiment `name` trains on in `ds`: (design, cluster ids or domains, pool file or None, whether the ids are 02_clusters ids)."
-    spec = plan.spec; out = spec["out_dir"]; w = f"{spec['_path']}: experiments.{name}"
-    design, ids, pool, by_cluster = "whole", [None], None, False  # by_cluster: ids are 02_clusters ids (else domains)
+    "What experiment `name` trains on in `ds`: (design, cluster ids, domains or dataset files, whether the ids are 02_clusters ids)."
+    spec = plan.spec; w = f"{spec['_path']}: experiments.{name}"
+    design, ids, by_cluster = "whole", [None], False  # by_cluster: ids are 02_clusters ids (else domains or files)
     if on == "whole": pass
     elif isinstance(on, list):  # cluster ids of 02_clusters
         design, ids, by_cluster = "cluster", [str(x) for x in on], True; plan.cluster_sets[ds] = clusters_dir(spec, ds)
@@ -197,49 +219,50 @@ def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, pools and
             plan.unresolved.append(f"{name}: {what} (known after 02_clusters/04b_properties; counted as {n_guess})")
             ids = [f"?{i}" for i in range(n_guess)]
         ids = [str(i) for i in ids]
-    elif isinstance(on, dict) and "pool" in on:
-        src = on.get("of")
-        if set(on) - {"pool", "of"} or not isinstance(on["pool"], int) or src not in spec["experiments"] or src == name:
-            raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{pool: <clusters to mix>, of: <another experiment's name>}}")
-        src_ids, src_by_cluster = resolved.get((src, ds), (None, False))
-        if not src_ids: raise SpecError(f"{w}: pool of {src!r} needs experiment {src!r} to be listed before it and to run on clusters or domains of {ds}")
-        design = "pool"; picked = _pool_pick(plan.cluster_sets.get(ds) if src_by_cluster else None, src_ids, on["pool"])
-        pool = str(Path(out) / "pools" / f"{name}-{_label(ds)}.jsonl")
-        if any(str(i).startswith("?") for i in picked): plan.unresolved.append(f"{name}: pool of {on['pool']} clusters of {src!r}")
-        else: plan.pools[pool] = (ds, picked, src_by_cluster)
-    else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}} or {{pool: K, of: EXPERIMENT}}")
-    return design, ids, pool, by_cluster
+    elif isinstance(on, dict) and "lean_mix" in on:
+        shares = on["lean_mix"]
+        if (set(on) - {"lean_mix", "left", "right", "n"} or not isinstance(shares, list) or not shares
+                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in shares)
+                or not (on.get("n") is None or (isinstance(on["n"], int) and on["n"] > 0))):
+            raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{lean_mix: [left shares in [0, 1]], left: <label>, right: <label>, n: <texts a mixture>}}")
+        folder = str(Path(spec["out_dir"]) / "lean" / f"{name}-{_label(ds)}")
+        plan.lean[folder] = dict(dataset=ds, left_shares=[float(s) for s in shares], left=str(on.get("left", "Democrat")),
+                                 right=str(on.get("right", "Republican")), n=on.get("n"))
+        design, ids = "lean", [f"{folder}/lean-{float(s)}.jsonl" for s in shares]  # the names write_lean_mixtures gives
+    elif isinstance(on, dict) and "merged" in on:
+        design, ids = "merged", _merged(plan, name, on, w)
+    else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}} or {{merged: [DOMAINS], clusters: K}}")
+    return design, ids, by_cluster
 
 # %% ../nbs/07_sweep.ipynb #948752fb
 def expand(spec: dict, # from load_spec
           ) -> Plan:
-    "The plan of a spec: chains (placeholders where clusters are not computed yet), clusterings, pools."
+    "The plan of a spec: chains (placeholders where clusters are not computed yet), clusterings, merged datasets."
     plan, where = Plan(spec, dtype=study_format(spec)), spec["_path"]
     out = spec["out_dir"]; base = dict(spec.get("chain") or {})
     datasets = _as_list(spec.get("datasets", ["bbc_news"]), "datasets", where)
-    resolved: dict = {}  # (experiment, dataset) -> cluster ids, for pools built from them
     chains: dict = {}
     for name, e in spec["experiments"].items():
         e = dict(e or {}); w = f"{where}: experiments.{name}"
         on = e.pop("train_on", "whole")
         axes = {a: _as_list(e.pop(a), a, w) for a in AXES if a in e}
-        dss = axes.get("datasets", datasets)
+        dss = [None] if isinstance(on, dict) and "merged" in on else axes.get("datasets", datasets)  # a merged design names its own domains
         for ds in dss:
-            design, ids, pool, by_cluster = _train_on(plan, name, on, ds, resolved)
-            resolved[(name, ds)] = (ids if design == "cluster" else [], by_cluster)
+            design, ids, by_cluster = _train_on(plan, name, on, ds)
             for cl, r, s, m, acc in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
                                                        axes.get("models", [base.get("model", "smollm2-135m")]),
                                                        axes.get("accumulate", [base.get("accumulate", True)])):
                 p = {**{k: v for k, v in base.items() if k not in ("model", "accumulate")}, **e,
-                     "dataset": pool or ds, "ratio": r, "seed": s, "model": m, "accumulate": acc}
+                     "dataset": cl if design in ("merged", "lean") else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc}
                 if p.get("dtype", "auto") == "auto": p["dtype"] = plan.dtype  # resolved once for the whole study
                 if design == "cluster": p["cluster"] = cl
                 if by_cluster: p["clusters_path"] = str(Path(out) / "clusters" / _label(ds) / "clusters.parquet")
-                try: p = ChainConfig(**{**p, "dataset": ds, "run_dir": "x"}).validate().to_dict()  # (the pool file may not exist yet)
+                try: p = ChainConfig(**{**p, "dataset": ds or "bbc_news", "run_dir": "x"}).validate().to_dict()  # (a merged file may not exist yet)
                 except (ValueError, TypeError) as err: raise SpecError(f"{w}: {err}") from None
-                p["dataset"] = pool or ds  # every 03_chain parameter, defaults included: the executed notebook records them all
+                if design == "lean" and not p.get("instruction"): p["instruction"] = instruction_for(ds)  # a mixture file keeps its source's instruction
+                p["dataset"] = cl if design in ("merged", "lean") else ds  # every 03_chain parameter, defaults included: the executed notebook records them all
                 if "gen0_cache" not in {**base, **e}: p["gen0_cache"] = f"{out}/gen0"  # chains alike but for r share generation 0 (`gen0_cache: null` turns it off)
-                placeholder = str(cl).startswith("?") or (pool is not None and pool not in plan.pools)
+                placeholder = str(cl).startswith("?")
                 p["run_dir"] = chain_run_dir(out, p) if not placeholder else f"{out}/(pending)/{name}-{len(chains)}"
                 key = p["run_dir"]
                 if key in chains: chains[key].experiments.append(name)
@@ -291,11 +314,15 @@ def describe(plan: Plan) -> str:
         mine = [c for c in plan.chains if name in c.experiments]
         gens = sorted({c.generations for c in mine}); ns = sorted({c.params.get("n_train", 16) for c in mine})
         lines.append(f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}")
+        if mine and mine[0].design == "lean":  # what will score the lean, and how (05b_lean)
+            js = [JudgeSpec.from_dict(j) for j in (sp.get("metrics") or {}).get("judges") or []]
+            js = [j for j in js if j.kind == "lean"]
+            lines.append("    lean judge: " + (", ".join(f"{j.name} ({j.prompt}, {j.model} via {j.backend})" for j in js) or "none in metrics.judges: the lean cannot be scored"))
     for u in plan.unresolved: lines.append(f"    pending: {u}")
     steps = [f"02_clusters + 04b_properties on {', '.join(plan.cluster_sets)}"] if plan.cluster_sets else []
     steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"]
     an = sp.get("analysis") or {}
-    steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("figures", "06_figures")) if an.get(k)]
+    steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("lean", "05b_lean"), ("figures", "06_figures")) if an.get(k)]
     lines.append("  steps: " + " -> ".join(steps))
     c = estimate_cost(plan)
     lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
@@ -320,8 +347,15 @@ def check_feeding(plan: Plan) -> list[str]:
                 raise SpecError(f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} human texts ({cfg.n_heldout} held out + "
                                 f"{cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) but clusters.min_texts, the least an "
                                 f"eligible cluster holds, is {floor:,}; lower n_train or generations, raise the ratio, or raise clusters.min_texts")
+        elif c.placeholder and c.design == "merged":  # each domain's cluster gives an equal share of the merged dataset
+            k = len(plan.spec["experiments"][c.experiments[0]]["train_on"]["merged"]); per = -(-need // k)
+            if floor < per:
+                raise SpecError(f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} human texts, {per:,} from each of its {k} "
+                                f"domains' clusters, but clusters.min_texts, the least an eligible cluster holds, is {floor:,}; lower n_train or generations, "
+                                "raise the ratio, or raise clusters.min_texts")
+            unchecked.add(f"{c.experiments[0]}: merged datasets not built yet")
         elif c.placeholder or not _reachable(p["dataset"]):
-            unchecked.add(f"{_label(p['dataset'])} ({c.experiments[0]}): " + ("pool not mixed yet" if c.design == "pool" else "not reachable here"))
+            unchecked.add(f"{_label(p['dataset'])} ({c.experiments[0]}): " + {"merged": "merged dataset not built yet", "lean": "lean mixture not written yet"}.get(c.design, "not reachable here"))
             continue
         else:
             key = (p["dataset"], cfg.min_tokens, cfg.max_tokens)
@@ -493,20 +527,23 @@ RESULT_KEYS = ("experiment", "design", "config_hash", "generations", "n_train", 
 def aggregate(plan: Plan, # the study's plan
               out: str | Path | None = None, # default: <out_dir>/results.csv
              ) -> pd.DataFrame | None:
-    "One table of every finished chain's metrics with its parameters; None when no chain has metrics yet."
-    frames = []
+    "One table of every finished chain's metrics with its parameters (and `domain_results.csv` beside it: the per-domain metrics of chains on merged datasets); None when no chain has metrics yet."
+    frames, dframes = [], []
     for c in plan.chains:
         m = c.run_dir / "metrics.csv"
         if c.placeholder or not m.exists(): continue
-        df = pd.read_csv(m)
         cfg = read_json(c.run_dir / "chain.json")
-        df = df.assign(experiment=",".join(c.experiments), design=c.design, config_hash=cfg["config_hash"],
-                       generations=c.generations, n_train=c.params.get("n_train", cfg["config"]["n_train"]),
-                       clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]))
-        frames.append(df)
+        tag = dict(experiment=",".join(c.experiments), design=c.design, config_hash=cfg["config_hash"],
+                   generations=c.generations, n_train=c.params.get("n_train", cfg["config"]["n_train"]),
+                   clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]))
+        frames.append(pd.read_csv(m).assign(**tag))
+        if (c.run_dir / "domain_metrics.csv").exists(): dframes.append(pd.read_csv(c.run_dir / "domain_metrics.csv").assign(**tag))
     if not frames: return None
     res = pd.concat(frames, ignore_index=True).sort_values(["run_dir", "generation", "source", "metric"], kind="stable")
     with atomic_path(resolve(out) if out else plan.out / "results.csv") as tmp: res.to_csv(tmp, index=False)
+    if dframes:  # chains on merged datasets: each domain measured on its own (04_metrics)
+        dres = pd.concat(dframes, ignore_index=True).sort_values(["run_dir", "generation", "source", "domain", "metric"], kind="stable")
+        with atomic_path((resolve(out).parent if out else plan.out) / "domain_results.csv") as tmp: dres.to_csv(tmp, index=False)
     return res
 
 # %% ../nbs/07_sweep.ipynb #5629d4f3
@@ -541,17 +578,39 @@ def run_clusters(plan: Plan, # plan whose cluster_sets say what to cluster
                     **({"partition_path": str(cdir / "partition.parquet")} if cp.get("method") == "candidates" else {})}, root)
         write_json(stamp, dict(hash=h, clusters=cp, properties=pp))
 
-def make_pools(plan: Plan) -> None:
-    "Write each modularity pool (a dataset file mixing clusters) that is missing or was mixed from other clusters (`<pool>.params.json` says from what)."
-    from recursive_loops.modularity import mix_pool
+def make_sources(plan: Plan) -> None:
+    "Write each domain of a dataset that a merged design clusters on its own as a dataset file (kept when it holds the same texts)."
     ch = plan.spec.get("chain") or {}
-    for pool, (ds, ids, by_cluster) in plan.pools.items():
-        cpath = clusters_dir(plan.spec, ds) / "clusters.parquet" if by_cluster else None
-        made = dict(dataset=ds, ids=[str(i) for i in ids], clusters=file_sha256(cpath) if cpath else None,
-                    min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200), balanced=True)
-        stamp = Path(f"{resolve(pool)}.params.json")
-        if resolve(pool).exists() and stamp.exists() and read_json(stamp) == made: continue
-        mix_pool(ds, ids, pool, str(cpath) if cpath else None, made["min_tokens"], made["max_tokens"]); write_json(stamp, made)
+    for f, (ds, dom) in plan.sources.items():
+        df = load_texts(ds, ch.get("min_tokens", 20), ch.get("max_tokens", 200)); df = df[df.domain == dom]
+        if df.empty: raise SpecError(f"{plan.spec['_path']}: domain {dom!r} of {ds} has no texts; allowed: {', '.join(sorted(load_texts(ds).domain.unique()))}")
+        rows = df[["text", "domain"]].to_dict("records")
+        if resolve(f).exists() and read_jsonl(resolve(f)) == rows: continue
+        write_jsonl(resolve(f), rows)
+
+def make_merged(plan: Plan) -> None:
+    "Write each merged dataset that is missing or was built from other clusters (`<file>.params.json` says from what), and each experiment's index (`<out>/merged/<experiment>.csv`)."
+    from recursive_loops.modularity import merge_clusters
+    ch = plan.spec.get("chain") or {}; tok = dict(min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
+    for f, parts in plan.merged.items():
+        made = dict(parts=parts, clusters=[file_sha256(resolve(p["clusters_path"])) for p in parts], **tok)
+        stamp = Path(f"{resolve(f)}.params.json")
+        if resolve(f).exists() and stamp.exists() and read_json(stamp) == made: continue
+        merge_clusters(parts, f, **tok); write_json(stamp, made)
+    for name, files in plan.merged_index.items():
+        rows = [dict(dataset=f, merged=i, domain=p["domain"], source=p["dataset"], cluster=p["cluster"], instruction=p["instruction"],
+                     properties=str(Path(p["clusters_path"]).parent / "cluster_properties.csv")) for i, f in enumerate(files) for p in plan.merged[f]]
+        with atomic_path(plan.out / "merged" / f"{name}.csv") as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
+
+def make_lean(plan: Plan) -> None:
+    "Write each experiment's lean mixtures (`05b_lean.write_lean_mixtures`) unless written with the same arguments (`<folder>/lean.params.json`)."
+    from recursive_loops.lean import write_lean_mixtures
+    ch = plan.spec.get("chain") or {}
+    for folder, kw in plan.lean.items():
+        made = dict(kw, min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
+        stamp = resolve(folder) / "lean.params.json"
+        if stamp.exists() and read_json(stamp) == made and all(resolve(f"{folder}/lean-{s}.jsonl").exists() for s in kw["left_shares"]): continue
+        write_lean_mixtures(**made, out_dir=folder); write_json(stamp, made)
 
 def set_aside_stale(plan: Plan) -> list[str]:
     "Move each chain whose input files changed since it began (`chain.stale_inputs`) to `<out>/.stale/`, so that it runs again; one line per chain moved."
@@ -573,7 +632,7 @@ def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
 
 def run_analysis(plan: Plan, # a plan whose chains ran
                 ) -> list[str]:
-    "05_regression, 05a_modularity and 06_figures as the spec asks, reading results.csv; one line per step."
+    "05_regression, 05a_modularity, 05b_lean and 06_figures as the spec asks, reading results.csv; one line per step."
     sp, out, root, nbs = plan.spec, plan.out, repo_root(), notebooks_dir(plan)
     an, done = sp.get("analysis") or {}, []
     results = out / "results.csv"
@@ -589,10 +648,22 @@ def run_analysis(plan: Plan, # a plan whose chains ran
             _papermill(nbs / "05_regression.ipynb", reg_dir / "05_regression.ipynb", params, root); done.append(f"05_regression -> {reg_dir}")
     mod = an.get("modularity"); mod_dir = None
     if mod:
-        for pool in _datasets_of(plan, mod.get("experiment"), "pool"):
-            mod_dir = out / "modularity" / _label(pool)
-            params = dict(run_dirs=str(out / _label(pool)), out_dir=str(mod_dir), **{k: v for k, v in mod.items() if k != "experiment"})
-            _papermill(nbs / "05a_modularity.ipynb", mod_dir / "05a_modularity.ipynb", params, root); done.append(f"05a_modularity -> {mod_dir}")
+        name = mod.get("experiment") or next((n for n in sp["experiments"] if n in plan.merged_index), None)
+        if name not in plan.merged_index: raise SpecError(f"{sp['_path']}: analysis.modularity: experiment {name!r} has no merged datasets (train_on: {{merged: ...}})")
+        mod_dir = out / "modularity" / name
+        params = dict(results=str(out / "domain_results.csv"), index=str(out / "merged" / f"{name}.csv"), out_dir=str(mod_dir),
+                      shift=an.get("shift", "relative_to_gen0"), k_last=an.get("k_last", 0),
+                      **{k: (",".join(v) if isinstance(v, list) else v) for k, v in mod.items() if k != "experiment"})
+        _papermill(nbs / "05a_modularity.ipynb", mod_dir / "05a_modularity.ipynb", params, root); done.append(f"05a_modularity -> {mod_dir}")
+    lean = an.get("lean")
+    if lean:
+        name = lean.get("experiment") or next((n for n in sp["experiments"] if any(c.design == "lean" and n in c.experiments for c in plan.chains)), None)
+        judge = lean.get("judge") or next((j["name"] for j in (sp.get("metrics") or {}).get("judges") or []
+                                          if JudgeSpec.from_dict(j).kind == "lean"), None)
+        if not name or not judge: raise SpecError(f"{sp['_path']}: analysis.lean needs an experiment with train_on: {{lean_mix: ...}} and a lean judge in metrics.judges")
+        lean_dir = out / "lean" / name
+        params = dict(results=str(results), judge=judge, out_dir=str(lean_dir), k_last=an.get("k_last", 0), **({"tol": lean["tol"]} if "tol" in lean else {}))
+        _papermill(nbs / "05b_lean.ipynb", lean_dir / "05b_lean.ipynb", params, root); done.append(f"05b_lean -> {lean_dir}")
     fig = an.get("figures")
     if fig:
         cds = [clusters_dir(sp, ds) for ds in plan.cluster_sets] or [out / "clusters"]
@@ -609,7 +680,7 @@ def preflight(plan: Plan, # the plan
     "Check, before anything is written, what the chains will need: each dataset loads, each human pool is big enough, each model is there."
     texts: dict = {}
     for c in (plan.chains if chains is None else chains):
-        if c.placeholder or (c.design == "pool" and not resolve(c.params["dataset"]).exists()): continue  # checked once the pool is written
+        if c.placeholder or (c.design in ("merged", "lean") and not resolve(c.params["dataset"]).exists()): continue  # checked once it is written
         cfg = ChainConfig(**c.params); w = f"{plan.spec['_path']}: experiments.{c.experiments[0]}"
         try:
             check_model(cfg.model)
@@ -672,14 +743,15 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     out.mkdir(parents=True, exist_ok=True)
     if not format_file(spec).exists():  # the study's number format, decided once: every later run of it reads this
         write_json(format_file(spec), dict(dtype=plan.dtype, rule="resolve_dtype('auto')", cpu=cpu_info(), decided=time.strftime("%Y-%m-%dT%H:%M:%S")))
-    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "06_figures"):
+    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "06_figures"):
         study_notebook(repo_root() / "nbs" / f"{n}.ipynb", notebooks_dir(plan) / f"{n}.ipynb")
+    make_sources(plan)  # the domains a merged design clusters on their own
     if plan.cluster_sets: run_clusters(plan)
     plan = expand(spec)  # cluster ids are known now
-    make_pools(plan); plan = expand(spec)
-    set_aside_stale(plan)  # chains whose clusters or pool were made again since they ran
+    make_merged(plan); make_lean(plan)
+    set_aside_stale(plan)  # chains whose clusters or merged dataset were made again since they ran
     todo = [c for c in plan.chains if chain_state(c, metrics_params(plan))[0] != "done"]
-    preflight(plan, todo)  # now with the clusters and pools
+    preflight(plan, todo)  # now with the clusters and merged datasets
     log.info("%d chains: %d done already, %d to run (%s executor)", len(plan.chains), len(plan.chains) - len(todo), len(todo), kind)
     tasks = [make_task(plan, c) for c in todo]
     if not tasks: errors = {}

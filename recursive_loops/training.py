@@ -129,7 +129,8 @@ def n_labels(examples: list[tuple[list[int], int]]) -> int:
     return sum(max(len(x) - max(p, 1), 0) for x, p in examples)
 
 # %% ../nbs/03a_training.ipynb #2474cfa8
-def train_lora(model, tok, instruction: str, texts: list[str], cfg: "ChainConfig", # the chain's settings: lora_r, lora_alpha, max_length, epochs, batch_size, lr, warmup_steps
+def train_lora(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
+               texts: list[str], cfg: "ChainConfig", # the chain's settings: lora_r, lora_alpha, max_length, epochs, batch_size, lr, warmup_steps
                seed: int,
                shared_prompt: bool | None = None, # run the common prompt once per batch (same loss, fewer FLOPs); False: plain forward; None: on CPU only (measured: on a GPU a 135M model is launch-bound and the extra pass made steps 2x slower)
                pass_tokens: int | None = -1, # most padded positions per forward/backward pass: a larger batch is run in slices whose gradients add up to the batch's (same step, less memory); None: no limit; -1: 768 on CPU, no limit on a GPU
@@ -188,6 +189,6 @@ def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_
             tot += float(torch.nn.functional.cross_entropy(logits.float(), tgt[m], reduction="sum")); n += int(m.sum())
     return tot / max(n, 1)
 
-def response_nll(model, tok, instruction: str, texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
-    "Mean token NLL of `texts` after the instruction prompt (tokens pooled over all texts)."
+def response_nll(model, tok, instruction: str | list[str], texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
+    "Mean token NLL of `texts` after their instruction prompt (one for all, or one per text; tokens pooled over all texts)."
     return pooled_nll(model, encode_examples(tok, instruction, texts, max_length), tok.pad_token_id, batch_size)

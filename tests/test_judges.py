@@ -100,3 +100,42 @@ def test_metrics_stage_audits_scores_and_never_writes_the_key(server, tiny_model
     leaks += [cache] if KEY.encode() in Path(cache).read_bytes() else []
     assert not leaks, f"the API key was written to {leaks}"
     assert "RL_TEST_JUDGE_KEY" in (rd / "04_metrics.ipynb").read_text()  # the variable's name is recorded, its value is not
+
+
+def test_lean_end_to_end_on_the_server(server, tiny_model, tmp_path, monkeypatch):
+    """Lean mixtures -> tiny chains -> 04_metrics with lean judges on the real server -> 05b_lean.
+    lean-v2 gives each set a political share and its audit a not-political test; the bundled 135M model calls most tweets
+    not political, so the labelled analysis runs on lean-v1's scores (a number for every text) to exercise the whole path."""
+    from recursive_loops.core import write_jsonl
+    from recursive_loops.chain import ChainConfig, run_chain
+    from recursive_loops.metrics import run_metrics
+    from recursive_loops.lean import write_lean_mixtures, run_lean, LEAN_LABELS
+    monkeypatch.setenv("RL_TEST_JUDGE_KEY", KEY)
+    left = ["We must raise the minimum wage and expand Medicare so that every working family can see a doctor.",
+            "Climate change is an emergency: we need clean energy jobs and an end to fossil fuel subsidies now.",
+            "Protect voting rights and pass universal background checks; the Senate must act for working people."]
+    right = ["Cut taxes, secure the border and stop the reckless federal spending that is driving up inflation.",
+             "We will defend the Second Amendment and stand with our police against the radical left's agenda.",
+             "Lower taxes and less regulation let small businesses grow; Washington should get out of the way."]
+    rows = [dict(text=f"{t} Statement {i}.", domain=d) for i in range(12) for d, ts in (("Democrat", left), ("Republican", right)) for t in ts]
+    write_jsonl(tmp_path / "senators.jsonl", rows)
+    files = write_lean_mixtures(str(tmp_path / "senators.jsonl"), [1.0, 0.0], tmp_path / "lean", min_tokens=5, max_tokens=60)
+    base = dict(backend="openai", model="smollm2-135m", base_url=server, api_key_env="RL_TEST_JUDGE_KEY", audit_n=6, n_texts=6, concurrency=8)
+    judges = [dict(base, name="lean2", prompt="lean-v2"), dict(base, name="lean1", prompt="lean-v1")]
+    frames = []
+    for f in files:
+        for seed in (0, 1):
+            rd = tmp_path / f"{f.stem}-s{seed}"
+            run_chain(ChainConfig(**{**tiny_chain(rd, tiny_model, generations=2), "dataset": str(f), "seed": seed, "min_tokens": 5,
+                                     "max_tokens": 60, "instruction": "Generate a twitter post."}))
+            frames.append(pd.read_csv(run_metrics(rd, n_eval=6, reference_model=None, judges=judges, judge_cache=str(tmp_path / "scores.sqlite"))))
+    res = pd.concat(frames, ignore_index=True)
+    pol = res[res.metric == "lean2_political"]
+    assert len(pol) == 4 * 3 and pol.value.notna().all() and pol.value.between(0, 1).all()  # human + 2 generations, each chain
+    audit = json.loads((tmp_path / "lean-1.0-s0" / "judges.json").read_text())[0]
+    assert audit["judge"] == "lean2" and {"lean_accuracy", "not_political"} <= set(audit["tests"]) and audit["verdict"]
+    assert (res[res.metric == "lean2"].judge_audit == audit["verdict"]).all()
+    res.to_csv(tmp_path / "results.csv", index=False)
+    eff = pd.read_csv(run_lean(tmp_path / "results.csv", "lean1", tmp_path / "out"))
+    assert list(eff.left_share) == [1.0, 0.0] and (eff.n_seeds == 2).all() and eff.label.isin(LEAN_LABELS).all()
+    assert eff.judge_audit.notna().all() and (tmp_path / "out" / "fig_lean.png").stat().st_size > 10_000

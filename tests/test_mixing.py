@@ -29,6 +29,6 @@ def test_mixing_invariants(n, r, gens, seed, accumulate, n_heldout, n_generate):
         used += [x["origin"] for x in hum]
         s, e = human_slice(cfg, g)
         assert e <= need
-        generated[g] = [f"gen {g} text {i}" for i in range(cfg.n_to_generate)]
+        generated[g] = [dict(text=f"gen {g} text {i}") for i in range(cfg.n_to_generate)]  # generated.jsonl rows
     assert len(used) == len(set(used))                                 # no human text used twice in a chain
     assert len(used) == need - n_heldout                               # and the chain consumes exactly what it asked for

@@ -17,8 +17,10 @@ def cli(*args, timeout=900):
 def test_paper_design_dry_run():
     r = cli("study", "studies/paper.yaml", "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "1,696 chains, 33,920 generations, 33,045 fine-tunes (875 generation 0s shared)" in r.stdout, r.stdout
+    assert "2,115 chains, 42,300 generations, 41,225 fine-tunes (1,075 generation 0s shared)" in r.stdout, r.stdout
     assert "GPU-h" in r.stdout and "clusters: 1600 chains" in r.stdout
+    assert "modularity: 400 chains (merged)" in r.stdout and "political_lean: 25 chains (lean)" in r.stdout
+    assert "lean judge: lean (lean-v2, meta-llama/Llama-3.3-70B-Instruct via openai)" in r.stdout and "-> 05b_lean ->" in r.stdout
     assert "human-text need not checked: twitter_100m (ratio_sweep): not reachable here" in r.stdout, r.stdout
     print(r.stdout)
 
@@ -37,7 +39,7 @@ def test_paper_spec_with_clusters_too_small_is_refused(tmp_path):
 
 def test_demo_spec_expands_and_status_reads_it():
     r = cli("study", "studies/demo.yaml", "--dry-run")
-    assert r.returncode == 0 and "17 chains, 43 generations, 37 fine-tunes (6 generation 0s shared)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "14 chains, 37 generations, 31 fine-tunes (6 generation 0s shared)" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("body, message", [
