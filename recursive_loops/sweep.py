@@ -294,7 +294,7 @@ def estimate_cost(plan: Plan) -> dict:
                gpu_seconds=0.0, unknown_models=set())
     gen0s = set()  # generation 0s computed once and shared (`gen0_cache`)
     for ch in plan.chains:
-        cfg = ChainConfig(**ch.params)  # (not validated: a pool may not exist yet)
+        cfg = ChainConfig(**ch.params)  # (not validated: a merged dataset may not exist yet)
         key = Gen0Share(cfg).folder if cfg.gen0_cache else None
         shared = key is not None and key in gen0s; gen0s.add(key); out["gen0_shared"] += shared
         out["generations"] += cfg.generations; g = cfg.generations - shared; out["fine_tunes"] += g
