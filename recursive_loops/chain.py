@@ -21,8 +21,8 @@ from .sampling import generate_texts, sample_by_instruction, VLLMSampler
 # %% auto #0
 __all__ = ['GEN_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set', 'gen_dir',
            'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'pool_domains', 'gen0_identity',
-           'Gen0Share', 'earlier_texts', 'ChainRun', 'run_generation', 'recorded_format', 'input_checksums',
-           'stale_inputs', 'run_chain']
+           'Gen0Share', 'earlier_texts', 'row_instructions', 'ChainRun', 'run_generation', 'recorded_format',
+           'input_checksums', 'stale_inputs', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 @dataclass
@@ -288,6 +288,14 @@ def earlier_texts(run_dir: Path, # the chain's run directory
     return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in (range(gen) if cfg.accumulate else [gen - 1])}
 
 # %% ../nbs/03_chain.ipynb #dc4835dc
+def row_instructions(rows: list[dict], # training or held-out rows
+                     domains: dict | None, # instruction -> domain (pool_domains); None: one instruction for all
+                     instruction: str, # that one instruction
+                    ) -> str | list[str]:
+    "What `train_lora` and `response_nll` take for `rows`: the one instruction, or each row's own."
+    return [r["instruction"] for r in rows] if domains else instruction
+
+# %% ../nbs/03_chain.ipynb #9cc34146
 @dataclass
 class ChainRun:
     "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), and for per-text instructions each instruction's domain."
@@ -303,9 +311,7 @@ class ChainRun:
     sampler: VLLMSampler | None = None
     domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
 
-    def instructions(self, rows: list[dict]) -> str | list[str]:
-        "What `train_lora` and `response_nll` take for `rows`: the one instruction, or each row's."
-        return [r["instruction"] for r in rows] if self.domains else self.instruction
+    def instructions(self, rows: list[dict]) -> str | list[str]: return row_instructions(rows, self.domains, self.instruction)
 
 # %% ../nbs/03_chain.ipynb #4d8a4de6
 def run_generation(run: ChainRun, # the chain, loaded
@@ -411,8 +417,7 @@ def run_chain(cfg: ChainConfig) -> Path:
         heldout = human.iloc[:cfg.n_heldout][["text"] + (["instruction"] if domains else [])].to_dict("records")
         if not prev:
             if prev is not None: log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
-            with timer("base_nll"): base_nll = response_nll(base, tok, [r["instruction"] for r in heldout] if domains else instr,
-                                                            [r["text"] for r in heldout], cfg.max_length)
+            with timer("base_nll"): base_nll = response_nll(base, tok, row_instructions(heldout, domains, instr), [r["text"] for r in heldout], cfg.max_length)
             write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, **(dict(instructions=domains) if domains else dict(instruction=instr)),
                                                  base_heldout_nll=base_nll,
                                                  dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),

@@ -142,16 +142,14 @@ def metrics_intact(run_dir: str | Path) -> bool:
             and ("domain_sha256" not in rec or (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
 
 # %% ../nbs/04_metrics.ipynb #0a85168e
-def domain_sets(run_dir: Path, # a chain run directory
-                gens: list[int], # its finished generations
+def domain_sets(human: list[dict], # generation 0's human training rows
+                generated: dict[int, list[dict]], # each finished generation's generated rows
                ) -> dict | None:
     "`{(generation, domain): (source, texts)}`: each domain's human texts (generation -1) and each generation's texts of its instruction; None for a chain with one instruction."
-    human = [r for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"]
     if not human or "domain" not in human[0]: return None
     doms = sorted({r["domain"] for r in human})
     out = {(-1, d): ("human", [r["text"] for r in human if r["domain"] == d]) for d in doms}
-    for g in gens:
-        rows = read_jsonl(gen_dir(run_dir, g) / "generated.jsonl")
+    for g, rows in generated.items():
         out.update({(g, d): ("generated", [r["text"] for r in rows if r.get("domain") == d]) for d in doms})
     return out
 
@@ -185,15 +183,16 @@ def run_metrics(run_dir: str | Path, # chain run directory
     with t("load"):
         emb = load_embedder(embedder)
         ref, rtok = load_model(reference_model, dtype) if reference_model else (None, None)
-    sets = {-1: ("human", [r["text"] for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"])}
-    for g in gens: sets[g] = ("generated", [r["text"] for r in read_jsonl(gen_dir(run_dir, g) / "generated.jsonl")])
+    human = [r for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"]
+    generated = {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
+    sets = {-1: ("human", [r["text"] for r in human]), **{g: ("generated", [r["text"] for r in rows]) for g, rows in generated.items()}}
     sets = {g: (source, subsample(texts, n_eval, derive_seed(seed, "eval", g))) for g, (source, texts) in sets.items()}
     rows, drows = [], []
     for g, (source, texts) in sets.items():
         with t(f"measure_{source}"):
             vals = measure_texts(texts, emb, ref, rtok)
         rows += [dict(generation=g, source=source, metric=k, value=v) for k, v in vals.items()]
-    dsets = domain_sets(run_dir, gens)
+    dsets = domain_sets(human, generated)
     if dsets:
         dsets = {k: (s, subsample(x, n_eval, derive_seed(seed, "eval", *k))) for k, (s, x) in dsets.items()}
         for (g, d), (source, texts) in dsets.items():

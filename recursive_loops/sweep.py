@@ -26,12 +26,13 @@ from .docs import build_appendix, build_docs, keep_appendix
 
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
-           'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'chain_run_dir', 'format_file', 'study_format',
-           'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker', 'log_papermill',
-           'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm', 'notebooks_dir',
-           'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_sources',
-           'make_merged', 'make_lean', 'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status',
-           'appendix_line', 'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
+           'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file', 'chain_run_dir', 'format_file',
+           'study_format', 'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker',
+           'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm',
+           'notebooks_dir', 'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters',
+           'make_sources', 'make_merged', 'make_lean', 'set_aside_stale', 'run_analysis', 'preflight', 'status_table',
+           'format_status', 'appendix_line', 'run_study', 'judge_bench', 'format_throughput', 'make_parser',
+           'study_dir', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -146,6 +147,10 @@ def _as_list(v, name: str, where: str) -> list:
     if not v: raise SpecError(f"{where}: {name} is empty; give at least one value")
     return v
 
+def clusters_file(out: str, dataset: str) -> str:
+    "`02_clusters`' clusters file of `dataset` in a study whose out_dir is `out`, as chains name it (`clusters_path`)."
+    return str(Path(out) / "clusters" / _label(dataset) / "clusters.parquet")
+
 def chain_run_dir(out: str, params: dict) -> str:
     "`<out>/<dataset>/<cluster>/ratio-<r>/seed-<s>-<config hash>` for 03_chain parameters `params`."
     ident = chain_identity(ChainConfig(**{**params, "run_dir": "x"}))
@@ -176,7 +181,7 @@ def _merged(plan: Plan, name: str, on: dict, w: str) -> list[str]:
         if dom: plan.sources[f] = (ds, dom)
         cdir = clusters_dir(spec, f); plan.cluster_sets[f] = cdir
         parts.append(dict(dataset=f, domain=label, instruction=str(ins.get(label) or instruction_for(ds, dom)),
-                          clusters_path=str(Path(out) / "clusters" / _label(f) / "clusters.parquet"), ids=_eligible(cdir)))
+                          clusters_path=clusters_file(out, f), ids=_eligible(cdir)))
     labels = [p["domain"] for p in parts]
     if len(set(labels)) < len(labels): raise SpecError(f"{w}: train_on: merged names a domain twice ({', '.join(labels)})")
     if any(p["ids"] is None for p in parts):
@@ -256,7 +261,7 @@ def expand(spec: dict, # from load_spec
                      "dataset": cl if design in ("merged", "lean") else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc}
                 if p.get("dtype", "auto") == "auto": p["dtype"] = plan.dtype  # resolved once for the whole study
                 if design == "cluster": p["cluster"] = cl
-                if by_cluster: p["clusters_path"] = str(Path(out) / "clusters" / _label(ds) / "clusters.parquet")
+                if by_cluster: p["clusters_path"] = clusters_file(out, ds)
                 try: p = ChainConfig(**{**p, "dataset": ds or "bbc_news", "run_dir": "x"}).validate().to_dict()  # (a merged file may not exist yet)
                 except (ValueError, TypeError) as err: raise SpecError(f"{w}: {err}") from None
                 if design == "lean" and not p.get("instruction"): p["instruction"] = instruction_for(ds)  # a mixture file keeps its source's instruction
