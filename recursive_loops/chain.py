@@ -17,12 +17,13 @@ from .data import load_texts, instruction_for, check_dataset_name, is_file_datas
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model
 from .training import train_lora, response_nll
 from .sampling import generate_texts, sample_by_instruction, VLLMSampler
+from .curation import CurationSpec, Curator, n_candidates
 
 # %% auto #0
-__all__ = ['GEN_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set', 'gen_dir',
-           'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'pool_domains', 'gen0_identity',
-           'Gen0Share', 'earlier_texts', 'row_instructions', 'ChainRun', 'run_generation', 'recorded_format',
-           'input_checksums', 'stale_inputs', 'run_chain']
+__all__ = ['GEN_FILES', 'EXTRA_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set',
+           'gen_dir', 'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'pool_domains',
+           'gen0_identity', 'Gen0Share', 'earlier_texts', 'row_instructions', 'ChainRun', 'run_generation',
+           'recorded_format', 'input_checksums', 'stale_inputs', 'run_chain']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 @dataclass
@@ -57,6 +58,7 @@ class ChainConfig:
     generator: str = "hf"
     instruction: str | None = None
     gen0_cache: str | None = None
+    curate: dict | None = None
 
     @property
     def n_synthetic(self) -> int:
@@ -105,14 +107,17 @@ def validate(self: ChainConfig) -> ChainConfig:
     if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
     if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
     if self.gen0_cache is not None and (not isinstance(self.gen0_cache, str) or not self.gen0_cache): bad("gen0_cache", "None or a folder path")
+    CurationSpec.from_dict(self.curate)  # one ValueError naming the bad curate key or value
     check_dataset_name(self.dataset)
     return self
 
 # %% ../nbs/03_chain.ipynb #d08d306d
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results: all but the output folder and the generation-0 cache, the format resolved (never `auto`), and `generator` only when not the default (so chains run before it existed keep their hash)."
+    "The parameters that define a chain's results: all but the output folder and the generation-0 cache, the format resolved (never `auto`), and `generator` and `curate` only when not the default (so chains run before they existed keep their hash; `curate` as the rule's settings, 03c_curation)."
     d = cfg.to_dict(); d.pop("run_dir"); d.pop("gen0_cache"); d["dtype"] = resolve_dtype(d["dtype"])
     if d["generator"] == "hf": d.pop("generator")
+    cur = CurationSpec.from_dict(d.pop("curate"))
+    if cur.rule != "none": d["curate"] = cur.to_dict()
     return d
 
 # %% ../nbs/03_chain.ipynb #2f8a30dc
@@ -145,19 +150,20 @@ def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame,
 
 # %% ../nbs/03_chain.ipynb #96134183
 GEN_FILES = ("train.jsonl", "generated.jsonl", "manifest.json")
+EXTRA_FILES = ("candidates.jsonl",)  # a curated generation's candidates (03c_curation)
 
 def gen_dir(run_dir: Path, gen: int) -> Path: return Path(run_dir) / f"gen_{gen:02d}"
 
 def is_done(d: Path) -> bool:
-    "Whether generation folder `d` is complete: a DONE marker whose checksums match its files."
+    "Whether generation folder `d` is complete: a DONE marker whose checksums match its files (and every extra file it lists)."
     marker = d / "DONE"
     try: sums = read_json(marker)
     except (FileNotFoundError, ValueError): return False
-    return all((d / f).exists() and sums.get(f) == file_sha256(d / f) for f in GEN_FILES)
+    return all((d / f).exists() and sums.get(f) == file_sha256(d / f) for f in dict.fromkeys([*GEN_FILES, *sums]))
 
 def mark_done(d: Path) -> None:
-    "Write the DONE marker (last), with checksums of the generation's files."
-    write_json(d / "DONE", {f: file_sha256(d / f) for f in GEN_FILES})
+    "Write the DONE marker (last), with checksums of the generation's files (and of the extra files it has)."
+    write_json(d / "DONE", {f: file_sha256(d / f) for f in (*GEN_FILES, *EXTRA_FILES) if f in GEN_FILES or (d / f).exists()})
 
 # %% ../nbs/03_chain.ipynb #8c9fb0e8
 def determinism(device) -> dict:
@@ -222,9 +228,9 @@ def pool_domains(human: pd.DataFrame, # a chain's human pool (prepare_human)
 SAMPLING_FIELDS = ("temperature", "min_p", "max_new_tokens", "gen_batch_size", "generator")
 
 def gen0_identity(cfg: ChainConfig) -> dict:
-    "What generation 0's adapter depends on: the chain's identity without the ratio, the number of generations, accumulation, `n_generate` and the sampling settings."
+    "What generation 0's adapter depends on: the chain's identity without the ratio, the number of generations, accumulation, `n_generate`, the curation rule and the sampling settings."
     d = chain_identity(cfg)
-    for k in ("ratio", "generations", "accumulate", "n_generate", *SAMPLING_FIELDS): d.pop(k, None)
+    for k in ("ratio", "generations", "accumulate", "n_generate", "curate", *SAMPLING_FIELDS): d.pop(k, None)
     return d
 
 # %% ../nbs/03_chain.ipynb #65171fae
@@ -241,7 +247,8 @@ class Gen0Share:
     @property
     def texts_file(self) -> Path:
         "The texts sampled with this chain's sampling settings and count."
-        c = self.cfg; key = dict(gen0_identity(c), n=c.n_to_generate, **{k: getattr(c, k) for k in SAMPLING_FIELDS})
+        c = self.cfg; key = dict(gen0_identity(c), n=n_candidates(c.n_to_generate, CurationSpec.from_dict(c.curate).oversample),
+                                 **{k: getattr(c, k) for k in SAMPLING_FIELDS})
         return self.folder / f"texts-{config_hash(key, 12)}.jsonl"
 
     def read(self) -> dict | None:
@@ -298,7 +305,7 @@ def row_instructions(rows: list[dict], # training or held-out rows
 # %% ../nbs/03_chain.ipynb #9cc34146
 @dataclass
 class ChainRun:
-    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), and for per-text instructions each instruction's domain."
+    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), for per-text instructions each instruction's domain, and the curation step."
     cfg: ChainConfig
     run_dir: Path
     human: pd.DataFrame
@@ -310,6 +317,7 @@ class ChainRun:
     ident: dict
     sampler: VLLMSampler | None = None
     domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
+    curator: Curator | None = None # the curation step (03c_curation); None: every sampled text is kept
 
     def instructions(self, rows: list[dict]) -> str | list[str]: return row_instructions(rows, self.domains, self.instruction)
 
@@ -317,11 +325,12 @@ class ChainRun:
 def run_generation(run: ChainRun, # the chain, loaded
                    gen: int, # the generation to compute
                   ) -> Path:
-    "Generation `gen` from the files of the earlier ones: mix its N texts, tune a fresh base model (or take generation 0 from `gen0_cache`), measure the held-out NLL, sample; write `gen_XX/` and, last, its DONE marker."
+    "Generation `gen` from the files of the earlier ones: mix its N texts, tune a fresh base model (or take generation 0 from `gen0_cache`), measure the held-out NLL, sample (and curate, with a rule); write `gen_XX/` and, last, its DONE marker."
     cfg, tok, instr, sampler = run.cfg, run.tok, run.instruction, run.sampler
     d = gen_dir(run.run_dir, gen)
     if d.exists(): shutil.rmtree(d)  # a half-written generation is recomputed from scratch
     t = Timer(); gseed = derive_seed(cfg.seed, "generate", gen)
+    n_sample = n_candidates(cfg.n_to_generate, run.curator.spec.oversample) if run.curator else cfg.n_to_generate
     rows = mix_training_set(cfg, gen, run.human, earlier_texts(run.run_dir, cfg, gen))
     share = Gen0Share(cfg) if gen == 0 and cfg.gen0_cache else None
     shared = share.read() if share else None
@@ -344,18 +353,22 @@ def run_generation(run: ChainRun, # the chain, loaded
             with t("generate"):
                 sample = ((lambda s, k, sd: sampler.generate(adapter, tok, s, k, sd)) if sampler
                           else (lambda s, k, sd: generate_texts(merged, tok, s, k, cfg, sd)))
-                out = (sample_by_instruction(sample, run.domains, cfg.n_to_generate, gseed) if run.domains
-                       else [dict(text=x) for x in sample(instr, cfg.n_to_generate, gseed)])
+                out = (sample_by_instruction(sample, run.domains, n_sample, gseed) if run.domains
+                       else [dict(text=x) for x in sample(instr, n_sample, gseed)])
             if share: share.write(None if shared else Path(adapter), dict(train=stats, heldout_nll=nll, dtype=fmt[0], device=fmt[1]), out)
+    cur = None
+    if run.curator:  # keep n_to_generate of the n_sample candidates by the chain's rule
+        with t("curate"): out, cands, cur = run.curator.curate(out, cfg.n_to_generate, derive_seed(cfg.seed, "curate", gen))
     d.mkdir(parents=True, exist_ok=True)
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "generated.jsonl", out)
+    if cur: write_jsonl(d / "candidates.jsonl", cands)
     per_instruction = dict(instructions={s: sum(r["instruction"] == s for r in out) for s in run.domains}) if run.domains else dict(instruction=instr)
     write_json(d / "manifest.json", make_manifest(run.ident, cfg.seed, t.times, generation=gen, **per_instruction,
                n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
                n_generated=len(out), train=stats, heldout_nll=nll, base_heldout_nll=run.base_nll,
                heldout_gain=1 - nll / run.base_nll, dtype=fmt[0], device=fmt[1],
-               generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}),
+               generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}), **({"curation": cur} if cur else {}),
                **({"gen0_shared": dict(folder=str(share.folder), adapter="shared" if shared else "trained here",
                                        texts="shared" if texts_shared else "sampled here")} if share else {}),
                determinism=sampler.determinism() if sampler else determinism(fmt[1])))
@@ -401,6 +414,11 @@ def run_chain(cfg: ChainConfig) -> Path:
         if domains and cfg.instruction:
             raise ValueError(f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; give one or the other")
         instr = cfg.instruction or instruction_for(cfg.dataset)
+        cspec = CurationSpec.from_dict(cfg.curate)
+        if domains and cspec.rule != "none":
+            raise ValueError(f"curate={cfg.curate!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; curation keeps one pool's texts, not each instruction's share: not supported yet")
+        curator = Curator(cspec, cfg.dataset, cfg.min_tokens, cfg.max_tokens) if cspec.rule != "none" else None
+        if curator: curator.check()  # a scorer that fails its audit stops the chain here
         base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
     torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
     ident = chain_identity(cfg)
@@ -423,7 +441,7 @@ def run_chain(cfg: ChainConfig) -> Path:
                                                  dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),
                                                  n_human_pool=len(human), inputs=input_checksums(cfg),
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
-        run = ChainRun(cfg, run_dir, human, instr, tok, base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler, domains)
+        run = ChainRun(cfg, run_dir, human, instr, tok, base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler, domains, curator)
         with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the loop ends
             for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
                 if is_done(gen_dir(run_dir, g)): log.info("gen %d: done already, skipped", g); continue

@@ -17,8 +17,8 @@ from .models import load_model, collate, ServerError
 # %% auto #0
 __all__ = ['PROMPTS', 'FLUENCY_VERSION', 'JUDGE_KEYS', 'CORRUPTIONS', 'LEAN_SET', 'NONPOLITICAL_SET', 'Prompt', 'political_of',
            'expected_score', 'text_key', 'ScoreCache', 'JudgeError', 'OpenAIBackend', 'HFBackend', 'FluencyBackend',
-           'JudgeSpec', 'Judge', 'corrupt', 'claimed', 'audit_judge', 'pool_audits', 'format_audit', 'judge_rows',
-           'judge_throughput']
+           'JudgeSpec', 'Judge', 'corrupt', 'claimed', 'audit_texts', 'audit_judge', 'pool_audits', 'format_audit',
+           'judge_rows', 'judge_throughput']
 
 # %% ../nbs/04a_judges.ipynb #97667046
 @dataclass(frozen=True)
@@ -426,6 +426,16 @@ NONPOLITICAL_SET = [(t, "none") for t in [
     "Our hiking trail wound through pine forest up to a quiet lake just before sunset.",
     "Remember to water succulents sparingly: once every two weeks is usually enough.",
 ]]
+
+# %% ../nbs/04a_judges.ipynb #c0038465
+def audit_texts(cfg: dict, # a chain's settings: dataset, min_tokens, max_tokens
+                n: int, # texts wanted
+               ) -> list[str]:
+    "The judges' audit texts for a chain: a seeded sample of its dataset's texts of 20+ words, the same for every chain on that dataset."
+    from recursive_loops.data import load_texts
+    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", 20), cfg.get("max_tokens", 200))["text"].tolist()
+    long = [t for t in texts if len(t.split()) >= 20]
+    return [long[i] for i in sorted(random.Random(f"audit-{cfg['dataset']}").sample(range(len(long)), min(n, len(long))))]
 
 # %% ../nbs/04a_judges.ipynb #020aa10b
 def _share_ci(wins: float, n: int) -> tuple[float, float, float]:

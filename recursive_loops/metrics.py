@@ -15,12 +15,12 @@ from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json,
 from .models import load_model, resolve_dtype, load_embedder
 from .training import pooled_nll
 from .chain import gen_dir, is_done
-from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, judge_rows, format_audit
+from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, judge_rows, format_audit
 
 # %% auto #0
-__all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu', 'selfbleu_diversity', 'positivity',
-           'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample', 'audit_texts', 'metrics_intact',
-           'domain_sets', 'run_metrics']
+__all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu_each', 'self_bleu', 'selfbleu_diversity',
+           'positivity', 'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample', 'metrics_intact',
+           'sampled_sets', 'domain_sets', 'run_metrics']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -50,15 +50,16 @@ def semantic_diversity(emb: np.ndarray) -> float:
     return float(1 - (s @ s - n) / (n * (n - 1)))  # sum over i != j of e_i . e_j = |sum e|^2 - n
 
 # %% ../nbs/04_metrics.ipynb #67d56bf7
-def self_bleu(texts: list[str], # the set; each text is a hypothesis against all the others
-              max_order: int = 4, # BLEU's largest n-gram
-             ) -> float:
-    "Mean sentence BLEU (0-1) of each text against all the others: sacrebleu's numbers, without its quadratic re-extraction."
+def self_bleu_each(texts: list[str], # the set; each text is a hypothesis against all the others
+                   max_order: int = 4, # BLEU's largest n-gram
+                  ) -> np.ndarray:
+    "Each text's sentence BLEU (0-1) against all the others (NaN for an empty text, which is no reference either): sacrebleu's numbers, without its quadratic re-extraction."
     from collections import defaultdict
     from sacrebleu.metrics import BLEU
     from sacrebleu.metrics.helpers import extract_all_word_ngrams
-    texts = [t.strip() for t in texts if t.strip()]
-    if len(texts) < 2: return float("nan")
+    out = np.full(len(texts), np.nan)
+    pos = [j for j, t in enumerate(texts) if t.strip()]; texts = [texts[j].strip() for j in pos]
+    if len(texts) < 2: return out
     bleu = BLEU(effective_order=True, max_ngram_order=max_order)
     grams, lens = zip(*(extract_all_word_ngrams(bleu._preprocess_segment(t), 1, max_order) for t in texts))
     lens = np.array(lens)
@@ -68,15 +69,19 @@ def self_bleu(texts: list[str], # the set; each text is a hypothesis against all
             t = top[k]
             if c > t[0]: t[2], t[0], t[1] = t[0], c, i
             elif c > t[2]: t[2] = c
-    scores = []
     for i, g in enumerate(grams):
         correct, total = [0] * max_order, [0] * max_order
         for k, c in g.items():
             t = top[k]; total[len(k) - 1] += c; correct[len(k) - 1] += min(c, t[2] if t[1] == i else t[0])
         others = np.delete(lens, i); d = np.abs(others - lens[i])
         ref_len = int(others[d == d.min()].min())  # sacrebleu's closest reference length, ties to the shorter
-        scores.append(bleu._compute_score_from_stats([int(lens[i]), ref_len] + correct + total).score / 100)
-    return float(np.mean(scores))
+        out[pos[i]] = bleu._compute_score_from_stats([int(lens[i]), ref_len] + correct + total).score / 100
+    return out
+
+def self_bleu(texts: list[str], max_order: int = 4) -> float:
+    "Mean sentence BLEU (0-1) of each text against all the others (empty texts dropped)."
+    s = self_bleu_each(texts, max_order)
+    return float("nan") if np.isnan(s).all() else float(np.nanmean(s))
 
 def selfbleu_diversity(texts: list[str]) -> float:
     "The paper's lexical diversity: 1 - Self-BLEU."
@@ -125,13 +130,6 @@ def subsample(texts: list[str], n: int, seed: int) -> list[str]:
 # %% ../nbs/04_metrics.ipynb #182e6dad
 CHAIN_KEYS = ("dataset", "cluster", "ratio", "seed", "accumulate", "n_train", "model")
 
-def audit_texts(cfg: dict, n: int) -> list[str]:
-    "The judges' audit texts for a chain: a seeded sample of its dataset, the same for every chain on that dataset."
-    from recursive_loops.data import load_texts
-    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", 20), cfg.get("max_tokens", 200))["text"].tolist()
-    long = [t for t in texts if len(t.split()) >= 20]
-    return [long[i] for i in sorted(random.Random(f"audit-{cfg['dataset']}").sample(range(len(long)), min(n, len(long))))]
-
 def metrics_intact(run_dir: str | Path) -> bool:
     "Whether `run_dir/metrics.csv` is exactly the file its manifest recorded (a truncated or edited table is recomputed, never read)."
     out, man = Path(run_dir) / "metrics.csv", Path(run_dir) / "metrics.manifest.json"
@@ -140,6 +138,20 @@ def metrics_intact(run_dir: str | Path) -> bool:
     dom = Path(run_dir) / "domain_metrics.csv"  # chains with per-text instructions: the per-domain table too
     return (out.exists() and rec.get("sha256") == file_sha256(out)
             and ("domain_sha256" not in rec or (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
+
+# %% ../nbs/04_metrics.ipynb #f096a030
+def sampled_sets(run_dir: Path, # the chain's run directory
+                 generated: dict[int, list[dict]], # each finished generation's kept rows (generated.jsonl)
+                 n_eval: int, seed: int,
+                ) -> dict[int, tuple[str, list[str]]]:
+    "`{generation: ('sampled', texts)}` for each curated generation: its first candidates in sampling order, as many as it kept (an unselected sample of the model's output), subsampled to `n_eval`; empty for an uncurated chain."
+    out = {}
+    for g, kept in generated.items():
+        p = gen_dir(run_dir, g) / "candidates.jsonl"
+        if not p.exists(): continue
+        texts = [r["text"] for r in read_jsonl(p)[:len(kept)]]
+        out[g] = ("sampled", subsample(texts, n_eval, derive_seed(seed, "eval-sampled", g)))
+    return out
 
 # %% ../nbs/04_metrics.ipynb #0a85168e
 def domain_sets(human: list[dict], # generation 0's human training rows
@@ -162,7 +174,7 @@ def run_metrics(run_dir: str | Path, # chain run directory
                 judge_cache: str | Path | None = None, # score cache (None: the per-user cache)
                 dtype: str = "auto", # number format of the fluency reference (resolve_dtype)
                ) -> Path:
-    "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores; and `domain_metrics.csv` per domain for a chain with per-text instructions)."
+    "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores; and `domain_metrics.csv` per domain for a chain with per-text instructions). A curated generation's model output is measured too, as `source = sampled` (`sampled_sets`)."
     specs = [JudgeSpec.from_dict(d) for d in judges or []]  # a bad judge setting stops here, before anything is read
     run_dir = resolve(run_dir)
     if not (run_dir / "chain.json").exists():
@@ -187,8 +199,9 @@ def run_metrics(run_dir: str | Path, # chain run directory
     generated = {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
     sets = {-1: ("human", [r["text"] for r in human]), **{g: ("generated", [r["text"] for r in rows]) for g, rows in generated.items()}}
     sets = {g: (source, subsample(texts, n_eval, derive_seed(seed, "eval", g))) for g, (source, texts) in sets.items()}
+    sampled = sampled_sets(run_dir, generated, n_eval, seed)
     rows, drows = [], []
-    for g, (source, texts) in sets.items():
+    for g, (source, texts) in [*sets.items(), *sampled.items()]:
         with t(f"measure_{source}"):
             vals = measure_texts(texts, emb, ref, rtok)
         rows += [dict(generation=g, source=source, metric=k, value=v) for k, v in vals.items()]
@@ -205,8 +218,9 @@ def run_metrics(run_dir: str | Path, # chain run directory
             j = Judge(spec, cache)
             audit = audit_judge(j, audit_texts(cfg, spec.audit_n))
             log.info("%s", format_audit(audit))
-            r, p = judge_rows(j, sets, audit)
-            rows += r; per_text += p
+            for ss in (sets, sampled):
+                r, p = judge_rows(j, ss, audit)
+                rows += r; per_text += p
             for d in sorted({d for _, d in dsets or {}}):  # the same judge on each domain's sets (scores cached by text)
                 r, p = judge_rows(j, {g: v for (g, dd), v in dsets.items() if dd == d}, audit)
                 drows += [dict(x, domain=d) for x in r]; per_text += [dict(x, domain=d) for x in p]

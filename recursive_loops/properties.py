@@ -13,8 +13,8 @@ from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, d
 from .data import load_texts
 from .models import load_model, resolve_dtype, embed_texts
 from .metrics import (subsample, length_chars, selfbleu_diversity, semantic_diversity, positivity, ttr_150, mtld,
-                                     length_words, text_nll, audit_texts)
-from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, format_audit
+                                     length_words, text_nll)
+from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, format_audit
 
 # %% auto #0
 __all__ = ['gaussian_aic', 'cluster_quality', 'cluster_texts', 'measure_cluster', 'run_properties', 'select_spanning']

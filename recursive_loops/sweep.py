@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_sweep.ipynb #116d4080
 from __future__ import annotations
-import argparse, collections, concurrent.futures as cf, difflib, itertools, json, logging, multiprocessing, os, platform, random, subprocess, sys, time
+import argparse, collections, concurrent.futures as cf, difflib, itertools, json, logging, multiprocessing, os, platform, random, re, subprocess, sys, time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,19 +20,20 @@ from .regression import SHIFTS
 from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
 from .sampling import VLLMSampler
 from .chain import ChainConfig, chain_identity, Gen0Share, stale_inputs, gen_dir, is_done, prepare_human, select_cluster
+from .curation import CurationSpec, Curator, n_candidates
 from .metrics import metrics_intact
 from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
 from .docs import build_appendix, build_docs, keep_appendix
 
 # %% auto #0
-__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS', 'USAGE_ERRORS',
-           'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file', 'chain_run_dir', 'format_file',
-           'study_format', 'expand', 'estimate_cost', 'describe', 'check_feeding', 'n_threads_per_worker',
-           'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm',
-           'notebooks_dir', 'metrics_params', 'make_task', 'aggregate', 'quality_judge_of', 'run_clusters',
-           'make_sources', 'make_merged', 'make_lean', 'set_aside_stale', 'run_analysis', 'preflight', 'status_table',
-           'format_status', 'appendix_line', 'run_study', 'judge_bench', 'format_throughput', 'make_parser',
-           'study_dir', 'main']
+__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'FILE_DESIGNS', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS',
+           'USAGE_ERRORS', 'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file', 'chain_run_dir',
+           'format_file', 'study_format', 'expand', 'estimate_cost', 'describe', 'check_feeding',
+           'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state', 'run_local',
+           'slurm_executor', 'run_slurm', 'notebooks_dir', 'metrics_params', 'make_task', 'aggregate',
+           'quality_judge_of', 'run_clusters', 'make_sources', 'make_merged', 'make_lean', 'make_quartiles',
+           'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status', 'appendix_line',
+           'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -48,10 +49,11 @@ ALLOWED = {
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
                  "n_per_cluster", "reference_model", "max_n", "selfbleu_n", "aic_n", "candidate_sizes"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
-    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "figures"),
+    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "control", "figures"),
     "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max", "quality", "pooled", "folds"),
     "analysis.modularity": ("experiment", "predictors", "targets"),
     "analysis.lean": ("experiment", "judge", "tol"),
+    "analysis.control": ("experiment", "quartiles", "baseline", "metrics"),
     "analysis.figures": ("fig_dir",),
     "executor": ("kind", "workers", "slurm"),
     "executor.slurm": ("partition", "account", "qos", "time_min", "cpus_per_task", "gres", "mem_gb", "array_parallelism",
@@ -77,7 +79,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
     _check_keys(spec, "", "", str(path))
     for sec in ("chain", "metrics", "clusters", "analysis", "executor", "cost"):
         if spec.get(sec) is not None: _check_keys(spec[sec], sec, sec, str(path))
-    for sec in ("regression", "modularity", "lean", "figures"):
+    for sec in ("regression", "modularity", "lean", "control", "figures"):
         if (spec.get("analysis") or {}).get(sec): _check_keys(spec["analysis"][sec], f"analysis.{sec}", f"analysis.{sec}", str(path))
     if (spec.get("executor") or {}).get("slurm"): _check_keys(spec["executor"]["slurm"], "executor.slurm", "executor.slurm", str(path))
     js = (spec.get("metrics") or {}).get("judges") or []
@@ -118,6 +120,7 @@ class Plan:
     merged_index: dict = field(default_factory=dict) # experiment -> its merged dataset files, in order (i = 0, 1, ...)
     sources: dict = field(default_factory=dict) # domain file -> (dataset, domain): one domain of a dataset, to cluster on its own
     lean: dict = field(default_factory=dict) # lean mixtures folder -> write_lean_mixtures' arguments
+    quartiles: dict = field(default_factory=dict) # property quartiles folder -> write_quartiles' arguments (05c_control)
     unresolved: list = field(default_factory=list) # lines naming what is known only after clustering
     dtype: str = "float32" # the study's number format: what `auto` resolved to, once (see study_format)
 
@@ -155,7 +158,9 @@ def chain_run_dir(out: str, params: dict) -> str:
     "`<out>/<dataset>/<cluster>/ratio-<r>/seed-<s>-<config hash>` for 03_chain parameters `params`."
     ident = chain_identity(ChainConfig(**{**params, "run_dir": "x"}))
     cl = "whole" if params.get("cluster") is None else f"cluster-{params['cluster']}"
-    return f"{out}/{_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/seed-{params['seed']}-{config_hash(ident, 8)}"
+    cur = CurationSpec.from_dict(params.get("curate"))  # a curated chain: one more level, its rule
+    arm = "" if cur.rule == "none" else re.sub(r"[^A-Za-z0-9_.-]+", "-", cur.label) + "/"
+    return f"{out}/{_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/{arm}seed-{params['seed']}-{config_hash(ident, 8)}"
 
 # %% ../nbs/07_sweep.ipynb #c4970fde
 def format_file(spec: dict) -> Path: return resolve(spec["out_dir"]) / "format.json"
@@ -234,15 +239,26 @@ def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, merged da
         plan.lean[folder] = dict(dataset=ds, left_shares=[float(s) for s in shares], left=str(on.get("left", "Democrat")),
                                  right=str(on.get("right", "Republican")), n=on.get("n"))
         design, ids = "lean", [f"{folder}/lean-{float(s)}.jsonl" for s in shares]  # the names write_lean_mixtures gives
+    elif isinstance(on, dict) and "quartiles" in on:
+        prop, keep = on["quartiles"], on.get("keep", [1, 4])
+        if (set(on) - {"quartiles", "keep"} or not (prop in ("fluency", "selfbleu") or isinstance(prop, dict))
+                or not isinstance(keep, list) or not keep or not all(isinstance(k, int) and 1 <= k <= 4 for k in keep)):
+            raise SpecError(f"{w}: train_on: {on} is invalid; allowed: {{quartiles: fluency | selfbleu | <a judge's settings>, keep: [quartiles 1-4]}}")
+        folder = str(Path(spec["out_dir"]) / "quartiles" / f"{name}-{_label(ds)}")
+        plan.quartiles[folder] = dict(dataset=ds, prop=prop, keep=keep)
+        qn = prop if isinstance(prop, str) else str(prop.get("name"))
+        design, ids = "quartile", [f"{folder}/{qn}-q{k}.jsonl" for k in keep]  # the names write_quartiles gives
     elif isinstance(on, dict) and "merged" in on:
         design, ids = "merged", _merged(plan, name, on, w)
-    else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}} or {{merged: [DOMAINS], clusters: K}}")
+    else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}}, {{merged: [DOMAINS], clusters: K}}, {{lean_mix: [...]}} or {{quartiles: P, keep: [1, 4]}}")
     return design, ids, by_cluster
 
 # %% ../nbs/07_sweep.ipynb #948752fb
+FILE_DESIGNS = ("merged", "lean", "quartile")  # designs whose chains train on a dataset file the study writes
+
 def expand(spec: dict, # from load_spec
           ) -> Plan:
-    "The plan of a spec: chains (placeholders where clusters are not computed yet), clusterings, merged datasets."
+    "The plan of a spec: chains (placeholders where clusters are not computed yet), clusterings, merged datasets, lean mixtures and property quartiles."
     plan, where = Plan(spec, dtype=study_format(spec)), spec["_path"]
     out = spec["out_dir"]; base = dict(spec.get("chain") or {})
     datasets = _as_list(spec.get("datasets", ["bbc_news"]), "datasets", where)
@@ -251,21 +267,23 @@ def expand(spec: dict, # from load_spec
         e = dict(e or {}); w = f"{where}: experiments.{name}"
         on = e.pop("train_on", "whole")
         axes = {a: _as_list(e.pop(a), a, w) for a in AXES if a in e}
+        arms = e.pop("curate") if "curate" in e else base.get("curate")  # a list of curation rules: one chain per rule (03c_curation)
+        arms = _as_list(arms, "curate", w) if isinstance(arms, list) else [arms]
         dss = [None] if isinstance(on, dict) and "merged" in on else axes.get("datasets", datasets)  # a merged design names its own domains
         for ds in dss:
             design, ids, by_cluster = _train_on(plan, name, on, ds)
-            for cl, r, s, m, acc in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
-                                                       axes.get("models", [base.get("model", "smollm2-135m")]),
-                                                       axes.get("accumulate", [base.get("accumulate", True)])):
+            for cl, r, s, m, acc, arm in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
+                                                            axes.get("models", [base.get("model", "smollm2-135m")]),
+                                                            axes.get("accumulate", [base.get("accumulate", True)]), arms):
                 p = {**{k: v for k, v in base.items() if k not in ("model", "accumulate")}, **e,
-                     "dataset": cl if design in ("merged", "lean") else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc}
+                     "dataset": cl if design in FILE_DESIGNS else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc, "curate": arm}
                 if p.get("dtype", "auto") == "auto": p["dtype"] = plan.dtype  # resolved once for the whole study
                 if design == "cluster": p["cluster"] = cl
                 if by_cluster: p["clusters_path"] = clusters_file(out, ds)
                 try: p = ChainConfig(**{**p, "dataset": ds or "bbc_news", "run_dir": "x"}).validate().to_dict()  # (a merged file may not exist yet)
                 except (ValueError, TypeError) as err: raise SpecError(f"{w}: {err}") from None
-                if design == "lean" and not p.get("instruction"): p["instruction"] = instruction_for(ds)  # a mixture file keeps its source's instruction
-                p["dataset"] = cl if design in ("merged", "lean") else ds  # every 03_chain parameter, defaults included: the executed notebook records them all
+                if design in ("lean", "quartile") and not p.get("instruction"): p["instruction"] = instruction_for(ds)  # a mixture or quartile file keeps its source's instruction
+                p["dataset"] = cl if design in FILE_DESIGNS else ds  # every 03_chain parameter, defaults included: the executed notebook records them all
                 if "gen0_cache" not in {**base, **e}: p["gen0_cache"] = f"{out}/gen0"  # chains alike but for r share generation 0 (`gen0_cache: null` turns it off)
                 placeholder = str(cl).startswith("?")
                 p["run_dir"] = chain_run_dir(out, p) if not placeholder else f"{out}/(pending)/{name}-{len(chains)}"
@@ -303,7 +321,8 @@ def estimate_cost(plan: Plan) -> dict:
         key = Gen0Share(cfg).folder if cfg.gen0_cache else None
         shared = key is not None and key in gen0s; gen0s.add(key); out["gen0_shared"] += shared
         out["generations"] += cfg.generations; g = cfg.generations - shared; out["fine_tunes"] += g
-        out["train_texts"] += g * cfg.n_train; out["generated_texts"] += cfg.generations * cfg.n_to_generate
+        out["train_texts"] += g * cfg.n_train
+        out["generated_texts"] += cfg.generations * n_candidates(cfg.n_to_generate, CurationSpec.from_dict(cfg.curate).oversample)  # a curated chain samples its candidates
         n_par = params.get(cfg.model)
         if n_par is None: out["unknown_models"].add(cfg.model); continue
         out["seconds"] += g * c["seconds_per_generation"] * (cfg.n_train / c["n_train"]) ** c["exponent"] * (n_par / c["model_params"])
@@ -319,6 +338,8 @@ def describe(plan: Plan) -> str:
         mine = [c for c in plan.chains if name in c.experiments]
         gens = sorted({c.generations for c in mine}); ns = sorted({c.params.get("n_train", 16) for c in mine})
         lines.append(f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}")
+        arms = sorted({CurationSpec.from_dict(c.params.get("curate")).label for c in mine})
+        if arms != ["none"] and arms: lines.append(f"    curation arms: {', '.join(arms)}")
         if mine and mine[0].design == "lean":  # what will score the lean, and how (05b_lean)
             js = [JudgeSpec.from_dict(j) for j in (sp.get("metrics") or {}).get("judges") or []]
             js = [j for j in js if j.kind == "lean"]
@@ -327,7 +348,8 @@ def describe(plan: Plan) -> str:
     steps = [f"02_clusters + 04b_properties on {', '.join(plan.cluster_sets)}"] if plan.cluster_sets else []
     steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"]
     an = sp.get("analysis") or {}
-    steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("lean", "05b_lean"), ("figures", "06_figures")) if an.get(k)]
+    steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("lean", "05b_lean"), ("control", "05c_control"),
+                               ("figures", "06_figures")) if an.get(k)]
     lines.append("  steps: " + " -> ".join(steps))
     c = estimate_cost(plan)
     lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
@@ -360,7 +382,7 @@ def check_feeding(plan: Plan) -> list[str]:
                                 "raise the ratio, or raise clusters.min_texts")
             unchecked.add(f"{c.experiments[0]}: merged datasets not built yet")
         elif c.placeholder or not _reachable(p["dataset"]):
-            unchecked.add(f"{_label(p['dataset'])} ({c.experiments[0]}): " + {"merged": "merged dataset not built yet", "lean": "lean mixture not written yet"}.get(c.design, "not reachable here"))
+            unchecked.add(f"{_label(p['dataset'])} ({c.experiments[0]}): " + {"merged": "merged dataset not built yet", "lean": "lean mixture not written yet", "quartile": "quartile not written yet"}.get(c.design, "not reachable here"))
             continue
         else:
             key = (p["dataset"], cfg.min_tokens, cfg.max_tokens)
@@ -534,13 +556,15 @@ def aggregate(plan: Plan, # the study's plan
              ) -> pd.DataFrame | None:
     "One table of every finished chain's metrics with its parameters (and `domain_results.csv` beside it: the per-domain metrics of chains on merged datasets); None when no chain has metrics yet."
     frames, dframes = [], []
+    curated = any(c.params.get("curate") for c in plan.chains)  # a study with curation arms: each chain's rule as a column
     for c in plan.chains:
         m = c.run_dir / "metrics.csv"
         if c.placeholder or not m.exists(): continue
         cfg = read_json(c.run_dir / "chain.json")
         tag = dict(experiment=",".join(c.experiments), design=c.design, config_hash=cfg["config_hash"],
                    generations=c.generations, n_train=c.params.get("n_train", cfg["config"]["n_train"]),
-                   clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]))
+                   clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]),
+                   **({"curate": CurationSpec.from_dict(c.params.get("curate")).label} if curated else {}))
         frames.append(pd.read_csv(m).assign(**tag))
         if (c.run_dir / "domain_metrics.csv").exists(): dframes.append(pd.read_csv(c.run_dir / "domain_metrics.csv").assign(**tag))
     if not frames: return None
@@ -617,6 +641,16 @@ def make_lean(plan: Plan) -> None:
         if stamp.exists() and read_json(stamp) == made and all(resolve(f"{folder}/lean-{s}.jsonl").exists() for s in kw["left_shares"]): continue
         write_lean_mixtures(**made, out_dir=folder); write_json(stamp, made)
 
+def make_quartiles(plan: Plan) -> None:
+    "Write each experiment's property quartiles (`05c_control.write_quartiles`) unless written with the same arguments (`<folder>/quartiles.params.json`)."
+    from recursive_loops.control import write_quartiles, quartile_name
+    ch = plan.spec.get("chain") or {}
+    for folder, kw in plan.quartiles.items():
+        made = dict(kw, min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
+        stamp = resolve(folder) / "quartiles.params.json"
+        if stamp.exists() and read_json(stamp) == made and all(resolve(f"{folder}/{quartile_name(kw['prop'])}-q{k}.jsonl").exists() for k in kw["keep"]): continue
+        write_quartiles(**made, out_dir=folder); write_json(stamp, made)
+
 def set_aside_stale(plan: Plan) -> list[str]:
     "Move each chain whose input files changed since it began (`chain.stale_inputs`) to `<out>/.stale/`, so that it runs again; one line per chain moved."
     moved = []
@@ -637,7 +671,7 @@ def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
 
 def run_analysis(plan: Plan, # a plan whose chains ran
                 ) -> list[str]:
-    "05_regression, 05a_modularity, 05b_lean and 06_figures as the spec asks, reading results.csv; one line per step."
+    "05_regression, 05a_modularity, 05b_lean, 05c_control and 06_figures as the spec asks, reading results.csv; one line per step."
     sp, out, root, nbs = plan.spec, plan.out, repo_root(), notebooks_dir(plan)
     an, done = sp.get("analysis") or {}, []
     results = out / "results.csv"
@@ -669,6 +703,13 @@ def run_analysis(plan: Plan, # a plan whose chains ran
         lean_dir = out / "lean" / name
         params = dict(results=str(results), judge=judge, out_dir=str(lean_dir), k_last=an.get("k_last", 0), **({"tol": lean["tol"]} if "tol" in lean else {}))
         _papermill(nbs / "05b_lean.ipynb", lean_dir / "05b_lean.ipynb", params, root); done.append(f"05b_lean -> {lean_dir}")
+    ctl = an.get("control")
+    if ctl:
+        name = ctl.get("experiment") or next((n for n in sp["experiments"] if any(c.params.get("curate") and n in c.experiments for c in plan.chains)), "")
+        ctl_dir = out / "control" / (name or "quartiles")
+        params = dict(results=str(results), out_dir=str(ctl_dir), experiment=name or "",
+                      **{k: (",".join(v) if isinstance(v, list) else v) for k, v in ctl.items() if k in ("quartiles", "baseline", "metrics")})
+        _papermill(nbs / "05c_control.ipynb", ctl_dir / "05c_control.ipynb", params, root); done.append(f"05c_control -> {ctl_dir}")
     fig = an.get("figures")
     if fig:
         cds = [clusters_dir(sp, ds) for ds in plan.cluster_sets] or [out / "clusters"]
@@ -685,7 +726,7 @@ def preflight(plan: Plan, # the plan
     "Check, before anything is written, what the chains will need: each dataset loads, each human pool is big enough, each model is there."
     texts: dict = {}
     for c in (plan.chains if chains is None else chains):
-        if c.placeholder or (c.design in ("merged", "lean") and not resolve(c.params["dataset"]).exists()): continue  # checked once it is written
+        if c.placeholder or (c.design in FILE_DESIGNS and not resolve(c.params["dataset"]).exists()): continue  # checked once it is written
         cfg = ChainConfig(**c.params); w = f"{plan.spec['_path']}: experiments.{c.experiments[0]}"
         try:
             check_model(cfg.model)
@@ -695,6 +736,14 @@ def preflight(plan: Plan, # the plan
             prepare_human(cfg, texts[key])
         except FileNotFoundError as e: raise SpecError(f"{w}: {e}") from None
         except ValueError as e: raise SpecError(f"{w}: {str(e).splitlines()[0]}") from None
+    scorers = {}  # a curation rule's scorer must pass its audit before any chain runs (each chain audits it again, from the cache)
+    for c in (plan.chains if chains is None else chains):
+        cur = CurationSpec.from_dict(c.params.get("curate"))
+        if cur.scorer is not None and not c.placeholder and _reachable(c.params["dataset"]): scorers.setdefault(json.dumps(cur.scorer, sort_keys=True), (c, cur))
+    for c, cur in scorers.values():
+        cfg = ChainConfig(**c.params)
+        try: Curator(cur, cfg.dataset, cfg.min_tokens, cfg.max_tokens).check()
+        except (ValueError, FileNotFoundError) as e: raise SpecError(f"{plan.spec['_path']}: experiments.{c.experiments[0]}: {str(e).splitlines()[0]}") from None
     for i, j in enumerate((plan.spec.get("metrics") or {}).get("judges") or []):  # a judge server must answer before any chain runs
         js = JudgeSpec.from_dict(j)
         try:
@@ -748,12 +797,12 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     out.mkdir(parents=True, exist_ok=True)
     if not format_file(spec).exists():  # the study's number format, decided once: every later run of it reads this
         write_json(format_file(spec), dict(dtype=plan.dtype, rule="resolve_dtype('auto')", cpu=cpu_info(), decided=time.strftime("%Y-%m-%dT%H:%M:%S")))
-    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "06_figures"):
+    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "06_figures"):
         study_notebook(repo_root() / "nbs" / f"{n}.ipynb", notebooks_dir(plan) / f"{n}.ipynb")
     make_sources(plan)  # the domains a merged design clusters on their own
     if plan.cluster_sets: run_clusters(plan)
     plan = expand(spec)  # cluster ids are known now
-    make_merged(plan); make_lean(plan)
+    make_merged(plan); make_lean(plan); make_quartiles(plan)
     set_aside_stale(plan)  # chains whose clusters or merged dataset were made again since they ran
     todo = [c for c in plan.chains if chain_state(c, metrics_params(plan))[0] != "done"]
     preflight(plan, todo)  # now with the clusters and merged datasets

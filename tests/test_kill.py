@@ -1,5 +1,7 @@
 "Kill anywhere, lose nothing: SIGKILL a chain (then its metrics) at random moments, resume, compare with an uninterrupted run that shares nothing."
 import json, random, shutil, subprocess, sys, time
+
+import pytest
 from pathlib import Path
 
 from conftest import ROOT, tiny_chain
@@ -21,7 +23,7 @@ def _start(params):
 
 def _artefacts(rd: Path) -> dict:
     "The results a study reads: training sets, generated texts, metrics (manifests hold timings, so they differ)."
-    files = [p for g in sorted(rd.glob("gen_*")) for p in (g / "train.jsonl", g / "generated.jsonl")] + [rd / "metrics.csv"]
+    files = [p for g in sorted(rd.glob("gen_*")) for p in (g / "train.jsonl", g / "generated.jsonl", g / "candidates.jsonl") if p.exists() or p.name != "candidates.jsonl"] + [rd / "metrics.csv"]
     return {p.relative_to(rd).as_posix(): p.read_bytes() for p in files}
 
 
@@ -29,8 +31,10 @@ def _done_manifests(rd: Path) -> dict:
     return {d.name: (d / "manifest.json").read_bytes() for d in sorted(rd.glob("gen_*")) if (d / "DONE").exists()}
 
 
-def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model):
-    chain = lambda rd: dict(model=tiny_model, chain=tiny_chain(rd, tiny_model, generations=4, n_train=16, n_generate=8, max_new_tokens=16))
+@pytest.mark.parametrize("curate", [None, pytest.param(dict(rule="dedup", oversample=2), marks=pytest.mark.slow, id="curated")])
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model, curate):
+    "(The curated chain, in the slow tier, is killed in its curation step too: candidates, scores and the kept set must come back the same.)"
+    chain = lambda rd: dict(model=tiny_model, chain=tiny_chain(rd, tiny_model, generations=4, n_train=16, n_generate=8, max_new_tokens=16, curate=curate))
     ref = tmp_path / "ref"
     t0 = time.perf_counter(); p = _start(chain(str(ref))); _, err = p.communicate(timeout=600); full = time.perf_counter() - t0
     assert p.returncode == 0, err[-2000:]
