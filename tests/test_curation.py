@@ -1,4 +1,4 @@
-"Curation between sampling and the pool (03c_curation): each rule keeps the right texts, the kept count is the chain's, `none` is the plain chain, a curated chain resumes to the same bytes, and its model output is measured apart from what it kept."
+"Curation between sampling and the pool (03c_curation): each rule keeps the right texts, the kept count is the chain's, `none` is the plain chain, a curated chain resumes to the same bytes, and its model output is measured apart from what it kept. The chains of each rule, the audited scorer and a whole control study are in the slow tier (`make test-e2e`)."
 import json
 from pathlib import Path
 
@@ -51,6 +51,7 @@ def test_none_is_the_plain_chain_byte_for_byte(tmp_path, tiny_model):
     assert read_json(a / "chain.json")["config_hash"] == read_json(b / "chain.json")["config_hash"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", [dict(rule="random", oversample=2), dict(rule="dedup", oversample=1.5), dict(rule="diversity", oversample=2)])
 def test_a_curated_chain_keeps_its_count_and_records_every_candidate(rule, tmp_path, tiny_model):
     from recursive_loops.metrics import run_metrics
@@ -77,6 +78,7 @@ def test_a_scorer_must_pass_its_audit(tmp_path, tiny_model):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_score_top_by_the_audited_fluency_proxy_keeps_the_most_fluent(tmp_path, tiny_model):
     rule = dict(rule="score_top", oversample=2, scorer=dict(name="fluency", backend="fluency", model="smollm2-135m", audit_n=16))
     rd = run_chain(ChainConfig(**tiny_chain(tmp_path / "c", tiny_model, ratio=1.0, generations=1, curate=rule)))
