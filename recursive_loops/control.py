@@ -19,8 +19,8 @@ from .regression import seed_ci
 
 # %% auto #0
 __all__ = ['PROPERTIES', 'DEMO_SHIFTS', 'CONTROL_METRICS', 'text_scores', 'quartile_name', 'write_quartiles', 'quartile_of',
-           'control_table', 'demo_control_results', 'bootstrap_ci', 'arm_effects', 'arm_costs', 'quartile_effects',
-           'selects_on', 'plot_control', 'plot_control_curves', 'plot_quartiles', 'run_control']
+           'control_table', 'demo_control_results', 'bootstrap_ci', 'arm_effects', 'arm_costs', 'quartile_rows',
+           'quartile_effects', 'selects_on', 'plot_control', 'plot_control_curves', 'plot_quartiles', 'run_control']
 
 # %% ../nbs/05c_control.ipynb #0aa609c8
 PROPERTIES = ("fluency", "selfbleu")
@@ -180,16 +180,23 @@ def arm_costs(table: pd.DataFrame, # control_table (its run_dir column names the
                                 candidates_per_kept=("candidates_per_kept", "mean"), n_generations=("train_s", "size")).reset_index().round(3)
 
 # %% ../nbs/05c_control.ipynb #d58f7ba0
+def quartile_rows(results: pd.DataFrame, # results.csv
+                  experiments: list[str] | None = None, # the quartile experiments (None: every chain on a quartile file)
+                 ) -> pd.DataFrame:
+    "The rows of the chains on `write_quartiles` files, with their `prop` and `part` (empty without such chains)."
+    if "dataset" not in results: return results.iloc[:0]
+    q = results.dataset.map(quartile_of); r = results[q.notna()]
+    if experiments and not r.empty: r = r[np.logical_or.reduce([_has_exp(r.experiment, e) for e in experiments])]
+    q = q[r.index]
+    return r.assign(prop=q.str[0], part=q.str[1])
+
 def quartile_effects(results: pd.DataFrame, # results.csv
                      experiments: list[str] | None = None, # the quartile experiments (None: every chain on a quartile file)
                     ) -> pd.DataFrame:
     "Per property and metric: bottom vs top part's human value and last-generation shift (means over seeds, CIs), and the top - bottom shift difference paired by seed."
-    if "dataset" not in results: return pd.DataFrame()
-    r = results.assign(q=results.dataset.map(quartile_of))
-    r = r[r.q.notna()]
-    if experiments: r = r[np.logical_or.reduce([_has_exp(r.experiment, e) for e in experiments])]
+    r = quartile_rows(results, experiments)
     if r.empty: return pd.DataFrame()
-    r = r.assign(prop=r.q.str[0], part=r.q.str[1]); last = int(r.generation.max()); rows = []
+    last = int(r.generation.max()); rows = []
     for (prop, metric), d in r[r.source.isin(["human", "generated"])].groupby(["prop", "metric"]):
         v = d.pivot_table(index=["part", "seed"], columns="generation", values="value")
         if 0 not in v or last not in v: continue
@@ -292,11 +299,8 @@ def plot_quartiles(results: pd.DataFrame, # results.csv
     "The model's shift over generations for the bottom and top part of each property (mean, 95% bootstrap CI over seeds), one panel per metric; None without quartile chains."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    if "dataset" not in results: return None
-    r = results.assign(q=results.dataset.map(quartile_of)); r = r[r.q.notna()]
-    if experiments: r = r[np.logical_or.reduce([_has_exp(r.experiment, e) for e in experiments])]
+    r = quartile_rows(results, experiments)
     if r.empty: return None
-    r = r.assign(prop=r.q.str[0], part=r.q.str[1])
     ncol = min(2, len(metrics)); nrow = -(-len(metrics) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 3.9 * nrow), squeeze=False)
     styles = {}

@@ -160,8 +160,6 @@ class Curator:
         return self._emb.encode(texts, batch_size=64, show_progress_bar=False)
 
 # %% ../nbs/03c_curation.ipynb #384ae492
-def _tags(r) -> dict: return {k: r[k] for k in ("instruction", "domain") if k in r}
-
 def curate(self: Curator,
            rows: list[dict], # the sampled candidates (`text`, and `instruction`, `domain` when per text), in sampling order
            n: int, # to keep
@@ -186,7 +184,7 @@ def curate(self: Curator,
         extra = dict(exact_duplicates=sum(bool(d) and d["kind"] == "exact" for d in dup), near_duplicates=sum(bool(d) and d["kind"] == "near" for d in dup),
                      unique=n_uniq, topped_up=max(0, n - n_uniq), max_similarity=round(float(sim.max()), 4) if m > 1 else None)
     kept = set(keep)
-    cands = [dict(index=i, text=r["text"], **_tags(r), kept=i in kept, **({"score": None if np.isnan(score[i]) else float(score[i])} if score is not None else {}),
+    cands = [dict(index=i, **r, kept=i in kept, **({"score": None if np.isnan(score[i]) else float(score[i])} if score is not None else {}),
                   **({"duplicate": dup[i]} if dup is not None else {})) for i, r in enumerate(rows)]
     rec = dict(s.to_dict(), label=s.label, n_candidates=m, n_kept=len(keep), seconds=round(time.perf_counter() - t0, 3), **extra)
     return [rows[i] for i in keep], cands, rec

@@ -617,15 +617,22 @@ def make_sources(plan: Plan) -> None:
         if resolve(f).exists() and read_jsonl(resolve(f)) == rows: continue
         write_jsonl(resolve(f), rows)
 
+def _write_stamped(stamp: Path, # the file recording what the outputs were made from
+                   made: dict, # what they are to be made from now
+                   outputs: list, # the files `write` makes
+                   write, # write() makes them
+                  ) -> None:
+    "Call `write()` and then record `made` in `stamp`, unless `stamp` already records `made` and every output exists."
+    if stamp.exists() and read_json(stamp) == made and all(resolve(o).exists() for o in outputs): return
+    write(); write_json(stamp, made)
+
 def make_merged(plan: Plan) -> None:
     "Write each merged dataset that is missing or was built from other clusters (`<file>.params.json` says from what), and each experiment's index (`<out>/merged/<experiment>.csv`)."
     from recursive_loops.modularity import merge_clusters
     ch = plan.spec.get("chain") or {}; tok = dict(min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
     for f, parts in plan.merged.items():
         made = dict(parts=parts, clusters=[file_sha256(resolve(p["clusters_path"])) for p in parts], **tok)
-        stamp = Path(f"{resolve(f)}.params.json")
-        if resolve(f).exists() and stamp.exists() and read_json(stamp) == made: continue
-        merge_clusters(parts, f, **tok); write_json(stamp, made)
+        _write_stamped(Path(f"{resolve(f)}.params.json"), made, [f], lambda: merge_clusters(parts, f, **tok))
     for name, files in plan.merged_index.items():
         rows = [dict(dataset=f, merged=i, domain=p["domain"], source=p["dataset"], cluster=p["cluster"], instruction=p["instruction"],
                      properties=str(Path(p["clusters_path"]).parent / "cluster_properties.csv")) for i, f in enumerate(files) for p in plan.merged[f]]
@@ -637,9 +644,8 @@ def make_lean(plan: Plan) -> None:
     ch = plan.spec.get("chain") or {}
     for folder, kw in plan.lean.items():
         made = dict(kw, min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
-        stamp = resolve(folder) / "lean.params.json"
-        if stamp.exists() and read_json(stamp) == made and all(resolve(f"{folder}/lean-{s}.jsonl").exists() for s in kw["left_shares"]): continue
-        write_lean_mixtures(**made, out_dir=folder); write_json(stamp, made)
+        _write_stamped(resolve(folder) / "lean.params.json", made, [f"{folder}/lean-{s}.jsonl" for s in kw["left_shares"]],
+                       lambda: write_lean_mixtures(**made, out_dir=folder))
 
 def make_quartiles(plan: Plan) -> None:
     "Write each experiment's property quartiles (`05c_control.write_quartiles`) unless written with the same arguments (`<folder>/quartiles.params.json`)."
@@ -647,9 +653,8 @@ def make_quartiles(plan: Plan) -> None:
     ch = plan.spec.get("chain") or {}
     for folder, kw in plan.quartiles.items():
         made = dict(kw, min_tokens=ch.get("min_tokens", 20), max_tokens=ch.get("max_tokens", 200))
-        stamp = resolve(folder) / "quartiles.params.json"
-        if stamp.exists() and read_json(stamp) == made and all(resolve(f"{folder}/{quartile_name(kw['prop'])}-q{k}.jsonl").exists() for k in kw["keep"]): continue
-        write_quartiles(**made, out_dir=folder); write_json(stamp, made)
+        _write_stamped(resolve(folder) / "quartiles.params.json", made, [f"{folder}/{quartile_name(kw['prop'])}-q{k}.jsonl" for k in kw["keep"]],
+                       lambda: write_quartiles(**made, out_dir=folder))
 
 def set_aside_stale(plan: Plan) -> list[str]:
     "Move each chain whose input files changed since it began (`chain.stale_inputs`) to `<out>/.stale/`, so that it runs again; one line per chain moved."
