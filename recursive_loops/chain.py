@@ -5,6 +5,7 @@
 # %% ../nbs/03_chain.ipynb #6c4bf347
 from __future__ import annotations
 import contextlib, random, shutil, tempfile
+import numpy as np
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 
@@ -18,12 +19,14 @@ from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model
 from .training import train_lora, response_nll
 from .sampling import generate_texts, sample_by_instruction, VLLMSampler
 from .curation import CurationSpec, Curator, n_candidates
+from .network import NetworkSpec, check_shard, shard_of, mixing_matrix, synthetic_counts, node_settings, cross_nll_gap
 
 # %% auto #0
 __all__ = ['GEN_FILES', 'EXTRA_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice', 'mix_training_set',
            'gen_dir', 'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human', 'pool_domains',
-           'gen0_identity', 'Gen0Share', 'earlier_texts', 'row_instructions', 'ChainRun', 'run_generation',
-           'recorded_format', 'input_checksums', 'stale_inputs', 'run_chain']
+           'gen0_identity', 'load_adapter', 'Gen0Share', 'earlier_texts', 'row_instructions', 'ChainRun',
+           'run_generation', 'recorded_format', 'input_checksums', 'stale_inputs', 'open_chain', 'run_chain',
+           'network_nodes', 'network_record', 'node_sources', 'cross_nll_step', 'run_network']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 @dataclass
@@ -59,6 +62,8 @@ class ChainConfig:
     instruction: str | None = None
     gen0_cache: str | None = None
     curate: dict | None = None
+    shard: list | None = None
+    network: dict | None = None
 
     @property
     def n_synthetic(self) -> int:
@@ -79,8 +84,8 @@ class ChainConfig:
     def resolved_run_dir(self) -> Path:
         "The run directory: `run_dir`, or for `auto` one named from the parameters and their hash."
         if self.run_dir != "auto": return resolve(self.run_dir)
-        ident = chain_identity(self)
-        name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
+        ident = chain_identity(self); net = f"_{ident['network']['graph']}{ident['network']['nodes']}" if "network" in ident else ""
+        name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}{net}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
         return resolve("runs/chains") / name
 
 # %% ../nbs/03_chain.ipynb #7000bef9
@@ -108,16 +113,24 @@ def validate(self: ChainConfig) -> ChainConfig:
     if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
     if self.gen0_cache is not None and (not isinstance(self.gen0_cache, str) or not self.gen0_cache): bad("gen0_cache", "None or a folder path")
     CurationSpec.from_dict(self.curate)  # one ValueError naming the bad curate key or value
+    check_shard(self.shard)
+    net = NetworkSpec.from_dict(self.network)  # (03d_network)
+    if self.network is not None and self.shard is not None: bad("shard", "None for a network (each node's shard comes from network.shards)")
+    if self.network is not None and self.cluster is not None and net.shards != "split":
+        bad("cluster", f"None when network.shards is {net.shards!r} (the nodes' clusters); or network.shards: split, to split this cluster between the nodes")
     check_dataset_name(self.dataset)
     return self
 
 # %% ../nbs/03_chain.ipynb #d08d306d
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results: all but the output folder and the generation-0 cache, the format resolved (never `auto`), and `generator` and `curate` only when not the default (so chains run before they existed keep their hash; `curate` as the rule's settings, 03c_curation)."
+    "The parameters that define a chain's results: all but the output folder and the generation-0 cache, the format resolved (never `auto`), and `generator`, `curate`, `shard` and `network` only when not the default (so chains run before they existed keep their hash; `curate` as the rule's settings, 03c_curation)."
     d = cfg.to_dict(); d.pop("run_dir"); d.pop("gen0_cache"); d["dtype"] = resolve_dtype(d["dtype"])
     if d["generator"] == "hf": d.pop("generator")
     cur = CurationSpec.from_dict(d.pop("curate"))
     if cur.rule != "none": d["curate"] = cur.to_dict()
+    if d["shard"] is None: d.pop("shard")
+    net = d.pop("network")
+    if net is not None: d["network"] = NetworkSpec.from_dict(net).to_dict()
     return d
 
 # %% ../nbs/03_chain.ipynb #2f8a30dc
@@ -133,7 +146,7 @@ def _tags(r) -> dict:
     return {k: r[k] for k in ("instruction", "domain") if k in r}
 
 def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame,
-                     generated: dict[int, list[dict]], # earlier generations' rows (`text`, and `instruction`, `domain` when per text)
+                     generated: dict[int, list[dict]] | list[tuple], # earlier generations' rows (`text`, and `instruction`, `domain` when per text); a network node: [(label, count, rows by generation)] per source
                     ) -> list[dict]:
     "Generation `gen`'s training rows: `text, source (human|synthetic), origin (text_id | gen_XX)`, and each text's `instruction` and `domain` when the pool has per-text instructions."
     s, e = human_slice(cfg, gen)
@@ -142,9 +155,13 @@ def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame,
             for r in h.itertuples()]
     if gen > 0 and cfg.n_synthetic:
         gens = range(gen) if cfg.accumulate else [gen - 1]
-        pool = [(g, r) for g in gens for r in generated[g]]
+        sources = [("", cfg.n_synthetic, generated)] if isinstance(generated, dict) else generated
+        if sum(n for _, n, _ in sources) != cfg.n_synthetic: raise ValueError(f"the sources' counts sum to {sum(n for _, n, _ in sources)}, not n_synthetic={cfg.n_synthetic}")
         rng = random.Random(derive_seed(cfg.seed, "mix", gen))
-        rows += [dict(text=r["text"], source="synthetic", origin=f"gen_{g:02d}", **_tags(r)) for g, r in rng.sample(pool, cfg.n_synthetic)]
+        for label, n, by_gen in sources:  # one seeded draw, source after source (one source: the chain's own draw)
+            if not n: continue
+            pool = [(g, r) for g in gens for r in by_gen[g]]
+            rows += [dict(text=r["text"], source="synthetic", origin=f"{label}gen_{g:02d}", **_tags(r)) for g, r in rng.sample(pool, n)]
     random.Random(derive_seed(cfg.seed, "order", gen)).shuffle(rows)
     return rows
 
@@ -201,14 +218,14 @@ def prepare_human(cfg: ChainConfig, # the chain
                  ) -> pd.DataFrame:
     "The chain's human pool in its seeded order; fails clearly when it is too small."
     texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens) if texts is None else texts
-    df = select_cluster(texts, cfg.cluster, cfg.clusters_path)
+    df = shard_of(select_cluster(texts, cfg.cluster, cfg.clusters_path), cfg.shard)  # a network node: its shard (03d_network)
     need, have = cfg.human_needed(), len(df)
     if have < need:
         drop = texts.attrs.get("dropped") or {}
         why = f" (after dropping {drop['duplicates']} duplicates and {drop['outside_bounds']} texts outside the token bounds)" if drop else ""
         raise ValueError(f"n_train={cfg.n_train}: the chain needs {need} unseen human texts "
                          f"({cfg.n_heldout} held out + {cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) "
-                         f"but dataset {cfg.dataset!r}{'' if cfg.cluster is None else f' cluster {cfg.cluster!r}'} has {have}{why}; "
+                         f"but dataset {cfg.dataset!r}{'' if cfg.cluster is None else f' cluster {cfg.cluster!r}'}{'' if cfg.shard is None else f' shard {cfg.shard[0]} of {cfg.shard[1]}'} has {have}{why}; "
                          f"lower n_train, generations or ratio's complement, or bring more texts")
     return df.sample(frac=1.0, random_state=derive_seed(cfg.seed, "human")).reset_index(drop=True)
 
@@ -230,8 +247,19 @@ SAMPLING_FIELDS = ("temperature", "min_p", "max_new_tokens", "gen_batch_size", "
 def gen0_identity(cfg: ChainConfig) -> dict:
     "What generation 0's adapter depends on: the chain's identity without the ratio, the number of generations, accumulation, `n_generate`, the curation rule and the sampling settings."
     d = chain_identity(cfg)
-    for k in ("ratio", "generations", "accumulate", "n_generate", "curate", *SAMPLING_FIELDS): d.pop(k, None)
+    for k in ("ratio", "generations", "accumulate", "n_generate", "curate", "network", *SAMPLING_FIELDS): d.pop(k, None)
     return d
+
+# %% ../nbs/03_chain.ipynb #761adff1
+def load_adapter(base, # a freshly loaded base model
+                 folder: str | Path, # a saved LoRA adapter
+                ):
+    "`base` with the adapter in `folder`, ready to merge."
+    import warnings
+    from peft import PeftModel
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates (as in train_lora)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return PeftModel.from_pretrained(base, str(folder))
 
 # %% ../nbs/03_chain.ipynb #65171fae
 @dataclass
@@ -267,11 +295,7 @@ class Gen0Share:
 
     def load(self, base):
         "`base` with the shared adapter, ready to merge."
-        import warnings
-        from peft import PeftModel
-        with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates (as in train_lora)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            return PeftModel.from_pretrained(base, str(self.folder / "adapter"))
+        return load_adapter(base, self.folder / "adapter")
 
     def write(self, adapter_dir: Path | None, record: dict | None, rows: list[dict]) -> bool:
         "Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype, device) and/or the sampled `rows`; False when another process holds the folder."
@@ -289,10 +313,16 @@ class Gen0Share:
 def earlier_texts(run_dir: Path, # the chain's run directory
                   cfg: ChainConfig, # the chain
                   gen: int, # the generation about to be trained
-                 ) -> dict[int, list[dict]]:
-    "The rows of the earlier generations that generation `gen` may draw its synthetic share from, read from their files."
-    if gen == 0 or not cfg.n_synthetic: return {}
-    return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in (range(gen) if cfg.accumulate else [gen - 1])}
+                  sources: list | None = None, # a network node: [(label, run_dir, count)] per source; None: the chain itself
+                 ) -> dict[int, list[dict]] | list[tuple]:
+    "The rows of the earlier generations that generation `gen` may draw its synthetic share from, read from their files (a network node: per source, `mix_training_set`'s list)."
+    if gen == 0 or not cfg.n_synthetic: return {} if sources is None else []
+    gens = range(gen) if cfg.accumulate else [gen - 1]
+    if sources is None: return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
+    for label, d, n in sources:
+        if n and not is_done(gen_dir(d, gen - 1)):
+            raise ValueError(f"{Path(d).name} has not finished generation {gen - 1}: the nodes of generation {gen} wait for all of generation {gen - 1}")
+    return [(label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl") for g in gens} if n else {}) for label, d, n in sources]
 
 # %% ../nbs/03_chain.ipynb #dc4835dc
 def row_instructions(rows: list[dict], # training or held-out rows
@@ -305,7 +335,7 @@ def row_instructions(rows: list[dict], # training or held-out rows
 # %% ../nbs/03_chain.ipynb #9cc34146
 @dataclass
 class ChainRun:
-    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), for per-text instructions each instruction's domain, and the curation step."
+    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), for per-text instructions each instruction's domain, the curation step, and for a network node its sources."
     cfg: ChainConfig
     run_dir: Path
     human: pd.DataFrame
@@ -318,6 +348,8 @@ class ChainRun:
     sampler: VLLMSampler | None = None
     domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
     curator: Curator | None = None # the curation step (03c_curation); None: every sampled text is kept
+    sources: list | None = None # a network node: [(label, run_dir, count)], whose outputs its synthetic share comes from; None: its own
+    keep_adapter: bool = False # keep each generation's adapter in gen_XX/adapter (a network's cross-NLL reads them)
 
     def instructions(self, rows: list[dict]) -> str | list[str]: return row_instructions(rows, self.domains, self.instruction)
 
@@ -329,9 +361,10 @@ def run_generation(run: ChainRun, # the chain, loaded
     cfg, tok, instr, sampler = run.cfg, run.tok, run.instruction, run.sampler
     d = gen_dir(run.run_dir, gen)
     if d.exists(): shutil.rmtree(d)  # a half-written generation is recomputed from scratch
+    d.mkdir(parents=True)
     t = Timer(); gseed = derive_seed(cfg.seed, "generate", gen)
     n_sample = n_candidates(cfg.n_to_generate, run.curator.spec.oversample) if run.curator else cfg.n_to_generate
-    rows = mix_training_set(cfg, gen, run.human, earlier_texts(run.run_dir, cfg, gen))
+    rows = mix_training_set(cfg, gen, run.human, earlier_texts(run.run_dir, cfg, gen, run.sources))
     share = Gen0Share(cfg) if gen == 0 and cfg.gen0_cache else None
     shared = share.read() if share else None
     out = share.texts() if shared else None  # the generated rows
@@ -339,13 +372,13 @@ def run_generation(run: ChainRun, # the chain, loaded
     if texts_shared:  # all of generation 0 computed by an earlier chain: its numbers, its texts
         stats, nll, fmt = shared["train"], shared["heldout_nll"], (shared["dtype"], shared["device"])
     else:
-        with t("load"): model = load_model(cfg.model, cfg.dtype)[0] if gen else run.base  # a fresh base each time
+        with t("load"): model = load_model(cfg.model, cfg.dtype)[0] if gen or run.base is None else run.base  # a fresh base each time
         if shared:
             with t("load_adapter"): pm, stats = share.load(model), shared["train"]
         else:
             with t("train"): pm, stats = train_lora(model, tok, run.instructions(rows), [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", gen))
-        with tempfile.TemporaryDirectory(prefix="rl-adapter-") as adapter:
-            if sampler or (share and not shared):
+        with (contextlib.nullcontext(str(d / "adapter")) if run.keep_adapter else tempfile.TemporaryDirectory(prefix="rl-adapter-")) as adapter:
+            if sampler or (share and not shared) or run.keep_adapter:
                 with t("save_adapter"): pm.save_pretrained(adapter)  # before the merge, which removes it
             with t("merge"): merged = pm.merge_and_unload()
             with t("heldout_nll"): nll = response_nll(merged, tok, run.instructions(run.heldout), [r["text"] for r in run.heldout], cfg.max_length)
@@ -359,7 +392,7 @@ def run_generation(run: ChainRun, # the chain, loaded
     cur = None
     if run.curator:  # keep n_to_generate of the n_sample candidates by the chain's rule
         with t("curate"): out, cands, cur = run.curator.curate(out, cfg.n_to_generate, derive_seed(cfg.seed, "curate", gen))
-    d.mkdir(parents=True, exist_ok=True)
+    if texts_shared and run.keep_adapter: shutil.copytree(share.folder / "adapter", d / "adapter")
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "generated.jsonl", out)
     if cur: write_jsonl(d / "candidates.jsonl", cands)
@@ -402,8 +435,14 @@ def stale_inputs(run_dir: Path, cfg: ChainConfig) -> str | None:
     return ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed) + " changed since the chain began" if changed else None
 
 # %% ../nbs/03_chain.ipynb #42eacc49
-def run_chain(cfg: ChainConfig) -> Path:
-    "Run (or resume) a chain; return its run directory."
+@contextlib.contextmanager
+def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's settings)
+               sources: list | None = None, # a network node: [(label, run_dir, count)] (ChainRun.sources)
+               loaded: tuple | None = None, # (base, tok) already loaded: used for the checks and the base NLL only, each generation loads a fresh base
+               keep_adapter: bool = False, # keep each generation's adapter (ChainRun.keep_adapter)
+               extra: dict | None = None, # more to record in chain.json (a network node: its network)
+              ):
+    "Check a chain, record `chain.json` on its first run, and hold its run directory's lock while the caller runs generations with the `ChainRun` it yields."
     import torch
     cfg.validate()
     timer = Timer()
@@ -419,7 +458,7 @@ def run_chain(cfg: ChainConfig) -> Path:
             raise ValueError(f"curate={cfg.curate!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; curation keeps one pool's texts, not each instruction's share: not supported yet")
         curator = Curator(cspec, cfg.dataset, cfg.min_tokens, cfg.max_tokens) if cspec.rule != "none" else None
         if curator: curator.check()  # a scorer that fails its audit stops the chain here
-        base, tok = load_model(cfg.model, cfg.dtype)     # fails before anything is written
+        base, tok = loaded or load_model(cfg.model, cfg.dtype)     # fails before anything is written
     torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
     ident = chain_identity(cfg)
     sampler = VLLMSampler(cfg, run_dir / "vllm_server.log") if cfg.generator == "vllm" else None
@@ -440,10 +479,108 @@ def run_chain(cfg: ChainConfig) -> Path:
                                                  base_heldout_nll=base_nll,
                                                  dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),
                                                  n_human_pool=len(human), inputs=input_checksums(cfg),
-                                                 heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist()))
-        run = ChainRun(cfg, run_dir, human, instr, tok, base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler, domains, curator)
-        with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the loop ends
-            for g in progress(range(cfg.generations), desc=f"chain r={cfg.ratio}"):
-                if is_done(gen_dir(run_dir, g)): log.info("gen %d: done already, skipped", g); continue
+                                                 heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), **(extra or {})))
+        run = ChainRun(cfg, run_dir, human, instr, tok, None if loaded else base, heldout, read_json(chain_file)["base_heldout_nll"], ident, sampler,
+                       domains, curator, sources, keep_adapter)
+        with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the run ends
+            yield run
+
+# %% ../nbs/03_chain.ipynb #0c776751
+def run_chain(cfg: ChainConfig) -> Path:
+    "Run (or resume) a chain; return its run directory. A chain with `network` set runs that network (`run_network`)."
+    if cfg.network is not None: return run_network(cfg)
+    with open_chain(cfg) as run:
+        for g in progress(range(run.cfg.generations), desc=f"chain r={run.cfg.ratio}"):
+            if is_done(gen_dir(run.run_dir, g)): log.info("gen %d: done already, skipped", g); continue
+            run_generation(run, g)
+    return run.run_dir
+
+# %% ../nbs/03_chain.ipynb #ec062bc9
+def network_nodes(cfg: ChainConfig, # a chain with `network` set (run_dir resolved)
+                 ) -> tuple[NetworkSpec, list[ChainConfig]]:
+    "The network of `cfg` and its nodes' chains, node k's in `<run_dir>/node-k` with its seed, shard, cluster and model."
+    spec = NetworkSpec.from_dict(cfg.network); net_dir = cfg.resolved_run_dir()
+    domains = None
+    if spec.shards == "domains":
+        texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens)
+        domains = sorted(map(str, texts.domain.dropna().unique())) if "domain" in texts.columns else []
+    base = replace(cfg, network=None, run_dir="x")
+    return spec, [replace(base, **s, run_dir=str(net_dir / f"node-{k}")) for k, s in enumerate(node_settings(spec, cfg.seed, domains))]
+
+# %% ../nbs/03_chain.ipynb #e048a5c5
+def network_record(cfg: ChainConfig, # a chain with `network` set, dtype resolved
+                   spec: NetworkSpec, nodes: list[ChainConfig], # network_nodes(cfg)
+                  ) -> dict:
+    "What `network.json` records: the identity, the graph's label, `mixing` W, `counts` (node k's synthetic texts from node j) and the nodes."
+    W = mixing_matrix(spec, cfg.seed)
+    return dict(identity=chain_identity(cfg), label=spec.label, mixing=W.round(9).tolist(), counts=synthetic_counts(W, cfg.n_synthetic).tolist(),
+                nodes=[dict(node=k, run_dir=Path(c.run_dir).name, seed=c.seed, cluster=c.cluster, shard=c.shard, model=c.model) for k, c in enumerate(nodes)])
+
+def node_sources(nodes: list[ChainConfig], counts: list, k: int) -> list[tuple]:
+    "Node k's sources for `ChainRun.sources`: (origin label, run_dir, count) per node, its own labelled as a chain's."
+    return [("" if j == k else f"{Path(c.run_dir).name}/", Path(c.run_dir), int(counts[k][j])) for j, c in enumerate(nodes)]
+
+# %% ../nbs/03_chain.ipynb #23618274
+def cross_nll_step(net_dir: Path, # the network's folder
+                   runs: list[ChainRun], # all its nodes, in order
+                   gen: int, # a generation every node finished
+                   n: int, # texts per node (NetworkSpec.cross_nll)
+                  ) -> Path | None:
+    "Node i's model's NLL on node j's first `n` texts of generation `gen`, for all i, j -> `cross_nll/gen_XX.json`; then the generation's adapters are removed. None when not computable (yet)."
+    out = Path(net_dir) / "cross_nll" / f"gen_{gen:02d}.json"
+    dirs = [gen_dir(r.run_dir, gen) for r in runs]
+    if n == 0 or len(runs) < 2 or not all(is_done(d) for d in dirs): return None
+    if not out.exists():
+        if missing := [str(d) for d in dirs if not (d / "adapter").is_dir()]:
+            log.warning("cross-NLL of generation %d not computable: no adapter in %s", gen, ", ".join(missing)); return None
+        texts = [read_jsonl(d / "generated.jsonl")[:n] for d in dirs]
+        C, t = np.zeros((len(runs), len(runs))), Timer()
+        for i, r in enumerate(progress(runs, desc=f"cross-NLL gen {gen}", leave=False)):
+            with t("load"): m = load_adapter(load_model(r.cfg.model, r.cfg.dtype)[0], dirs[i] / "adapter").merge_and_unload()
+            with t("nll"):
+                for j, (rj, xs) in enumerate(zip(runs, texts)):
+                    C[i, j] = response_nll(m, r.tok, rj.instructions(xs), [x["text"] for x in xs], r.cfg.max_length)
+        write_json(out, dict(generation=gen, n_texts=[len(x) for x in texts], nodes=[r.run_dir.name for r in runs], matrix=C.tolist(),
+                             gap=cross_nll_gap(C), timings=t.times, done={r.run_dir.name: read_json(d / "DONE") for r, d in zip(runs, dirs)}))
+    for d in dirs: shutil.rmtree(d / "adapter", ignore_errors=True)
+    return out
+
+# %% ../nbs/03_chain.ipynb #6dada5bb
+def run_network(cfg: ChainConfig, # a chain with `network` set
+                only: list[int] | None = None, # run these nodes only (a SLURM task); None: all
+                upto: int | None = None, # ... up to this generation; None: all
+               ) -> Path:
+    "Run (or resume) the network `cfg.network`: every node's generation g, then the cross-NLL of g, then g + 1. Returns the network's folder."
+    cfg.validate()
+    net_dir = cfg.resolved_run_dir(); rec_file = net_dir / "network.json"
+    try: prev = read_json(rec_file)
+    except (FileNotFoundError, ValueError): prev = None
+    fmt = (prev or {}).get("config", {}).get("dtype") if cfg.dtype == "auto" else None  # resumes in its recorded format
+    cfg = replace(cfg, dtype=fmt or resolve_dtype(cfg.dtype), run_dir=str(net_dir))
+    spec, nodes = network_nodes(cfg)
+    rec = network_record(cfg, spec, nodes)
+    if prev and prev.get("config_hash") != config_hash(rec["identity"]):
+        raise ValueError(f"run_dir={cfg.run_dir!r} holds a network with other parameters; use another run_dir or delete it")
+    bad = [k for k in only or [] if not (isinstance(k, int) and 0 <= k < spec.nodes)]
+    if bad: raise ValueError(f"only={only!r} is invalid; allowed: node indices in 0..{spec.nodes - 1}")
+    if upto is not None and not 0 <= upto < cfg.generations: raise ValueError(f"upto={upto!r} is invalid; allowed: 0..{cfg.generations - 1}")
+    if not prev: write_json(rec_file, make_manifest(rec.pop("identity"), cfg.seed, None, **rec))
+    loaded: dict = {}
+    def base(m):
+        if m not in loaded: loaded[m] = load_model(m, cfg.dtype)
+        return loaded[m]
+    todo = range(spec.nodes) if only is None else sorted(set(only))
+    with contextlib.ExitStack() as stack:  # every node's lock, held while the network runs
+        runs = {k: stack.enter_context(open_chain(nodes[k], node_sources(nodes, rec["counts"], k), base(nodes[k].model),
+                                                  keep_adapter=spec.cross_nll > 0 and spec.nodes > 1,
+                                                  extra=dict(network=dict(folder=net_dir.name, node=k, nodes=spec.nodes, graph=spec.label,
+                                                                          reads={f"node-{j}": n for j, n in enumerate(rec["counts"][k]) if n}))))
+                for k in todo}
+        loaded.clear()  # the bases served the checks and base NLLs; each generation loads its own
+        for g in progress(range(cfg.generations if upto is None else upto + 1), desc=f"network {spec.label} x{spec.nodes} r={cfg.ratio}"):
+            for k, run in runs.items():
+                if is_done(gen_dir(run.run_dir, g)): log.info("node %d gen %d: done already, skipped", k, g); continue
+                log.info("node %d/%d, generation %d", k, spec.nodes, g)
                 run_generation(run, g)
-    return run_dir
+            if only is None: cross_nll_step(net_dir, [runs[k] for k in todo], g, spec.cross_nll)
+    return net_dir

@@ -171,7 +171,7 @@ def sphinx_build(src_dir: str | Path, # a folder written by write_sphinx_project
     return out / "index.html"
 
 # %% ../nbs/06a_docs.ipynb #bc670d59
-APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", "05_regression", "05a_modularity", "05b_lean", "05c_control", "06_figures")
+APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "06_figures")
 
 def committed_appendix(root: str | Path, # the repository
                       ) -> dict[str, list[Path]]:
@@ -209,7 +209,7 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
     return page
 
 # %% ../nbs/06a_docs.ipynb #b34d5af3
-ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "06_figures")
+ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "06_figures")
 
 def study_notebooks(out_dir: str | Path, # a study's out_dir
                    ) -> dict:
@@ -218,7 +218,7 @@ def study_notebooks(out_dir: str | Path, # a study's out_dir
     for p in sorted(out.rglob("*.ipynb")):
         rel = p.relative_to(out).parts
         if rel[0] == "appendix" or any(x.startswith((".", "_")) for x in rel): continue
-        if (p.parent / "chain.json").exists(): found["chains"].setdefault(p.parent, {})[p.stem] = p
+        if (p.parent / "chain.json").exists() or (p.parent / "network.json").exists(): found["chains"].setdefault(p.parent, {})[p.stem] = p
         elif p.stem in ("02_clusters", "04b_properties"): found["clusters"].append(p)
         elif p.stem in ANALYSIS_NBS: found["analysis"].append(p)
         else: found["other"].append(p)
@@ -230,8 +230,13 @@ CHAIN_COLUMNS = ("dataset", "cluster", "ratio", "seed", "generations", "n_train"
 def chain_row(run_dir: str | Path, # a chain's run directory (holds chain.json)
              ) -> dict:
     "One chain's parameters and state, for the appendix's table."
-    rd = Path(run_dir); rec = read_json(rd / "chain.json"); cfg = rec.get("config", {})
+    rd = Path(run_dir); net = (rd / "network.json").exists()  # a network (03d_network): its record, its nodes' state
+    rec = read_json(rd / ("network.json" if net else "chain.json")); cfg = rec.get("config", {})
     row = {k: cfg.get(k) for k in CHAIN_COLUMNS}
+    if net:
+        nodes = sorted(rd.glob("node-*")); g = cfg.get("generations") or 0
+        return dict(row, cluster=f"network {rec.get('label')} x{len(nodes)}", done=f"{min((sum(is_done(gen_dir(d, i)) for i in range(g)) for d in nodes), default=0)}/{g}",
+                    measured="yes" if nodes and all((d / "metrics.csv").exists() for d in nodes) else "no", failed="yes" if (rd / "FAILED").exists() else "no")
     if is_file_dataset(row["dataset"]): row["dataset"] = Path(row["dataset"]).stem
     g = cfg.get("generations") or 0
     row["done"] = f"{sum(is_done(gen_dir(rd, i)) for i in range(g))}/{g}"  # the chain's own rule, as `status` counts
@@ -240,11 +245,13 @@ def chain_row(run_dir: str | Path, # a chain's run directory (holds chain.json)
     return row
 
 def experiments_of(out_dir: str | Path) -> dict:
-    "Run directory (its last four path parts) -> experiment name(s), from the study's results.csv."
+    "Run directory (its last four path parts) -> experiment name(s), from the study's results.csv (a network's folder as well as its nodes')."
     p = Path(out_dir) / "results.csv"
     if not p.exists(): return {}
-    res = pd.read_csv(p, usecols=["run_dir", "experiment"]).drop_duplicates()
-    return {Path(r.run_dir).parts[-4:]: r.experiment for r in res.itertuples()}
+    net = "network_dir" in pd.read_csv(p, nrows=0).columns  # a study with networks: the network folders too
+    res = pd.read_csv(p, usecols=["run_dir", "experiment"] + (["network_dir"] if net else [])).drop_duplicates()
+    return {Path(r.run_dir).parts[-4:]: r.experiment for r in res.itertuples()} | \
+           ({Path(d).parts[-4:]: e for d, e in zip(res.network_dir, res.experiment) if isinstance(d, str)} if net else {})
 
 # %% ../nbs/06a_docs.ipynb #86103754
 def page_title(nb: Path, # an executed notebook of the study

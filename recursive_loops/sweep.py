@@ -19,7 +19,8 @@ from .data import load_texts, instruction_for, REGISTRY
 from .regression import SHIFTS
 from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
 from .sampling import VLLMSampler
-from .chain import ChainConfig, chain_identity, Gen0Share, stale_inputs, gen_dir, is_done, prepare_human, select_cluster
+from .chain import ChainConfig, chain_identity, Gen0Share, stale_inputs, gen_dir, is_done, prepare_human, select_cluster, network_nodes, run_network
+from .network import NetworkSpec
 from .curation import CurationSpec, Curator, n_candidates
 from .metrics import metrics_intact
 from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
@@ -28,12 +29,12 @@ from .docs import build_appendix, build_docs, keep_appendix
 # %% auto #0
 __all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'FILE_DESIGNS', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS',
            'USAGE_ERRORS', 'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file', 'chain_run_dir',
-           'format_file', 'study_format', 'expand', 'estimate_cost', 'describe', 'check_feeding',
+           'format_file', 'study_format', 'gen0_key', 'expand', 'estimate_cost', 'describe', 'check_feeding',
            'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state', 'run_local',
-           'slurm_executor', 'run_slurm', 'notebooks_dir', 'metrics_params', 'make_task', 'aggregate',
-           'quality_judge_of', 'run_clusters', 'make_sources', 'make_merged', 'make_lean', 'make_quartiles',
-           'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status', 'appendix_line',
-           'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
+           'slurm_executor', 'run_slurm', 'run_slurm_networks', 'notebooks_dir', 'metrics_params', 'make_task',
+           'aggregate', 'quality_judge_of', 'run_clusters', 'make_sources', 'make_merged', 'make_lean',
+           'make_quartiles', 'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status',
+           'appendix_line', 'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
 
 # %% ../nbs/07_sweep.ipynb #7c0a472c
 class SpecError(ValueError):
@@ -49,11 +50,12 @@ ALLOWED = {
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
                  "n_per_cluster", "reference_model", "max_n", "selfbleu_n", "aic_n", "candidate_sizes"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
-    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "control", "figures"),
+    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "control", "network", "figures"),
     "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max", "quality", "pooled", "folds"),
     "analysis.modularity": ("experiment", "predictors", "targets"),
     "analysis.lean": ("experiment", "judge", "tol"),
     "analysis.control": ("experiment", "quartiles", "baseline", "metrics"),
+    "analysis.network": ("experiment", "metrics", "n_eval", "embedder"),
     "analysis.figures": ("fig_dir",),
     "executor": ("kind", "workers", "slurm"),
     "executor.slurm": ("partition", "account", "qos", "time_min", "cpus_per_task", "gres", "mem_gb", "array_parallelism",
@@ -79,7 +81,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
     _check_keys(spec, "", "", str(path))
     for sec in ("chain", "metrics", "clusters", "analysis", "executor", "cost"):
         if spec.get(sec) is not None: _check_keys(spec[sec], sec, sec, str(path))
-    for sec in ("regression", "modularity", "lean", "control", "figures"):
+    for sec in ("regression", "modularity", "lean", "control", "network", "figures"):
         if (spec.get("analysis") or {}).get(sec): _check_keys(spec["analysis"][sec], f"analysis.{sec}", f"analysis.{sec}", str(path))
     if (spec.get("executor") or {}).get("slurm"): _check_keys(spec["executor"]["slurm"], "executor.slurm", "executor.slurm", str(path))
     js = (spec.get("metrics") or {}).get("judges") or []
@@ -109,6 +111,12 @@ class Chain:
     def run_dir(self) -> Path: return resolve(self.params["run_dir"])
     @property
     def generations(self) -> int: return self.params["generations"]
+    @property
+    def nodes(self) -> int: return NetworkSpec.from_dict(self.params.get("network")).nodes if self.params.get("network") else 0
+    @property
+    def chain_dirs(self) -> list[Path]:
+        "The folders holding chain files: the run directory, or a network's node folders (03_chain's `run_network`)."
+        return [self.run_dir / f"node-{k}" for k in range(self.nodes)] if self.nodes else [self.run_dir]
 
 @dataclass
 class Plan:
@@ -160,6 +168,8 @@ def chain_run_dir(out: str, params: dict) -> str:
     cl = "whole" if params.get("cluster") is None else f"cluster-{params['cluster']}"
     cur = CurationSpec.from_dict(params.get("curate"))  # a curated chain: one more level, its rule
     arm = "" if cur.rule == "none" else re.sub(r"[^A-Za-z0-9_.-]+", "-", cur.label) + "/"
+    if params.get("network") is not None:  # a network: one more level, its graph and size (its nodes in node-k/ below)
+        net = NetworkSpec.from_dict(params["network"]); arm += re.sub(r"[^A-Za-z0-9_.-]+", "-", f"network-{net.label}-x{net.nodes}") + "/"
     return f"{out}/{_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/{arm}seed-{params['seed']}-{config_hash(ident, 8)}"
 
 # %% ../nbs/07_sweep.ipynb #c4970fde
@@ -253,6 +263,13 @@ def _train_on(plan: Plan, # the plan being expanded (its cluster_sets, merged da
     else: raise SpecError(f"{w}: train_on: {on!r} is invalid; allowed: whole, every_cluster, a list of cluster ids, {{domains: [...]}}, {{spanning: P, k: K}}, {{merged: [DOMAINS], clusters: K}}, {{lean_mix: [...]}} or {{quartiles: P, keep: [1, 4]}}")
     return design, ids, by_cluster
 
+# %% ../nbs/07_sweep.ipynb #6b27c429
+def gen0_key(params: dict) -> tuple:
+    "What a chain's generation 0s are shared by: its `Gen0Share` folder, and for a network the node count, shards and models (every node's generation 0 then matches)."
+    cfg = ChainConfig(**params); net = cfg.network
+    f = str(Gen0Share(ChainConfig(**{**params, "network": None})).folder) if cfg.gen0_cache else None
+    return (f,) if net is None else (f, json.dumps({k: v for k, v in NetworkSpec.from_dict(net).to_dict().items() if k in ("nodes", "shards", "models")}, sort_keys=True))
+
 # %% ../nbs/07_sweep.ipynb #948752fb
 FILE_DESIGNS = ("merged", "lean", "quartile")  # designs whose chains train on a dataset file the study writes
 
@@ -269,14 +286,16 @@ def expand(spec: dict, # from load_spec
         axes = {a: _as_list(e.pop(a), a, w) for a in AXES if a in e}
         arms = e.pop("curate") if "curate" in e else base.get("curate")  # a list of curation rules: one chain per rule (03c_curation)
         arms = _as_list(arms, "curate", w) if isinstance(arms, list) else [arms]
+        nets = e.pop("network") if "network" in e else base.get("network")  # a list of networks: one network per entry (03d_network)
+        nets = _as_list(nets, "network", w) if isinstance(nets, list) else [nets]
         dss = [None] if isinstance(on, dict) and "merged" in on else axes.get("datasets", datasets)  # a merged design names its own domains
         for ds in dss:
             design, ids, by_cluster = _train_on(plan, name, on, ds)
-            for cl, r, s, m, acc, arm in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
+            for cl, r, s, m, acc, arm, net in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
                                                             axes.get("models", [base.get("model", "smollm2-135m")]),
-                                                            axes.get("accumulate", [base.get("accumulate", True)]), arms):
+                                                            axes.get("accumulate", [base.get("accumulate", True)]), arms, nets):
                 p = {**{k: v for k, v in base.items() if k not in ("model", "accumulate")}, **e,
-                     "dataset": cl if design in FILE_DESIGNS else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc, "curate": arm}
+                     "dataset": cl if design in FILE_DESIGNS else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc, "curate": arm, "network": net}
                 if p.get("dtype", "auto") == "auto": p["dtype"] = plan.dtype  # resolved once for the whole study
                 if design == "cluster": p["cluster"] = cl
                 if by_cluster: p["clusters_path"] = clusters_file(out, ds)
@@ -292,7 +311,7 @@ def expand(spec: dict, # from load_spec
                 else: chains[key] = Chain(p, [name], design, placeholder)
     plan.chains = list(chains.values())
     mine = [c for c in plan.chains if c.params.get("gen0_cache") == f"{out}/gen0"]
-    folder = {c.params["run_dir"]: Gen0Share(ChainConfig(**c.params)).folder for c in mine}
+    folder = {c.params["run_dir"]: gen0_key(c.params) for c in mine}
     alike = collections.Counter(folder.values())
     for c in mine:  # a generation 0 that no other chain of the study shares is not kept (an adapter is ~19 MB)
         if alike[folder[c.params["run_dir"]]] < 2: c.params["gen0_cache"] = None
@@ -318,11 +337,12 @@ def estimate_cost(plan: Plan) -> dict:
     gen0s = set()  # generation 0s computed once and shared (`gen0_cache`)
     for ch in plan.chains:
         cfg = ChainConfig(**ch.params)  # (not validated: a merged dataset may not exist yet)
-        key = Gen0Share(cfg).folder if cfg.gen0_cache else None
-        shared = key is not None and key in gen0s; gen0s.add(key); out["gen0_shared"] += shared
-        out["generations"] += cfg.generations; g = cfg.generations - shared; out["fine_tunes"] += g
+        key = gen0_key(ch.params) if cfg.gen0_cache else None
+        k = NetworkSpec.from_dict(cfg.network).nodes  # a network: K chains (its cross-NLL is not counted)
+        shared = key is not None and key in gen0s; gen0s.add(key); out["gen0_shared"] += shared * k
+        out["generations"] += k * cfg.generations; g = k * (cfg.generations - shared); out["fine_tunes"] += g
         out["train_texts"] += g * cfg.n_train
-        out["generated_texts"] += cfg.generations * n_candidates(cfg.n_to_generate, CurationSpec.from_dict(cfg.curate).oversample)  # a curated chain samples its candidates
+        out["generated_texts"] += k * cfg.generations * n_candidates(cfg.n_to_generate, CurationSpec.from_dict(cfg.curate).oversample)  # a curated chain samples its candidates
         n_par = params.get(cfg.model)
         if n_par is None: out["unknown_models"].add(cfg.model); continue
         out["seconds"] += g * c["seconds_per_generation"] * (cfg.n_train / c["n_train"]) ** c["exponent"] * (n_par / c["model_params"])
@@ -340,6 +360,8 @@ def describe(plan: Plan) -> str:
         lines.append(f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}")
         arms = sorted({CurationSpec.from_dict(c.params.get("curate")).label for c in mine})
         if arms != ["none"] and arms: lines.append(f"    curation arms: {', '.join(arms)}")
+        nets = sorted({f"{NetworkSpec.from_dict(c.params['network']).label} x{c.nodes}" for c in mine if c.nodes})
+        if nets: lines.append(f"    networks ({sum(c.nodes for c in mine)} node chains): {', '.join(nets)}")
         if mine and mine[0].design == "lean":  # what will score the lean, and how (05b_lean)
             js = [JudgeSpec.from_dict(j) for j in (sp.get("metrics") or {}).get("judges") or []]
             js = [j for j in js if j.kind == "lean"]
@@ -349,7 +371,7 @@ def describe(plan: Plan) -> str:
     steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"]
     an = sp.get("analysis") or {}
     steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("lean", "05b_lean"), ("control", "05c_control"),
-                               ("figures", "06_figures")) if an.get(k)]
+                               ("network", "05d_topology"), ("figures", "06_figures")) if an.get(k)]
     lines.append("  steps: " + " -> ".join(steps))
     c = estimate_cost(plan)
     lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
@@ -360,6 +382,11 @@ def describe(plan: Plan) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/07_sweep.ipynb #3e44c893
+def _node_configs(params: dict) -> list[ChainConfig]:
+    "The chain of `params`, or its network's nodes' chains."
+    cfg = ChainConfig(**params)
+    return [cfg] if cfg.network is None else network_nodes(cfg)[1]
+
 def _reachable(ds: str) -> bool:
     return (is_file_dataset(ds) and resolve(ds).exists()) or (ds in REGISTRY and REGISTRY[ds].hub_id is None)
 
@@ -388,7 +415,7 @@ def check_feeding(plan: Plan) -> list[str]:
             key = (p["dataset"], cfg.min_tokens, cfg.max_tokens)
             try:
                 if key not in loaded: loaded[key] = load_texts(*key)
-                prepare_human(ChainConfig(**p), loaded[key])  # the chain's own check, in its own words
+                for node in _node_configs(p): prepare_human(node, loaded[key])  # the chain's own check, in its own words (a network: each node's)
             except ValueError as e: raise SpecError(f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name}: {str(e).splitlines()[0]}") from None
     return sorted(unchecked)
 
@@ -413,7 +440,7 @@ def _papermill(nb: Path, out: Path, params: dict, root: Path) -> None:
 # %% ../nbs/07_sweep.ipynb #97dda91a
 def chain_task(task: dict, # run_dir, chain (03_chain parameters), metrics (04_metrics parameters), notebooks, root
               ) -> dict:
-    "Run (or resume) one chain and its metrics as papermill executions; what a worker or a SLURM task runs."
+    "Run (or resume) one chain (or network) and its metrics as papermill executions, or one network node up to a generation (`node`, `upto`); what a worker or a SLURM task runs."
     rd, root, nbs = resolve(task["run_dir"], task["root"]), Path(task["root"]), Path(task["notebooks"])
     rd.mkdir(parents=True, exist_ok=True); log_papermill()
     (rd / "FAILED").unlink(missing_ok=True)
@@ -422,8 +449,13 @@ def chain_task(task: dict, # run_dir, chain (03_chain parameters), metrics (04_m
                    slurm_job=f"{sl[0]}_{sl[1]}" if all(sl) else os.environ.get("SLURM_JOB_ID"))
     with open(rd / "attempts.jsonl", "a") as f: f.write(json.dumps(attempt) + "\n")  # one short line: the log of attempts
     try:
-        _papermill(nbs / "03_chain.ipynb", rd / "03_chain.ipynb", task["chain"], root)
-        _papermill(nbs / "04_metrics.ipynb", rd / "04_metrics.ipynb", {"run_dir": task["run_dir"], **task["metrics"]}, root)
+        if task.get("upto") is not None:  # one node of a network up to one generation: a SLURM stage (`run_slurm_networks`), metrics later
+            run_network(ChainConfig(**task["chain"]), only=[task["node"]], upto=task["upto"])
+        else:
+            _papermill(nbs / "03_chain.ipynb", rd / "03_chain.ipynb", task["chain"], root)
+            k = NetworkSpec.from_dict(task["chain"]["network"]).nodes if task["chain"].get("network") else 0
+            for d in ([f"{task['run_dir']}/node-{i}" for i in range(k)] or [task["run_dir"]]):  # a network: each node's metrics
+                _papermill(nbs / "04_metrics.ipynb", resolve(d, root) / "04_metrics.ipynb", {"run_dir": d, **task["metrics"]}, root)
     except Exception as e:  # (an interrupt or a kill of this process leaves no FAILED: the chain is just unfinished)
         msg = str(e).strip() or type(e).__name__
         if type(e).__name__ == "DeadKernelError":  # the kernel was killed under us: scancel, preemption, OOM killer
@@ -443,19 +475,19 @@ def chain_state(chain: Chain, # a chain of the plan
                 metrics: dict | None = None, # the study's 04_metrics parameters (None: any)
                ) -> tuple[str, str]:
     "(`done` | `running` | `failed` | `pending`, detail) of a chain, from its run directory alone."
-    rd = chain.run_dir; g = chain.generations
-    n_done = sum(is_done(gen_dir(rd, i)) for i in range(g))
-    info = lock_holder(rd)
-    if info is not None:
+    rd = chain.run_dir; g = chain.generations; dirs = chain.chain_dirs  # a network: its nodes, each a chain
+    n_done = min(sum(is_done(gen_dir(d, i)) for i in range(g)) for d in dirs)
+    for info in map(lock_holder, dirs):
+        if info is None: continue
         if info.get("host") != platform.node(): return "running", f"on {info.get('host')} (pid {info.get('pid')}), {n_done}/{g} generations"
         if is_alive(info.get("pid", -1)): return "running", f"pid {info['pid']}, {n_done}/{g} generations"
     if (rd / "FAILED").exists():  # (attempts.jsonl says when and where each attempt ran)
         return "failed", " | ".join(l for l in (rd / "FAILED").read_text().splitlines()[-3:] if l.strip())
-    man = rd / "metrics.manifest.json"
-    if n_done == g and metrics_intact(rd):
-        m = read_json(man)
-        if m.get("generations") == list(range(g)) and all(m["config"].get(k) == v for k, v in (metrics or {}).items()):
-            return "done", f"{g}/{g} generations, metrics"
+    def measured(d):
+        if not metrics_intact(d): return False
+        m = read_json(d / "metrics.manifest.json")
+        return m.get("generations") == list(range(g)) and all(m["config"].get(k) == v for k, v in (metrics or {}).items())
+    if n_done == g and all(map(measured, dirs)): return "done", f"{g}/{g} generations, metrics" + (f" ({len(dirs)} nodes)" if chain.nodes else "")
     return "pending", f"{n_done}/{g} generations" + (", metrics to (re)compute" if n_done == g else "")
 
 # %% ../nbs/07_sweep.ipynb #47ecb60a
@@ -536,6 +568,24 @@ def run_slurm(tasks: list[dict], # from make_task
                 if gone[rd] >= 3: errors[rd] = f"SLURM task {j.job_id} ended without a result (cancelled, killed or node failure); see {j.paths.stderr}"
     return errors
 
+def run_slurm_networks(tasks: list[dict], # from make_task; those of networks are run here, the others left alone
+                       folder: str | Path, # submitit folder
+                       slurm: dict | None = None, # executor.slurm of the spec
+                       **kw, # run_slurm's poll_s, on_submit
+                      ) -> dict:
+    "The networks' nodes as concurrent SLURM tasks, one job array per generation: generation g + 1 of any network starts once every node of g finished (the barrier). `{network run_dir: error line}` for the networks that failed; their metrics and cross-NLL come after, from `chain_task`."
+    nets, errors = [t for t in tasks if t["chain"].get("network")], {}
+    for g in range(max((t["chain"]["generations"] for t in nets), default=0)):
+        stage = [dict(t, run_dir=f"{t['run_dir']}/node-{k}", node=k, upto=g, network_dir=t["run_dir"])
+                 for t in nets if t["run_dir"] not in errors and g < t["chain"]["generations"]
+                 for k in range(NetworkSpec.from_dict(t["chain"]["network"]).nodes)
+                 if not is_done(gen_dir(resolve(f"{t['run_dir']}/node-{k}", t["root"]), g))]
+        if not stage: continue
+        log.info("networks, generation %d: %d node tasks", g, len(stage))
+        for nd, err in run_slurm(stage, folder, slurm, **kw).items():
+            if err: errors.setdefault(nd.rsplit("/node-", 1)[0], f"node {nd.rsplit('/node-', 1)[1]}, generation {g}: {err}")
+    return errors
+
 # %% ../nbs/07_sweep.ipynb #57a755a0
 def notebooks_dir(plan: Plan) -> Path: return plan.out / ".notebooks"
 
@@ -557,16 +607,22 @@ def aggregate(plan: Plan, # the study's plan
     "One table of every finished chain's metrics with its parameters (and `domain_results.csv` beside it: the per-domain metrics of chains on merged datasets); None when no chain has metrics yet."
     frames, dframes = [], []
     curated = any(c.params.get("curate") for c in plan.chains)  # a study with curation arms: each chain's rule as a column
+    networked = any(c.nodes for c in plan.chains)  # a study with networks: each node's network, node index and network seed as columns
     for c in plan.chains:
-        m = c.run_dir / "metrics.csv"
-        if c.placeholder or not m.exists(): continue
-        cfg = read_json(c.run_dir / "chain.json")
-        tag = dict(experiment=",".join(c.experiments), design=c.design, config_hash=cfg["config_hash"],
-                   generations=c.generations, n_train=c.params.get("n_train", cfg["config"]["n_train"]),
-                   clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]),
-                   **({"curate": CurationSpec.from_dict(c.params.get("curate")).label} if curated else {}))
-        frames.append(pd.read_csv(m).assign(**tag))
-        if (c.run_dir / "domain_metrics.csv").exists(): dframes.append(pd.read_csv(c.run_dir / "domain_metrics.csv").assign(**tag))
+        if c.placeholder: continue
+        net = NetworkSpec.from_dict(c.params.get("network")) if c.nodes else None
+        for d in c.chain_dirs:
+            m = d / "metrics.csv"
+            if not m.exists(): continue
+            cfg = read_json(d / "chain.json")
+            tag = dict(experiment=",".join(c.experiments), design=c.design, config_hash=cfg["config_hash"],
+                       generations=c.generations, n_train=c.params.get("n_train", cfg["config"]["n_train"]),
+                       clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]) + (f"/{d.name}" if net else ""),
+                       **({"curate": CurationSpec.from_dict(c.params.get("curate")).label} if curated else {}),
+                       **(dict(network=net.label if net else None, node=int(d.name[5:]) if net else None, nodes=c.nodes or None,
+                               network_dir=str(c.params["run_dir"]) if net else None, network_seed=c.params["seed"] if net else None) if networked else {}))
+            frames.append(pd.read_csv(m).assign(**tag))
+            if (d / "domain_metrics.csv").exists(): dframes.append(pd.read_csv(d / "domain_metrics.csv").assign(**tag))
     if not frames: return None
     res = pd.concat(frames, ignore_index=True).sort_values(["run_dir", "generation", "source", "metric"], kind="stable")
     with atomic_path(resolve(out) if out else plan.out / "results.csv") as tmp: res.to_csv(tmp, index=False)
@@ -676,7 +732,7 @@ def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
 
 def run_analysis(plan: Plan, # a plan whose chains ran
                 ) -> list[str]:
-    "05_regression, 05a_modularity, 05b_lean, 05c_control and 06_figures as the spec asks, reading results.csv; one line per step."
+    "05_regression, 05a_modularity, 05b_lean, 05c_control, 05d_topology and 06_figures as the spec asks, reading results.csv; one line per step."
     sp, out, root, nbs = plan.spec, plan.out, repo_root(), notebooks_dir(plan)
     an, done = sp.get("analysis") or {}, []
     results = out / "results.csv"
@@ -715,6 +771,14 @@ def run_analysis(plan: Plan, # a plan whose chains ran
         params = dict(results=str(results), out_dir=str(ctl_dir), experiment=name or "",
                       **{k: (",".join(v) if isinstance(v, list) else v) for k, v in ctl.items() if k in ("quartiles", "baseline", "metrics")})
         _papermill(nbs / "05c_control.ipynb", ctl_dir / "05c_control.ipynb", params, root); done.append(f"05c_control -> {ctl_dir}")
+    net = an.get("network")
+    if net:
+        name = net.get("experiment") or next((n for n in sp["experiments"] if any(c.nodes and n in c.experiments for c in plan.chains)), None)
+        if not name: raise SpecError(f"{sp['_path']}: analysis.network needs an experiment with a network (network: {{nodes: ..., graph: ...}})")
+        net_dir = out / "topology" / name
+        params = dict(results=str(results), out_dir=str(net_dir), experiment=name,
+                      **{k: (",".join(v) if isinstance(v, list) else v) for k, v in net.items() if k != "experiment"})
+        _papermill(nbs / "05d_topology.ipynb", net_dir / "05d_topology.ipynb", params, root); done.append(f"05d_topology -> {net_dir}")
     fig = an.get("figures")
     if fig:
         cds = [clusters_dir(sp, ds) for ds in plan.cluster_sets] or [out / "clusters"]
@@ -738,7 +802,7 @@ def preflight(plan: Plan, # the plan
             if cfg.generator == "vllm": VLLMSampler(cfg).check()  # its virtualenv is there, its LoRA rank is one vLLM takes
             key = (cfg.dataset, cfg.min_tokens, cfg.max_tokens)
             if key not in texts: texts[key] = load_texts(*key)
-            prepare_human(cfg, texts[key])
+            for node in _node_configs(c.params): prepare_human(node, texts[key])
         except FileNotFoundError as e: raise SpecError(f"{w}: {e}") from None
         except ValueError as e: raise SpecError(f"{w}: {str(e).splitlines()[0]}") from None
     scorers = {}  # a curation rule's scorer must pass its audit before any chain runs (each chain audits it again, from the cache)
@@ -802,7 +866,7 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     out.mkdir(parents=True, exist_ok=True)
     if not format_file(spec).exists():  # the study's number format, decided once: every later run of it reads this
         write_json(format_file(spec), dict(dtype=plan.dtype, rule="resolve_dtype('auto')", cpu=cpu_info(), decided=time.strftime("%Y-%m-%dT%H:%M:%S")))
-    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "06_figures"):
+    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "06_figures"):
         study_notebook(repo_root() / "nbs" / f"{n}.ipynb", notebooks_dir(plan) / f"{n}.ipynb")
     make_sources(plan)  # the domains a merged design clusters on their own
     if plan.cluster_sets: run_clusters(plan)
@@ -815,7 +879,9 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     tasks = [make_task(plan, c) for c in todo]
     if not tasks: errors = {}
     elif kind == "local": errors = run_local(tasks, workers)
-    else: errors = run_slurm(tasks, out / ".slurm", ex_cfg.get("slurm"))
+    else:  # networks first, generation by generation; then every chain task (a finished network's: its cross-NLL and metrics)
+        errors = run_slurm_networks(tasks, out / ".slurm", ex_cfg.get("slurm"))
+        errors.update(run_slurm([t for t in tasks if t["run_dir"] not in errors], out / ".slurm", ex_cfg.get("slurm")))
     for c in todo:  # whatever an executor said, a chain counts as run only if its run directory is complete
         st, detail = chain_state(c, metrics_params(plan))
         if st != "done" and not errors.get(c.params["run_dir"]): errors[c.params["run_dir"]] = f"not finished ({st}: {detail})"

@@ -12,7 +12,8 @@ import json, sys
 from recursive_loops.chain import ChainConfig, run_chain
 from recursive_loops.metrics import run_metrics
 p = json.loads(sys.argv[1])
-run_metrics(run_chain(ChainConfig(**p["chain"])), n_eval=4, reference_model=p["model"])
+rd = run_chain(ChainConfig(**p["chain"]))
+for d in (sorted(rd.glob("node-*")) if p["chain"].get("network") else [rd]): run_metrics(d, n_eval=4, reference_model=p["model"])
 """
 
 
@@ -22,19 +23,23 @@ def _start(params):
 
 
 def _artefacts(rd: Path) -> dict:
-    "The results a study reads: training sets, generated texts, metrics (manifests hold timings, so they differ)."
-    files = [p for g in sorted(rd.glob("gen_*")) for p in (g / "train.jsonl", g / "generated.jsonl", g / "candidates.jsonl") if p.exists() or p.name != "candidates.jsonl"] + [rd / "metrics.csv"]
-    return {p.relative_to(rd).as_posix(): p.read_bytes() for p in files}
+    "The results a study reads: training sets, generated texts, metrics (manifests hold timings, so they differ); a network's per node, and its cross-NLL matrices."
+    files = [p for c in (sorted(rd.glob("node-*")) or [rd]) for g in sorted(c.glob("gen_*"))
+             for p in (g / "train.jsonl", g / "generated.jsonl", g / "candidates.jsonl") if p.exists() or p.name != "candidates.jsonl"]
+    files += [c / "metrics.csv" for c in (sorted(rd.glob("node-*")) or [rd])]
+    return {p.relative_to(rd).as_posix(): p.read_bytes() for p in files} | \
+           {p.relative_to(rd).as_posix(): json.dumps(read_json(p)["matrix"]) for p in sorted(rd.glob("cross_nll/gen_*.json"))}
 
 
 def _done_manifests(rd: Path) -> dict:
-    return {d.name: (d / "manifest.json").read_bytes() for d in sorted(rd.glob("gen_*")) if (d / "DONE").exists()}
+    return {d.relative_to(rd).as_posix(): (d / "manifest.json").read_bytes() for d in sorted(rd.rglob("gen_*")) if (d / "DONE").exists()}
 
 
-@pytest.mark.parametrize("curate", [None, pytest.param(dict(rule="dedup", oversample=2), marks=pytest.mark.slow, id="curated")])
-def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model, curate):
-    "(The curated chain, in the slow tier, is killed in its curation step too: candidates, scores and the kept set must come back the same.)"
-    chain = lambda rd: dict(model=tiny_model, chain=tiny_chain(rd, tiny_model, generations=4, n_train=16, n_generate=8, max_new_tokens=16, curate=curate))
+@pytest.mark.parametrize("curate, network", [(None, None), pytest.param(dict(rule="dedup", oversample=2), None, marks=pytest.mark.slow, id="curated"),
+                                             pytest.param(None, dict(nodes=3, graph="ring", cross_nll=4), marks=pytest.mark.slow, id="network")])
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model, curate, network):
+    "(In the slow tier: the curated chain, killed in its curation step too: candidates, scores and the kept set must come back the same; and a 3-node ring network, killed per (node, generation) and in its cross-NLL step.)"
+    chain = lambda rd: dict(model=tiny_model, chain=tiny_chain(rd, tiny_model, generations=4, n_train=16, n_generate=8, max_new_tokens=16, curate=curate, network=network))
     ref = tmp_path / "ref"
     t0 = time.perf_counter(); p = _start(chain(str(ref))); _, err = p.communicate(timeout=600); full = time.perf_counter() - t0
     assert p.returncode == 0, err[-2000:]
@@ -66,6 +71,6 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, tiny_model, curate):
     assert code == 0, err[-2000:]
     assert recomputed == 0
     assert _artefacts(rd) == _artefacts(ref), "a resumed chain, its generation 0 shared, must give byte-identical results"
-    assert "gen0_shared" in read_json(rd / "gen_00" / "manifest.json") and not list(Path(gen0).rglob(".lock"))
-    assert not list(rd.rglob(".tmp-*")) and not (rd / ".lock").exists(), "no partial file or lock left behind"
+    assert "gen0_shared" in read_json(next(rd.rglob("gen_00")) / "manifest.json") and not list(Path(gen0).rglob(".lock"))
+    assert not list(rd.rglob(".tmp-*")) and not list(rd.rglob(".lock")) and not list(rd.rglob("adapter")), "no partial file, lock or adapter left behind"
     print(f"kills={kills} runs={runs} generations recomputed={recomputed} identical=yes (uninterrupted run {full:.1f} s)")
