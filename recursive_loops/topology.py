@@ -209,23 +209,23 @@ def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networ
     mean = last.groupby(["network", "node"])["shift"].agg(["mean", "count"])
     lo, hi = float(mean["mean"].min()), float(mean["mean"].max()); span = max(abs(lo - 1), abs(hi - 1), 1e-3)
     norm = plt.Normalize(1 - span, 1 + span); cmap = plt.get_cmap("RdBu")
-    fig, axes = plt.subplots(1, len(nets), figsize=(3.6 * len(nets) + 0.8, 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(nets), figsize=(3.1 * len(nets) + 1.2, 3.6), squeeze=False)
     shard = results.drop_duplicates(["network", "node"]).set_index(["network", "node"]).get("cluster")
     for ax, net in zip(axes[0], nets):
         K = int(results[results.network == net].nodes.iloc[0])
         spec = NetworkSpec.from_dict({"nodes": K, "graph": net.split(" ")[0]}) if net.split(" ")[0] in ("isolated", "ring", "star", "full") else None
         A = adjacency(spec, 0) if spec else np.zeros((K, K))
-        xy = np.array([[np.sin(2 * np.pi * k / K), np.cos(2 * np.pi * k / K)] for k in range(K)])
+        xy = np.array([[np.sin(2 * np.pi * k / K + np.pi / K), np.cos(2 * np.pi * k / K + np.pi / K)] for k in range(K)])  # a square for 4 nodes
         for i in range(K):
             for j in range(K):
                 if A[i, j] and i < j: ax.plot(*xy[[i, j]].T, color="grey", lw=1.2, zorder=1)
         for k in range(K):
             v = mean.loc[(net, k), "mean"] if (net, k) in mean.index else np.nan
             ax.scatter(*xy[k], s=1000, color=cmap(norm(v)), edgecolor="k", zorder=2)
-            ax.annotate(f"{v:.3f}", xy[k], ha="center", va="center", fontsize=8, zorder=3)
+            ax.annotate(f"{v:.3f}", xy[k], ha="center", va="center", fontsize=8, zorder=3, color="w" if abs(norm(v) - 0.5) > 0.3 else "k")
             name = str(shard.get((net, k), k)) if shard is not None else str(k)
-            ax.annotate(name, xy[k] * 1.62, ha="center", va="center", fontsize=9)
-        ax.set_xlim(-2.1, 2.1); ax.set_ylim(-2.0, 2.0); ax.set_aspect("equal"); ax.axis("off")
+            ax.annotate(name, xy[k] + [0, 0.5 * (np.sign(xy[k][1]) or 1)], ha="center", va="center", fontsize=9)
+        ax.set_xlim(-1.6, 1.6); ax.set_ylim(-1.7, 1.7); ax.set_aspect("equal"); ax.axis("off")
         ax.set_title(f"{net} (n = {int(mean.loc[net, 'count'].min())} seeds)", fontsize=10)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} shift, generation {int(last.generation.max())} / 0")
