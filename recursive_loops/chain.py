@@ -411,9 +411,9 @@ def run_generation(run: ChainRun, # the chain, loaded
     return d
 
 # %% ../nbs/03_chain.ipynb #2149db7e
-def recorded_format(run_dir: Path) -> str | None:
-    "The number format a chain's `chain.json` recorded (None when there is no readable one)."
-    try: rec = read_json(Path(run_dir) / "chain.json")
+def recorded_format(run_dir: Path, record: str = "chain.json") -> str | None:
+    "The number format a chain's `chain.json` (a network's `network.json`) recorded (None when there is no readable one)."
+    try: rec = read_json(Path(run_dir) / record)
     except (FileNotFoundError, ValueError): return None
     fmt = rec.get("config", {}).get("dtype")
     return fmt if fmt in DTYPES[1:] else (str(rec.get("dtype", "")).removeprefix("torch.") or None)
@@ -555,8 +555,7 @@ def run_network(cfg: ChainConfig, # a chain with `network` set
     net_dir = cfg.resolved_run_dir(); rec_file = net_dir / "network.json"
     try: prev = read_json(rec_file)
     except (FileNotFoundError, ValueError): prev = None
-    fmt = (prev or {}).get("config", {}).get("dtype") if cfg.dtype == "auto" else None  # resumes in its recorded format
-    cfg = replace(cfg, dtype=fmt or resolve_dtype(cfg.dtype), run_dir=str(net_dir))
+    cfg = replace(cfg, dtype=(recorded_format(net_dir, "network.json") if cfg.dtype == "auto" else None) or resolve_dtype(cfg.dtype), run_dir=str(net_dir))  # resumes in its recorded format
     spec, nodes = network_nodes(cfg)
     rec = network_record(cfg, spec, nodes)
     if prev and prev.get("config_hash") != config_hash(rec["identity"]):
