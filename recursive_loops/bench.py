@@ -12,17 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads
+from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads, cache_dir
 from .data import load_texts, instruction_for
-from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder
-from .training import train_lora, response_nll
+from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder, make_tiny_model
+from .training import fine_tune, merged_model, response_nll
 from .sampling import generate_texts
 from .chain import ChainConfig
 from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words, subsample
 
 # %% auto #0
-__all__ = ['ARMS', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation', 'ours_generation',
-           'warm_process', 'in_fresh_process', 'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench']
+__all__ = ['ARMS', 'bench_model', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation',
+           'ours_generation', 'full_generation', 'warm_process', 'in_fresh_process', 'rates', 'growth_exponent',
+           'summarise', 'format_summary', 'run_bench']
+
+# %% ../nbs/08_bench.ipynb #c3ab6d9c
+def bench_model(model: str) -> str:
+    "`model`, or for `random:<shape>` a random-weight model of that 1-2B shape (`models.SHAPES`, the bundled tokenizer), written once to the cache."
+    if not str(model).startswith("random:"): return model
+    shape = model.split(":", 1)[1]; d = cache_dir("models") / f"random-{shape}"
+    if not (d / "config.json").exists(): make_tiny_model(d, shape=shape)
+    return str(d)
 
 # %% ../nbs/08_bench.ipynb #3a7975eb
 @dataclass
@@ -39,11 +48,11 @@ class BenchConfig:
     device: str = "auto"  # cpu, cuda, or auto: cuda when there is one
     embedder: str = "all-MiniLM-L6-v2"
 
-    def chain_config(self) -> ChainConfig:
-        "The chain parameters both arms use (the paper's: LoRA r=16, 1 epoch, batch 16, lr 2e-4, 5 warm-up steps); dtype the chain's `auto` (the baseline loads fp32 regardless)."
-        return ChainConfig(model=self.model, n_train=self.n_train, lr=2e-4, epochs=1, batch_size=16, warmup_steps=5,
-                           max_length=256, max_new_tokens=self.max_new_tokens, n_generate=self.n_generate,
-                           temperature=1.5, min_p=0.2, dtype="auto", seed=self.seed)
+    def chain_config(self, finetune: str = "lora") -> ChainConfig:
+        "The chain parameters the arms use (the paper's: LoRA r=16, 1 epoch, batch 16, lr 2e-4, 5 warm-up steps; full fine-tuning at its default lr); dtype the chain's `auto` (the baseline loads fp32 regardless)."
+        return ChainConfig(model=bench_model(self.model), n_train=self.n_train, lr=2e-4 if finetune == "lora" else "auto", epochs=1, batch_size=16,
+                           warmup_steps=5, max_length=256, max_new_tokens=self.max_new_tokens, n_generate=self.n_generate,
+                           temperature=1.5, min_p=0.2, dtype="auto", seed=self.seed, finetune=finetune)
 
     def torch_device(self) -> str:
         import torch
@@ -98,7 +107,7 @@ def _lexical(texts: list[str]) -> dict:
 def _prepare(bc: BenchConfig, dtype: str):
     "A fresh base model in `dtype` on the bench's device, its tokenizer, the workload's texts and instruction, and the load time."
     t0 = time.perf_counter()
-    base, tok = load_model(bc.model, dtype, bc.torch_device())
+    base, tok = load_model(bench_model(bc.model), dtype, bc.torch_device())
     train, heldout = bench_data(bc, tok)
     return base, tok, train, heldout, instruction_for("bbc_news"), {"load": time.perf_counter() - t0}
 
@@ -134,7 +143,7 @@ def baseline_generation(bc: BenchConfig) -> dict:
         texts += [x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
     t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
     heldout_nll = float(np.mean([response_nll(pm, tok, instr, [h], cfg.max_length, 1) for h in heldout]))
-    ref, rtok = load_model(bc.model, fmt, bc.torch_device()); emb = load_embedder(bc.embedder)
+    ref, rtok = load_model(bench_model(bc.model), fmt, bc.torch_device()); emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
     m = dict(_lexical(ev), semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
@@ -144,23 +153,27 @@ def baseline_generation(bc: BenchConfig) -> dict:
                 train_loss=loss, metrics=m, dtype=fmt, params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
 
 # %% ../nbs/08_bench.ipynb #6c47febd
-def ours_generation(bc: BenchConfig) -> dict:
-    "One chain generation as `03_chain` + `04_metrics` run it."
-    cfg = bc.chain_config(); base, tok, train, heldout, instr, t = _prepare(bc, cfg.dtype); t0 = time.perf_counter()
-    pm, stats = train_lora(base, tok, instr, train, cfg, bc.seed)
+def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
+    "One chain generation as `03_chain` + `04_metrics` run it (with `finetune`: LoRA, or every weight)."
+    cfg = bc.chain_config(finetune); base, tok, train, heldout, instr, t = _prepare(bc, cfg.dtype); t0 = time.perf_counter()
+    pm, stats = fine_tune(base, tok, instr, train, cfg, bc.seed)
     t["train"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    merged = pm.merge_and_unload()
+    merged = merged_model(pm)
     heldout_nll = response_nll(merged, tok, instr, heldout, cfg.max_length)
     texts = generate_texts(merged, tok, instr, bc.n_generate, cfg, bc.seed)
     t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    ref, rtok = load_model(bc.model, cfg.dtype, bc.torch_device()); emb = load_embedder(bc.embedder)
+    ref, rtok = load_model(bench_model(bc.model), cfg.dtype, bc.torch_device()); emb = load_embedder(bc.embedder)
     m = dict(measure_texts(subsample(texts, bc.n_eval, bc.seed), emb, ref, rtok), heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
     return dict(times=t, train_tokens=stats["tokens"], train_positions=stats["positions"], generated_tokens=_count(tok, texts),
                 n_generated=len(texts), train_loss=stats["loss_mean"], metrics=m, dtype=str(merged.dtype).replace("torch.", ""),
-                params=sum(p.numel() for p in merged.parameters()))
+                params=sum(p.numel() for p in merged.parameters()), finetune=finetune, trainable_params=stats["trainable_params"], lr=stats["lr"])
 
-ARMS = {"baseline": baseline_generation, "ours": ours_generation}
+def full_generation(bc: BenchConfig) -> dict:
+    "Ours with full fine-tuning: every weight trained (float32 master weights, the forward in the chain's format), at its default lr."
+    return ours_generation(bc, "full")
+
+ARMS = {"baseline": baseline_generation, "ours": ours_generation, "full": full_generation}
 
 # %% ../nbs/08_bench.ipynb #2c716a51
 def warm_process(device: str) -> None:
@@ -192,7 +205,7 @@ def rates(r: dict, peak: float) -> dict:
     tr, ge = r["train_tokens"] / t["train"], r["generated_tokens"] / t["generate"]
     return dict(per_generation_s=round(sum(t.values()), 1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
                 metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1), generate_tok_s=round(ge, 1),
-                train_peak_share=round(4 * P * tr / 1e9 / peak, 3), generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
+                train_peak_share=round((6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak, 3), generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
                 peak_rss_gb=r.get("peak_rss_gb"), dtype=r.get("dtype", "float32"), **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
 
 def growth_exponent(ns: list[int], times: list[float]) -> float:
@@ -207,6 +220,10 @@ def summarise(results: dict, peak: dict) -> dict:
         stages = lambda t: dict(per_generation_s=sum(t.values()), train_s=t["train"], generate_s=t["generate"], metrics_s=t["metrics"])
         b, o = (stages(results["arms"][k]["times"]) for k in ("baseline", "ours"))  # measured times, not the rounded ones (a tiny run's 0.04 s is 0.0)
         out["speedup"] = {k: round(b[k] / o[k], 2) for k in b}
+    if {"ours", "full"} <= set(out["arms"]):  # what training every weight costs over LoRA, time and memory
+        f, o = (results["arms"][k] for k in ("full", "ours"))
+        out["full_vs_lora"] = dict(train_s=round(f["times"]["train"] / o["times"]["train"], 2), per_generation_s=round(sum(f["times"].values()) / sum(o["times"].values()), 2),
+                                   **{k: round(f[k] / o[k], 2) for k in ("peak_rss_gb", "peak_gpu_gb") if f.get(k) and o.get(k)})
     sc = results.get("scaling", {})
     if sc:
         ns = sorted(int(n) for n in sc)
@@ -224,6 +241,7 @@ def format_summary(s: dict) -> str:
                      f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB"
                      + (f" resident, {a['peak_gpu_gb']} GB on the GPU" if "peak_gpu_gb" in a else ""))
     if "speedup" in s: lines.append("baseline/ours: " + ", ".join(f"{k.replace('_s', '')} {v}x" for k, v in s["speedup"].items()))
+    if "full_vs_lora" in s: lines.append("full/ours (full fine-tuning over LoRA): " + ", ".join(f"{k.replace('_s', '').replace('_gb', '')} {v}x" for k, v in s["full_vs_lora"].items()))
     if "scaling" in s:
         lines.append("ours per generation: " + ", ".join(f"N={n}: {v} s" for n, v in s["scaling"].items())
                      + (f"; growth exponent {s['growth_exponent']}" if "growth_exponent" in s else ""))
@@ -231,7 +249,7 @@ def format_summary(s: dict) -> str:
 
 # %% ../nbs/08_bench.ipynb #274f55b3
 def run_bench(bc: BenchConfig, # the workload
-              arms: tuple = ("baseline", "ours"), # arms to run
+              arms: tuple = ("baseline", "ours", "full"), # arms to run
               sizes: tuple = (64, 256, 1024), # N of the scaling line of ours
               out_dir: str | Path = "runs/bench", # where bench.json goes
              ) -> dict:

@@ -171,7 +171,7 @@ def sphinx_build(src_dir: str | Path, # a folder written by write_sphinx_project
     return out / "index.html"
 
 # %% ../nbs/06a_docs.ipynb #bc670d59
-APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "06_figures")
+APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures")
 
 def committed_appendix(root: str | Path, # the repository
                       ) -> dict[str, list[Path]]:
@@ -209,7 +209,7 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
     return page
 
 # %% ../nbs/06a_docs.ipynb #b34d5af3
-ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "06_figures")
+ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures")
 
 def study_notebooks(out_dir: str | Path, # a study's out_dir
                    ) -> dict:

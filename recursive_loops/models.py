@@ -12,10 +12,10 @@ import numpy as np
 from .core import log, resolve, cache_dir, atomic_path, config_hash, cpu_info, HubUnavailable
 
 # %% auto #0
-__all__ = ['DTYPES', 'BUNDLED_MODELS', 'resolve_dtype', 'pick_dtype', 'matmul_gflops', 'bundled_model_dir', 'check_model',
-           'resolve_model', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'collate',
-           'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model', 'server_command',
-           'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
+__all__ = ['DTYPES', 'BUNDLED_MODELS', 'TINY_ARCHS', 'SHAPES', 'resolve_dtype', 'pick_dtype', 'matmul_gflops',
+           'bundled_model_dir', 'check_model', 'resolve_model', 'load_model', 'make_tiny_model', 'chat_prompt',
+           'encode_examples', 'collate', 'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model',
+           'server_command', 'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
 
 # %% ../nbs/00a_models.ipynb #e94cca74
 DTYPES = ("auto", "bfloat16", "float32")
@@ -145,22 +145,46 @@ def load_model(model: str, # alias, folder or hub id
     return m, tok
 
 # %% ../nbs/00a_models.ipynb #e47006b9
+TINY_ARCHS = ("llama", "qwen2", "gemma", "gpt2", "gpt_neox")  # the families the tests run whole chains of
+SHAPES = {  # the published sizes of 1-2B models, for random-weight stand-ins where the real weights cannot be reached (make bench)
+    "smollm2-1.7b": dict(arch="llama", hidden=2048, layers=24, heads=32, kv_heads=32, intermediate=8192),
+    "llama-3.2-1b": dict(arch="llama", hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192),
+    "qwen2.5-1.5b": dict(arch="qwen2", hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960),
+}
+
+def _arch_config(arch: str, tok, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, positions: int = 2048):
+    "A transformers config of family `arch` at the given size, with the tokenizer's vocabulary and special tokens."
+    from transformers import AutoConfig
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "gpt2": kw = dict(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=intermediate, n_positions=positions)
+    elif arch == "gpt_neox": kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                       intermediate_size=intermediate, max_position_embeddings=positions)
+    elif arch in ("llama", "qwen2", "gemma"):
+        kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                  intermediate_size=intermediate, max_position_embeddings=positions, tie_word_embeddings=True,
+                  **(dict(head_dim=hidden // heads) if arch == "gemma" else {}))
+    else: raise ValueError(f"arch={arch!r} is invalid; allowed: {', '.join(TINY_ARCHS)}")
+    return AutoConfig.for_model(arch, **ids, **kw)
+
+
+# %% ../nbs/00a_models.ipynb #dde68c3f
 def make_tiny_model(path: str | Path, # folder to write
                     hidden: int = 64, # hidden size
                     layers: int = 2, # decoder layers
                     seed: int = 0, # init seed
+                    arch: str = "llama", # model family: one of TINY_ARCHS
+                    shape: str | None = None, # a key of SHAPES: that model's size (and family) instead of `hidden`, `layers`, `arch`
                    ) -> Path:
-    "A tiny random Llama with the bundled tokenizer: for fast tests of the chain's mechanics."
+    "A random-weight causal LM with the bundled tokenizer: tiny by default (fast tests of the chain's mechanics, in any of `TINY_ARCHS`), or a 1-2B model's `shape`."
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, AutoModelForCausalLM
     _quiet_transformers()
     tok = AutoTokenizer.from_pretrained(bundled_model_dir())
+    if shape is not None and shape not in SHAPES: raise ValueError(f"shape={shape!r} is invalid; allowed: {', '.join(SHAPES)}")
+    size = dict(SHAPES[shape]) if shape else dict(arch=arch, hidden=hidden, layers=layers, heads=4, kv_heads=2, intermediate=hidden * 2)
+    cfg = _arch_config(size.pop("arch"), tok, **size)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(path); tok.save_pretrained(path)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path); tok.save_pretrained(path)
     return Path(path)
 
 # %% ../nbs/00a_models.ipynb #303486c6

@@ -102,25 +102,29 @@ class VLLMSampler:
     "A chain's sampler on a vLLM server in its own virtualenv, started on first use and kept for the chain: each generation's LoRA adapter is loaded into it by name, so the base model is loaded and the server started once per chain."
     def __init__(self, cfg: "ChainConfig", log_path: str | Path | None = None, python: str | None = None):
         self.cfg, self.log_path, self.python = cfg, log_path, python or vllm_python()
-        self.proc, self.url, self.start_s, self.device = None, None, None, None
+        self.proc, self.url, self.start_s, self.device, self.served = None, None, None, None, None
+        self.lora = getattr(cfg, "finetune", "lora") == "lora"  # False: full fine-tuning, a server on each generation's weights
 
     def check(self) -> None:
         "Raise one clear error if the server cannot be started here (no vLLM virtualenv, or a LoRA rank vLLM refuses)."
-        if self.cfg.lora_r > VLLM_LORA_RANKS[-1]:
+        if self.lora and self.cfg.lora_r > VLLM_LORA_RANKS[-1]:
             raise ValueError(f"lora_r={self.cfg.lora_r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}; use generator: hf")
         check_vllm_python(self.python)
 
-    def start(self) -> str:
-        "Start the server (once); its base URL."
-        if self.proc is not None: return self.url
+    def start(self, model: str | None = None, # what to serve: the chain's base model (LoRA), or a generation's weights folder (full)
+             ) -> str:
+        "Start the server on `model` (kept while it is the one asked for; another one replaces it); its base URL."
+        model = str(model or self.cfg.model)
+        if self.proc is not None and self.served == model: return self.url
         import torch
-        self.check()
-        rank = next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)
+        self.check(); self.close()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        lora = ["--enable-lora", "--max-lora-rank", str(next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)), "--max-loras", "1"] if self.lora else []
         self.proc, self.url, self.start_s = start_server(
-            self.cfg.model, python=self.python, device=self.device, log_path=self.log_path,
-            env=dict(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True"), extra_args=["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", "1"])
-        log.info("vLLM sampler up in %.0f s at %s", self.start_s, self.url)
+            model, python=self.python, device=self.device, log_path=self.log_path,
+            env=dict(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True") if self.lora else {}, extra_args=lora)
+        self.served = model
+        log.info("vLLM sampler up in %.0f s at %s (%s)", self.start_s, self.url, model)
         return self.url
 
     def _post(self, route: str, body: dict) -> None:
@@ -145,9 +149,9 @@ class VLLMSampler:
 # %% ../nbs/03b_sampling.ipynb #8e69d5a3
 @patch
 def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, n: int, seed: int) -> list[str]:
-    "Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir`: temperature + min-p, `gen_batch_size` per request."
+    "Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir` (full fine-tuning: the weights there, served): temperature + min-p, `gen_batch_size` per request."
     from openai import OpenAI
-    name = self.load(adapter_dir, f"chain-{seed}")
+    name = self.load(adapter_dir, f"chain-{seed}") if self.lora else (self.start(adapter_dir), str(adapter_dir))[1]
     try:
         client = OpenAI(base_url=self.url, api_key="EMPTY", max_retries=2, timeout=3600)
         ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]  # the exact prompt tokens 03 samples from
@@ -159,7 +163,8 @@ def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, 
                                           **seeded)
             return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
         return fill_texts(draw, n, self.cfg.gen_batch_size, "generate (vLLM)")
-    finally: self.unload(name)
+    finally:
+        if self.lora: self.unload(name)
 
 @patch
 def determinism(self: VLLMSampler) -> dict:

@@ -19,6 +19,7 @@ from .data import load_texts, instruction_for, REGISTRY
 from .regression import SHIFTS
 from .models import resolve_dtype, check_model, server_command, start_server, stop_server, check_vllm_python
 from .sampling import VLLMSampler
+from .training import FINETUNES, fit_spec
 from .chain import ChainConfig, chain_identity, Gen0Share, stale_inputs, gen_dir, is_done, prepare_human, select_cluster, network_nodes, run_network
 from .network import NetworkSpec
 from .curation import CurationSpec, Curator, n_candidates
@@ -27,12 +28,12 @@ from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
 from .docs import build_appendix, build_docs, keep_appendix
 
 # %% auto #0
-__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'FILE_DESIGNS', 'MEASURED', 'BUNDLED_PARAMS', 'RESULT_KEYS',
-           'USAGE_ERRORS', 'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file', 'chain_run_dir',
-           'format_file', 'study_format', 'gen0_key', 'expand', 'estimate_cost', 'describe', 'check_feeding',
-           'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state', 'run_local',
-           'slurm_executor', 'run_slurm', 'run_slurm_networks', 'notebooks_dir', 'metrics_params', 'make_task',
-           'aggregate', 'quality_judge_of', 'run_clusters', 'make_sources', 'make_merged', 'make_lean',
+__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'FILE_DESIGNS', 'MEASURED', 'BUNDLED_PARAMS', 'FULL_COST',
+           'RESULT_KEYS', 'USAGE_ERRORS', 'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file',
+           'chain_run_dir', 'format_file', 'study_format', 'gen0_key', 'expand', 'estimate_cost', 'describe',
+           'check_feeding', 'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state',
+           'run_local', 'slurm_executor', 'run_slurm', 'run_slurm_networks', 'notebooks_dir', 'metrics_params',
+           'make_task', 'aggregate', 'quality_judge_of', 'run_clusters', 'make_sources', 'make_merged', 'make_lean',
            'make_quartiles', 'set_aside_stale', 'run_analysis', 'preflight', 'status_table', 'format_status',
            'appendix_line', 'run_study', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
 
@@ -50,12 +51,13 @@ ALLOWED = {
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
                  "n_per_cluster", "reference_model", "max_n", "selfbleu_n", "aic_n", "candidate_sizes"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
-    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "control", "network", "figures"),
+    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "control", "network", "scale", "figures"),
     "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max", "quality", "pooled", "folds"),
     "analysis.modularity": ("experiment", "predictors", "targets"),
     "analysis.lean": ("experiment", "judge", "tol"),
     "analysis.control": ("experiment", "quartiles", "baseline", "metrics"),
     "analysis.network": ("experiment", "metrics", "n_eval", "embedder"),
+    "analysis.scale": ("experiment", "metrics", "baseline"),
     "analysis.figures": ("fig_dir",),
     "executor": ("kind", "workers", "slurm"),
     "executor.slurm": ("partition", "account", "qos", "time_min", "cpus_per_task", "gres", "mem_gb", "array_parallelism",
@@ -81,7 +83,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
     _check_keys(spec, "", "", str(path))
     for sec in ("chain", "metrics", "clusters", "analysis", "executor", "cost"):
         if spec.get(sec) is not None: _check_keys(spec[sec], sec, sec, str(path))
-    for sec in ("regression", "modularity", "lean", "control", "network", "figures"):
+    for sec in ("regression", "modularity", "lean", "control", "network", "scale", "figures"):
         if (spec.get("analysis") or {}).get(sec): _check_keys(spec["analysis"][sec], f"analysis.{sec}", f"analysis.{sec}", str(path))
     if (spec.get("executor") or {}).get("slurm"): _check_keys(spec["executor"]["slurm"], "executor.slurm", "executor.slurm", str(path))
     js = (spec.get("metrics") or {}).get("judges") or []
@@ -168,6 +170,8 @@ def chain_run_dir(out: str, params: dict) -> str:
     cl = "whole" if params.get("cluster") is None else f"cluster-{params['cluster']}"
     cur = CurationSpec.from_dict(params.get("curate"))  # a curated chain: one more level, its rule
     arm = "" if cur.rule == "none" else re.sub(r"[^A-Za-z0-9_.-]+", "-", cur.label) + "/"
+    if params.get("finetune", "lora") != "lora": arm += f"{params['finetune']}/"  # full fine-tuning: one more level
+    if params.get("models"): arm += f"mixed-{len(params['models'])}/"  # a mixed-model chain: one more level
     if params.get("network") is not None:  # a network: one more level, its graph and size (its nodes in node-k/ below)
         net = NetworkSpec.from_dict(params["network"]); arm += re.sub(r"[^A-Za-z0-9_.-]+", "-", f"network-{net.label}-x{net.nodes}") + "/"
     return f"{out}/{_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/{arm}seed-{params['seed']}-{config_hash(ident, 8)}"
@@ -288,14 +292,21 @@ def expand(spec: dict, # from load_spec
         arms = _as_list(arms, "curate", w) if isinstance(arms, list) else [arms]
         nets = e.pop("network") if "network" in e else base.get("network")  # a list of networks: one network per entry (03d_network)
         nets = _as_list(nets, "network", w) if isinstance(nets, list) else [nets]
+        fts = _as_list(e.pop("finetune"), "finetune", w) if isinstance(e.get("finetune"), list) else [e.pop("finetune", base.get("finetune", "lora"))]  # a list of methods: one chain per method
+        pool = axes.pop("models") if "models" in axes and "draw" in {**base, **e} else None  # with `draw`: models is one mixed chain's pool, not an axis
         dss = [None] if isinstance(on, dict) and "merged" in on else axes.get("datasets", datasets)  # a merged design names its own domains
         for ds in dss:
             design, ids, by_cluster = _train_on(plan, name, on, ds)
-            for cl, r, s, m, acc, arm, net in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
+            for cl, r, s, m, acc, arm, net, ft in itertools.product(ids, axes.get("ratios", [base.get("ratio", 0.5)]), axes.get("seeds", [0]),
                                                             axes.get("models", [base.get("model", "smollm2-135m")]),
-                                                            axes.get("accumulate", [base.get("accumulate", True)]), arms, nets):
+                                                            axes.get("accumulate", [base.get("accumulate", True)]), arms, nets, fts):
                 p = {**{k: v for k, v in base.items() if k not in ("model", "accumulate")}, **e,
-                     "dataset": cl if design in FILE_DESIGNS else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc, "curate": arm, "network": net}
+                     "dataset": cl if design in FILE_DESIGNS else ds, "ratio": r, "seed": s, "model": m, "accumulate": acc, "curate": arm, "network": net,
+                     "finetune": ft, **({"models": pool} if pool else {})}
+                mf = p.get("match_fit")
+                if (mf or {}).get("target") == ft: p["match_fit"] = None  # the arm the others are matched to trains at its own lr ...
+                elif isinstance(mf, dict) and mf.get("target") in ("lora", "full") and "lr" not in mf and p.get("lr", "auto") != "auto":
+                    p["match_fit"] = {**mf, "lr": p["lr"]}  # ... the experiment's lr, which the reference is then trained at
                 if p.get("dtype", "auto") == "auto": p["dtype"] = plan.dtype  # resolved once for the whole study
                 if design == "cluster": p["cluster"] = cl
                 if by_cluster: p["clusters_path"] = clusters_file(out, ds)
@@ -327,12 +338,13 @@ def expand(spec: dict, # from load_spec
 MEASURED = dict(seconds_per_generation=192.7, n_train=256, exponent=0.769, model_params=134.5e6,
                 device="2-core AMD EPYC CPU, fp32 (make bench, 2026-11-25)")
 BUNDLED_PARAMS = {"smollm2-135m": 134.5e6}
+FULL_COST = 1.3  # a fully fine-tuned generation's time over a LoRA one's (training 13.2 s against 10.3 s at N = 48 on 2 AMD EPYC cores, bf16; sampling the same)
 
 def estimate_cost(plan: Plan) -> dict:
     "Counts and time estimate of a plan (see the prose for the model of cost)."
     c = {**MEASURED, "gpu_tflops": 989.0, "gpu_efficiency": 0.3, **(plan.spec.get("cost") or {})}
     params = {**BUNDLED_PARAMS, **(c.get("params") or {})}
-    out = dict(chains=len(plan.chains), generations=0, fine_tunes=0, gen0_shared=0, train_texts=0, generated_texts=0, seconds=0.0,
+    out = dict(chains=len(plan.chains), generations=0, fine_tunes=0, gen0_shared=0, calibration_trials=0, train_texts=0, generated_texts=0, seconds=0.0,
                gpu_seconds=0.0, unknown_models=set())
     gen0s = set()  # generation 0s computed once and shared (`gen0_cache`)
     for ch in plan.chains:
@@ -345,7 +357,9 @@ def estimate_cost(plan: Plan) -> dict:
         out["generated_texts"] += k * cfg.generations * n_candidates(cfg.n_to_generate, CurationSpec.from_dict(cfg.curate).oversample)  # a curated chain samples its candidates
         n_par = params.get(cfg.model)
         if n_par is None: out["unknown_models"].add(cfg.model); continue
-        out["seconds"] += g * c["seconds_per_generation"] * (cfg.n_train / c["n_train"]) ** c["exponent"] * (n_par / c["model_params"])
+        fit = fit_spec(cfg.match_fit, cfg.finetune)  # a matched-fit chain trains generation 0 once per lr tried (grid + refine + the reference), at most
+        trials = len(fit["lrs"]) + fit["refine"] + (fit["target"] in FINETUNES) if fit else 0; out["fine_tunes"] += k * trials; out["calibration_trials"] += k * trials
+        out["seconds"] += (g + trials) * c["seconds_per_generation"] * (cfg.n_train / c["n_train"]) ** c["exponent"] * (n_par / c["model_params"]) * (FULL_COST if cfg.finetune == "full" else 1)
         flops = 6 * n_par * cfg.n_train * cfg.max_length + 2 * n_par * cfg.n_to_generate * cfg.max_new_tokens
         out["gpu_seconds"] += g * flops / (c["gpu_tflops"] * 1e12 * c["gpu_efficiency"])
     out["device"] = c["device"]; out["gpu"] = f"{c['gpu_tflops']:g} TFLOP/s at {c['gpu_efficiency']:.0%} (assumed)"
@@ -360,6 +374,13 @@ def describe(plan: Plan) -> str:
         lines.append(f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}")
         arms = sorted({CurationSpec.from_dict(c.params.get("curate")).label for c in mine})
         if arms != ["none"] and arms: lines.append(f"    curation arms: {', '.join(arms)}")
+        fts = sorted({c.params.get("finetune", "lora") for c in mine})
+        if fts != ["lora"]:
+            fits = sorted({f"{c.params['finetune']} matched to {fit_spec(c.params['match_fit'], c.params['finetune'])['target']}'s generation-0 gain"
+                           for c in mine if c.params.get("match_fit")})
+            lines.append(f"    fine-tuning: {', '.join(fts)}" + (f" ({'; '.join(fits)}: its lr searched per chain)" if fits else ""))
+        if any(c.params.get("models") for c in mine):
+            lines.append("    mixed-model chains: " + "; ".join(sorted({f"{', '.join(c.params['models'])} ({c.params.get('draw', 'per_generation')})" for c in mine if c.params.get("models")})))
         nets = sorted({f"{NetworkSpec.from_dict(c.params['network']).label} x{c.nodes}" for c in mine if c.nodes})
         if nets: lines.append(f"    networks ({sum(c.nodes for c in mine)} node chains): {', '.join(nets)}")
         if mine and mine[0].design == "lean":  # what will score the lean, and how (05b_lean)
@@ -371,11 +392,11 @@ def describe(plan: Plan) -> str:
     steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"]
     an = sp.get("analysis") or {}
     steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("lean", "05b_lean"), ("control", "05c_control"),
-                               ("network", "05d_topology"), ("figures", "06_figures")) if an.get(k)]
+                               ("network", "05d_topology"), ("scale", "05e_scale"), ("figures", "06_figures")) if an.get(k)]
     lines.append("  steps: " + " -> ".join(steps))
     c = estimate_cost(plan)
     lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
-                 f"({c['gen0_shared']:,} generation 0s shared), "
+                 f"({c['gen0_shared']:,} generation 0s shared" + (f", up to {c['calibration_trials']:,} of them learning-rate trials" if c["calibration_trials"] else "") + "), "
                  f"{c['train_texts']:,} training texts, {c['generated_texts']:,} generated texts")
     lines.append(f"  time: {c['seconds'] / 3600:,.1f} h on {c['device']}; {c['gpu_seconds'] / 3600:,.2f} GPU-h at {c['gpu']}")
     if c["unknown_models"]: lines.append(f"  (no size known for {sorted(c['unknown_models'])}: add cost.params to count them)")
@@ -608,6 +629,7 @@ def aggregate(plan: Plan, # the study's plan
     frames, dframes = [], []
     curated = any(c.params.get("curate") for c in plan.chains)  # a study with curation arms: each chain's rule as a column
     networked = any(c.nodes for c in plan.chains)  # a study with networks: each node's network, node index and network seed as columns
+    methods = any(c.params.get("finetune", "lora") != "lora" for c in plan.chains)  # a study with full fine-tuning: each chain's method and lr
     for c in plan.chains:
         if c.placeholder: continue
         net = NetworkSpec.from_dict(c.params.get("network")) if c.nodes else None
@@ -619,6 +641,7 @@ def aggregate(plan: Plan, # the study's plan
                        generations=c.generations, n_train=c.params.get("n_train", cfg["config"]["n_train"]),
                        clusters_path=c.params.get("clusters_path"), run_dir=str(c.params["run_dir"]) + (f"/{d.name}" if net else ""),
                        **({"curate": CurationSpec.from_dict(c.params.get("curate")).label} if curated else {}),
+                       **(dict(finetune=c.params.get("finetune", "lora"), lr=cfg.get("lr"), matched=(cfg.get("calibration") or {}).get("matched")) if methods else {}),
                        **(dict(network=net.label if net else None, node=int(d.name[5:]) if net else None, nodes=c.nodes or None,
                                network_dir=str(c.params["run_dir"]) if net else None, network_seed=c.params["seed"] if net else None) if networked else {}))
             frames.append(pd.read_csv(m).assign(**tag))
@@ -732,7 +755,7 @@ def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
 
 def run_analysis(plan: Plan, # a plan whose chains ran
                 ) -> list[str]:
-    "05_regression, 05a_modularity, 05b_lean, 05c_control, 05d_topology and 06_figures as the spec asks, reading results.csv; one line per step."
+    "05_regression, 05a_modularity, 05b_lean, 05c_control, 05d_topology, 05e_scale and 06_figures as the spec asks, reading results.csv; one line per step."
     sp, out, root, nbs = plan.spec, plan.out, repo_root(), notebooks_dir(plan)
     an, done = sp.get("analysis") or {}, []
     results = out / "results.csv"
@@ -779,6 +802,14 @@ def run_analysis(plan: Plan, # a plan whose chains ran
         params = dict(results=str(results), out_dir=str(net_dir), experiment=name,
                       **{k: (",".join(v) if isinstance(v, list) else v) for k, v in net.items() if k != "experiment"})
         _papermill(nbs / "05d_topology.ipynb", net_dir / "05d_topology.ipynb", params, root); done.append(f"05d_topology -> {net_dir}")
+    sc = an.get("scale")
+    if sc:
+        name = sc.get("experiment") or next((n for n in sp["experiments"] if any(c.params.get("finetune", "lora") != "lora" and n in c.experiments for c in plan.chains)), None)
+        if not name: raise SpecError(f"{sp['_path']}: analysis.scale needs an experiment with finetune: [lora, full] (03a_training)")
+        sc_dir = out / "scale" / name
+        params = dict(results=str(results), out_dir=str(sc_dir), experiment=name,
+                      **{k: (",".join(v) if isinstance(v, list) else v) for k, v in sc.items() if k != "experiment"})
+        _papermill(nbs / "05e_scale.ipynb", sc_dir / "05e_scale.ipynb", params, root); done.append(f"05e_scale -> {sc_dir}")
     fig = an.get("figures")
     if fig:
         cds = [clusters_dir(sp, ds) for ds in plan.cluster_sets] or [out / "clusters"]
@@ -866,7 +897,7 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     out.mkdir(parents=True, exist_ok=True)
     if not format_file(spec).exists():  # the study's number format, decided once: every later run of it reads this
         write_json(format_file(spec), dict(dtype=plan.dtype, rule="resolve_dtype('auto')", cpu=cpu_info(), decided=time.strftime("%Y-%m-%dT%H:%M:%S")))
-    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "06_figures"):
+    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures"):
         study_notebook(repo_root() / "nbs" / f"{n}.ipynb", notebooks_dir(plan) / f"{n}.ipynb")
     make_sources(plan)  # the domains a merged design clusters on their own
     if plan.cluster_sets: run_clusters(plan)
