@@ -338,7 +338,7 @@ def expand(spec: dict, # from load_spec
 MEASURED = dict(seconds_per_generation=192.7, n_train=256, exponent=0.769, model_params=134.5e6,
                 device="2-core AMD EPYC CPU, fp32 (make bench, 2026-11-25)")
 BUNDLED_PARAMS = {"smollm2-135m": 134.5e6}
-FULL_COST = 1.3  # a fully fine-tuned generation's time over a LoRA one's (training 13.2 s against 10.3 s at N = 48 on 2 AMD EPYC cores, bf16; sampling the same)
+FULL_COST = 1.15  # a fully fine-tuned generation's time over a LoRA one's, measured on 2 AMD EPYC cores in bf16: 17.9 / 15.7 s (scale study, N = 48, medians), 70.8 / 62.9 s (make bench, N = 256)
 
 def estimate_cost(plan: Plan) -> dict:
     "Counts and time estimate of a plan (see the prose for the model of cost)."
