@@ -1,7 +1,7 @@
 """Scale (issue: full fine-tuning, any causal LM family, mixed-model chains, matched fit): whole tiny chains of five
-model families (held-out NLL and resume included), the fast paths exact where they run, a full fine-tuning chain
-through papermill, a mixed-model chain measured by 04_metrics against its fixed reference, a scale study spec, and
-(slow) a tiny LoRA-against-full study through 05e_scale and a fully fine-tuned chain sampled on vLLM."""
+model families (held-out NLL and resume included), the fast paths exact where they run, a mixed-model chain measured
+by 04_metrics against its fixed reference, a scale study spec, and (slow) a full fine-tuning chain through papermill,
+a tiny LoRA-against-full study through 05e_scale and a fully fine-tuned chain sampled on vLLM."""
 import os
 
 import pytest
@@ -52,6 +52,7 @@ def test_fast_paths_match_the_plain_forward(archs, tiny_model):
     assert not _split_head(g2) and g2.config.final_logit_softcapping
 
 
+@pytest.mark.slow  # ~1 min, the whole notebook with its checks (one of which runs a full fine-tuning chain in make test's nbdev_test)
 def test_full_fine_tuning_chain_through_papermill(tiny_model, tmp_path):
     "`papermill nbs/03_chain.ipynb OUT -p finetune full`: every weight trained, at full fine-tuning's default lr, no weights left on disk."
     rd = tmp_path / "full"
