@@ -153,7 +153,8 @@ def chain_identity(cfg: ChainConfig) -> dict:
     if net is not None: d["network"] = NetworkSpec.from_dict(net).to_dict()
     for k, default in (("finetune", "lora"), ("optimizer", "adamw"), ("gradient_checkpointing", False), ("match_fit", None), ("models", None)):
         if d[k] == default: d.pop(k)
-    if d.pop("draw") and cfg.models is not None: d["draw"] = cfg.draw
+    draw = d.pop("draw")
+    if cfg.models is not None: d["draw"] = draw  # how a mixed chain draws: part of its identity only when it has models
     if cfg.match_fit is not None: d["match_fit"] = fit_spec(cfg.match_fit, cfg.finetune); d.pop("lr")
     else: d["lr"] = learning_rate(cfg)
     return d

@@ -16,7 +16,7 @@ from .data import is_file_dataset
 from .chain import gen_dir, is_done
 
 # %% auto #0
-__all__ = ['SPHINX_CONF', 'WIDE_CSS', 'APPENDIX_ORDER', 'ANALYSIS_NBS', 'CHAIN_COLUMNS', 'skip_flags', 'skip_reason', 'not_run',
+__all__ = ['SPHINX_CONF', 'WIDE_CSS', 'ANALYSIS_NBS', 'APPENDIX_ORDER', 'CHAIN_COLUMNS', 'skip_flags', 'skip_reason', 'not_run',
            'reader_cells', 'doc_notebook', 'doc_notebooks', 'write_sphinx_project', 'toctree', 'sphinx_build',
            'committed_appendix', 'build_docs', 'study_notebooks', 'chain_row', 'experiments_of', 'page_title',
            'chains_table', 'appendix_index', 'study_figures', 'build_appendix', 'keep_appendix']
@@ -171,7 +171,8 @@ def sphinx_build(src_dir: str | Path, # a folder written by write_sphinx_project
     return out / "index.html"
 
 # %% ../nbs/06a_docs.ipynb #bc670d59
-APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures")
+ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures")  # a study's analysis stages, in the order it runs them
+APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", *ANALYSIS_NBS)
 
 def committed_appendix(root: str | Path, # the repository
                       ) -> dict[str, list[Path]]:
@@ -209,8 +210,6 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
     return page
 
 # %% ../nbs/06a_docs.ipynb #b34d5af3
-ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures")
-
 def study_notebooks(out_dir: str | Path, # a study's out_dir
                    ) -> dict:
     "The executed notebooks of a study: `chains` {run_dir: {stem: path}}, `clusters` and `analysis` [paths], `other`."

@@ -13,8 +13,8 @@ from .core import log, resolve, atomic_path, save_figure, read_json
 
 # %% auto #0
 __all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'seed_ci', 'average_over_seeds',
-           'judge_verdicts', 'build_regression_table', 'vif', 'vif_prune', 'select_predictors', 'cv_r2', 'fit_ols',
-           'regress', 'plot_coefficients', 'paper_columns', 'run_regression']
+           'paired_difference', 'judge_verdicts', 'build_regression_table', 'vif', 'vif_prune', 'select_predictors',
+           'cv_r2', 'fit_ols', 'regress', 'plot_coefficients', 'paper_columns', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
 def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv, or a study's results.csv
@@ -85,6 +85,12 @@ def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFra
         lo, hi = seed_ci(d[value].to_numpy())
         return pd.Series({"mean": d[value].mean(), "ci_low": lo, "ci_high": hi, "n_seeds": len(d)})
     return shifts.groupby(keys, dropna=False).apply(agg, include_groups=False).reset_index()
+
+# %% ../nbs/05_regression.ipynb #5649f4bf
+def paired_difference(x) -> dict:
+    "Mean of the per-seed differences `x` (NaN dropped), its 95% t CI, n seeds, and `clear`: whether the CI excludes 0."
+    x = np.asarray(x, float); x = x[~np.isnan(x)]; lo, hi = seed_ci(x)
+    return dict(diff=float(x.mean()) if len(x) else np.nan, ci_low=lo, ci_high=hi, n_seeds=len(x), clear=bool(len(x) > 1 and (lo > 0 or hi < 0)))
 
 # %% ../nbs/05_regression.ipynb #46ac5de2
 def judge_verdicts(results: pd.DataFrame) -> dict[str, str]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, atomic_path, write_json, make_manifest, save_figure
-from .regression import seed_ci
+from .regression import seed_ci, paired_difference
 
 # %% auto #0
 __all__ = ['scale_table', 'demo_scale_results', 'summarise', 'compare', 'plot_scale', 'run_scale']
@@ -67,9 +67,7 @@ def compare(table: pd.DataFrame, # scale_table
         wide = d[d.generation == g].pivot_table(index="seed", columns="finetune", values=q)
         if baseline not in wide.columns: continue
         for ft in [c for c in wide.columns if c != baseline]:
-            x = (wide[ft] - wide[baseline]).dropna().to_numpy(); lo, hi = seed_ci(x)
-            rows.append(dict(finetune=ft, vs=baseline, metric=m, quantity=q, generation=g, diff=float(x.mean()) if len(x) else np.nan,
-                             ci_low=lo, ci_high=hi, n_seeds=len(x), clear=bool(len(x) > 1 and (lo > 0 or hi < 0))))
+            rows.append(dict(finetune=ft, vs=baseline, metric=m, quantity=q, generation=g, **paired_difference((wide[ft] - wide[baseline]).to_numpy())))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05e_scale.ipynb #ea999c21

@@ -25,10 +25,10 @@ from .network import NetworkSpec
 from .curation import CurationSpec, Curator, n_candidates
 from .metrics import metrics_intact
 from .judges import JudgeSpec, JudgeError, OpenAIBackend, judge_throughput
-from .docs import build_appendix, build_docs, keep_appendix
+from .docs import build_appendix, build_docs, keep_appendix, ANALYSIS_NBS
 
 # %% auto #0
-__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ALLOWED', 'FILE_DESIGNS', 'MEASURED', 'BUNDLED_PARAMS', 'FULL_COST',
+__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ANALYSES', 'ALLOWED', 'FILE_DESIGNS', 'MEASURED', 'BUNDLED_PARAMS', 'FULL_COST',
            'RESULT_KEYS', 'USAGE_ERRORS', 'SpecError', 'load_spec', 'Chain', 'Plan', 'clusters_dir', 'clusters_file',
            'chain_run_dir', 'format_file', 'study_format', 'gen0_key', 'expand', 'estimate_cost', 'describe',
            'check_feeding', 'n_threads_per_worker', 'log_papermill', 'chain_task', 'SlurmChainTask', 'chain_state',
@@ -44,6 +44,7 @@ class SpecError(ValueError):
 CHAIN_FIELDS = tuple(f.name for f in fields(ChainConfig))
 AXES = ("datasets", "ratios", "seeds", "models", "accumulate")
 PER_CHAIN = tuple(k for k in CHAIN_FIELDS if k not in ("run_dir", "dataset", "cluster", "clusters_path", "ratio", "seed", "model", "accumulate"))
+ANALYSES = dict(zip(("regression", "modularity", "lean", "control", "network", "scale", "figures"), ANALYSIS_NBS))  # spec key -> its notebook (06a_docs), in the order a study runs them
 ALLOWED = {
     "": ("name", "out_dir", "datasets", "chain", "metrics", "clusters", "experiments", "analysis", "executor", "cost", "mixed_formats"),
     "chain": PER_CHAIN + ("model", "accumulate"),
@@ -51,7 +52,7 @@ ALLOWED = {
     "clusters": ("embedder", "method", "n_clusters", "min_cluster_size", "umap_dim", "min_texts", "max_texts", "seed",
                  "n_per_cluster", "reference_model", "max_n", "selfbleu_n", "aic_n", "candidate_sizes"),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
-    "analysis": ("shift", "k_last", "regression", "modularity", "lean", "control", "network", "scale", "figures"),
+    "analysis": ("shift", "k_last", *ANALYSES),
     "analysis.regression": ("experiment", "predictors", "targets", "group", "vif_max", "quality", "pooled", "folds"),
     "analysis.modularity": ("experiment", "predictors", "targets"),
     "analysis.lean": ("experiment", "judge", "tol"),
@@ -83,7 +84,7 @@ def load_spec(path: str | Path, # the study spec (YAML)
     _check_keys(spec, "", "", str(path))
     for sec in ("chain", "metrics", "clusters", "analysis", "executor", "cost"):
         if spec.get(sec) is not None: _check_keys(spec[sec], sec, sec, str(path))
-    for sec in ("regression", "modularity", "lean", "control", "network", "scale", "figures"):
+    for sec in ANALYSES:
         if (spec.get("analysis") or {}).get(sec): _check_keys(spec["analysis"][sec], f"analysis.{sec}", f"analysis.{sec}", str(path))
     if (spec.get("executor") or {}).get("slurm"): _check_keys(spec["executor"]["slurm"], "executor.slurm", "executor.slurm", str(path))
     js = (spec.get("metrics") or {}).get("judges") or []
@@ -391,8 +392,7 @@ def describe(plan: Plan) -> str:
     steps = [f"02_clusters + 04b_properties on {', '.join(plan.cluster_sets)}"] if plan.cluster_sets else []
     steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"]
     an = sp.get("analysis") or {}
-    steps += [nb for k, nb in (("regression", "05_regression"), ("modularity", "05a_modularity"), ("lean", "05b_lean"), ("control", "05c_control"),
-                               ("network", "05d_topology"), ("scale", "05e_scale"), ("figures", "06_figures")) if an.get(k)]
+    steps += [nb for k, nb in ANALYSES.items() if an.get(k)]
     lines.append("  steps: " + " -> ".join(steps))
     c = estimate_cost(plan)
     lines.append(f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
@@ -897,7 +897,7 @@ def run_study(spec_path: str | Path, # the study spec (YAML)
     out.mkdir(parents=True, exist_ok=True)
     if not format_file(spec).exists():  # the study's number format, decided once: every later run of it reads this
         write_json(format_file(spec), dict(dtype=plan.dtype, rule="resolve_dtype('auto')", cpu=cpu_info(), decided=time.strftime("%Y-%m-%dT%H:%M:%S")))
-    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures"):
+    for n in ("02_clusters", "03_chain", "04_metrics", "04b_properties", *ANALYSES.values()):
         study_notebook(repo_root() / "nbs" / f"{n}.ipynb", notebooks_dir(plan) / f"{n}.ipynb")
     make_sources(plan)  # the domains a merged design clusters on their own
     if plan.cluster_sets: run_clusters(plan)

@@ -13,7 +13,7 @@ from .core import log, resolve, atomic_path, read_json, read_jsonl, write_json, 
 from .models import embed_texts
 from .metrics import semantic_diversity, subsample
 from .network import NetworkSpec, adjacency, cross_nll_gap
-from .regression import seed_ci
+from .regression import seed_ci, paired_difference
 
 # %% auto #0
 __all__ = ['FIG_METRICS', 'centroid_distance', 'alpha_gamma', 'network_rows', 'demo_network_results', 'node_shift_table',
@@ -152,9 +152,7 @@ def compare(table: pd.DataFrame, # network_table
     rows = []
     for net in [c for c in wide.columns if c != baseline]:
         for met, d in (wide[net] - wide[baseline]).groupby(level="metric"):
-            x = d.dropna().to_numpy(); lo, hi = seed_ci(x)
-            rows.append(dict(network=net, vs=baseline, metric=met, generation=int(last.generation.iloc[0]), diff=float(x.mean()) if len(x) else np.nan,
-                             ci_low=lo, ci_high=hi, n_seeds=len(x), clear=bool(len(x) > 1 and (lo > 0 or hi < 0))))
+            rows.append(dict(network=net, vs=baseline, metric=met, generation=int(last.generation.iloc[0]), **paired_difference(d.to_numpy())))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05d_topology.ipynb #69b427d1
