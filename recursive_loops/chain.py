@@ -567,7 +567,7 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
             write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, **(dict(instructions=domains) if domains else dict(instruction=instr)),
                                                  finetune=cfg.finetune, lr=calib["lr"] if calib else learning_rate(cfg), **({"calibration": calib} if calib else {}),
                                                  base_heldout_nll=base_nll,
-                                                 dtype=str(base.dtype), device=str(base.device), determinism=determinism(base.device),
+                                                 dtype=str(base.dtype), device=str(base.device), attention=base.config._attn_implementation, determinism=determinism(base.device),
                                                  n_human_pool=len(human), inputs=input_checksums(cfg),
                                                  heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), **(extra or {})))
         rec = read_json(chain_file)

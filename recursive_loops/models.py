@@ -12,10 +12,11 @@ import numpy as np
 from .core import log, resolve, cache_dir, atomic_path, config_hash, cpu_info, HubUnavailable
 
 # %% auto #0
-__all__ = ['DTYPES', 'BUNDLED_MODELS', 'TINY_ARCHS', 'SHAPES', 'resolve_dtype', 'pick_dtype', 'matmul_gflops',
-           'bundled_model_dir', 'check_model', 'resolve_model', 'load_model', 'make_tiny_model', 'chat_prompt',
-           'encode_examples', 'collate', 'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model',
-           'server_command', 'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
+__all__ = ['DTYPES', 'BUNDLED_MODELS', 'GQA_FAMILIES', 'CPU_ATTENTION', 'TINY_ARCHS', 'SHAPES', 'resolve_dtype', 'pick_dtype',
+           'matmul_gflops', 'bundled_model_dir', 'check_model', 'resolve_model', 'gqa_attention', 'cpu_attention',
+           'retain_freed_memory', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'collate',
+           'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model', 'server_command',
+           'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
 
 # %% ../nbs/00a_models.ipynb #e94cca74
 DTYPES = ("auto", "bfloat16", "float32")
@@ -121,10 +122,54 @@ def resolve_model(model: str) -> str:
     p = resolve(model)
     return str(p) if p.exists() else model
 
+# %% ../nbs/00a_models.ipynb #c343e7f4
+GQA_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma")  # attention(module, q, k, v, mask, scaling), keys shared by groups of heads
+CPU_ATTENTION = "rl_gqa"  # the name gqa_attention is registered under
+
+def gqa_attention(module, query, key, value, # (batch, heads, q, dim), keys and values (batch, kv_heads, L, dim)
+                  attention_mask, # additive (batch, 1, q, >= L) or None
+                  scaling: float | None = None, dropout: float = 0.0, **kwargs):
+    "Eager attention with the query heads grouped by the key/value head they share: keys and values are read in place, never repeated per head. Returns `(batch, q, heads, dim)` and the weights."
+    import torch
+    B, H, q, D = query.shape; Hk, L = key.shape[1], key.shape[2]; G = H // Hk
+    s = torch.matmul(query.reshape(B, Hk, G * q, D), key.transpose(2, 3))  # head h = kv * G + g, as transformers' repeat_kv orders them
+    s = s.mul_(D ** -0.5 if scaling is None else scaling).view(B, Hk, G, q, L)
+    if attention_mask is not None: s = s + attention_mask[:, :, None, :, :L]
+    p = torch.softmax(s, -1, dtype=torch.float32).to(query.dtype)
+    if dropout and module.training: p = torch.nn.functional.dropout(p, dropout)
+    o = torch.matmul(p.view(B, Hk, G * q, L), value)
+    return o.view(B, H, q, D).transpose(1, 2).contiguous(), p.view(B, H, q, L)
+
+# %% ../nbs/00a_models.ipynb #f9bb927b
+def cpu_attention(model) -> str | None:
+    "The attention `model` runs with on CPU: `gqa_attention` (registered with transformers on first use) where it matches the family's, else None (transformers' choice)."
+    c = model.config
+    if getattr(c, "model_type", None) not in GQA_FAMILIES or getattr(c, "attn_logit_softcapping", None): return None
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    AttentionInterface.register(CPU_ATTENTION, gqa_attention); AttentionMaskInterface.register(CPU_ATTENTION, eager_mask)
+    return CPU_ATTENTION
+
+_MALLOC: dict = {}
+
+def retain_freed_memory() -> bool:
+    "Keep memory this process frees for its own reuse (glibc: blocks up to 32 MB from the heap, never trimmed) instead of returning it and faulting it in again; once per process. Whether it is on (False off glibc, or with RECURSIVE_LOOPS_RETAIN_MEMORY=0)."
+    if "on" in _MALLOC: return _MALLOC["on"]
+    on = False
+    if os.environ.get("RECURSIVE_LOOPS_RETAIN_MEMORY", "1") != "0" and sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            libc = ctypes.CDLL("libc.so.6")  # M_MMAP_THRESHOLD -3 (its most), M_TRIM_THRESHOLD -1 (1 GB), M_TOP_PAD -2; values are C ints
+            on = all(libc.mallopt(opt, v) == 1 for opt, v in ((-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)))
+        except (OSError, AttributeError): on = False
+    _MALLOC["on"] = on
+    return on
+
 # %% ../nbs/00a_models.ipynb #c331d12f
 def load_model(model: str, # alias, folder or hub id
                dtype: str = "auto", # see pick_dtype
                device: str | None = None, # default: cuda if available else cpu
+               attention: str | None = "auto", # auto: `cpu_attention` on CPU, transformers' choice elsewhere; or a transformers name (sdpa, eager)
               ):
     "Load a causal LM and its tokenizer (pad token set, left padding for generation)."
     import torch
@@ -139,6 +184,9 @@ def load_model(model: str, # alias, folder or hub id
         if Path(path).exists(): raise
         raise HubUnavailable(f"model {model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), nor a local folder, "
                              f"nor reachable on the Hugging Face hub ({str(e).splitlines()[0][:150]})") from None
+    if attention == "auto": attention = cpu_attention(m) if device == "cpu" else None
+    if attention: m.set_attn_implementation(attention)
+    if device == "cpu": retain_freed_memory()
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     m.eval()

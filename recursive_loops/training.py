@@ -12,10 +12,10 @@ from .core import seed_everything, progress
 from .models import encode_examples, collate, _kv_arg, _kv_out
 
 # %% auto #0
-__all__ = ['FAST_FAMILIES', 'FINETUNES', 'LR_DEFAULTS', 'OPTIMIZERS', 'TUNED_DIRS', 'FIT_KEYS', 'FIT_GRIDS', 'length_batches',
-           'head_nll', 'shared_prompt_nll', 'shares_prompt', 'micro_batches', 'n_labels', 'learning_rate',
-           'make_optimizer', 'train_lora', 'train_full', 'fine_tune', 'merged_model', 'save_tuned', 'pooled_nll',
-           'response_nll', 'fit_spec', 'search_lr']
+__all__ = ['FAST_FAMILIES', 'FINETUNES', 'LR_DEFAULTS', 'OPTIMIZERS', 'CPU_PASS_TOKENS', 'TUNED_DIRS', 'FIT_KEYS', 'FIT_GRIDS',
+           'length_batches', 'free_head_workspace', 'head_nll', 'shared_prompt_nll', 'shares_prompt', 'micro_batches',
+           'n_labels', 'learning_rate', 'make_optimizer', 'train_lora', 'train_full', 'fine_tune', 'merged_model',
+           'save_tuned', 'pooled_nll', 'response_nll', 'fit_spec', 'search_lr']
 
 # %% ../nbs/03a_training.ipynb #0b5eb7de
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random, chunk: int = 8) -> list[list[int]]:
@@ -46,7 +46,20 @@ def _chunk_nll(head, h, y):  # summed cross-entropy of one block of rows
     import torch
     return torch.nn.functional.cross_entropy(head(h).float(), y, reduction="sum")
 
-_FUSED: dict = {}
+_FUSED: dict = {}  # the autograd function ("fn") and the logits' workspaces ("ws", device, dtype)
+
+def _head_workspace(rows: int, w):
+    "A (rows, vocab) float32 block for the logits and, for a head not in float32, one in its format: allocated once and reused by every block and step (`free_head_workspace` frees them)."
+    import torch
+    key = ("ws", str(w.device), w.dtype); ws = _FUSED.get(key)
+    if ws is None or ws[0].shape != (rows, w.shape[0]):
+        ws = _FUSED[key] = (torch.empty(rows, w.shape[0], dtype=torch.float32, device=w.device),
+                            None if w.dtype == torch.float32 else torch.empty(rows, w.shape[0], dtype=w.dtype, device=w.device))
+    return ws
+
+def free_head_workspace() -> None:
+    "Free the logits' workspaces (at the end of a training run)."
+    for k in [k for k in _FUSED if k != "fn"]: del _FUSED[k]
 
 def _fused_head_nll():
     "The autograd function behind `head_nll` when training (built on first use: this module imports torch lazily)."
@@ -58,13 +71,17 @@ def _fused_head_nll():
         @staticmethod
         def forward(ctx, h, w, y, chunk):
             tot = torch.zeros((), dtype=torch.float32, device=h.device); g = torch.empty_like(h)
+            zf, zw = _head_workspace(chunk, w)
             for s in range(0, len(h), chunk):
-                z = (h[s:s + chunk] @ w.t()).float(); yy = y[s:s + chunk]; rows = torch.arange(len(yy), device=z.device)
+                n = len(h[s:s + chunk]); yy = y[s:s + chunk]; rows = torch.arange(n, device=h.device); z = zf[:n]
+                if zw is None: torch.mm(h[s:s + n], w.t(), out=z)
+                else: torch.mm(h[s:s + n], w.t(), out=zw[:n]); z.copy_(zw[:n])  # logits in the head's format, then float32
                 m = z.max(-1, keepdim=True).values; tgt = z[rows, yy]
                 se = z.sub_(m).exp_().sum(-1, keepdim=True)             # z is now exp(logit - max)
                 tot += (m + se.log()).sum() - tgt.sum()
                 z.div_(se); z[rows, yy] -= 1                            # softmax - one-hot: d loss / d logits
-                g[s:s + chunk] = z.to(w.dtype) @ w
+                if zw is None: torch.mm(z, w, out=g[s:s + n])
+                else: zw[:n].copy_(z); torch.mm(zw[:n], w, out=g[s:s + n])
             ctx.save_for_backward(g)
             return tot
 
@@ -181,34 +198,41 @@ def _train_loop(pm, tok, ex: list[tuple[list[int], int]], # the model to train (
             part.backward(); loss = loss + part.detach(); n_pos += pos
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
         losses.append(loss); n_tok += sum(len(x) for x, _ in batch)
-    pm.eval(); losses = [float(x) for x in losses]  # read once at the end: no GPU sync per step
+    pm.eval(); free_head_workspace(); losses = [float(x) for x in losses]  # read once at the end: no GPU sync per step
     return dict(steps=total, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                 loss_mean=float(np.mean(losses)) if losses else None, tokens=n_tok, positions=n_pos,
                 shared_prompt=shared_prompt, pass_tokens=pass_tokens, lr=learning_rate(cfg),
                 trainable_params=sum(p.numel() for p in params))
 
-def _paths(pm, ex, shared_prompt, pass_tokens) -> tuple[bool, int | None]:
-    "The paths a run takes: the shared prompt (None: on CPU only) where it applies; slices of 768 positions on CPU (-1), none on a GPU."
+CPU_PASS_TOKENS = {"float32": 768, "bfloat16": 1536}  # positions per pass on CPU (-1) by the forward's format: the same activation memory
+
+def _paths(pm, ex, shared_prompt, pass_tokens, fmt: str = "float32") -> tuple[bool, int | None]:
+    "The paths a run takes: the shared prompt (None: on CPU only) where it applies; slices of `CPU_PASS_TOKENS[fmt]` positions on CPU (-1), none on a GPU."
     if shared_prompt is None: shared_prompt = pm.device.type == "cpu"
-    return shared_prompt and shares_prompt(pm, ex), (768 if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
+    return shared_prompt and shares_prompt(pm, ex), (CPU_PASS_TOKENS.get(fmt, 768) if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
 
 # %% ../nbs/03a_training.ipynb #6f7c06bb
 def train_lora(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
                texts: list[str], cfg: "ChainConfig", # the chain's settings: lora_r, lora_alpha, max_length, epochs, batch_size, lr, warmup_steps
                seed: int,
                shared_prompt: bool | None = None, # run the common prompt once per batch (same loss, fewer FLOPs); False: plain forward; None: on CPU only (measured: on a GPU a 135M model is launch-bound and the extra pass made steps 2x slower)
-               pass_tokens: int | None = -1, # most padded positions per forward/backward pass: a larger batch is run in slices whose gradients add up to the batch's (same step, less memory); None: no limit; -1: 768 on CPU, no limit on a GPU
+               pass_tokens: int | None = -1, # most padded positions per forward/backward pass: a larger batch is run in slices whose gradients add up to the batch's (same step, less memory); None: no limit; -1: on CPU 768 in float32, 1536 in bfloat16 (CPU_PASS_TOKENS), no limit on a GPU
               ) -> tuple[object, dict]:
-    "LoRA-tune `model` on `texts`; return the peft model and training stats."
+    "LoRA-tune `model` on `texts` (float32 adapters; a bfloat16 model's forward in bfloat16); return the peft model and training stats."
+    import torch
     from peft import LoraConfig, get_peft_model
+    from peft.helpers import disable_input_dtype_casting
     seed_everything(seed)
     with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                               target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
-    shared_prompt, pass_tokens = _paths(pm, ex, shared_prompt, pass_tokens)
-    return pm, dict(_train_loop(pm, tok, ex, cfg, seed, shared_prompt, pass_tokens), finetune="lora")
+    fmt = model.dtype; mixed = fmt != torch.float32  # adapters stay float32 (peft's default); their matmuls run in the model's format
+    shared_prompt, pass_tokens = _paths(pm, ex, shared_prompt, pass_tokens, str(fmt).replace("torch.", ""))
+    with disable_input_dtype_casting(pm, active=mixed):
+        stats = _train_loop(pm, tok, ex, cfg, seed, shared_prompt, pass_tokens, autocast=fmt if mixed else None)
+    return pm, dict(stats, finetune="lora", adapters="float32", forward=str(fmt).replace("torch.", ""))
 
 # %% ../nbs/03a_training.ipynb #3d44bbd0
 def train_full(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
@@ -226,7 +250,7 @@ def train_full(model, tok, instruction: str | list[str], # one instruction for a
     gc = bool(getattr(cfg, "gradient_checkpointing", False))
     if gc: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
-    shared_prompt, pass_tokens = _paths(model, ex, False if gc else shared_prompt, pass_tokens)
+    shared_prompt, pass_tokens = _paths(model, ex, False if gc else shared_prompt, pass_tokens)  # 768 on CPU: float32 weights, gradients and moments besides
     try: stats = _train_loop(model, tok, ex, cfg, seed, shared_prompt, pass_tokens, autocast=fmt if mixed else None)
     finally:
         if gc: model.gradient_checkpointing_disable()

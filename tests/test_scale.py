@@ -10,9 +10,12 @@ import torch
 from conftest import ROOT, run_nb, tiny_chain
 from test_sweep import cli
 from recursive_loops.core import read_json, read_jsonl
-from recursive_loops.models import TINY_ARCHS, make_tiny_model, load_model, encode_examples, collate
+from recursive_loops.models import TINY_ARCHS, GQA_FAMILIES, CPU_ATTENTION, make_tiny_model, load_model, encode_examples, collate
 from recursive_loops.training import FAST_FAMILIES, _split_head, pooled_nll
 from recursive_loops.chain import ChainConfig, gen_dir, is_done, run_chain
+
+
+BF16_NLL_TOL = 0.02  # nats: the fast path's float32 softmax over bfloat16 logits against the model's own loss (bfloat16 has an 8-bit mantissa: ~0.4% of a logit)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,8 @@ def test_every_family_runs_a_whole_chain_and_resumes(arch, archs, tmp_path):
     assert all(is_done(gen_dir(out, g)) for g in range(2)) and all(len(read_jsonl(gen_dir(out, g) / "generated.jsonl")) == 4 for g in range(2))
     assert all(m["heldout_nll"] > 0 and m["base_heldout_nll"] > 0 and m["base_model"] == archs[arch] for m in ms)
     assert ms[0]["train"]["shared_prompt"] == (arch in FAST_FAMILIES), ms[0]["train"]  # the fast path only where it is exact
+    cpu_gqa = arch in GQA_FAMILIES and not torch.cuda.is_available()  # the CPU attention only where it matches, recorded
+    assert (read_json(out / "chain.json")["attention"] == CPU_ATTENTION) == cpu_gqa
     before = (gen_dir(out, 1) / "generated.jsonl").read_bytes()
     (gen_dir(out, 1) / "DONE").unlink()  # killed before its marker: recomputed, byte-identical
     run_chain(cfg)
@@ -38,14 +43,15 @@ def test_every_family_runs_a_whole_chain_and_resumes(arch, archs, tmp_path):
 
 
 def test_fast_paths_match_the_plain_forward(archs, tiny_model):
-    "Where the fast NLL path runs (FAST_FAMILIES), it gives the model's own loss; Gemma 2's capped logits are left to the plain path."
+    "Where the fast NLL path runs (FAST_FAMILIES), it gives the model's own loss (float32: 1e-5; bfloat16: BF16_NLL_TOL); Gemma 2's capped logits are left to the plain path."
     from transformers import AutoConfig, AutoModelForCausalLM
     for arch in ("llama", "qwen2", "gemma"):
-        m, tok = load_model(archs[arch], "float32")
-        ex = encode_examples(tok, "Say hi.", ["hello there friend", "a longer text than the first one, by far", "x y z"], 64)
-        ids, att, lab = collate(ex, tok.pad_token_id)
-        with torch.no_grad(): plain = m(input_ids=ids, attention_mask=att, labels=lab).loss.item()
-        assert _split_head(m) and abs(pooled_nll(m, ex, tok.pad_token_id) - plain) < 1e-5, arch
+        for dtype, tol in (("float32", 1e-5), ("bfloat16", BF16_NLL_TOL)):
+            m, tok = load_model(archs[arch], dtype)
+            ex = encode_examples(tok, "Say hi.", ["hello there friend", "a longer text than the first one, by far", "x y z"], 64)
+            ids, att, lab = collate(ex, tok.pad_token_id)
+            with torch.no_grad(): plain = m(input_ids=ids, attention_mask=att, labels=lab).loss.item()
+            assert _split_head(m) and abs(pooled_nll(m, ex, tok.pad_token_id) - plain) < tol, (arch, dtype)
     _, tok = load_model(tiny_model, "float32")
     g2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                                num_attention_heads=2, num_key_value_heads=1, head_dim=16))
