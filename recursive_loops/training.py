@@ -209,7 +209,7 @@ CPU_PASS_TOKENS = {"float32": 768, "bfloat16": 1536}  # positions per pass on CP
 def _paths(pm, ex, shared_prompt, pass_tokens, fmt: str = "float32") -> tuple[bool, int | None]:
     "The paths a run takes: the shared prompt (None: on CPU only) where it applies; slices of `CPU_PASS_TOKENS[fmt]` positions on CPU (-1), none on a GPU."
     if shared_prompt is None: shared_prompt = pm.device.type == "cpu"
-    return shared_prompt and shares_prompt(pm, ex), (CPU_PASS_TOKENS.get(fmt, 768) if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
+    return shared_prompt and shares_prompt(pm, ex), (CPU_PASS_TOKENS.get(fmt, CPU_PASS_TOKENS["float32"]) if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
 
 # %% ../nbs/03a_training.ipynb #6f7c06bb
 def train_lora(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
@@ -229,10 +229,11 @@ def train_lora(model, tok, instruction: str | list[str], # one instruction for a
                                               target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
     fmt = model.dtype; mixed = fmt != torch.float32  # adapters stay float32 (peft's default); their matmuls run in the model's format
-    shared_prompt, pass_tokens = _paths(pm, ex, shared_prompt, pass_tokens, str(fmt).replace("torch.", ""))
+    forward = str(fmt).replace("torch.", "")
+    shared_prompt, pass_tokens = _paths(pm, ex, shared_prompt, pass_tokens, forward)
     with disable_input_dtype_casting(pm, active=mixed):
         stats = _train_loop(pm, tok, ex, cfg, seed, shared_prompt, pass_tokens, autocast=fmt if mixed else None)
-    return pm, dict(stats, finetune="lora", adapters="float32", forward=str(fmt).replace("torch.", ""))
+    return pm, dict(stats, finetune="lora", adapters="float32", forward=forward)
 
 # %% ../nbs/03a_training.ipynb #3d44bbd0
 def train_full(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
