@@ -12,12 +12,12 @@ import pandas as pd
 from .core import log, resolve, atomic_path, read_json, read_jsonl, write_json, write_jsonl, make_manifest, save_figure, text_hash, derive_seed
 from .models import embed_texts
 from .metrics import semantic_diversity, subsample
-from .network import NetworkSpec, adjacency, cross_nll_gap
+from .network import cross_nll_gap
 from .regression import seed_ci, paired_difference
 
 # %% auto #0
 __all__ = ['FIG_METRICS', 'centroid_distance', 'alpha_gamma', 'network_rows', 'demo_network_results', 'node_shift_table',
-           'network_table', 'summarise', 'compare', 'plot_network', 'plot_node_shifts', 'run_topology']
+           'network_table', 'summarise', 'compare', 'plot_network', 'network_edges', 'plot_node_shifts', 'run_topology']
 
 # %% ../nbs/05d_topology.ipynb #c73e63e6
 def _unit(e: np.ndarray) -> np.ndarray:
@@ -93,6 +93,8 @@ def demo_network_results(folder: str | Path, # where the demo's node folders and
                     rows += [dict(generation=g, source="generated", metric="semantic_diversity", value=sd, run_dir=str(net / f"node-{k}"),
                                   network=graph, node=k, nodes=K, network_dir=str(net), network_seed=s, experiment="demo", seed=s, cluster=f"topic{k}")]
                 if g >= 0: write_json(net / "cross_nll" / f"gen_{g:02d}.json", dict(generation=g, matrix=C.tolist()))
+            W = np.eye(K) if graph == "isolated" else np.full((K, K), 1 / K)  # what 03_chain's network.json records: W[i, j], node i's share from node j
+            write_json(net / "network.json", dict(label=graph, mixing=W.tolist()))
     out = folder / "results.csv"; pd.DataFrame(rows).to_csv(out, index=False)
     return out
 
@@ -194,6 +196,20 @@ def plot_network(summary: pd.DataFrame, # summarise
     fig.tight_layout()
     return save_figure(fig, path)
 
+# %% ../nbs/05d_topology.ipynb #84ec274c
+def network_edges(results: pd.DataFrame, # results rows of networks (`_networks`)
+                  network: str, # one graph's label (the `network` column)
+                 ) -> np.ndarray:
+    "`F[i, j]`: the share of this graph's seeds in which node i read node j's texts, from the mixing weights each network recorded (`network.json`)."
+    dirs = sorted(results.loc[results.network == network, "network_dir"].dropna().unique())
+    if not dirs: raise ValueError(f"network={network!r} has no rows; the results have {', '.join(sorted(set(results.network.dropna())))}")
+    reads = []
+    for nd in dirs:
+        rec = resolve(nd) / "network.json"
+        if not rec.exists(): raise ValueError(f"{rec} is missing: the network's record, written by 03_chain's run_network next to its node folders")
+        W = np.array(read_json(rec)["mixing"], float); np.fill_diagonal(W, 0); reads.append(W > 0)
+    return np.mean(reads, axis=0)
+
 # %% ../nbs/05d_topology.ipynb #552964f0
 def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networks`)
                      path: str | Path, # PNG to write
@@ -210,13 +226,16 @@ def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networ
     fig, axes = plt.subplots(1, len(nets), figsize=(3.1 * len(nets) + 1.2, 3.6), squeeze=False)
     shard = results.drop_duplicates(["network", "node"]).set_index(["network", "node"]).get("cluster")
     for ax, net in zip(axes[0], nets):
-        K = int(results[results.network == net].nodes.iloc[0])
-        spec = NetworkSpec.from_dict({"nodes": K, "graph": net.split(" ")[0]}) if net.split(" ")[0] in ("isolated", "ring", "star", "full") else None
-        A = adjacency(spec, 0) if spec else np.zeros((K, K))
+        F = network_edges(results, net); K = len(F)
         xy = np.array([[np.sin(2 * np.pi * k / K + np.pi / K), np.cos(2 * np.pi * k / K + np.pi / K)] for k in range(K)])  # a square for 4 nodes
         for i in range(K):
-            for j in range(K):
-                if A[i, j] and i < j: ax.plot(*xy[[i, j]].T, color="grey", lw=1.2, zorder=1)
+            for j in range(i + 1, K):
+                if F[i, j] == F[j, i] > 0: ax.plot(*xy[[i, j]].T, color="grey", alpha=float(F[i, j]), lw=1.2 + 1.3 * F[i, j], zorder=1)
+                else:  # a directed edge: an arrow from the node whose texts are read to its reader
+                    for a, b in ((i, j), (j, i)):
+                        if F[a, b] > 0: ax.annotate("", xy[a], xy[b], zorder=1, arrowprops=dict(arrowstyle="-|>", color="grey", alpha=float(F[a, b]),
+                                                    lw=1.2, shrinkA=19, shrinkB=19, connectionstyle="arc3,rad=0.12"))
+        random = bool(((F > 0) & (F < 1)).any())
         for k in range(K):
             v = mean.loc[(net, k), "mean"] if (net, k) in mean.index else np.nan
             ax.scatter(*xy[k], s=1000, color=cmap(norm(v)), edgecolor="k", zorder=2)
@@ -224,10 +243,12 @@ def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networ
             name = str(shard.get((net, k), k)) if shard is not None else str(k)
             ax.annotate(name, xy[k] + [0, 0.5 * (np.sign(xy[k][1]) or 1)], ha="center", va="center", fontsize=9)
         ax.set_xlim(-1.6, 1.6); ax.set_ylim(-1.7, 1.7); ax.set_aspect("equal"); ax.axis("off")
-        ax.set_title(f"{net} (n = {int(mean.loc[net, 'count'].min())} seeds)", fontsize=10)
+        n = int(mean.loc[net, 'count'].min())
+        ax.set_title(f"{net} (n = {n} seeds)" + ("\nedge shade: its share of the seeds" if random else ""), fontsize=10)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} shift, generation {int(last.generation.max())} / 0")
-    fig.suptitle(f"Each node's {metric.replace('_', ' ')} shift at the last generation (mean over seeds; < 1: it lost diversity)", fontsize=10)
+    fig.suptitle(f"Each node's {metric.replace('_', ' ')} shift at the last generation" + ("\n" if len(nets) < 3 else " ")  # one or two panels: two lines fit
+                 + "(mean over seeds; < 1: it lost diversity)", fontsize=10)
     return save_figure(fig, path)
 
 # %% ../nbs/05d_topology.ipynb #50d884b7
