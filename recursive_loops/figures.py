@@ -18,8 +18,8 @@ from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci, 
 
 # %% auto #0
 __all__ = ['METRICS', 'SWEEP_METRICS', 'PROP_LABELS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout',
-           'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift', 'plot_property_ranges', 'draw_figures',
-           'study_summary']
+           'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift', 'plot_property_ranges', 'plain_chains',
+           'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #2c1be7bd
 METRICS = {"selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity": "semantic diversity ↑",
@@ -234,6 +234,25 @@ def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the dr
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
+# %% ../nbs/06_figures.ipynb #706222c8
+def plain_chains(results: pd.DataFrame, # a study's results.csv (07_sweep) or gathered metrics
+                ) -> tuple[pd.DataFrame, list[str]]:
+    "The rows of plain recursive chains on whole datasets (the chain figures' input), and a line per kind of chain left to its own stage."
+    if "design" in results: r = results[results.design == "whole"]  # a study's results.csv says which chains ran on a whole dataset
+    else: r = results[results.cluster.isna()] if results.cluster.isna().any() else results
+    other, notes = np.zeros(len(r), bool), []
+    for col, plain, name, stage in (("network_dir", None, "network node", "05d_topology"), ("curate", "none", "curated", "05c_control"),
+                                    ("finetune", "lora", "full fine-tuning", "05e_scale")):
+        if col not in r: continue
+        m = (r[col].notna() if plain is None else r[col].fillna(plain).astype(str).ne(plain)).to_numpy() & ~other
+        if m.any(): notes.append(f"left out of the chain figures: {r[m].run_dir.nunique() if 'run_dir' in r else int(m.sum())} {name} chain(s) ({stage} draws them)")
+        other |= m
+    r = r[~other]
+    if "model" in r and r.model.nunique() > 1: r = r.assign(dataset=r.dataset.astype(str) + " · " + r.model.astype(str))  # a line per base model
+    if "accumulate" in r and r.accumulate.nunique() > 1:  # and per data mode: accumulating human data, or replacing it
+        r = r.assign(dataset=r.dataset.astype(str) + " · " + r.accumulate.astype(str).str.lower().map({"true": "accumulate", "false": "replace"}))
+    return r, notes
+
 # %% ../nbs/06_figures.ipynb #14bd0575
 def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without clusters
                  fig_dir: str | Path = "figures", # where PNGs go
@@ -246,11 +265,12 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     "Draw every figure whose inputs are on disk; return one line per figure (written, or skipped and why)."
     fd = resolve(fig_dir); out = []
     results = gather_metrics(runs_root)
-    if "design" in results: whole = results[results.design == "whole"]  # a study's results.csv says which chains ran on a whole dataset
-    else: whole = results[results.cluster.isna()] if results.cluster.isna().any() else results  # curves: chains on the whole dataset
-    out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
-            f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
-            f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png', shift, k)}"]
+    whole, left = plain_chains(results)
+    if whole.empty: out.append("skipped fig_metric_curves.png, fig_heldout_nll.png, fig_ratio_sweep.png: no plain chain on a whole dataset")
+    else: out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
+                  f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
+                  f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png', shift, k)}"]
+    out += left
     audits = []
     for rd in results.run_dir.dropna().unique() if "run_dir" in results else []:
         for base in (resolve(rd), resolve(runs_root) / rd, resolve(runs_root).parent / rd):
