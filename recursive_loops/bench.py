@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_bench.ipynb #aff0cf10
 from __future__ import annotations
-import json, math, os, resource, tempfile, time
+import json, math, resource, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, asdict, replace
 from multiprocessing import get_context
@@ -14,7 +14,7 @@ import numpy as np
 
 from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads, cache_dir
 from .data import load_texts, instruction_for
-from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder, make_tiny_model
+from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder, make_tiny_model, allocator_state
 from .training import fine_tune, merged_model, response_nll
 from .sampling import generate_texts
 from .chain import ChainConfig
@@ -104,21 +104,20 @@ def _count(tok, texts: list[str]) -> int:
 def _lexical(texts: list[str]) -> dict:
     return dict(ttr_150=ttr_150(texts), mtld=mtld(texts), length_words=float(np.mean([len(words(t)) for t in texts])))
 
-def _prepare(bc: BenchConfig, dtype: str, attention: str | None = "auto"):
-    "A fresh base model in `dtype` on the bench's device (with `attention`, see `load_model`), its tokenizer, the workload's texts and instruction, and the load time."
+def _prepare(bc: BenchConfig, dtype: str, attention: str | None = "auto", allocator: str = "auto"):
+    "A fresh base model in `dtype` on the bench's device (with `attention` and `allocator`, see `load_model`), its tokenizer, the workload's texts and instruction, and the load time."
     t0 = time.perf_counter()
-    base, tok = load_model(bench_model(bc.model), dtype, bc.torch_device(), attention=attention)
+    base, tok = load_model(bench_model(bc.model), dtype, bc.torch_device(), attention=attention, allocator=allocator)
     train, heldout = bench_data(bc, tok)
     return base, tok, train, heldout, instruction_for("bbc_news"), {"load": time.perf_counter() - t0}
 
 def baseline_generation(bc: BenchConfig) -> dict:
     "One chain generation the anchor's way: HF Trainer, unmerged adapter, generate in batches of 16, one text per pass; in ours' number format with the Trainer's mixed precision (the anchor's scripts train with `bf16=True`), transformers' own attention and the system's memory allocator."
     import torch
-    os.environ["RECURSIVE_LOOPS_RETAIN_MEMORY"] = "0"  # this arm runs in a process of its own (in_fresh_process)
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, DataCollatorForSeq2Seq
     cfg = bc.chain_config(); fmt = resolve_dtype(cfg.dtype, bc.torch_device())
-    base, tok, train, heldout, instr, t = _prepare(bc, fmt, attention=None); t0 = time.perf_counter()
+    base, tok, train, heldout, instr, t = _prepare(bc, fmt, attention=None, allocator="system"); t0 = time.perf_counter()
     seed_everything(bc.seed)
     pm = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instr, train, cfg.max_length)
@@ -145,14 +144,14 @@ def baseline_generation(bc: BenchConfig) -> dict:
         texts += [x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
     t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
     heldout_nll = float(np.mean([response_nll(pm, tok, instr, [h], cfg.max_length, 1) for h in heldout]))
-    ref, rtok = load_model(bench_model(bc.model), fmt, bc.torch_device(), attention=None); emb = load_embedder(bc.embedder)
+    ref, rtok = load_model(bench_model(bc.model), fmt, bc.torch_device(), attention=None, allocator="system"); emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
     m = dict(_lexical(ev), semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
              fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1) for x in ev])), heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
     return dict(times=t, train_tokens=sum(len(x) for x, _ in ex), generated_tokens=_count(tok, texts), n_generated=len(texts),
-                train_loss=loss, metrics=m, dtype=fmt, attention=base.config._attn_implementation, params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
+                train_loss=loss, metrics=m, dtype=fmt, attention=base.config._attn_implementation, allocator=allocator_state(), params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
 
 # %% ../nbs/08_bench.ipynb #6c47febd
 def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
@@ -168,7 +167,7 @@ def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
     m = dict(measure_texts(subsample(texts, bc.n_eval, bc.seed), emb, ref, rtok), heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
     return dict(times=t, train_tokens=stats["tokens"], train_positions=stats["positions"], generated_tokens=_count(tok, texts),
-                n_generated=len(texts), train_loss=stats["loss_mean"], metrics=m, dtype=str(merged.dtype).replace("torch.", ""), attention=merged.config._attn_implementation,
+                n_generated=len(texts), train_loss=stats["loss_mean"], metrics=m, dtype=str(merged.dtype).replace("torch.", ""), attention=merged.config._attn_implementation, allocator=allocator_state(),
                 params=sum(p.numel() for p in merged.parameters()), finetune=finetune, trainable_params=stats["trainable_params"], lr=stats["lr"])
 
 def full_generation(bc: BenchConfig) -> dict:
@@ -208,7 +207,7 @@ def rates(r: dict, peak: float) -> dict:
     return dict(per_generation_s=round(sum(t.values()), 1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
                 metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1), generate_tok_s=round(ge, 1),
                 train_peak_share=round((6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak, 3), generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
-                peak_rss_gb=r.get("peak_rss_gb"), dtype=r.get("dtype", "float32"), **({"attention": r["attention"]} if "attention" in r else {}), **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
+                peak_rss_gb=r.get("peak_rss_gb"), dtype=r.get("dtype", "float32"), **{k: r[k] for k in ("attention", "allocator") if k in r}, **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
 
 def growth_exponent(ns: list[int], times: list[float]) -> float:
     "Slope of log(time) on log(N)."
@@ -237,7 +236,7 @@ def format_summary(s: dict) -> str:
     "The summary as a few readable lines."
     lines = [f"matmul peak (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in s["peak_gflops"].items()) + "; each arm's shares are of its own format's peak"]
     for name, a in s["arms"].items():
-        lines.append(f"{name:>8} ({a.get('dtype', 'float32')}" + (f", {a['attention']} attention" if "attention" in a else "") + f"): per generation {a['per_generation_s']} s = load {a['load_s']} + train {a['train_s']} + "
+        lines.append(f"{name:>8} ({a.get('dtype', 'float32')}" + (f", {a['attention']} attention" if "attention" in a else "") + (f", {a['allocator']} allocator" if "allocator" in a else "") + f"): per generation {a['per_generation_s']} s = load {a['load_s']} + train {a['train_s']} + "
                      f"generate {a['generate_s']} + metrics {a['metrics_s']}; train {a['train_tok_s']} tok/s "
                      f"({100 * a['train_peak_share']:.0f}% of peak), generate {a['generate_tok_s']} tok/s "
                      f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB"

@@ -14,8 +14,8 @@ from .core import log, resolve, cache_dir, atomic_path, config_hash, cpu_info, H
 # %% auto #0
 __all__ = ['DTYPES', 'BUNDLED_MODELS', 'GQA_FAMILIES', 'CPU_ATTENTION', 'TINY_ARCHS', 'SHAPES', 'resolve_dtype', 'pick_dtype',
            'matmul_gflops', 'bundled_model_dir', 'check_model', 'resolve_model', 'gqa_attention', 'cpu_attention',
-           'retain_freed_memory', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples', 'collate',
-           'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model', 'server_command',
+           'retain_freed_memory', 'allocator_state', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples',
+           'collate', 'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model', 'server_command',
            'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
 
 # %% ../nbs/00a_models.ipynb #e94cca74
@@ -165,15 +165,21 @@ def retain_freed_memory() -> bool:
     _MALLOC["on"] = on
     return on
 
+def allocator_state() -> str:
+    "How this process's memory allocator runs: `retained` (after `retain_freed_memory`) or `system` (glibc's defaults)."
+    return "retained" if _MALLOC.get("on") else "system"
+
 # %% ../nbs/00a_models.ipynb #c331d12f
 def load_model(model: str, # alias, folder or hub id
                dtype: str = "auto", # see pick_dtype
                device: str | None = None, # default: cuda if available else cpu
                attention: str | None = "auto", # auto: `cpu_attention` on CPU, transformers' choice elsewhere; or a transformers name (sdpa, eager)
+               allocator: str = "auto", # auto: `retain_freed_memory` on CPU; system: leave the process's allocator as it is
               ):
     "Load a causal LM and its tokenizer (pad token set, left padding for generation)."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if allocator not in ("auto", "system"): raise ValueError(f"allocator={allocator!r} is invalid; allowed: auto, system")
     _quiet_transformers()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model(model)
@@ -186,7 +192,7 @@ def load_model(model: str, # alias, folder or hub id
                              f"nor reachable on the Hugging Face hub ({str(e).splitlines()[0][:150]})") from None
     if attention == "auto": attention = cpu_attention(m) if device == "cpu" else None
     if attention: m.set_attn_implementation(attention)
-    if device == "cpu": retain_freed_memory()
+    if device == "cpu" and allocator == "auto": retain_freed_memory()
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     m.eval()
