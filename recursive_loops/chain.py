@@ -446,7 +446,10 @@ def run_generation(run: ChainRun, # the chain, loaded
             if share: share.write(None if shared else Path(adapter), dict(train=stats, heldout_nll=nll, dtype=fmt[0], device=fmt[1], base_heldout_nll=base_nll), out)
     cur = None
     if run.curator:  # keep n_to_generate of the n_sample candidates by the chain's rule
-        with t("curate"): out, cands, cur = run.curator.curate(out, cfg.n_to_generate, derive_seed(cfg.seed, "curate", gen))
+        with t("curate"):  # per-text instructions: within each instruction's candidates, its equal share kept
+            cseed = derive_seed(cfg.seed, "curate", gen)
+            out, cands, cur = (run.curator.curate_each_instruction(out, run.domains, cfg.n_to_generate, cseed) if run.domains
+                               else run.curator.curate(out, cfg.n_to_generate, cseed))
     if texts_shared and run.keep_adapter: shutil.copytree(share.folder / tuned, d / tuned)
     write_jsonl(d / "train.jsonl", rows)
     write_jsonl(d / "generated.jsonl", out)
@@ -537,8 +540,6 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
             raise ValueError(f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; give one or the other")
         instr = cfg.instruction or instruction_for(cfg.dataset)
         cspec = CurationSpec.from_dict(cfg.curate)
-        if domains and cspec.rule != "none":
-            raise ValueError(f"curate={cfg.curate!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; curation keeps one pool's texts, not each instruction's share: not supported yet")
         curator = Curator(cspec, cfg.dataset, cfg.min_tokens, cfg.max_tokens) if cspec.rule != "none" else None
         if curator: curator.check()  # a scorer that fails its audit stops the chain here
         base, tok = loaded or load_model(cfg.model, cfg.dtype)     # fails before anything is written

@@ -9,13 +9,14 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-from .core import log
+from .core import log, derive_seed
 from .models import load_embedder
+from .sampling import instruction_shares
 from .judges import Judge, JudgeSpec, JudgeError, ScoreCache, audit_judge, audit_texts, format_audit
 
 # %% auto #0
 __all__ = ['RULES', 'CURATE_KEYS', 'CurationSpec', 'n_candidates', 'keep_random', 'keep_by_score', 'keep_diverse', 'keep_dedup',
-           'Curator', 'curate']
+           'Curator', 'curate', 'curate_each_instruction']
 
 # %% ../nbs/03c_curation.ipynb #8292fef6
 RULES = ("none", "random", "score_top", "score_bottom", "diversity", "dedup")
@@ -190,3 +191,30 @@ def curate(self: Curator,
     return [rows[i] for i in keep], cands, rec
 
 Curator.curate = curate
+
+# %% ../nbs/03c_curation.ipynb #d6450be0
+def curate_each_instruction(self: Curator,
+                            rows: list[dict], # the sampled candidates with `instruction` and `domain` (sample_by_instruction's rows)
+                            domains: dict[str, str], # instruction -> domain (chain.pool_domains), in share order
+                            n: int, # to keep in all
+                            seed: int, # the rule's seed
+                           ) -> tuple[list[dict], list[dict], dict]:
+    "`curate` within each instruction's candidates, keeping its equal share of `n`: (kept rows, every candidate, the record with `per_domain`)."
+    kept, cands, recs = [], [], {}
+    for s, k in instruction_shares(list(domains), n).items():
+        where = [i for i, r in enumerate(rows) if r["instruction"] == s]
+        if len(where) < k: raise ValueError(f"curation got {len(where)} candidates of instruction {s!r} for its {k} texts to keep")
+        kr, cr, rec = self.curate([rows[i] for i in where], k, derive_seed(seed, "instruction", s)) if k else ([], [dict(index=j, **rows[i], kept=False) for j, i in enumerate(where)], None)
+        kept += kr; cands += [dict(c, index=where[c["index"]]) for c in cr]
+        if rec: recs[domains[s]] = rec
+    cands.sort(key=lambda c: c["index"]); first = next(iter(recs.values()))
+    tot = dict(self.spec.to_dict(), label=self.spec.label, n_candidates=len(rows), n_kept=len(kept), seconds=round(sum(r["seconds"] for r in recs.values()), 3),
+               **{k: first[k] for k in ("scorer", "scorer_version", "audit") if k in first},
+               **{k: sum(r[k] for r in recs.values()) for k in ("unscored", "exact_duplicates", "near_duplicates", "unique", "topped_up") if k in first})
+    if "score_kept" in first:
+        sc = [(c["kept"], c["score"]) for c in cands if c.get("score") is not None]
+        tot.update(score_kept=float(np.mean([v for k, v in sc if k])), score_all=float(np.mean([v for _, v in sc])))
+    if "max_similarity" in first: tot["max_similarity"] = max((r["max_similarity"] for r in recs.values() if r["max_similarity"] is not None), default=None)
+    return kept, cands, dict(tot, per_domain=recs)
+
+Curator.curate_each_instruction = curate_each_instruction

@@ -149,7 +149,11 @@ def sampled_sets(run_dir: Path, # the chain's run directory
     for g, kept in generated.items():
         p = gen_dir(run_dir, g) / "candidates.jsonl"
         if not p.exists(): continue
-        texts = [r["text"] for r in read_jsonl(p)[:len(kept)]]
+        cands, left = read_jsonl(p), {}
+        for r in kept: left[r.get("instruction")] = left.get(r.get("instruction"), 0) + 1  # one instruction (None) or each its own share
+        texts = []
+        for c in cands:
+            if left.get(c.get("instruction"), 0) > 0: texts.append(c["text"]); left[c.get("instruction")] -= 1
         out[g] = ("sampled", subsample(texts, n_eval, derive_seed(seed, "eval-sampled", g)))
     return out
 

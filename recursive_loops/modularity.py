@@ -43,6 +43,11 @@ def modularity_table(results: pd.DataFrame, # domain_results.csv: per chain, gen
                      shift: str = "relative_to_gen0", k: int = 0,
                     ) -> pd.DataFrame:
     "Seed-averaged per-domain shifts of the merged chains, with every domain's cluster properties as `<domain>:<prop>` columns."
+    for col, plain, name in (("curate", "none", "curated"), ("finetune", "lora", "full fine-tuning")):  # the paper's design: plain LoRA chains
+        if col in results and (other := results[col].fillna(plain).astype(str).ne(plain)).any():
+            log.warning("modularity: %d %s chain(s) left out: the regression is of plain chains (05c_control and 05e_scale compare the arms)", results[other].run_dir.nunique(), name)
+            results = results[~other]
+    if results.empty: raise ValueError("no plain merged chain in the results (only curated or fully fine-tuned ones): the modularity regression is of plain chains")
     failed = [m for m, v in judge_verdicts(results).items() if v != "passed"]
     for m in failed: log.warning("judge metric %r is left out of the modularity table: its judge failed the audit", m)
     res = results[~results.metric.isin(failed)].assign(dataset=lambda d: d.dataset.astype(str))

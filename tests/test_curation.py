@@ -100,6 +100,33 @@ def test_a_killed_curated_chain_resumes_to_the_same_bytes(tmp_path, tiny_model):
     assert all(is_done(gen_dir(rd, g)) for g in range(3)) and _files(rd) == _files(ref)
 
 
+def test_a_curated_chain_on_a_merged_pool_keeps_each_domains_share(tmp_path, tiny_model):
+    "Per-text instructions (a merged dataset): each instruction samples its share of the candidates and keeps its share of the texts from its own; the metrics' unselected sample has the same shares."
+    from recursive_loops.core import write_jsonl
+    from recursive_loops.metrics import run_metrics, sampled_sets
+    pool = tmp_path / "merged.jsonl"
+    write_jsonl(pool, [dict(text=f"Text {i} about {d}: " + " ".join([d] * 22), domain=d, instruction=f"Write about {d}.")
+                       for d in ("ants", "bees", "cats") for i in range(20)])
+    rd = run_chain(ChainConfig(**tiny_chain(tmp_path / "c", tiny_model, dataset=str(pool), ratio=1.0, n_train=9, n_generate=0, generations=2,
+                                            curate=dict(rule="dedup", oversample=2))))
+    doms = ["ants", "bees", "cats"]
+    for g in range(2):
+        kept, cands = read_jsonl(gen_dir(rd, g) / "generated.jsonl"), read_jsonl(gen_dir(rd, g) / "candidates.jsonl")
+        assert [sum(r["domain"] == d for r in kept) for d in doms] == [3, 3, 3]
+        assert [sum(c["domain"] == d for c in cands) for d in doms] == [6, 6, 6] and [c["index"] for c in cands] == list(range(18))
+        assert [sum(c["kept"] for c in cands if c["domain"] == d) for d in doms] == [3, 3, 3]
+        assert [r["text"] for r in kept] == [c["text"] for c in cands if c["kept"]]
+        man = read_json(gen_dir(rd, g) / "manifest.json")
+        assert man["curation"]["n_candidates"] == 18 and man["curation"]["n_kept"] == 9 and set(man["curation"]["per_domain"]) == set(doms)
+        assert man["instructions"] == {f"Write about {d}.": 3 for d in doms}
+    gen = {g: read_jsonl(gen_dir(rd, g) / "generated.jsonl") for g in range(2)}
+    cands = read_jsonl(gen_dir(rd, 1) / "candidates.jsonl")
+    first = [c["text"] for d in doms for c in [c for c in cands if c["domain"] == d][:3]]  # each domain's first 3 candidates, kept or not
+    assert sorted(sampled_sets(rd, gen, 32, 0)[1][1]) == sorted(first)
+    df = pd.read_csv(run_metrics(rd, n_eval=9, reference_model=None))
+    assert {"generated", "sampled"} <= set(df.source) and (rd / "domain_metrics.csv").exists()
+
+
 @pytest.mark.slow
 def test_a_control_study_runs_its_arms_and_quartiles_end_to_end(tmp_path, tiny_model):
     "A tiny control study: three arms x two seeds sharing generation 0, Self-BLEU quartile chains, 05c_control's tables and figures."
