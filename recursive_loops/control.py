@@ -139,6 +139,10 @@ def arm_effects(table: pd.DataFrame, # control_table
     t = table if metrics is None else table[table.metric.isin(metrics)]
     arms = sorted(set(t.arm)); last = int(t.generation.max())
     if baseline not in arms: raise ValueError(f"baseline={baseline!r} is not an arm of the table; allowed: {', '.join(arms)}")
+    per = t.groupby(["arm", "seed"]).run_dir.nunique() if "run_dir" in t else pd.Series(dtype=int)
+    if (per > 1).any():  # several datasets (or merged datasets) in one experiment: pairing by seed alone would mix them
+        (a, s), n = per.idxmax(), int(per.max())
+        raise ValueError(f"arm {a!r} has {n} chains with seed {s} (several datasets in one experiment); arms are paired by seed: compare one dataset at a time (control_table of its rows)")
     def resolve_vs(v): return v if v in arms else next((a for a in arms if a.split(" ")[0] == v), None)
     rows = []
     for metric, tm in t.groupby("metric"):
