@@ -207,7 +207,7 @@ def curate_each_instruction(self: Curator,
         kr, cr, rec = self.curate([rows[i] for i in where], k, derive_seed(seed, "instruction", s)) if k else ([], [dict(index=j, **rows[i], kept=False) for j, i in enumerate(where)], None)
         kept += kr; cands += [dict(c, index=where[c["index"]]) for c in cr]
         if rec: recs[domains[s]] = rec
-    cands.sort(key=lambda c: c["index"]); first = next(iter(recs.values()))
+    cands.sort(key=lambda c: c["index"]); first = next(iter(recs.values()), {})  # (nothing to keep: no record of a rule)
     tot = dict(self.spec.to_dict(), label=self.spec.label, n_candidates=len(rows), n_kept=len(kept), seconds=round(sum(r["seconds"] for r in recs.values()), 3),
                **{k: first[k] for k in ("scorer", "scorer_version", "audit") if k in first},
                **{k: sum(r[k] for r in recs.values()) for k in ("unscored", "exact_duplicates", "near_duplicates", "unique", "topped_up") if k in first})
