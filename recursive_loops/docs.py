@@ -5,21 +5,25 @@
 # %% ../nbs/06a_docs.ipynb #5dddd002
 from __future__ import annotations
 import multiprocessing as mp
-import importlib, os, shutil, subprocess, sys, time
+import importlib, json, os, re, shutil, subprocess, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .core import log, resolve, repo_root, read_json, write_text
 from .data import is_file_dataset
 from .chain import gen_dir, is_done
 
 # %% auto #0
-__all__ = ['SPHINX_CONF', 'WIDE_CSS', 'ANALYSIS_NBS', 'APPENDIX_ORDER', 'CHAIN_COLUMNS', 'skip_flags', 'skip_reason', 'not_run',
-           'reader_cells', 'doc_notebook', 'doc_notebooks', 'write_sphinx_project', 'toctree', 'sphinx_build',
-           'committed_appendix', 'build_docs', 'study_notebooks', 'chain_row', 'experiments_of', 'page_title',
-           'chains_table', 'appendix_index', 'study_figures', 'build_appendix', 'keep_appendix']
+__all__ = ['SPHINX_CONF', 'WIDE_CSS', 'ANALYSIS_NBS', 'APPENDIX_ORDER', 'STUDY_ORDER', 'EXPERIMENT_COLUMNS', 'CHAIN_COLUMNS',
+           'skip_flags', 'skip_reason', 'not_run', 'reader_cells', 'doc_notebook', 'doc_notebooks',
+           'write_sphinx_project', 'toctree', 'sphinx_build', 'committed_appendix', 'study_specs', 'spec_summary',
+           'without_machine_paths', 'executed_notebooks', 'printed_outputs', 'study_figure_files', 'notebooks_md',
+           'results_page', 'write_results_pages', 'site_links', 'build_docs', 'study_notebooks', 'chain_row',
+           'experiments_of', 'page_title', 'chains_table', 'appendix_index', 'study_figures', 'build_appendix',
+           'keep_appendix']
 
 # %% ../nbs/06a_docs.ipynb #5be14498
 def skip_flags(root: str | Path | None = None, # the repository (default: the one holding the cwd)
@@ -183,6 +187,215 @@ def committed_appendix(root: str | Path, # the repository
         if nbs: out[d.name] = nbs
     return out
 
+# %% ../nbs/06a_docs.ipynb #eb815233
+STUDY_ORDER = ("demo", "ratios", "modularity", "control", "topology", "scale", "paper")
+
+def study_specs(root: str | Path, # the repository
+               ) -> dict[str, Path]:
+    "The study specs `studies/*.yaml` by name (the file's stem), in `STUDY_ORDER`, then by name."
+    specs = {p.stem: p for p in sorted((Path(root) / "studies").glob("*.yaml"))}
+    def rank(name):
+        return (STUDY_ORDER.index(name) if name in STUDY_ORDER else len(STUDY_ORDER), name)
+    return {n: specs[n] for n in sorted(specs, key=rank)}
+
+# %% ../nbs/06a_docs.ipynb #ab5c0ba8
+EXPERIMENT_COLUMNS = ("ratios", "seeds", "generations", "n_train", "n_generate")
+
+def _fraction(x) -> str:
+    "A ratio as the paper writes it: 0.0625 -> 1/16, 1.0 -> 1."
+    from fractions import Fraction
+    return str(Fraction(float(x)).limit_denominator(64))
+
+def _short(v) -> str:
+    "A spec value on one line: scalars as they are, dicts as k=v (nested ones elided), lists joined."
+    if isinstance(v, dict):
+        return " ".join(f"{k}={'...' if isinstance(x, dict) else _short(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        inner = ", ".join(_short(x) for x in v)
+        return inner if v and isinstance(v[0], dict) else f"[{inner}]"
+    return str(v)
+
+# %% ../nbs/06a_docs.ipynb #bb2e2dc3
+def _md_table(rows: list[dict]) -> str:
+    "A markdown table of dicts with the same keys ('|' in a value made '/')."
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[c]).replace("|", "/") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+def _experiment_row(name: str, # the experiment's key in the spec
+                    exp: dict, # its settings
+                    chain: dict, # the spec's shared chain settings
+                   ) -> dict:
+    "One experiment as a table row: what it trains on, the columns of EXPERIMENT_COLUMNS, the rest."
+    row = {"experiment": name, "trains on": _short(exp.get("train_on", "the whole dataset"))}
+    for k in EXPERIMENT_COLUMNS:
+        v = exp.get(k, chain.get(k, ""))
+        shown = ", ".join(map(_fraction, v)) if k == "ratios" and v else _short(v)
+        row[k.replace("_", " ")] = shown
+    skip = {"train_on", *EXPERIMENT_COLUMNS}
+    rest = [f"{k}: {_short(v)}" for k, v in exp.items() if k not in skip]
+    row["also"] = "; ".join(rest)
+    return row
+
+def spec_summary(spec: dict, # a study spec, as yaml.safe_load reads it
+                 path: str, # where it is, for the text (e.g. studies/demo.yaml)
+                ) -> str:
+    "What a study runs, as MyST markdown: datasets, shared chain settings, experiments, analyses."
+    chain = spec.get("chain") or {}
+    datasets = ", ".join(f"`{d}`" for d in spec.get("datasets") or [])
+    lines = [f"`{path}` writes to `{spec.get('out_dir', '?')}`; datasets: {datasets}.", ""]
+    if chain:
+        shared = ", ".join(f"{k} {_short(v)}" for k, v in chain.items())
+        lines += [f"Chain settings every experiment shares (the rest are `03_chain`'s defaults): "
+                  f"{shared}.", ""]
+    exps = spec.get("experiments") or {}
+    lines.append(_md_table([_experiment_row(n, e or {}, chain) for n, e in exps.items()]))
+    analysis = spec.get("analysis") or {}
+    if analysis:
+        steps = "; ".join(f"{k} ({_short(v)})" for k, v in analysis.items())
+        lines += [f"Analysis: {steps}.", ""]
+    kind = (spec.get("executor") or {}).get("kind")
+    if kind:
+        lines += [f"Executor: {kind}.", ""]
+    return "\n".join(lines)
+
+# %% ../nbs/06a_docs.ipynb #195c09c7
+_ABS = re.compile(r"(?<![\w.~])/(?:[^\s/'\"]+/)+?(?=(?:runs|figures)/)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+def without_machine_paths(text: str) -> str:
+    "`text` with absolute paths into `runs/` or `figures/` cut to that part, and no ANSI colours."
+    return _ABS.sub("", _ANSI.sub("", text))
+
+def executed_notebooks(root: str | Path, # the repository
+                       study: str, # a study's name (its appendix/<study>/ folder)
+                       out_dir: str = "", # the study's out_dir, to shorten run directories
+                      ) -> list[dict]:
+    "One row per committed executed notebook of a study: stem, path, date, seconds, run directory."
+    rows, prefix = [], out_dir.rstrip("/") + "/"
+    for p in committed_appendix(root).get(study, []):
+        pm = json.loads(p.read_text()).get("metadata", {}).get("papermill", {})
+        rd = without_machine_paths(str((pm.get("parameters") or {}).get("run_dir") or ""))
+        if out_dir and rd.startswith(prefix):
+            rd = rd[len(prefix):]
+        rows.append(dict(stem=p.stem, path=p, date=str(pm.get("start_time") or "")[:10],
+                         seconds=pm.get("duration"), failed=bool(pm.get("exception")), run_dir=rd))
+    return rows
+
+# %% ../nbs/06a_docs.ipynb #6a7fef6e
+def printed_outputs(nb_path: str | Path, # an executed notebook
+                   ) -> list[tuple[str, str]]:
+    "What the last code cell with outputs printed: ('text', ...) and ('html', ...) pairs, no images."
+    cells = json.loads(Path(nb_path).read_text())["cells"]
+    ran = [c for c in cells if c["cell_type"] == "code" and c.get("outputs")]
+    out = []
+    for o in ran[-1]["outputs"] if ran else []:
+        data = o.get("data", {})
+        if o["output_type"] == "stream":
+            out.append(("text", "".join(o["text"])))
+        elif o["output_type"] == "error":
+            out.append(("text", "\n".join(o.get("traceback", []))))
+        elif "text/html" in data:
+            out.append(("html", "".join(data["text/html"])))
+        elif "text/plain" in data and "image/png" not in data:
+            out.append(("text", "".join(data["text/plain"])))
+    return [(k, without_machine_paths(v).strip()) for k, v in out if v.strip()]
+
+# %% ../nbs/06a_docs.ipynb #de37b4a8
+_FIG = re.compile(r"fig_\w+\.png")
+
+def study_figure_files(root: str | Path, # the repository
+                       spec: dict, # the study's spec
+                       study: str, # its name
+                       text: str = "", # its hand-written results text
+                      ) -> list[Path]:
+    "The committed figures of a study, in the order they are first named."
+    root = Path(root)
+    figures = (spec.get("analysis") or {}).get("figures") or {}
+    fig_dir = root / str(figures.get("fig_dir", "figures"))
+    said = [t for p in committed_appendix(root).get(study, [])
+            for k, t in printed_outputs(p) if k == "text"]
+    lines = [l for t in said for l in t.splitlines() if "skipped" not in l] + text.splitlines()
+    names = [n for l in lines for n in _FIG.findall(l)]
+    if fig_dir.resolve() != (root / "figures").resolve():  # the study's own folder
+        names += sorted(p.name for p in fig_dir.glob("*.png"))
+    return [fig_dir / n for n in dict.fromkeys(names) if (fig_dir / n).is_file()]
+
+# %% ../nbs/06a_docs.ipynb #c8575152
+def _printed_md(nb: dict) -> list[str]:
+    "What one analysis notebook printed, as MyST blocks under a heading."
+    parts = []
+    for kind, v in printed_outputs(nb["path"]):
+        parts += ["```{raw} html", v, "```", ""] if kind == "html" else ["```text", v, "```", ""]
+    return [f"### `{nb['stem']}`", ""] + parts if parts else []
+
+def notebooks_md(study: str, # the study's name
+                 nbs: list[dict], # from executed_notebooks
+                ) -> list[str]:
+    "The executed notebooks as MyST: a table linking their pages, then what the analysis printed."
+    head = ["## The executed notebooks", ""]
+    if not nbs:
+        return head + [f"None committed for this study (no `appendix/{study}/`).", ""]
+    rows = [{"notebook": f"[{n['stem']}](../appendix/{study}/{n['stem']}.ipynb)",
+             "ran on": n["date"],
+             "seconds": "" if n["seconds"] is None else f"{n['seconds']:.0f}",
+             "chain": f"`{n['run_dir']}`" if n["run_dir"] else "",
+             "failed": "yes" if n["failed"] else ""} for n in nbs]
+    said = f"Committed under `appendix/{study}/` as they ran (papermill's record), each a page."
+    lines = head + [said, "", _md_table(rows)]
+    printed = [l for n in nbs if n["stem"] in ANALYSIS_NBS for l in _printed_md(n)]
+    if printed:
+        lines += ["## What the analysis printed", "", "Each analysis notebook's last cell, as it ran.", ""]
+    return lines + printed
+
+# %% ../nbs/06a_docs.ipynb #d0c4af4a
+def results_page(study: str, # a study's name: studies/<study>.yaml
+                 root: str | Path | None = None, # the repository (default: the one holding the cwd)
+                ) -> tuple[str, list[Path]]:
+    "A study's results page (MyST markdown) and the figure files it shows (for `results/<study>/`)."
+    root = Path(root or repo_root())
+    spec = yaml.safe_load((root / "studies" / f"{study}.yaml").read_text()) or {}
+    text_path = root / "nbs" / "results" / f"{study}.md"
+    missing = f"No text about this study yet: write it in `nbs/results/{study}.md`."
+    text = text_path.read_text() if text_path.exists() else f"# Results: {study}\n\n{missing}\n"
+    nbs = executed_notebooks(root, study, str(spec.get("out_dir", "")))
+    figs = study_figure_files(root, spec, study, text)
+    lines = [text.rstrip(), "", "## The spec", "", spec_summary(spec, f"studies/{study}.yaml")]
+    lines += notebooks_md(study, nbs)
+    if figs:
+        lines += ["## Figures", ""]
+    for p in figs:
+        caption = f"`{p.relative_to(root).as_posix()}`"
+        lines += [f"```{{figure}} {study}/{p.name}", ":width: 100%", "", caption, "```", ""]
+    return "\n".join(lines) + "\n", figs
+
+# %% ../nbs/06a_docs.ipynb #7e26ae90
+def write_results_pages(root: str | Path, # the repository
+                        src_dir: str | Path, # the Sphinx source
+                       ) -> list[str]:
+    "Write `results/<study>.md` and its figures into `src_dir` for every study; return the page names."
+    src = Path(src_dir) / "results"
+    shutil.rmtree(src, ignore_errors=True)
+    docs = []
+    for study in study_specs(root):
+        page, figs = results_page(study, root)
+        for f in figs:
+            (src / study).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, src / study / f.name)
+        write_text(src / f"{study}.md", page)
+        docs.append(f"results/{study}")
+    return docs
+
+# %% ../nbs/06a_docs.ipynb #50f414ad
+def site_links(readme: str, # the README's markdown
+              ) -> str:
+    "The README as the site's home page: its links into `nbs/` made relative to the site's top."
+    return re.sub(r"\]\(nbs/", "](", readme)
+
 # %% ../nbs/06a_docs.ipynb #c205988f
 def build_docs(root: str | Path | None = None, # the repository (default: the one holding the cwd)
                proc: str = "_proc", # the processed notebooks and the Sphinx source (git-ignored)
@@ -190,7 +403,7 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
                execute: bool = True, # run each stage notebook's fast cells so the pages show their outputs
                workers: int = 2, # processes running notebooks
               ) -> Path:
-    "Build the docs site of the stage notebooks and the committed appendix; return its index.html."
+    "The docs site: the paper page, results pages, stage notebooks and committed appendix; return its index.html."
     root = Path(root or repo_root()); src = root / proc; t0 = time.time()
     for p in src.glob("**/*.ipynb"): p.unlink()  # every page is made anew (a notebook removed from nbs/ leaves no page)
     stages = sorted(p for p in (root / "nbs").glob("*.ipynb") if not p.name.startswith("_") and p.stem != "index")
@@ -200,12 +413,24 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
         jobs += [(p, src / "appendix" / study / p.name, False, f"Appendix ({study}): {p.stem}") for p in nbs]
     res = doc_notebooks(jobs, workers)
     failed = [f"{r['notebook']} ({r['error']})" for r in res if r["error"]]
-    shutil.copy(root / "README.md", src / "_readme.md")  # the home page: the README (made from nbs/index.ipynb)
-    index = ("```{include} _readme.md\n```\n\n" + toctree([p.stem for p in stages], "Stages, one notebook each")
-             + "".join(toctree([f"appendix/{s}/{p.stem}" for p in nbs], f"Appendix: the {s} study, executed") for s, nbs in app.items()))
+    readme = site_links((root / "README.md").read_text())  # the home page (made from nbs/index.ipynb)
+    write_text(src / "_readme.md", readme)
+    paper = root / "nbs" / "paper.md"
+    if paper.exists():
+        shutil.copy(paper, src / "paper.md")
+    if (root / "figures").is_dir():  # the README links them
+        shutil.copytree(root / "figures", src / "figures", dirs_exist_ok=True)
+    results = write_results_pages(root, src)
+    index = ("```{include} _readme.md\n```\n\n"
+             + (toctree(["paper"], "The paper") if paper.exists() else "")
+             + toctree(results, "Results, one page per study")
+             + toctree([p.stem for p in stages], "Stages, one notebook each")
+             + "".join(toctree([f"appendix/{s}/{p.stem}" for p in nbs], f"Appendix: the {s} study, executed")
+                       for s, nbs in app.items()))
     write_sphinx_project(src, "recursive_loops", index)
     page = sphinx_build(src, root / out)
-    log.info("docs: %d notebooks, %d appendix pages -> %s in %.0f s", len(stages), sum(map(len, app.values())), page, time.time() - t0)
+    log.info("docs: %d notebooks, %d results pages, %d appendix pages -> %s in %.0f s",
+             len(stages), len(results), sum(map(len, app.values())), page, time.time() - t0)
     if failed: raise RuntimeError(f"{len(failed)} notebook(s) failed while building the docs: {'; '.join(failed)}")
     return page
 

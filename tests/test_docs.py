@@ -3,7 +3,7 @@ import json, re
 from pathlib import Path
 
 from conftest import ROOT, NBS
-from recursive_loops.docs import build_docs, committed_appendix
+from recursive_loops.docs import build_docs, committed_appendix, study_specs
 
 
 def test_docs_site_shows_every_notebook_without_nbdev_directives(tmp_path):
@@ -25,3 +25,9 @@ def test_docs_site_shows_every_notebook_without_nbdev_directives(tmp_path):
         for nb in nbs:
             assert (site / "appendix" / study / f"{nb.stem}.html").exists() and f'href="appendix/{study}/{nb.stem}.html"' in index
     assert "Two commands" in index  # the home page is the README
+    # the paper page, which the stage notebooks cite, and a results page per study, linked from the home page
+    assert (site / "paper.html").exists() and 'href="paper.html"' in index
+    assert not [s for s in stages if "STUDY.md" in (site / f"{s}.html").read_text()]  # they cite the paper page
+    for study in study_specs(ROOT):
+        assert (site / "results" / f"{study}.html").exists() and f'href="results/{study}.html"' in index, study
+    assert "fig_ratio_sweep.png" in (site / "results" / "ratios.html").read_text()
