@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_seed, Timer, RunLock,
                                   RunLocked, make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
-from .data import load_texts, instruction_for, check_dataset_name, is_file_dataset
+from .data import load_texts, instruction_for, check_dataset_name, is_file_dataset, MIN_TOKENS, MAX_TOKENS
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model, check_model
 from .training import (FINETUNES, OPTIMIZERS, TUNED_DIRS, fine_tune, merged_model, save_tuned, learning_rate,
                                       response_nll, fit_spec, search_lr)
@@ -39,8 +39,8 @@ class ChainConfig:
     dataset: str = "bbc_news"
     cluster: str | None = None
     clusters_path: str | None = None
-    min_tokens: int = 20
-    max_tokens: int = 200
+    min_tokens: int = MIN_TOKENS
+    max_tokens: int = MAX_TOKENS
     ratio: float = 0.5
     generations: int = 2
     n_train: int = 16

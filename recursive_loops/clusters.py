@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_json, make_manifest, Timer
-from .data import load_texts
+from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, TrainOn, Design
+from .data import load_texts, dataset_label, MIN_TOKENS, MAX_TOKENS
 from .models import embed_texts
 
 # %% auto #0
 __all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'reduce_umap', 'cluster_points', 'candidate_clusters',
-           'draw_candidates', 'eligible', 'reference_partition', 'run_clusters']
+           'draw_candidates', 'eligible', 'reference_partition', 'study_clusters_dir', 'eligible_ids', 'cluster_design',
+           'plan_cluster_ids', 'plan_every_cluster', 'run_clusters']
 
 # %% ../nbs/02_clusters.ipynb #c0f88089
 METHODS = ("kmeans", "gmm", "hdbscan", "candidates")
@@ -97,11 +98,50 @@ def reference_partition(base: pd.DataFrame, # text_id, domain, x, y of every tex
     part = base.assign(cluster=cluster_points(points, "kmeans", n_clusters, seed=seed))
     return part.assign(eligible=eligible(part.cluster, min_texts))[["text_id", "domain", "cluster", "x", "y", "eligible"]]
 
+# %% ../nbs/02_clusters.ipynb #db2a8a49
+def study_clusters_dir(out_dir: str | Path, # the study's out_dir, as its spec gives it
+                       dataset: str, # a dataset name or file
+                      ) -> Path:
+    "Where a study keeps `dataset`'s clusters and their properties (relative as `out_dir` is)."
+    return Path(out_dir) / "clusters" / dataset_label(dataset)
+
+def eligible_ids(cdir: str | Path) -> list[int] | None:
+    "The eligible cluster ids of a clusters folder, sorted; None before 02_clusters wrote it."
+    p = resolve(cdir) / "clusters.parquet"
+    if not p.exists(): return None
+    cl = pd.read_parquet(p, columns=["cluster", "eligible"])
+    return sorted(int(c) for c in cl[cl.eligible].cluster.unique())
+
+# %% ../nbs/02_clusters.ipynb #09edd490
+def cluster_design(t: TrainOn, # the experiment's train_on, read for one dataset
+                   ids: list | None, # its cluster ids (None: known only after clustering)
+                   what: str, # what the ids are, for the line saying they are not known yet
+                   n_guess: int, # placeholders counted until then
+                  ) -> Design:
+    "Chains on 02_clusters ids of `t.dataset`, which the study clusters first."
+    d = Design("cluster", [], by_cluster=True)
+    d.cluster_sets[t.dataset] = resolve(study_clusters_dir(t.out_dir, t.dataset))
+    if ids is None:
+        d.unresolved.append(f"{t.experiment}: {what} (known after 02_clusters/04b_properties; counted as {n_guess})")
+        ids = [f"?{i}" for i in range(n_guess)]
+    d.ids = [str(i) for i in ids]
+    return d
+
+def plan_cluster_ids(t: TrainOn) -> Design:
+    "`train_on: [4, 7]`: one chain on each listed cluster of 02_clusters."
+    return cluster_design(t, list(t.value), "", 0)
+
+def plan_every_cluster(t: TrainOn) -> Design:
+    "`train_on: every_cluster`: one chain on each eligible cluster of 02_clusters."
+    ids = eligible_ids(study_clusters_dir(t.out_dir, t.dataset))
+    n_guess = int(t.clusters.get("n_clusters", 20))
+    return cluster_design(t, ids, f"every eligible cluster of {t.dataset}", n_guess)
+
 # %% ../nbs/02_clusters.ipynb #5dcf0f7d
 def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", method: str = "kmeans",
                  n_clusters: int = 20, min_cluster_size: int = 50, umap_dim: int = 5, min_texts: int = 200,
                  max_texts: int = 0, seed: int = 0, out_dir: str | Path = "runs/demo/clusters",
-                 min_tokens: int = 20, max_tokens: int = 200, candidate_sizes: list = (5, 10, 20, 50)) -> Path:
+                 min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, candidate_sizes: list = (5, 10, 20, 50)) -> Path:
     "Embed, reduce, cluster and size-check a dataset; write `clusters.parquet` and its manifest (with `candidates`, also `candidates.csv` and `partition.parquet`)."
     check_cluster_params(method, n_clusters, min_cluster_size, umap_dim, min_texts, candidate_sizes)
     t = Timer()

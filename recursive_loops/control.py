@@ -10,17 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_jsonl, write_json, read_json, make_manifest, save_figure
-from .data import load_texts
+from .core import (log, resolve, atomic_path, write_jsonl, write_json, read_json, make_manifest, save_figure,
+                                  TrainOn, Design, write_stamped)
+from .data import load_texts, dataset_label, instruction_for, MIN_TOKENS, MAX_TOKENS
 from .metrics import self_bleu_each
 from .judges import Judge, JudgeSpec, audit_judge, audit_texts, format_audit
 from .curation import CurationSpec
 from .regression import seed_ci
 
 # %% auto #0
-__all__ = ['PROPERTIES', 'DEMO_SHIFTS', 'CONTROL_METRICS', 'text_scores', 'quartile_name', 'write_quartiles', 'quartile_of',
-           'control_table', 'demo_control_results', 'bootstrap_ci', 'arm_effects', 'arm_costs', 'quartile_rows',
-           'quartile_effects', 'selects_on', 'plot_control', 'plot_control_curves', 'plot_quartiles', 'run_control']
+__all__ = ['PROPERTIES', 'QUARTILE_FORM', 'DEMO_SHIFTS', 'CONTROL_METRICS', 'text_scores', 'quartile_name', 'write_quartiles',
+           'quartile_of', 'plan_quartiles', 'write_quartiles_study', 'control_table', 'demo_control_results',
+           'bootstrap_ci', 'arm_effects', 'arm_costs', 'quartile_rows', 'quartile_effects', 'selects_on',
+           'plot_control', 'plot_control_curves', 'plot_quartiles', 'run_control']
 
 # %% ../nbs/05c_control.ipynb #0aa609c8
 PROPERTIES = ("fluency", "selfbleu")
@@ -48,7 +50,7 @@ def write_quartiles(dataset: str, # registry name or file (data.load_texts)
                     out_dir: str | Path, # where <property>-q<k>.jsonl and quartiles.json go
                     keep: list[int] = (1, 4), # the quartiles to write (1 = the lowest scores)
                     quarters: int = 4, # how many parts (4: quartiles)
-                    min_tokens: int = 20, max_tokens: int = 200, # token bounds of load_texts
+                    min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # token bounds of load_texts
                    ) -> list[Path]:
     "Rank a dataset's texts by `prop` and write the parts asked for as chain datasets (text, domain, score); return their paths."
     keep = [int(k) for k in keep]
@@ -73,12 +75,35 @@ def quartile_of(dataset: str) -> tuple[str, int] | None:
     m = re.search(r"([^/\\]+)-q([0-9]+)\.jsonl$", str(dataset))
     return (m.group(1), int(m.group(2))) if m else None
 
+# %% ../nbs/05c_control.ipynb #b4d57217
+QUARTILE_FORM = "{quartiles: fluency | selfbleu | <a judge's settings>, keep: [quartiles 1-4]}"
+
+def plan_quartiles(t: TrainOn) -> Design:
+    "`train_on: {quartiles: P, keep: [1, 4]}`: one chain per kept quartile of the dataset ranked by P."
+    v = t.value
+    prop, keep = v["quartiles"], v.get("keep", [1, 4])
+    if (set(v) - {"quartiles", "keep"} or not (prop in PROPERTIES or isinstance(prop, dict))
+            or not isinstance(keep, list) or not keep or not all(isinstance(k, int) and 1 <= k <= 4 for k in keep)):
+        raise t.invalid(QUARTILE_FORM)
+    folder = str(Path(t.out_dir) / "quartiles" / f"{t.experiment}-{dataset_label(t.dataset)}")
+    qn = prop if isinstance(prop, str) else str(prop.get("name"))
+    files = [f"{folder}/{qn}-q{k}.jsonl" for k in keep]  # the names write_quartiles gives
+    return Design("quartile", files, files=True, instruction=instruction_for(t.dataset),
+                  writes={folder: (write_quartiles_study, dict(out_dir=folder, dataset=t.dataset, prop=prop, keep=keep))})
+
+def write_quartiles_study(out_dir: str, dataset: str, prop: str | dict, keep: list,
+                          min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> None:
+    "`write_quartiles`, unless `quartiles.params.json` records the same arguments and every part exists."
+    made = dict(dataset=dataset, prop=prop, keep=keep, min_tokens=min_tokens, max_tokens=max_tokens)
+    write_stamped(resolve(out_dir) / "quartiles.params.json", made,
+                  [f"{out_dir}/{quartile_name(prop)}-q{k}.jsonl" for k in keep], lambda: write_quartiles(**made, out_dir=out_dir))
+
 # %% ../nbs/05c_control.ipynb #1d394554
 def _has_exp(col: pd.Series, name: str) -> pd.Series:
     "Rows of experiment `name` (the results' experiment column lists a chain's experiments, comma-separated)."
     return col.astype(str).str.split(",").apply(lambda xs: name in xs)
 
-def control_table(results: pd.DataFrame, # 07_sweep's results.csv (04_metrics rows with the chains' parameters)
+def control_table(results: pd.DataFrame, # 07e_study's results.csv (04_metrics rows with the chains' parameters)
                   experiment: str | None = None, # the curation experiment (None: every chain with a `curate` column value)
                  ) -> pd.DataFrame:
     "One row per (arm, seed, run_dir, metric, generation): `model` and `kept` values and their shift relative to the chain's generation-0 model output."

@@ -5,17 +5,19 @@
 # %% ../nbs/00_core.ipynb #3bca72a7
 from __future__ import annotations
 import contextlib, hashlib, importlib.metadata, json, logging, os, platform, random, sys, tempfile, time, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['PACKAGES', 'BF16_FLAGS', 'log', 'repo_root', 'resolve', 'cache_dir', 'config_hash', 'file_sha256', 'text_hash',
-           'derive_seed', 'seed_everything', 'atomic_path', 'write_text', 'write_json', 'read_json', 'write_jsonl',
-           'read_jsonl', 'cpu_info', 'package_versions', 'Timer', 'make_manifest', 'check_unknown_params',
-           'save_figure', 'log_stream', 'setup_logging', 'n_threads', 'progress', 'HubUnavailable', 'RunLocked',
-           'is_alive', 'lock_holder', 'RunLock', 'study_notebook']
+__all__ = ['PACKAGES', 'BF16_FLAGS', 'log', 'repo_root', 'resolve', 'cache_dir', 'repo_relative', 'config_hash', 'file_sha256',
+           'text_hash', 'derive_seed', 'seed_everything', 'atomic_path', 'write_text', 'write_json', 'read_json',
+           'write_jsonl', 'read_jsonl', 'cpu_info', 'package_versions', 'Timer', 'make_manifest',
+           'check_unknown_params', 'save_figure', 'log_stream', 'setup_logging', 'n_threads', 'progress',
+           'HubUnavailable', 'RunLocked', 'is_alive', 'lock_holder', 'RunLock', 'study_notebook', 'SpecError',
+           'TrainOn', 'Design', 'write_stamped']
 
 # %% ../nbs/00_core.ipynb #24e13f04
 def repo_root(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -40,6 +42,15 @@ def cache_dir(sub: str = "", # sub-folder of the cache
     d = base / sub if sub else base
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+# %% ../nbs/00_core.ipynb #ec6f3c5c
+def repo_relative(path: str | Path, # absolute, or relative to the repository
+                  root: str | Path | None = None, # the repository (default: found from cwd)
+                 ) -> str:
+    "`path` relative to the repository where it lies inside it, else absolute."
+    root = Path(root).resolve() if root else repo_root()
+    p = resolve(path, root)
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
 
 # %% ../nbs/00_core.ipynb #c1a5dc27
 def config_hash(cfg: dict, # JSON-able parameters
@@ -303,3 +314,49 @@ def study_notebook(src: str | Path, # a stage notebook
     nb["cells"] = keep
     with atomic_path(dst) as tmp: Path(tmp).write_text(json.dumps(nb, indent=1))
     return Path(dst)
+
+# %% ../nbs/00_core.ipynb #c027e29a
+class SpecError(ValueError):
+    "A study spec that cannot be run as written (a usage error: exit status 2)."
+
+# %% ../nbs/00_core.ipynb #e9f3bbcc
+@dataclass
+class TrainOn:
+    "One experiment's `train_on`, read for one dataset: what a design's planning function is given."
+    value: object  # the spec's train_on: a name, a list of cluster ids or a mapping
+    experiment: str  # the experiment's name
+    dataset: str | None  # the dataset it is read for (None: a design naming its own datasets)
+    out_dir: str  # the study's out_dir, as the spec gives it: derived files go below it
+    where: str = "spec"  # "<spec>: experiments.<name>", the start of every error line
+    clusters: dict = field(default_factory=dict)  # the spec's clusters section
+
+    def invalid(self, allowed: str) -> SpecError:
+        "The one-line error for a `train_on` of this design that cannot be read."
+        return SpecError(f"{self.where}: train_on: {self.value} is invalid; allowed: {allowed}")
+
+# %% ../nbs/00_core.ipynb #c474e85d
+@dataclass
+class Design:
+    "What an experiment trains on in one dataset: one chain per id, and what comes first."
+    name: str  # results.csv's design column: whole, cluster, merged, lean or quartile
+    ids: list  # one per chain: None (whole), a cluster id or domain, or a dataset file
+    by_cluster: bool = False  # ids are 02_clusters ids: each chain reads that clustering
+    files: bool = False  # ids are dataset files the study writes: each is the chain's dataset
+    instruction: str | None = None  # the chains' instruction where their file's rows have none
+    cluster_sets: dict = field(default_factory=dict)  # dataset -> folder 02_clusters fills first
+    sources: dict = field(default_factory=dict)  # file -> (dataset, domain), written to cluster
+    writes: dict = field(default_factory=dict)  # key -> (function, kwargs): derived files
+    unresolved: list = field(default_factory=list)  # lines: what only clustering can tell
+
+# %% ../nbs/00_core.ipynb #3cf69e48
+def write_stamped(stamp: Path, # the file recording what the outputs were made from
+                  made: dict, # what they are to be made from now (JSON-able)
+                  outputs: list, # the files `write` makes
+                  write, # write() makes them
+                 ) -> bool:
+    "Call `write()`, then record `made` in `stamp`, unless `stamp` records `made` and every output exists; whether it wrote."
+    if stamp.exists() and read_json(stamp) == made and all(resolve(o).exists() for o in outputs):
+        return False
+    write()
+    write_json(stamp, made)
+    return True

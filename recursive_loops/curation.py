@@ -10,6 +10,7 @@ from dataclasses import dataclass, asdict
 import numpy as np
 
 from .core import log, derive_seed
+from .data import MIN_TOKENS, MAX_TOKENS
 from .models import load_embedder
 from .sampling import instruction_shares
 from .judges import Judge, JudgeSpec, JudgeError, ScoreCache, audit_judge, audit_texts, format_audit
@@ -136,7 +137,7 @@ def keep_dedup(texts: list[str], # the candidates
 class Curator:
     "A chain's curation step: `check()` audits the scorer before anything is written; `curate(rows, n, seed)` keeps n of the sampled rows."
     def __init__(self, spec: CurationSpec | dict | None, # the rule
-                 dataset: str = "bbc_news", min_tokens: int = 20, max_tokens: int = 200, # where the scorer's audit texts come from
+                 dataset: str = "bbc_news", min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # where the scorer's audit texts come from
                  cache: ScoreCache | str | None = None, # judges' score cache (None: the per-user cache)
                 ):
         self.spec = spec if isinstance(spec, CurationSpec) else CurationSpec.from_dict(spec)

@@ -11,12 +11,17 @@ from typing import Callable
 
 import pandas as pd
 
-from .core import log, resolve, text_hash, write_json, make_manifest, atomic_path, HubUnavailable
+from .core import (log, resolve, text_hash, write_json, make_manifest, atomic_path, HubUnavailable,
+                                  TrainOn, Design)
 
 # %% auto #0
-__all__ = ['REGISTRY', 'FILE_SUFFIXES', 'count_tokens', 'normalise', 'DatasetSpec', 'register', 'bbc_news_dir', 'load_bbc_news',
-           'load_twitter_100m', 'load_reddit', 'load_wikipedia', 'load_senator_tweets', 'load_file', 'is_file_dataset',
-           'check_dataset_name', 'instruction_for', 'load_texts', 'run_data']
+__all__ = ['MIN_TOKENS', 'MAX_TOKENS', 'REGISTRY', 'FILE_SUFFIXES', 'count_tokens', 'normalise', 'DatasetSpec', 'register',
+           'bbc_news_dir', 'load_bbc_news', 'load_twitter_100m', 'load_reddit', 'load_wikipedia', 'load_senator_tweets',
+           'load_file', 'is_file_dataset', 'check_dataset_name', 'instruction_for', 'load_texts', 'dataset_label',
+           'plan_whole', 'plan_domains', 'run_data']
+
+# %% ../nbs/01_data.ipynb #e7d7c53f
+MIN_TOKENS, MAX_TOKENS = 20, 200  # default token bounds (exclusive), the paper's
 
 # %% ../nbs/01_data.ipynb #b2a07724
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -26,8 +31,8 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 def normalise(df: pd.DataFrame, # needs a `text` column; `domain` and `instruction` optional
-              min_tokens: int = 20, # keep texts with more tokens than this
-              max_tokens: int = 200, # ... and fewer than this
+              min_tokens: int = MIN_TOKENS, # keep texts with more tokens than this
+              max_tokens: int = MAX_TOKENS, # ... and fewer than this
               source: str = "data", # name used in error messages
              ) -> pd.DataFrame:
     "Strip, drop empties, apply token bounds, dedupe; add `text_id`, `domain`, `n_tokens` (and keep a per-text `instruction` column)."
@@ -182,18 +187,35 @@ def instruction_for(name: str, # registry name or file path
     return spec.domain_instruction.format(domain=domain) if domain is not None and spec.domain_instruction else spec.instruction
 
 def load_texts(name: str, # registry name or file path
-               min_tokens: int = 20, # lower token bound (exclusive)
-               max_tokens: int = 200, # upper token bound (exclusive)
+               min_tokens: int = MIN_TOKENS, # lower token bound (exclusive)
+               max_tokens: int = MAX_TOKENS, # upper token bound (exclusive)
               ) -> pd.DataFrame:
     "Load and normalise a dataset by registry name or file path: `text_id, text, domain, n_tokens`."
     check_dataset_name(name)
     raw = load_file(name) if is_file_dataset(name) else REGISTRY[name].loader()
     return normalise(raw, min_tokens, max_tokens, source=str(name))
 
+# %% ../nbs/01_data.ipynb #2456069c
+def dataset_label(dataset: str) -> str:
+    "A dataset's name in a study's folders: a file's stem, else the registry name."
+    return Path(dataset).stem if is_file_dataset(dataset) else dataset
+
+# %% ../nbs/01_data.ipynb #ec4a18d5
+def plan_whole(t: TrainOn) -> Design:
+    "`train_on: whole`: one chain on the whole dataset."
+    return Design("whole", [None])
+
+def plan_domains(t: TrainOn) -> Design:
+    "`train_on: {domains: [...]}`: one chain on each listed domain of the dataset, no clustering."
+    doms = t.value.get("domains")
+    if set(t.value) != {"domains"} or not isinstance(doms, list) or not doms:
+        raise t.invalid("{domains: [domains of the dataset]}")
+    return Design("cluster", [str(x) for x in doms])
+
 # %% ../nbs/01_data.ipynb #3c5a777c
 def run_data(dataset: str = "bbc_news", # registry name or file
-             min_tokens: int = 20, # lower token bound
-             max_tokens: int = 200, # upper token bound
+             min_tokens: int = MIN_TOKENS, # lower token bound
+             max_tokens: int = MAX_TOKENS, # upper token bound
              out_dir: str | Path = "runs/data", # output folder
             ) -> Path:
     "Write the normalised dataset as Parquet with a manifest; return the table's path."

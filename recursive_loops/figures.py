@@ -235,7 +235,7 @@ def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the dr
     return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #706222c8
-def plain_chains(results: pd.DataFrame, # a study's results.csv (07_sweep) or gathered metrics
+def plain_chains(results: pd.DataFrame, # a study's results.csv (07e_study) or gathered metrics
                 ) -> tuple[pd.DataFrame, list[str]]:
     "The rows of plain recursive chains on whole datasets (the chain figures' input), and a line per kind of chain left to its own stage."
     if "design" in results: r = results[results.design == "whole"]  # a study's results.csv says which chains ran on a whole dataset

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import log, cache_dir
+from .data import MIN_TOKENS, MAX_TOKENS
 from .models import load_model, collate, ServerError
 
 # %% auto #0
@@ -433,7 +434,7 @@ def audit_texts(cfg: dict, # a chain's settings: dataset, min_tokens, max_tokens
                ) -> list[str]:
     "The judges' audit texts for a chain: a seeded sample of its dataset's texts of 20+ words, the same for every chain on that dataset."
     from recursive_loops.data import load_texts
-    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", 20), cfg.get("max_tokens", 200))["text"].tolist()
+    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", MIN_TOKENS), cfg.get("max_tokens", MAX_TOKENS))["text"].tolist()
     long = [t for t in texts if len(t.split()) >= 20]
     return [long[i] for i in sorted(random.Random(f"audit-{cfg['dataset']}").sample(range(len(long)), min(n, len(long))))]
 

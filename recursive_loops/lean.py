@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_jsonl, write_json, make_manifest, derive_seed, save_figure
+from .core import (log, resolve, atomic_path, write_jsonl, write_json, make_manifest, derive_seed, save_figure,
+                                  TrainOn, Design, write_stamped)
+from .data import dataset_label, instruction_for, MIN_TOKENS, MAX_TOKENS
 from .regression import seed_ci, judge_verdicts
 
 # %% auto #0
-__all__ = ['LEAN_LABELS', 'DEMO_LEANS', 'lean_mixtures', 'left_share_of', 'write_lean_mixtures', 'lean_label', 'chain_leans',
-           'lean_effects', 'demo_lean_results', 'plot_lean', 'run_lean']
+__all__ = ['LEAN_FORM', 'LEAN_LABELS', 'DEMO_LEANS', 'lean_mixtures', 'left_share_of', 'write_lean_mixtures', 'plan_lean_mix',
+           'write_lean_study', 'lean_label', 'chain_leans', 'lean_effects', 'demo_lean_results', 'plot_lean',
+           'run_lean']
 
 # %% ../nbs/05b_lean.ipynb #b32bce78
 def _check_shares(left_shares) -> list[float]:
@@ -66,7 +69,7 @@ def write_lean_mixtures(dataset: str, # registry name or file, loaded with data.
                         left: str = "Democrat", # its value for a left text
                         right: str = "Republican", # its value for a right text
                         n: int | None = None, # texts per mixture (None: min(|left|, |right|))
-                        min_tokens: int = 20, max_tokens: int = 200, # token bounds of load_texts
+                        min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # token bounds of load_texts
                         seed: int = 0, # sampling seed
                        ) -> list[Path]:
     "Write one chain dataset per left share, `<out_dir>/lean-<share>.jsonl` (text, domain = 'left'/'right'), and the parameters; return the paths."
@@ -88,6 +91,30 @@ def write_lean_mixtures(dataset: str, # registry name or file, loaded with data.
     write_json(out / "lean_mixtures.json", make_manifest(cfg, seed, files=files, pool=dict(left=int((lab == "left").sum()), right=int((lab == "right").sum()))))
     log.info("%d lean mixtures of %d texts -> %s", len(paths), len(mixes[shares[0]]), out)
     return paths
+
+# %% ../nbs/05b_lean.ipynb #b7d50cc0
+LEAN_FORM = "{lean_mix: [left shares in [0, 1]], left: <label>, right: <label>, n: <texts a mixture>}"
+
+def plan_lean_mix(t: TrainOn) -> Design:
+    "`train_on: {lean_mix: [...]}`: one chain per left share of the dataset's left and right texts."
+    v, shares = t.value, t.value["lean_mix"]
+    if (set(v) - {"lean_mix", "left", "right", "n"} or not isinstance(shares, list) or not shares
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in shares)
+            or not (v.get("n") is None or (isinstance(v["n"], int) and v["n"] > 0))):
+        raise t.invalid(LEAN_FORM)
+    folder = str(Path(t.out_dir) / "lean" / f"{t.experiment}-{dataset_label(t.dataset)}")
+    kw = dict(dataset=t.dataset, left_shares=[float(s) for s in shares], left=str(v.get("left", "Democrat")),
+              right=str(v.get("right", "Republican")), n=v.get("n"))
+    files = [f"{folder}/lean-{s}.jsonl" for s in kw["left_shares"]]  # the names write_lean_mixtures gives
+    return Design("lean", files, files=True, instruction=instruction_for(t.dataset),
+                  writes={folder: (write_lean_study, dict(out_dir=folder, **kw))})
+
+def write_lean_study(out_dir: str, dataset: str, left_shares: list, left: str, right: str, n: int | None,
+                     min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> None:
+    "`write_lean_mixtures`, unless `lean.params.json` records the same arguments and every mixture exists."
+    made = dict(dataset=dataset, left_shares=left_shares, left=left, right=right, n=n, min_tokens=min_tokens, max_tokens=max_tokens)
+    write_stamped(resolve(out_dir) / "lean.params.json", made, [f"{out_dir}/lean-{s}.jsonl" for s in left_shares],
+                  lambda: write_lean_mixtures(**made, out_dir=out_dir))
 
 # %% ../nbs/05b_lean.ipynb #848c5246
 LEAN_LABELS = ("amplified", "reduced", "inverted", "neutral input")
@@ -231,7 +258,7 @@ def plot_lean(effects: pd.DataFrame, # lean_effects' table
     return save_figure(fig, path)
 
 # %% ../nbs/05b_lean.ipynb #4e00d43c
-def run_lean(results: str | Path, # a study's results.csv (07_sweep) or gathered metrics (05_regression.gather_metrics)
+def run_lean(results: str | Path, # a study's results.csv (07e_study) or gathered metrics (05_regression.gather_metrics)
              judge: str, # the lean judge's metric name
              out_dir: str | Path = "runs/demo/lean", # where lean_effects.csv and fig_lean.png go
              k_last: int = 0, # generations averaged at the end (0: min(5, G - 1))
@@ -240,7 +267,7 @@ def run_lean(results: str | Path, # a study's results.csv (07_sweep) or gathered
             ) -> Path:
     "Read the results, write `lean_effects.csv` (one row per mixture), `fig_lean.png` and a manifest; return the table's path."
     p = resolve(results)
-    if not p.exists(): raise ValueError(f"results={str(p)!r} does not exist; run the study (07_sweep) or gather the chains' metrics first")
+    if not p.exists(): raise ValueError(f"results={str(p)!r} does not exist; run the study (07e_study) or gather the chains' metrics first")
     df = pd.read_csv(p)
     if left_share_col not in df.columns:
         shares = df["dataset"].map(left_share_of) if "dataset" in df.columns else None

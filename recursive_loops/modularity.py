@@ -9,19 +9,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_jsonl, save_figure
-from .data import load_texts
+from .core import (log, resolve, atomic_path, write_jsonl, save_figure, file_sha256, SpecError, TrainOn,
+                                  Design, write_stamped)
+from .data import load_texts, instruction_for, is_file_dataset, dataset_label, MIN_TOKENS, MAX_TOKENS
+from .clusters import study_clusters_dir, eligible_ids
 from .chain import select_cluster
 from .regression import chain_shifts, fit_ols, SHIFTS, PAPER_PREDICTORS, judge_verdicts
 
 # %% auto #0
-__all__ = ['merge_clusters', 'modularity_table', 'synthetic_table', 'modularity_regression', 'modularity_summary',
-           'plot_modularity', 'run_modularity']
+__all__ = ['MERGED_FORM', 'merge_clusters', 'merged_domains', 'merged_index_file', 'plan_merged', 'write_merged_study',
+           'modularity_table', 'synthetic_table', 'modularity_regression', 'modularity_summary', 'plot_modularity',
+           'run_modularity']
 
 # %% ../nbs/05a_modularity.ipynb #8b7685ef
 def merge_clusters(parts: list[dict], # one per domain: dataset, domain, instruction, and cluster + clusters_path (None: all its texts)
                    out_path: str | Path, # the merged dataset file (JSONL) to write
-                   min_tokens: int = 20, max_tokens: int = 200,
+                   min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                    seed: int = 0,
                   ) -> Path:
     "Write one merged dataset: each part's texts tagged with its `domain` and `instruction`, in equal shares (seeded)."
@@ -36,6 +39,72 @@ def merge_clusters(parts: list[dict], # one per domain: dataset, domain, instruc
     write_jsonl(resolve(out_path), out[["text", "domain", "instruction"]].to_dict("records"))
     log.info("merged dataset %s: %d texts of each of %s", out_path, n, ", ".join(doms))
     return resolve(out_path)
+
+# %% ../nbs/05a_modularity.ipynb #da40295e
+MERGED_FORM = ("{merged: [two or more datasets or dataset:domain], clusters: <merged datasets>, "
+               "instructions: {domain: text}}")
+
+def merged_domains(t: TrainOn) -> tuple[list[dict], Design]:
+    "A merged design's domains (instruction, clusters file, eligible ids or None) and a Design clustering each."
+    v = t.value
+    srcs, K, ins = v.get("merged"), v.get("clusters"), v.get("instructions") or {}
+    if (set(v) - {"merged", "clusters", "instructions"} or not isinstance(srcs, list) or len(srcs) < 2
+            or not isinstance(K, int) or K < 1 or not isinstance(ins, dict)):
+        raise t.invalid(MERGED_FORM)
+    d, parts = Design("merged", [], files=True), []
+    for s in map(str, srcs):
+        ds, dom = s.split(":", 1) if ":" in s and not is_file_dataset(s) else (s, None)
+        label = dom or dataset_label(ds)
+        f = str(Path(t.out_dir) / "sources" / f"{dataset_label(ds)}-{dom}.jsonl") if dom else ds
+        if dom: d.sources[f] = (ds, dom)
+        cdir = study_clusters_dir(t.out_dir, f)
+        d.cluster_sets[f] = resolve(cdir)
+        parts.append(dict(dataset=f, domain=label, instruction=str(ins.get(label) or instruction_for(ds, dom)),
+                          clusters_path=str(cdir / "clusters.parquet"), ids=eligible_ids(cdir)))
+    labels = [p["domain"] for p in parts]
+    if len(set(labels)) < len(labels):
+        raise SpecError(f"{t.where}: train_on: merged names a domain twice ({', '.join(labels)})")
+    return parts, d
+
+# %% ../nbs/05a_modularity.ipynb #8920d2bb
+def merged_index_file(out_dir: str, experiment: str) -> str:
+    "A merged experiment's index: one row per merged dataset and domain (05a_modularity reads it)."
+    return str(Path(out_dir) / "merged" / f"{experiment}.csv")
+
+def plan_merged(t: TrainOn) -> Design:
+    "`train_on: {merged: [...], clusters: K}`: K merged datasets, the i-th of eligible cluster i of each domain."
+    parts, d = merged_domains(t)
+    K, labels = t.value["clusters"], [p["domain"] for p in parts]
+    if any(p["ids"] is None for p in parts):
+        d.unresolved.append(f"{t.experiment}: {K} merged datasets of {', '.join(labels)} (known after 02_clusters on each)")
+        d.ids = [f"?merged-{i}" for i in range(K)]
+        return d
+    short = [f"{p['domain']} ({len(p['ids'])})" for p in parts if len(p["ids"]) < K]
+    if short:
+        raise SpecError(f"{t.where}: {K} merged datasets need {K} eligible clusters in each domain; "
+                        f"{', '.join(short)} have fewer: lower clusters or raise clusters.n_clusters")
+    merged = {}
+    for i in range(K):
+        f = str(Path(t.out_dir) / "merged" / f"{t.experiment}-{i}.jsonl")
+        merged[f] = [dict({k: v for k, v in p.items() if k != "ids"}, cluster=str(p["ids"][i])) for p in parts]
+    d.ids = list(merged)
+    d.writes[f"merged:{t.experiment}"] = (write_merged_study, dict(merged=merged, index=merged_index_file(t.out_dir, t.experiment)))
+    return d
+
+# %% ../nbs/05a_modularity.ipynb #37cc5768
+def write_merged_study(merged: dict, # merged dataset file -> its parts (plan_merged)
+                       index: str, # the experiment's index file (merged_index_file)
+                       min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # the study's token bounds
+                      ) -> None:
+    "Write each merged dataset that is missing or was built from other clusters, then the index."
+    tok = dict(min_tokens=min_tokens, max_tokens=max_tokens)
+    for f, parts in merged.items():
+        made = dict(parts=parts, clusters=[file_sha256(resolve(p["clusters_path"])) for p in parts], **tok)
+        write_stamped(Path(f"{resolve(f)}.params.json"), made, [f], lambda: merge_clusters(parts, f, **tok))
+    rows = [dict(dataset=f, merged=i, domain=p["domain"], source=p["dataset"], cluster=p["cluster"],
+                 instruction=p["instruction"], properties=str(Path(p["clusters_path"]).parent / "cluster_properties.csv"))
+            for i, (f, parts) in enumerate(merged.items()) for p in parts]
+    with atomic_path(resolve(index)) as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
 
 # %% ../nbs/05a_modularity.ipynb #ec03c62f
 def modularity_table(results: pd.DataFrame, # domain_results.csv: per chain, generation, domain, metric

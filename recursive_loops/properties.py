@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, derive_seed, progress
-from .data import load_texts
+from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, derive_seed, progress, TrainOn, Design
+from .data import load_texts, MIN_TOKENS, MAX_TOKENS
+from .clusters import study_clusters_dir, cluster_design
 from .models import load_model, resolve_dtype, embed_texts
 from .metrics import (subsample, length_chars, selfbleu_diversity, semantic_diversity, positivity, ttr_150, mtld,
                                      length_words, text_nll)
 from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, format_audit
 
 # %% auto #0
-__all__ = ['gaussian_aic', 'cluster_quality', 'cluster_texts', 'measure_cluster', 'run_properties', 'select_spanning']
+__all__ = ['gaussian_aic', 'cluster_quality', 'cluster_texts', 'measure_cluster', 'run_properties', 'select_spanning',
+           'spanning_ids', 'plan_spanning']
 
 # %% ../nbs/04b_properties.ipynb #b1255de4
 def gaussian_aic(points: np.ndarray, # (n, 2) the cluster's UMAP coordinates
@@ -33,7 +35,7 @@ def gaussian_aic(points: np.ndarray, # (n, 2) the cluster's UMAP coordinates
 # %% ../nbs/04b_properties.ipynb #b69f0297
 def cluster_quality(spec: dict, # a quality judge's settings (04a_judges)
                     texts: dict, # cluster -> its texts
-                    dataset: str, min_tokens: int = 20, max_tokens: int = 200,
+                    dataset: str, min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                     cache: str | Path | None = None, # the judges' score cache
                     max_n: int = 10000, seed: int = 0,
                    ) -> tuple[dict, str]:
@@ -52,7 +54,7 @@ def cluster_quality(spec: dict, # a quality judge's settings (04a_judges)
     return out, ""
 
 # %% ../nbs/04b_properties.ipynb #0a058e18
-def cluster_texts(clusters_path: str | Path, dataset: str, min_tokens: int = 20, max_tokens: int = 200) -> pd.DataFrame:
+def cluster_texts(clusters_path: str | Path, dataset: str, min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> pd.DataFrame:
     "The dataset's texts joined with their cluster and 2-D UMAP point (eligible clusters only)."
     cl = pd.read_parquet(resolve(clusters_path))
     cols = ["text_id", "cluster", "eligible"] + [c for c in ("x", "y") if c in cl.columns]
@@ -83,7 +85,7 @@ def measure_cluster(d: pd.DataFrame, # one cluster's rows of cluster_texts
 # %% ../nbs/04b_properties.ipynb #ace96f81
 def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_cluster: int = 64,
                    reference_model: str | None = "smollm2-135m", embedder: str = "all-MiniLM-L6-v2", seed: int = 0,
-                   out_path: str | Path = "runs/demo/clusters/cluster_properties.csv", min_tokens: int = 20, max_tokens: int = 200,
+                   out_path: str | Path = "runs/demo/clusters/cluster_properties.csv", min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                    quality_judge: dict | None = None, # a quality judge's settings: audited, used only if it passes
                    judge_cache: str | Path | None = None, # the judges' score cache
                    max_n: int = 10000, selfbleu_n: int = 500, aic_n: int = 10000, # the paper's sample sizes
@@ -132,3 +134,20 @@ def select_spanning(props: pd.DataFrame, # cluster_properties table
         left = s.drop(chosen)
         chosen.append(int((left - target).abs().idxmin()))
     return sorted(chosen, key=lambda c: s[c])
+
+# %% ../nbs/04b_properties.ipynb #8c728cad
+def spanning_ids(cdir: str | Path, # a study's clusters folder (cluster_properties.csv inside)
+                 prop: str, # the property column to span
+                 k: int, # clusters wanted
+                ) -> list[int] | None:
+    "`select_spanning` on the folder's property table; None before 04b_properties wrote it."
+    p = resolve(cdir) / "cluster_properties.csv"
+    return select_spanning(pd.read_csv(p), prop, k) if p.exists() else None
+
+def plan_spanning(t: TrainOn) -> Design:
+    "`train_on: {spanning: P, k: K}`: one chain on each of the K clusters spanning property P."
+    v = t.value
+    if set(v) - {"spanning", "k"} or not isinstance(v.get("k"), int) or v["k"] < 1:
+        raise t.invalid("{spanning: <property column>, k: <clusters>}")
+    ids = spanning_ids(study_clusters_dir(t.out_dir, t.dataset), v["spanning"], v["k"])
+    return cluster_design(t, ids, f"{v['k']} clusters of {t.dataset} spanning {v['spanning']}", v["k"])

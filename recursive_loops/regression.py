@@ -22,7 +22,7 @@ def gather_metrics(root: str | Path, # folder searched recursively for metrics.c
                   ) -> pd.DataFrame:
     "Concatenate every chain's metrics.csv under `root`, with its `run_dir`, and write `results.csv`; or read a results.csv."
     root = resolve(root)
-    if root.is_file(): return pd.read_csv(root)  # a study's aggregated table (07_sweep), parameters included
+    if root.is_file(): return pd.read_csv(root)  # a study's aggregated table (07e_study), parameters included
     files = sorted(root.rglob("metrics.csv"))
     if not files: raise ValueError(f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
     df = pd.concat([pd.read_csv(f).assign(run_dir=str(f.parent.relative_to(root))) for f in files], ignore_index=True)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 
-CLI = [sys.executable, "-c", "import sys; from recursive_loops.sweep import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from recursive_loops.cli import main; sys.exit(main())"]
 HUMAN = [f"Paragraph {i}: the council said on Monday that the plan for the new bridge over the river would cost more "
          f"than expected, and that work would start in spring {2000 + i}." for i in range(40)]
 

@@ -144,7 +144,7 @@ experiments:
 analysis:
   control: {{experiment: curation, quartiles: quartiles}}
 """)
-    cli = [sys.executable, "-c", "import sys; from recursive_loops.sweep import main; sys.exit(main())", "study", str(spec)]
+    cli = [sys.executable, "-c", "import sys; from recursive_loops.cli import main; sys.exit(main())", "study", str(spec)]
     dry = subprocess.run(cli + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "curation arms: dedup x1.5, none, random x2" in dry.stdout and "10 chains" in dry.stdout, dry.stdout + dry.stderr[-2000:]
     assert "16 fine-tunes (4 generation 0s shared)" in dry.stdout, dry.stdout  # the three arms of a seed train generation 0 once
@@ -180,7 +180,7 @@ chain: {{model: {tiny_model}, n_heldout: 4, max_new_tokens: 8, batch_size: 4, dt
 experiments:
   curation: {{ratios: [1.0], curate: [{{rule: none}}, {{rule: score_top, oversample: 2, scorer: {{name: tiny, backend: fluency, model: {tiny_model}, audit_n: 16}}}}]}}
 """)
-    r = subprocess.run([sys.executable, "-c", "import sys; from recursive_loops.sweep import main; sys.exit(main())", "study", str(spec)],
+    r = subprocess.run([sys.executable, "-c", "import sys; from recursive_loops.cli import main; sys.exit(main())", "study", str(spec)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     last = r.stderr.strip().splitlines()[-1]  # (the audit's own lines are logged above it)
     assert r.returncode == 2 and last.startswith("error:") and "failed its audit" in last and "experiments.curation" in last, r.stderr[-2000:]

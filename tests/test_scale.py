@@ -86,7 +86,8 @@ def test_mixed_model_chain_measured_against_a_fixed_reference(archs, tmp_path):
 
 def test_scale_spec_expands_finetune_arms(tmp_path):
     "A spec with finetune: [lora, full] and match_fit: one chain per method and seed, the full arm matched to LoRA at the experiment's lr."
-    from recursive_loops.sweep import load_spec, expand
+    from recursive_loops.spec import load_spec
+    from recursive_loops.plan import expand
     plan = expand(load_spec(ROOT / "studies" / "scale.yaml"))
     full = [c for c in plan.chains if c.params["finetune"] == "full"]; lora = [c for c in plan.chains if c.params["finetune"] == "lora"]
     assert len(full) == len(lora) == 5 and all("/full/seed-" in c.params["run_dir"] for c in full)

@@ -8,7 +8,7 @@ from papermill.exceptions import PapermillExecutionError
 from conftest import ROOT, NBS, run_nb, tiny_chain
 from recursive_loops.core import read_json, read_jsonl
 
-STAGES = ["01_data", "02_clusters", "03_chain", "04_metrics", "04a_judges", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures", "07_sweep", "08_bench"]
+STAGES = ["01_data", "02_clusters", "03_chain", "04_metrics", "04a_judges", "04b_properties", "05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures", "07e_study", "08_bench"]
 
 
 @pytest.mark.parametrize("name", STAGES)

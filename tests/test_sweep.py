@@ -7,7 +7,7 @@ import pytest
 import local_slurm
 from conftest import ROOT
 
-CLI = [sys.executable, "-c", "import sys; from recursive_loops.sweep import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from recursive_loops.cli import main; sys.exit(main())"]
 
 
 def cli(*args, timeout=900):

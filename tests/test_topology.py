@@ -1,4 +1,4 @@
-"Networks of models (03d_network, 03_chain's run_network, 05d_topology, 07_sweep): who trains on whose texts, the 1-node identity, a network study locally and on SLURM with its generation barrier."
+"Networks of models (03d_network, 03_chain's run_network, 05d_topology, 07e_study): who trains on whose texts, the 1-node identity, a network study locally and on SLURM with its generation barrier."
 import json, subprocess, sys, time
 from collections import Counter
 from pathlib import Path
