@@ -186,7 +186,7 @@ def scale_runs(plan: Plan, settings: dict, made: dict) -> list:
         "scale",
     )
 
-
+# %% ../nbs/07d_analysis.ipynb #28363a40
 def figures_runs(plan: Plan, settings: dict, made: dict) -> list:
     """06_figures from results.csv, the first clustering, and the regression and modularity folders
     made before it."""

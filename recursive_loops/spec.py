@@ -17,103 +17,59 @@ from .judges import JudgeSpec, JudgeError
 from .docs import ANALYSIS_NBS
 
 # %% auto #0
-__all__ = ['CHAIN_FIELDS', 'AXES', 'PER_CHAIN', 'ANALYSES', 'ALLOWED', 'load_spec']
+__all__ = ['CHAIN_FIELDS', 'AXES', 'SET_BY_AXES', 'PER_CHAIN', 'ANALYSES', 'ALLOWED', 'load_spec']
 
-# %% ../nbs/07_spec.ipynb #065a767a
+# %% ../nbs/07_spec.ipynb #5275892d
 CHAIN_FIELDS = tuple(f.name for f in fields(ChainConfig))
 AXES = ("datasets", "ratios", "seeds", "models", "accumulate")
-PER_CHAIN = tuple(
-    k
-    for k in CHAIN_FIELDS
-    if k
-    not in (
-        "run_dir",
-        "dataset",
-        "cluster",
-        "clusters_path",
-        "ratio",
-        "seed",
-        "model",
-        "accumulate",
-    )
+SET_BY_AXES = (
+    "run_dir",
+    "dataset",
+    "cluster",
+    "clusters_path",
+    "ratio",
+    "seed",
+    "model",
+    "accumulate",
 )
+PER_CHAIN = tuple(k for k in CHAIN_FIELDS if k not in SET_BY_AXES)
 # spec key -> its notebook (06a_docs), in the order a study runs them
 ANALYSES = dict(
     zip(
         ("regression", "modularity", "lean", "control", "network", "scale", "figures"), ANALYSIS_NBS
     )
 )
+
+# %% ../nbs/07_spec.ipynb #222ef48d
+_names = lambda s: tuple(s.split())  # the allowed keys of a section, written as one string
+
 ALLOWED = {
-    "": (
-        "name",
-        "out_dir",
-        "datasets",
-        "chain",
-        "metrics",
-        "clusters",
-        "experiments",
-        "analysis",
-        "executor",
-        "cost",
-        "mixed_formats",
+    "": _names(
+        "name out_dir datasets chain metrics clusters experiments analysis executor cost mixed_formats"
     ),
     "chain": PER_CHAIN + ("model", "accumulate"),
-    "metrics": ("n_eval", "reference_model", "embedder", "judges", "judge_cache"),
-    "clusters": (
-        "embedder",
-        "method",
-        "n_clusters",
-        "min_cluster_size",
-        "umap_dim",
-        "min_texts",
-        "max_texts",
-        "seed",
-        "n_per_cluster",
-        "reference_model",
-        "max_n",
-        "selfbleu_n",
-        "aic_n",
-        "candidate_sizes",
+    "metrics": _names("n_eval reference_model embedder judges judge_cache"),
+    "clusters": _names(
+        "embedder method n_clusters min_cluster_size umap_dim min_texts max_texts seed n_per_cluster "
+        "reference_model max_n selfbleu_n aic_n candidate_sizes"
     ),
     "experiment": AXES + ("train_on",) + PER_CHAIN,
     "analysis": ("shift", "k_last", *ANALYSES),
-    "analysis.regression": (
-        "experiment",
-        "predictors",
-        "targets",
-        "group",
-        "vif_max",
-        "quality",
-        "pooled",
-        "folds",
+    "analysis.regression": _names(
+        "experiment predictors targets group vif_max quality pooled folds"
     ),
-    "analysis.modularity": ("experiment", "predictors", "targets"),
-    "analysis.lean": ("experiment", "judge", "tol"),
-    "analysis.control": ("experiment", "quartiles", "baseline", "metrics"),
-    "analysis.network": ("experiment", "metrics", "n_eval", "embedder"),
-    "analysis.scale": ("experiment", "metrics", "baseline"),
-    "analysis.figures": ("fig_dir",),
-    "executor": ("kind", "workers", "slurm"),
-    "executor.slurm": (
-        "partition",
-        "account",
-        "qos",
-        "time_min",
-        "cpus_per_task",
-        "gres",
-        "mem_gb",
-        "array_parallelism",
-        "additional",
+    "analysis.modularity": _names("experiment predictors targets"),
+    "analysis.lean": _names("experiment judge tol"),
+    "analysis.control": _names("experiment quartiles baseline metrics"),
+    "analysis.network": _names("experiment metrics n_eval embedder"),
+    "analysis.scale": _names("experiment metrics baseline"),
+    "analysis.figures": _names("fig_dir"),
+    "executor": _names("kind workers slurm"),
+    "executor.slurm": _names(
+        "partition account qos time_min cpus_per_task gres mem_gb array_parallelism additional"
     ),
-    "cost": (
-        "seconds_per_generation",
-        "n_train",
-        "exponent",
-        "model_params",
-        "device",
-        "params",
-        "gpu_tflops",
-        "gpu_efficiency",
+    "cost": _names(
+        "seconds_per_generation n_train exponent model_params device params gpu_tflops gpu_efficiency"
     ),
 }
 
