@@ -566,12 +566,13 @@ def keep_appendix(out_dir: str | Path, # a study's out_dir
                   dest: str | Path, # e.g. appendix/demo
                   chain: int | str = 0, # which chain's notebooks: an index in run-directory order, or text its run directory contains
                  ) -> list[Path]:
-    "Copy a study's clustering and analysis notebooks and one chain's two notebooks to `dest` (one file per stage)."
+    "Copy a study's clustering and analysis notebooks and one chain's two notebooks to `dest` (one file per stage), paths relative to the repository."
     out = resolve(out_dir); found = study_notebooks(out); dest = resolve(dest)
     runs = list(found["chains"])
     pick = [r for r in runs if str(chain) in r.relative_to(out).as_posix()] if isinstance(chain, str) else runs[chain:chain + 1]
     if runs and not pick: raise ValueError(f"chain={chain!r} matches no chain of {out}; its run directories: {', '.join(r.relative_to(out).as_posix() for r in runs[:5])}, ...")
     dest.mkdir(parents=True, exist_ok=True); keep = {}
     for p in found["clusters"] + found["analysis"] + (list(found["chains"][pick[0]].values()) if pick else []): keep.setdefault(p.name, p)  # the first of each stage
-    for name, p in keep.items(): shutil.copy2(p, dest / name)
+    root = f"{repo_root()}/"  # the machine's own paths in what the notebooks printed, cut to the repository's
+    for name, p in keep.items(): write_text(dest / name, p.read_text().replace(root, ""))
     return [dest / n for n in keep]
