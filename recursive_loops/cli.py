@@ -20,10 +20,10 @@ from .study import run_study, status_table, format_status
 # %% auto #0
 __all__ = ['USAGE_ERRORS', 'judge_bench', 'format_throughput', 'make_parser', 'study_dir', 'main']
 
-# %% ../nbs/07f_cli.ipynb #9f2a3451
+# %% ../nbs/07f_cli.ipynb #2b2590fc
 USAGE_ERRORS = (SpecError, ValueError, FileNotFoundError)
 
-
+# %% ../nbs/07f_cli.ipynb #f5dbacb3
 def judge_bench(
     model: str = "smollm2-135m",
     n: int = 512,
@@ -74,7 +74,7 @@ def format_throughput(r: dict) -> str:
         f"  ratio concurrent/sequential: {r['ratio']:.2f}x (largest score difference between the two: {r['max_abs_score_diff']:.3g})"
     )
 
-# %% ../nbs/07f_cli.ipynb #1347da6c
+# %% ../nbs/07f_cli.ipynb #ad47f25e
 def make_parser() -> argparse.ArgumentParser:
     "The `recursive-loops` command's arguments."
     ap = argparse.ArgumentParser(
@@ -137,7 +137,7 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     return ap
 
-
+# %% ../nbs/07f_cli.ipynb #a3c1f7a9
 def study_dir(spec_or_dir: str) -> Path:
     "A study's out_dir, from its spec or the folder itself."
     p = resolve(spec_or_dir)

@@ -20,10 +20,10 @@ from .spec import ANALYSES
 from .plan import Plan, gen0_key
 
 # %% auto #0
-__all__ = ['MEASURED', 'BUNDLED_PARAMS', 'FULL_COST', 'estimate_cost', 'describe', 'node_configs', 'reachable_dataset',
-           'check_feeding', 'preflight']
+__all__ = ['MEASURED', 'BUNDLED_PARAMS', 'FULL_COST', 'estimate_cost', 'experiment_lines', 'describe', 'node_configs',
+           'reachable_dataset', 'check_feeding', 'preflight']
 
-# %% ../nbs/07b_cost.ipynb #47706473
+# %% ../nbs/07b_cost.ipynb #f4a59ecc
 MEASURED = dict(
     seconds_per_generation=192.7,
     n_train=256,
@@ -35,7 +35,7 @@ BUNDLED_PARAMS = {"smollm2-135m": 134.5e6}
 # a fully fine-tuned generation's time over a LoRA one's, measured on 2 AMD EPYC cores in bf16: 17.9 / 15.7 s (scale study, N = 48, medians), 70.8 / 62.9 s (make bench, N = 256)
 FULL_COST = 1.15
 
-
+# %% ../nbs/07b_cost.ipynb #4838d5c1
 def estimate_cost(plan: Plan) -> dict:
     "Counts and time estimate of a plan (see the prose for the model of cost)."
     c = {**MEASURED, "gpu_tflops": 989.0, "gpu_efficiency": 0.3, **(plan.spec.get("cost") or {})}
@@ -96,89 +96,87 @@ def estimate_cost(plan: Plan) -> dict:
     out["gpu"] = f"{c['gpu_tflops']:g} TFLOP/s at {c['gpu_efficiency']:.0%} (assumed)"
     return out
 
-# %% ../nbs/07b_cost.ipynb #82452676
-def describe(plan: Plan) -> str:
-    "The plan as text: experiments, chains, analysis steps, cost."
-    sp = plan.spec
-    lines = [f"study {sp['name']!r} ({sp['_path']}) -> {sp['out_dir']}"]
-    for name in sp["experiments"]:
-        mine = [c for c in plan.chains if name in c.experiments]
-        gens = sorted({c.generations for c in mine})
-        ns = sorted({c.params.get("n_train", 16) for c in mine})
-        lines.append(
-            f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}"
-        )
-        arms = sorted({CurationSpec.from_dict(c.params.get("curate")).label for c in mine})
-        if arms != ["none"] and arms:
-            lines.append(f"    curation arms: {', '.join(arms)}")
-        fts = sorted({c.params.get("finetune", "lora") for c in mine})
-        if fts != ["lora"]:
-            fits = sorted(
-                {
-                    f"{c.params['finetune']} matched to {fit_spec(c.params['match_fit'], c.params['finetune'])['target']}'s generation-0 gain"
-                    for c in mine
-                    if c.params.get("match_fit")
-                }
-            )
-            lines.append(
-                f"    fine-tuning: {', '.join(fts)}"
-                + (f" ({'; '.join(fits)}: its lr searched per chain)" if fits else "")
-            )
-        if any(c.params.get("models") for c in mine):
-            lines.append(
-                "    mixed-model chains: "
-                + "; ".join(
-                    sorted(
-                        {
-                            f"{', '.join(c.params['models'])} ({c.params.get('draw', 'per_generation')})"
-                            for c in mine
-                            if c.params.get("models")
-                        }
-                    )
-                )
-            )
-        nets = sorted(
+# %% ../nbs/07b_cost.ipynb #efed14b5
+def experiment_lines(
+    plan: Plan,  # the plan
+    name: str,  # one of its experiments
+) -> list[str]:
+    """One experiment of the plan as lines: its chains, generations and N, then its arms, methods,
+    pools, networks, lean judge."""
+    mine = [c for c in plan.chains if name in c.experiments]
+    gens, ns = (
+        sorted({c.generations for c in mine}),
+        sorted({c.params.get("n_train", 16) for c in mine}),
+    )
+    lines = [
+        f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}"
+    ]
+    arms = sorted({CurationSpec.from_dict(c.params.get("curate")).label for c in mine})
+    if arms != ["none"] and arms:
+        lines.append(f"    curation arms: {', '.join(arms)}")
+    fts = sorted({c.params.get("finetune", "lora") for c in mine})
+    if fts != ["lora"]:
+        target = lambda c: fit_spec(c.params["match_fit"], c.params["finetune"])["target"]
+        fits = sorted(
             {
-                f"{NetworkSpec.from_dict(c.params['network']).label} x{c.nodes}"
+                f"{c.params['finetune']} matched to {target(c)}'s generation-0 gain"
                 for c in mine
-                if c.nodes
+                if c.params.get("match_fit")
             }
         )
-        if nets:
-            lines.append(
-                f"    networks ({sum(c.nodes for c in mine)} node chains): {', '.join(nets)}"
-            )
-        if mine and mine[0].design == "lean":  # what will score the lean, and how (05b_lean)
-            js = [JudgeSpec.from_dict(j) for j in (sp.get("metrics") or {}).get("judges") or []]
-            js = [j for j in js if j.kind == "lean"]
-            lines.append(
-                "    lean judge: "
-                + (
-                    ", ".join(f"{j.name} ({j.prompt}, {j.model} via {j.backend})" for j in js)
-                    or "none in metrics.judges: the lean cannot be scored"
-                )
-            )
-    for u in plan.unresolved:
-        lines.append(f"    pending: {u}")
+        lines.append(
+            f"    fine-tuning: {', '.join(fts)}"
+            + (f" ({'; '.join(fits)}: its lr searched per chain)" if fits else "")
+        )
+    pools = sorted(
+        {
+            f"{', '.join(c.params['models'])} ({c.params.get('draw', 'per_generation')})"
+            for c in mine
+            if c.params.get("models")
+        }
+    )
+    if pools:
+        lines.append("    mixed-model chains: " + "; ".join(pools))
+    nets = sorted(
+        {f"{NetworkSpec.from_dict(c.params['network']).label} x{c.nodes}" for c in mine if c.nodes}
+    )
+    if nets:
+        lines.append(f"    networks ({sum(c.nodes for c in mine)} node chains): {', '.join(nets)}")
+    if mine and mine[0].design == "lean":  # what will score the lean, and how (05b_lean)
+        js = [JudgeSpec.from_dict(j) for j in (plan.spec.get("metrics") or {}).get("judges") or []]
+        said = ", ".join(
+            f"{j.name} ({j.prompt}, {j.model} via {j.backend})" for j in js if j.kind == "lean"
+        )
+        lines.append(
+            "    lean judge: " + (said or "none in metrics.judges: the lean cannot be scored")
+        )
+    return lines
+
+# %% ../nbs/07b_cost.ipynb #2918b0f5
+def describe(plan: Plan) -> str:
+    "The plan as text: experiments, chains, analysis steps, cost."
+    sp, an, c = plan.spec, plan.spec.get("analysis") or {}, estimate_cost(plan)
+    lines = [f"study {sp['name']!r} ({sp['_path']}) -> {sp['out_dir']}"]
+    for name in sp["experiments"]:
+        lines += experiment_lines(plan, name)
+    lines += [f"    pending: {u}" for u in plan.unresolved]
     steps = (
         [f"02_clusters + 04b_properties on {', '.join(plan.cluster_sets)}"]
         if plan.cluster_sets
         else []
     )
-    steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"]
-    an = sp.get("analysis") or {}
-    steps += [nb for k, nb in ANALYSES.items() if an.get(k)]
+    steps += [f"{len(plan.chains)} x (03_chain + 04_metrics)", "results.csv"] + [
+        nb for k, nb in ANALYSES.items() if an.get(k)
+    ]
     lines.append("  steps: " + " -> ".join(steps))
-    c = estimate_cost(plan)
+    trials = (
+        f", up to {c['calibration_trials']:,} of them learning-rate trials"
+        if c["calibration_trials"]
+        else ""
+    )
     lines.append(
         f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
-        f"({c['gen0_shared']:,} generation 0s shared"
-        + (
-            f", up to {c['calibration_trials']:,} of them learning-rate trials"
-            if c["calibration_trials"]
-            else ""
-        )
-        + "), "
+        f"({c['gen0_shared']:,} generation 0s shared{trials}), "
         f"{c['train_texts']:,} training texts, {c['generated_texts']:,} generated texts"
     )
     lines.append(
@@ -190,7 +188,7 @@ def describe(plan: Plan) -> str:
         )
     return "\n".join(lines)
 
-# %% ../nbs/07b_cost.ipynb #1303722a
+# %% ../nbs/07b_cost.ipynb #3e37d70d
 def node_configs(params: dict) -> list[ChainConfig]:
     "The chain of `params`, or its network's nodes' chains."
     cfg = ChainConfig(**params)
@@ -202,7 +200,7 @@ def reachable_dataset(ds: str) -> bool:
         ds in REGISTRY and REGISTRY[ds].hub_id is None
     )
 
-
+# %% ../nbs/07b_cost.ipynb #0f3b32f8
 def check_feeding(plan: Plan) -> list[str]:
     """Raise `SpecError` (one line) if a chain of the plan needs more human texts than its data
     holds; return what could not be checked."""

@@ -80,7 +80,7 @@ def run_notebook(
             kernel_name="python3",
         )
 
-# %% ../nbs/07c_executors.ipynb #17065a15
+# %% ../nbs/07c_executors.ipynb #1adef070
 def chain_task(
     task: dict,  # run_dir, chain (03_chain parameters), metrics (04_metrics parameters), notebooks, root
 ) -> dict:
@@ -143,7 +143,7 @@ def chain_task(
         raise
     return dict(run_dir=task["run_dir"], seconds=round(time.time() - t0, 1), host=platform.node())
 
-
+# %% ../nbs/07c_executors.ipynb #95cdabaf
 class SlurmChainTask(submitit.helpers.Checkpointable):
     """A SLURM array task: runs `chain_task`; on preemption or timeout it is requeued and the chain
     resumes."""
@@ -222,7 +222,7 @@ def run_local(
             log.info("chain finished (%d/%d): %s", len(errors), len(tasks), futs[f])
     return errors
 
-# %% ../nbs/07c_executors.ipynb #616582de
+# %% ../nbs/07c_executors.ipynb #0dc9663c
 def _in_queue(array_id: str) -> set:
     "Ids (`A_i`) of the tasks of job array `array_id` that SLURM still holds as pending or running."
     r = subprocess.run(
@@ -263,7 +263,7 @@ def slurm_executor(
     ex.update_parameters(**kw)
     return ex
 
-
+# %% ../nbs/07c_executors.ipynb #9d235bbd
 def run_slurm(
     tasks: list[dict],  # from make_task
     folder: str | Path,  # submitit folder
@@ -309,7 +309,7 @@ def run_slurm(
                     )
     return errors
 
-
+# %% ../nbs/07c_executors.ipynb #a1786b0b
 def run_slurm_networks(
     tasks: list[dict],  # from make_task; those of networks are run here, the others left alone
     folder: str | Path,  # submitit folder
