@@ -5,7 +5,6 @@
 # %% ../nbs/07e_study.ipynb #4aa267d7
 from __future__ import annotations
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +24,7 @@ from recursive_loops.core import (
     write_jsonl,
     SpecError,
 )
-from .data import load_texts
+from .data import load_texts, MIN_TOKENS, MAX_TOKENS
 from .chain import ChainConfig, stale_inputs
 from .network import NetworkSpec
 from .curation import CurationSpec
@@ -146,9 +145,9 @@ def aggregate(
 
 # %% ../nbs/07e_study.ipynb #2c67976d
 def token_bounds(spec: dict) -> dict:
-    "The study's token bounds: its chain defaults', else 03_chain's own."
-    ch, default = spec.get("chain") or {}, {f.name: f.default for f in fields(ChainConfig)}
-    return {k: ch.get(k, default[k]) for k in ("min_tokens", "max_tokens")}
+    "The study's token bounds: its chain defaults', else every stage's own (01_data)."
+    ch = spec.get("chain") or {}
+    return dict(min_tokens=ch.get("min_tokens", MIN_TOKENS), max_tokens=ch.get("max_tokens", MAX_TOKENS))
 
 
 def write_derived(plan: Plan) -> None:
