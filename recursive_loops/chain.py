@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_chain.ipynb #6c4bf347
 from __future__ import annotations
-import contextlib, importlib.util, random, shutil, tempfile
+import contextlib, importlib.util, random, re, shutil, tempfile
 import numpy as np
 from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
@@ -14,7 +14,8 @@ from fastcore.basics import patch
 
 from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_seed, Timer, RunLock,
                                   RunLocked, make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
-from .data import load_texts, instruction_for, check_dataset_name, is_file_dataset, MIN_TOKENS, MAX_TOKENS
+from .data import (load_texts, instruction_for, check_dataset_name, is_file_dataset, dataset_label,
+                                  MIN_TOKENS, MAX_TOKENS)
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model, check_model
 from .training import (FINETUNES, OPTIMIZERS, TUNED_DIRS, fine_tune, merged_model, save_tuned, learning_rate,
                                       response_nll, fit_spec, search_lr)
@@ -23,12 +24,12 @@ from .curation import CurationSpec, Curator, n_candidates
 from .network import NetworkSpec, check_shard, shard_of, mixing_matrix, synthetic_counts, node_settings, cross_nll_gap
 
 # %% auto #0
-__all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'human_slice',
+__all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'chain_dir', 'human_slice',
            'mix_training_set', 'gen_dir', 'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human',
            'pool_domains', 'gen0_identity', 'load_adapter', 'generation_model', 'load_tuned', 'Gen0Share',
            'earlier_texts', 'row_instructions', 'ChainRun', 'run_generation', 'recorded_format', 'input_checksums',
-           'stale_inputs', 'calibrate', 'open_chain', 'run_chain', 'network_nodes', 'network_record', 'node_sources',
-           'cross_nll_step', 'run_network']
+           'stale_inputs', 'record_facts', 'node_facts', 'calibrate', 'open_chain', 'run_chain', 'network_nodes',
+           'network_record', 'node_sources', 'cross_nll_step', 'run_network']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 DRAWS = ("per_generation", "round_robin")  # how a mixed-model chain picks each generation's base model
@@ -74,6 +75,7 @@ class ChainConfig:
     match_fit: dict | None = None
     models: list | None = None
     draw: str = "per_generation"
+    facts: dict | None = None
 
     @property
     def n_synthetic(self) -> int:
@@ -93,10 +95,7 @@ class ChainConfig:
 
     def resolved_run_dir(self) -> Path:
         "The run directory: `run_dir`, or for `auto` one named from the parameters and their hash."
-        if self.run_dir != "auto": return resolve(self.run_dir)
-        ident = chain_identity(self); net = f"_{ident['network']['graph']}{ident['network']['nodes']}" if "network" in ident else ""
-        name = f"{Path(str(self.dataset)).stem}_{self.cluster or 'all'}{net}_r{self.ratio:g}_s{self.seed}_{config_hash(ident, 8)}"
-        return resolve("runs/chains") / name
+        return resolve(self.run_dir if self.run_dir != "auto" else chain_dir("runs/chains", self))
 
 # %% ../nbs/03_chain.ipynb #7000bef9
 @patch
@@ -137,14 +136,15 @@ def validate(self: ChainConfig) -> ChainConfig:
     if self.models is not None and (not isinstance(self.models, list) or not self.models or not all(isinstance(m, str) and m for m in self.models)):
         bad("models", "None or a non-empty list of models (bundled aliases, folders or hub ids)")
     if self.draw not in DRAWS: bad("draw", ", ".join(DRAWS))
+    if self.facts is not None and not isinstance(self.facts, dict): bad("facts", "None or a mapping of column -> value")
     if self.models is not None and self.generator == "vllm": bad("generator", "hf for a mixed-model chain (models: [...]); one vLLM server serves one base model")
     check_dataset_name(self.dataset)
     return self
 
 # %% ../nbs/03_chain.ipynb #d08d306d
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results: all but the output folder and the generation-0 cache, the format and learning rate resolved (never `auto`; a `match_fit` chain: the target, not the lr it finds), and `generator`, `curate`, `shard`, `network`, `finetune`, `optimizer`, `gradient_checkpointing`, `match_fit` and `models`/`draw` only when not the default (so chains run before they existed keep their hash; `curate` as the rule's settings, 03c_curation)."
-    d = cfg.to_dict(); d.pop("run_dir"); d.pop("gen0_cache"); d["dtype"] = resolve_dtype(d["dtype"])
+    "The parameters that define a chain's results: all but the output folder, the generation-0 cache and the study's facts, the format and learning rate resolved (never `auto`; a `match_fit` chain: the target, not the lr it finds), and `generator`, `curate`, `shard`, `network`, `finetune`, `optimizer`, `gradient_checkpointing`, `match_fit` and `models`/`draw` only when not the default (so chains run before they existed keep their hash; `curate` as the rule's settings, 03c_curation)."
+    d = cfg.to_dict(); d.pop("run_dir"); d.pop("gen0_cache"); d.pop("facts"); d["dtype"] = resolve_dtype(d["dtype"])
     if d["generator"] == "hf": d.pop("generator")
     cur = CurationSpec.from_dict(d.pop("curate"))
     if cur.rule != "none": d["curate"] = cur.to_dict()
@@ -158,6 +158,28 @@ def chain_identity(cfg: ChainConfig) -> dict:
     if cfg.match_fit is not None: d["match_fit"] = fit_spec(cfg.match_fit, cfg.finetune); d.pop("lr")
     else: d["lr"] = learning_rate(cfg)
     return d
+
+# %% ../nbs/03_chain.ipynb #4690e6fe
+def chain_dir(
+    out: str,  # the folder the chain's tree starts in: a study's out_dir, or runs/chains
+    cfg: ChainConfig,  # the chain
+) -> str:
+    """`<out>/<dataset>/<whole | cluster-c>/ratio-<r>/[arm/]seed-<s>-<config hash>`: the chain's
+    one run directory."""
+    cl = "whole" if cfg.cluster is None else f"cluster-{cfg.cluster}"
+    arm = ""
+    cur = CurationSpec.from_dict(cfg.curate)
+    if cur.rule != "none":
+        arm += re.sub(r"[^A-Za-z0-9_.-]+", "-", cur.label) + "/"
+    if cfg.finetune != "lora":
+        arm += f"{cfg.finetune}/"
+    if cfg.models:
+        arm += f"mixed-{len(cfg.models)}/"
+    if cfg.network is not None:  # its nodes in node-k/ below (run_network)
+        net = NetworkSpec.from_dict(cfg.network)
+        arm += re.sub(r"[^A-Za-z0-9_.-]+", "-", f"network-{net.label}-x{net.nodes}") + "/"
+    ident = config_hash(chain_identity(cfg), 8)
+    return f"{out}/{dataset_label(cfg.dataset)}/{cl}/ratio-{cfg.ratio:g}/{arm}seed-{cfg.seed}-{ident}"
 
 # %% ../nbs/03_chain.ipynb #2f8a30dc
 def human_slice(cfg: ChainConfig, gen: int) -> tuple[int, int]:
@@ -492,6 +514,21 @@ def stale_inputs(run_dir: Path, cfg: ChainConfig) -> str | None:
     else: changed = [k for k in now if resolve(getattr(cfg, k)).stat().st_mtime > p.stat().st_mtime]  # recorded before checksums were
     return ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed) + " changed since the chain began" if changed else None
 
+# %% ../nbs/03_chain.ipynb #9d49bc90
+def record_facts(
+    record: Path,  # a chain's chain.json, or a network's network.json
+    facts: dict | None,  # what the study says of it now
+) -> None:
+    "Write `facts` into `record` where they differ from what it holds."
+    rec = read_json(record)
+    if rec.get("facts") != facts:
+        write_json(record, {**rec, "facts": facts})
+
+
+def node_facts(facts: dict | None, k: int) -> dict | None:
+    "A network node's facts: its network's, with `node` its index."
+    return None if facts is None else {**facts, "node": k}
+
 # %% ../nbs/03_chain.ipynb #f456af04
 def calibrate(cfg: ChainConfig, # a chain with match_fit (dtype resolved)
               human: pd.DataFrame, domains: dict | None, instruction: str, # its pool, per-text instructions, instruction
@@ -570,7 +607,8 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
                                                  base_heldout_nll=base_nll,
                                                  dtype=str(base.dtype), device=str(base.device), attention=base.config._attn_implementation, determinism=determinism(base.device),
                                                  n_human_pool=len(human), inputs=input_checksums(cfg),
-                                                 heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), **(extra or {})))
+                                                 heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), facts=cfg.facts, **(extra or {})))
+        else: record_facts(chain_file, cfg.facts)
         rec = read_json(chain_file)
         cfg = replace(cfg, lr=rec["calibration"]["lr"] if cfg.match_fit is not None else learning_rate(cfg))  # a number from here on
         run = ChainRun(cfg, run_dir, human, instr, tok, None if loaded else base, heldout, rec["base_heldout_nll"], ident, sampler,
@@ -591,14 +629,15 @@ def run_chain(cfg: ChainConfig) -> Path:
 # %% ../nbs/03_chain.ipynb #ec062bc9
 def network_nodes(cfg: ChainConfig, # a chain with `network` set (run_dir resolved)
                  ) -> tuple[NetworkSpec, list[ChainConfig]]:
-    "The network of `cfg` and its nodes' chains, node k's in `<run_dir>/node-k` with its seed, shard, cluster and model."
+    "The network of `cfg` and its nodes' chains, node k's in `<run_dir>/node-k` with its seed, shard, cluster, model and facts."
     spec = NetworkSpec.from_dict(cfg.network); net_dir = cfg.resolved_run_dir()
     domains = None
     if spec.shards == "domains":
         texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens)
         domains = sorted(map(str, texts.domain.dropna().unique())) if "domain" in texts.columns else []
     base = replace(cfg, network=None, run_dir="x")
-    return spec, [replace(base, **s, run_dir=str(net_dir / f"node-{k}")) for k, s in enumerate(node_settings(spec, cfg.seed, domains))]
+    return spec, [replace(base, **s, run_dir=str(net_dir / f"node-{k}"), facts=node_facts(cfg.facts, k))
+                  for k, s in enumerate(node_settings(spec, cfg.seed, domains))]
 
 # %% ../nbs/03_chain.ipynb #e048a5c5
 def network_record(cfg: ChainConfig, # a chain with `network` set, dtype resolved
@@ -656,7 +695,8 @@ def run_network(cfg: ChainConfig, # a chain with `network` set
     bad = [k for k in only or [] if not (isinstance(k, int) and 0 <= k < spec.nodes)]
     if bad: raise ValueError(f"only={only!r} is invalid; allowed: node indices in 0..{spec.nodes - 1}")
     if upto is not None and not 0 <= upto < cfg.generations: raise ValueError(f"upto={upto!r} is invalid; allowed: 0..{cfg.generations - 1}")
-    if not prev: write_json(rec_file, make_manifest(rec.pop("identity"), cfg.seed, None, **rec))
+    if not prev: write_json(rec_file, make_manifest(rec.pop("identity"), cfg.seed, None, facts=cfg.facts, **rec))
+    else: record_facts(rec_file, cfg.facts)
     loaded: dict = {}
     def base(m):
         if m not in loaded: loaded[m] = load_model(m, cfg.dtype)

@@ -4,7 +4,6 @@
 
 # %% ../nbs/05c_control.ipynb #3724403b
 from __future__ import annotations
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ from .regression import seed_ci
 
 # %% auto #0
 __all__ = ['PROPERTIES', 'QUARTILE_FORM', 'DEMO_SHIFTS', 'CONTROL_METRICS', 'text_scores', 'quartile_name', 'write_quartiles',
-           'quartile_of', 'plan_quartiles', 'write_quartiles_study', 'control_table', 'demo_control_results',
-           'bootstrap_ci', 'arm_effects', 'arm_costs', 'quartile_rows', 'quartile_effects', 'selects_on',
-           'plot_control', 'plot_control_curves', 'plot_quartiles', 'run_control']
+           'plan_quartiles', 'write_quartiles_study', 'control_table', 'demo_control_results', 'bootstrap_ci',
+           'arm_effects', 'arm_costs', 'quartile_rows', 'quartile_effects', 'selects_on', 'plot_control',
+           'plot_control_curves', 'plot_quartiles', 'run_control']
 
 # %% ../nbs/05c_control.ipynb #0aa609c8
 PROPERTIES = ("fluency", "selfbleu")
@@ -69,12 +68,6 @@ def write_quartiles(dataset: str, # registry name or file (data.load_texts)
     log.info("%s: %d texts in %d parts by %s -> %s", dataset, len(df), quarters, name, ", ".join(p.name for p in paths))
     return paths
 
-# %% ../nbs/05c_control.ipynb #5821416c
-def quartile_of(dataset: str) -> tuple[str, int] | None:
-    "(property, part) of a file written by `write_quartiles`, else None."
-    m = re.search(r"([^/\\]+)-q([0-9]+)\.jsonl$", str(dataset))
-    return (m.group(1), int(m.group(2))) if m else None
-
 # %% ../nbs/05c_control.ipynb #b4d57217
 QUARTILE_FORM = "{quartiles: fluency | selfbleu | <a judge's settings>, keep: [quartiles 1-4]}"
 
@@ -89,7 +82,8 @@ def plan_quartiles(t: TrainOn) -> Design:
     qn = prop if isinstance(prop, str) else str(prop.get("name"))
     files = [f"{folder}/{qn}-q{k}.jsonl" for k in keep]  # the names write_quartiles gives
     return Design("quartile", files, files=True, instruction=instruction_for(t.dataset),
-                  writes={folder: (write_quartiles_study, dict(out_dir=folder, dataset=t.dataset, prop=prop, keep=keep))})
+                  writes={folder: (write_quartiles_study, dict(out_dir=folder, dataset=t.dataset, prop=prop, keep=keep))},
+                  facts={f: dict(property=qn, quartile=k) for f, k in zip(files, keep)})
 
 def write_quartiles_study(out_dir: str, dataset: str, prop: str | dict, keep: list,
                           min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> None:
@@ -210,17 +204,16 @@ def arm_costs(table: pd.DataFrame, # control_table (its run_dir column names the
 
 # %% ../nbs/05c_control.ipynb #d58f7ba0
 def quartile_rows(results: pd.DataFrame, # results.csv
-                  experiments: list[str] | None = None, # the quartile experiments (None: every chain on a quartile file)
+                  experiments: list[str] | None = None, # the quartile experiments (None: every quartile chain)
                  ) -> pd.DataFrame:
-    "The rows of the chains on `write_quartiles` files, with their `prop` and `part` (empty without such chains)."
-    if "dataset" not in results: return results.iloc[:0]
-    q = results.dataset.map(quartile_of); r = results[q.notna()]
+    "The rows of the quartile chains (their `property` and `quartile` columns, from the planner), with `prop` and `part` (empty without such chains)."
+    if "quartile" not in results: return results.iloc[:0]
+    r = results[results.quartile.notna()]
     if experiments and not r.empty: r = r[np.logical_or.reduce([_has_exp(r.experiment, e) for e in experiments])]
-    q = q[r.index]
-    return r.assign(prop=q.str[0], part=q.str[1])
+    return r.assign(prop=r.property, part=r.quartile.astype(int))
 
 def quartile_effects(results: pd.DataFrame, # results.csv
-                     experiments: list[str] | None = None, # the quartile experiments (None: every chain on a quartile file)
+                     experiments: list[str] | None = None, # the quartile experiments (None: every quartile chain)
                     ) -> pd.DataFrame:
     "Per property and metric: bottom vs top part's human value and last-generation shift (means over seeds, CIs), and the top - bottom shift difference paired by seed."
     r = quartile_rows(results, experiments)

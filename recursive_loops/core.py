@@ -347,6 +347,7 @@ class Design:
     sources: dict = field(default_factory=dict)  # file -> (dataset, domain), written to cluster
     writes: dict = field(default_factory=dict)  # key -> (function, kwargs): derived files
     unresolved: list = field(default_factory=list)  # lines: what only clustering can tell
+    facts: dict = field(default_factory=dict)  # id -> what results.csv records of its chain (a left share, a quartile)
 
 # %% ../nbs/00_core.ipynb #3cf69e48
 def write_stamped(stamp: Path, # the file recording what the outputs were made from

@@ -22,7 +22,7 @@ __all__ = ['SPHINX_CONF', 'WIDE_CSS', 'ANALYSIS_NBS', 'APPENDIX_ORDER', 'STUDY_O
            'write_sphinx_project', 'toctree', 'sphinx_build', 'committed_appendix', 'study_specs', 'spec_summary',
            'without_machine_paths', 'executed_notebooks', 'printed_outputs', 'study_figure_files', 'notebooks_md',
            'results_page', 'write_results_pages', 'site_links', 'build_docs', 'study_notebooks', 'chain_row',
-           'experiments_of', 'page_title', 'chains_table', 'appendix_index', 'study_figures', 'build_appendix',
+           'experiment_of', 'page_title', 'chains_table', 'appendix_index', 'study_figures', 'build_appendix',
            'keep_appendix']
 
 # %% ../nbs/06a_docs.ipynb #5be14498
@@ -468,14 +468,13 @@ def chain_row(run_dir: str | Path, # a chain's run directory (holds chain.json)
     row["failed"] = "yes" if (rd / "FAILED").exists() else "no"
     return row
 
-def experiments_of(out_dir: str | Path) -> dict:
-    "Run directory (its last four path parts) -> experiment name(s), from the study's results.csv (a network's folder as well as its nodes')."
-    p = Path(out_dir) / "results.csv"
-    if not p.exists(): return {}
-    net = "network_dir" in pd.read_csv(p, nrows=0).columns  # a study with networks: the network folders too
-    res = pd.read_csv(p, usecols=["run_dir", "experiment"] + (["network_dir"] if net else [])).drop_duplicates()
-    return {Path(r.run_dir).parts[-4:]: r.experiment for r in res.itertuples()} | \
-           ({Path(d).parts[-4:]: e for d, e in zip(res.network_dir, res.experiment) if isinstance(d, str)} if net else {})
+def experiment_of(run_dir: str | Path, # a chain's (or a network's) run directory
+                 ) -> str:
+    "The experiment(s) that asked for the chain, as the planner recorded them (`facts` in its chain.json, a network's network.json)."
+    for name in ("network.json", "chain.json"):
+        try: return str((read_json(Path(run_dir) / name).get("facts") or {}).get("experiment") or "")
+        except (FileNotFoundError, ValueError): continue
+    return ""
 
 # %% ../nbs/06a_docs.ipynb #86103754
 def page_title(nb: Path, # an executed notebook of the study
@@ -492,9 +491,9 @@ def chains_table(out: Path, # the study's out_dir
                  chains: dict, # study_notebooks(out)["chains"]
                 ) -> tuple[str, str]:
     "The chains as a MyST table (the columns that differ between chains) and a sentence with the settings they all share."
-    exps, rows = experiments_of(out), []
+    rows = []
     for rd, nbs in chains.items():
-        r = {"experiment": exps.get(rd.parts[-4:], ""), "run": rd.relative_to(out).as_posix(), **chain_row(rd)}
+        r = {"experiment": experiment_of(rd), "run": rd.relative_to(out).as_posix(), **chain_row(rd)}
         r["notebooks"] = " · ".join(_link(n, nbs.get(n), out) for n in ("03_chain", "04_metrics") if nbs.get(n))
         rows.append(r)
     tab = pd.DataFrame(rows).fillna("").astype(str)

@@ -181,8 +181,11 @@ def chain_state(
         if not metrics_intact(d):
             return False
         m = read_json(d / "metrics.manifest.json")
-        return m.get("generations") == list(range(g)) and all(
-            m["config"].get(k) == v for k, v in (metrics or {}).items()
+        # the study's facts of the chain stamped on its rows: a study planned again restamps them
+        return (
+            m.get("generations") == list(range(g))
+            and all(m["config"].get(k) == v for k, v in (metrics or {}).items())
+            and m.get("facts") == chain.facts_of(d)
         )
 
     if n_done == g and all(map(measured, dirs)):

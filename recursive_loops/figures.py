@@ -238,8 +238,7 @@ def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the dr
 def plain_chains(results: pd.DataFrame, # a study's results.csv (07e_study) or gathered metrics
                 ) -> tuple[pd.DataFrame, list[str]]:
     "The rows of plain recursive chains on whole datasets (the chain figures' input), and a line per kind of chain left to its own stage."
-    if "design" in results: r = results[results.design == "whole"]  # a study's results.csv says which chains ran on a whole dataset
-    else: r = results[results.cluster.isna()] if results.cluster.isna().any() else results
+    r = results[results.design == "whole"]  # every row says its chain's design (04_metrics)
     other, notes = np.zeros(len(r), bool), []
     for col, plain, name, stage in (("network_dir", None, "network node", "05d_topology"), ("curate", "none", "curated", "05c_control"),
                                     ("finetune", "lora", "full fine-tuning", "05e_scale")):

@@ -4,7 +4,6 @@
 
 # %% ../nbs/05b_lean.ipynb #48468294
 from __future__ import annotations
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,8 @@ from .data import dataset_label, instruction_for, MIN_TOKENS, MAX_TOKENS
 from .regression import seed_ci, judge_verdicts
 
 # %% auto #0
-__all__ = ['LEAN_FORM', 'LEAN_LABELS', 'DEMO_LEANS', 'lean_mixtures', 'left_share_of', 'write_lean_mixtures', 'plan_lean_mix',
-           'write_lean_study', 'lean_label', 'chain_leans', 'lean_effects', 'demo_lean_results', 'plot_lean',
-           'run_lean']
+__all__ = ['LEAN_FORM', 'LEAN_LABELS', 'DEMO_LEANS', 'lean_mixtures', 'write_lean_mixtures', 'plan_lean_mix', 'write_lean_study',
+           'lean_label', 'chain_leans', 'lean_effects', 'demo_lean_results', 'plot_lean', 'run_lean']
 
 # %% ../nbs/05b_lean.ipynb #b32bce78
 def _check_shares(left_shares) -> list[float]:
@@ -56,12 +54,6 @@ def lean_mixtures(df: pd.DataFrame, # labelled texts: a `text` column and the `l
     return out
 
 # %% ../nbs/05b_lean.ipynb #c29ecd6d
-def left_share_of(dataset: str, # a dataset name, e.g. runs/lean/lean-0.75.jsonl
-                 ) -> float | None:
-    "The left share in the name of a file written by `write_lean_mixtures` (None for any other name)."
-    m = re.search(r"lean-([0-9.]+)\.jsonl$", str(dataset))
-    return float(m.group(1)) if m else None
-
 def write_lean_mixtures(dataset: str, # registry name or file, loaded with data.load_texts (senator_tweets: party in `domain`)
                         left_shares: list[float], # share of left texts per mixture, each in [0, 1]
                         out_dir: str | Path, # where lean-<share>.jsonl and lean_mixtures.json go
@@ -107,7 +99,8 @@ def plan_lean_mix(t: TrainOn) -> Design:
               right=str(v.get("right", "Republican")), n=v.get("n"))
     files = [f"{folder}/lean-{s}.jsonl" for s in kw["left_shares"]]  # the names write_lean_mixtures gives
     return Design("lean", files, files=True, instruction=instruction_for(t.dataset),
-                  writes={folder: (write_lean_study, dict(out_dir=folder, **kw))})
+                  writes={folder: (write_lean_study, dict(out_dir=folder, **kw))},
+                  facts={f: dict(left_share=s) for f, s in zip(files, kw["left_shares"])})
 
 def write_lean_study(out_dir: str, dataset: str, left_shares: list, left: str, right: str, n: int | None,
                      min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> None:
@@ -262,7 +255,7 @@ def run_lean(results: str | Path, # a study's results.csv (07e_study) or gathere
              judge: str, # the lean judge's metric name
              out_dir: str | Path = "runs/demo/lean", # where lean_effects.csv and fig_lean.png go
              k_last: int = 0, # generations averaged at the end (0: min(5, G - 1))
-             left_share_col: str = "left_share", # the mixture column; absent: read from dataset names lean-<share>.jsonl
+             left_share_col: str = "left_share", # the mixture column (a study's results.csv: left_share, from plan_lean_mix)
              tol: float = 2.5, # lean points: a human lean within tol of 50 is a 'neutral input'
             ) -> Path:
     "Read the results, write `lean_effects.csv` (one row per mixture), `fig_lean.png` and a manifest; return the table's path."
@@ -270,11 +263,8 @@ def run_lean(results: str | Path, # a study's results.csv (07e_study) or gathere
     if not p.exists(): raise ValueError(f"results={str(p)!r} does not exist; run the study (07e_study) or gather the chains' metrics first")
     df = pd.read_csv(p)
     if left_share_col not in df.columns:
-        shares = df["dataset"].map(left_share_of) if "dataset" in df.columns else None
-        if shares is None or shares.isna().all():
-            raise ValueError(f"the results have no {left_share_col!r} column and no dataset named lean-<share>.jsonl; "
-                             "add the column or set left_share_col")
-        df = df.assign(**{left_share_col: shares}).dropna(subset=[left_share_col])
+        raise ValueError(f"the results have no {left_share_col!r} column; run the lean study (train_on: lean_mix) or set left_share_col")
+    df = df.dropna(subset=[left_share_col])
     eff = lean_effects(df, judge, k_last, tol, left_share_col)
     out = resolve(out_dir)
     with atomic_path(out / "lean_effects.csv") as tmp: eff.to_csv(tmp, index=False)

@@ -11,16 +11,17 @@ import numpy as np
 import pandas as pd
 
 from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed,
-                                  RunLock, config_hash)
+                                  RunLock, config_hash, repo_relative)
 from .models import load_model, resolve_dtype, load_embedder
 from .training import pooled_nll
 from .chain import gen_dir, is_done
 from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, judge_rows, format_audit
 
 # %% auto #0
-__all__ = ['CHAIN_KEYS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu_each', 'self_bleu', 'selfbleu_diversity',
-           'positivity', 'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample', 'metrics_intact',
-           'sampled_sets', 'domain_sets', 'run_metrics']
+__all__ = ['CHAIN_KEYS', 'FACT_COLUMNS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu_each', 'self_bleu',
+           'selfbleu_diversity', 'positivity', 'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample',
+           'metrics_intact', 'chain_columns', 'stamp_table', 'sampled_sets', 'domain_sets', 'restamp', 'run_metrics',
+           'gather_tables']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -139,6 +140,47 @@ def metrics_intact(run_dir: str | Path) -> bool:
     return (out.exists() and rec.get("sha256") == file_sha256(out)
             and ("domain_sha256" not in rec or (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
 
+# %% ../nbs/04_metrics.ipynb #51f0fe07
+FACT_COLUMNS = ("left_share", "property", "quartile", "curate", "finetune", "network", "node", "nodes", "network_dir",
+                "network_seed")  # the order of the study's other facts (05b_lean, 05c_control, 03c_curation, 05e_scale, 03d_network)
+
+
+def chain_columns(
+    chain: dict,  # the chain's chain.json
+    run_dir: str,  # its run directory, as the table records it
+) -> dict:
+    """The columns after the measurement, in order: `experiment` and `design`, `config_hash`,
+    `generations`, `n_train`, `clusters_path`, `run_dir`, then the study's other facts in
+    `FACT_COLUMNS` order (with `lr` and `matched` after `finetune`: what the chain's fit found), then
+    any others by name."""
+    cfg, facts = chain["config"], dict(chain.get("facts") or {})
+    facts.setdefault("design", "whole" if cfg.get("cluster") is None else "cluster")
+    cols = {k: facts.pop(k) for k in ("experiment", "design") if k in facts}
+    cols.update(
+        config_hash=chain["config_hash"],
+        generations=cfg["generations"],
+        n_train=cfg["n_train"],
+        clusters_path=cfg.get("clusters_path"),
+        run_dir=run_dir,
+    )
+    for k in [k for k in FACT_COLUMNS if k in facts] + sorted(set(facts) - set(FACT_COLUMNS)):
+        cols[k] = facts[k]
+        if k == "finetune":
+            cols.update(lr=chain.get("lr"), matched=(chain.get("calibration") or {}).get("matched"))
+    return cols
+
+# %% ../nbs/04_metrics.ipynb #8f8322b2
+def stamp_table(
+    df: pd.DataFrame,  # measurements: generation, source, metric, value, ...
+    chain: dict,  # the chain's chain.json
+    cols: dict,  # chain_columns(chain, run_dir)
+) -> pd.DataFrame:
+    "`df` with the chain's `CHAIN_KEYS` in front and `cols` after (a column it has already keeps its place)."
+    df = df.copy()
+    for k in CHAIN_KEYS:
+        df.insert(0, k, chain["config"].get(k))
+    return df.assign(**cols)
+
 # %% ../nbs/04_metrics.ipynb #f096a030
 def sampled_sets(run_dir: Path, # the chain's run directory
                  generated: dict[int, list[dict]], # each finished generation's kept rows (generated.jsonl)
@@ -169,6 +211,26 @@ def domain_sets(human: list[dict], # generation 0's human training rows
         out.update({(g, d): ("generated", [r["text"] for r in rows if r.get("domain") == d]) for d in doms})
     return out
 
+# %% ../nbs/04_metrics.ipynb #ed7c4890
+def restamp(
+    run_dir: Path,  # a chain whose metrics are up to date
+    chain: dict,  # its chain.json
+    cols: dict,  # chain_columns(chain, run_dir) now
+) -> None:
+    "Rewrite the chain's tables with `cols` in place of the columns they were stamped with, cells kept as text."
+    man_file = run_dir / "metrics.manifest.json"
+    man = read_json(man_file)
+    old = [c for c in man.get("columns") or {} if c not in CHAIN_KEYS]
+    with RunLock(run_dir):
+        for name, key in (("metrics.csv", "sha256"), ("domain_metrics.csv", "domain_sha256")):
+            if key not in man:
+                continue
+            df = pd.read_csv(run_dir / name, dtype=str, keep_default_na=False)
+            with atomic_path(run_dir / name) as tmp:
+                df.drop(columns=[c for c in old if c in df]).assign(**cols).to_csv(tmp, index=False)
+            man[key] = file_sha256(run_dir / name)
+        write_json(man_file, {**man, "columns": cols, "facts": chain.get("facts")})
+
 # %% ../nbs/04_metrics.ipynb #811f3f72
 def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
@@ -180,7 +242,7 @@ def run_metrics(run_dir: str | Path, # chain run directory
                ) -> Path:
     "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores; and `domain_metrics.csv` per domain for a chain with per-text instructions). A curated generation's model output is measured too, as `source = sampled` (`sampled_sets`)."
     specs = [JudgeSpec.from_dict(d) for d in judges or []]  # a bad judge setting stops here, before anything is read
-    run_dir = resolve(run_dir)
+    label, run_dir = repo_relative(run_dir), resolve(run_dir)
     if not (run_dir / "chain.json").exists():
         raise ValueError(f"run_dir={str(run_dir)!r} holds no chain (no chain.json); run 03_chain first or fix the path")
     chain = read_json(run_dir / "chain.json")
@@ -192,7 +254,9 @@ def run_metrics(run_dir: str | Path, # chain run directory
     inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder, judges=[vars(s) for s in specs], dtype=dtype,
                               done={g: read_json(gen_dir(run_dir, g) / "DONE") for g in gens}))
     out, man = run_dir / "metrics.csv", run_dir / "metrics.manifest.json"
+    cols = chain_columns(chain, label)
     if metrics_intact(run_dir) and read_json(man).get("inputs_hash") == inputs:
+        if read_json(man).get("columns") != cols: restamp(run_dir, chain, cols)
         log.info("metrics of %s are up to date (generations %s), kept", run_dir, gens)
         return out
     t = Timer()
@@ -233,10 +297,8 @@ def run_metrics(run_dir: str | Path, # chain run directory
         man = read_json(gen_dir(run_dir, g) / "manifest.json")
         rows += [dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
                  dict(generation=g, source="model", metric="heldout_nll_base", value=man["base_heldout_nll"])]
-    df, ddf = pd.DataFrame(rows), (pd.DataFrame(drows) if drows else None)
-    for k in CHAIN_KEYS:
-        df.insert(0, k, cfg.get(k))
-        if ddf is not None: ddf.insert(0, k, cfg.get(k))
+    df = stamp_table(pd.DataFrame(rows), chain, cols)
+    ddf = stamp_table(pd.DataFrame(drows), chain, cols) if drows else None
     with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
         if specs:
             write_json(run_dir / "judges.json", audits)
@@ -247,6 +309,23 @@ def run_metrics(run_dir: str | Path, # chain run directory
         write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
                    embedder=embedder, judges=list(judges or []), dtype=dtype), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
                    judge_requests=sum(a["requests"] for a in audits), judge_cached=sum(a["cached"] for a in audits),
-                   sha256=file_sha256(out), **({"domain_sha256": file_sha256(run_dir / "domain_metrics.csv")} if ddf is not None else {})))
+                   columns=cols, facts=chain.get("facts"), sha256=file_sha256(out), **({"domain_sha256": file_sha256(run_dir / "domain_metrics.csv")} if ddf is not None else {})))
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out
+
+# %% ../nbs/04_metrics.ipynb #db932135
+def gather_tables(
+    files: list,  # chains' metrics.csv (or domain_metrics.csv), in the study's order
+    by: tuple = ("generation", "source", "metric"),  # the order of a chain's rows
+) -> pd.DataFrame | None:
+    """The chains' tables end to end, ordered by run directory, then `by`; None when there is none. A
+    stamped column of whole numbers that some chains leave empty (a network node's index) keeps its
+    numbers whole, where pandas would write every value as a float."""
+    if not files:
+        return None
+    frames = [pd.read_csv(f) for f in files]
+    df = pd.concat(frames, ignore_index=True)
+    for c in df.columns.intersection([*FACT_COLUMNS, "generations", "n_train", "lr", "matched"]):
+        if df[c].dtype.kind == "f" and any(c in f and f[c].dtype.kind in "iub" for f in frames):
+            df[c] = pd.concat([f[c].astype(object) if c in f else pd.Series(None, f.index, object) for f in frames], ignore_index=True)
+    return df.sort_values(["run_dir", *by], kind="stable")

@@ -4,28 +4,28 @@
 
 # %% ../nbs/07a_plan.ipynb #72020899
 from __future__ import annotations
-import collections, itertools, json, re
+import collections, itertools, json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from .core import resolve, read_json, config_hash, SpecError, TrainOn, Design
-from .data import dataset_label, plan_whole, plan_domains
+from .core import resolve, read_json, SpecError, TrainOn, Design
+from .data import plan_whole, plan_domains
 from .clusters import study_clusters_dir, plan_cluster_ids, plan_every_cluster
 from .properties import plan_spanning
 from .modularity import plan_merged
 from .lean import plan_lean_mix
 from .control import plan_quartiles
 from .models import resolve_dtype
-from .chain import ChainConfig, chain_identity, Gen0Share
+from .chain import ChainConfig, chain_dir, node_facts, Gen0Share
 from .network import NetworkSpec
 from .curation import CurationSpec
 from .spec import AXES
 
 # %% auto #0
-__all__ = ['DESIGNS', 'Chain', 'Plan', 'notebooks_dir', 'chain_run_dir', 'format_file', 'study_format', 'DesignKind',
-           'train_on_kind', 'design_of', 'gen0_key', 'experiment_axes', 'chain_params', 'keep_shared_gen0',
-           'check_one_format', 'expand']
+__all__ = ['DESIGNS', 'Chain', 'Plan', 'notebooks_dir', 'format_file', 'study_format', 'DesignKind', 'train_on_kind', 'design_of',
+           'gen0_key', 'experiment_axes', 'chain_params', 'keep_shared_gen0', 'check_one_format', 'chain_facts',
+           'expand']
 
 # %% ../nbs/07a_plan.ipynb #570d382a
 @dataclass
@@ -64,6 +64,11 @@ class Chain:
             else [self.run_dir]
         )
 
+    def facts_of(self, d: Path) -> dict | None:
+        "The facts the chain in `d` (one of `chain_dirs`) records: a node's are its network's, with its index."
+        f = self.params.get("facts")
+        return node_facts(f, int(d.name[5:])) if self.nodes else f
+
 # %% ../nbs/07a_plan.ipynb #f5af0245
 @dataclass
 class Plan:
@@ -85,29 +90,6 @@ class Plan:
 def notebooks_dir(plan: Plan) -> Path:
     "The study's copies of the stage notebooks, without their test cells (`core.study_notebook`)."
     return plan.out / ".notebooks"
-
-# %% ../nbs/07a_plan.ipynb #8ca74335
-def chain_run_dir(
-    out: str,  # the study's out_dir, as its spec gives it
-    params: dict,  # the chain's 03_chain parameters
-) -> str:
-    """`<out>/<dataset>/<cluster>/ratio-<r>/[arm/]seed-<s>-<config hash>`: a chain's one run
-    directory."""
-    ident = chain_identity(ChainConfig(**{**params, "run_dir": "x"}))
-    cl = "whole" if params.get("cluster") is None else f"cluster-{params['cluster']}"
-    cur = CurationSpec.from_dict(params.get("curate"))  # a curated chain: one more level, its rule
-    arm = "" if cur.rule == "none" else re.sub(r"[^A-Za-z0-9_.-]+", "-", cur.label) + "/"
-    # full fine-tuning: one more level
-    if params.get("finetune", "lora") != "lora":
-        arm += f"{params['finetune']}/"
-    # a mixed-model chain: one more level
-    if params.get("models"):
-        arm += f"mixed-{len(params['models'])}/"
-    # a network: one more level, its graph and size (its nodes in node-k/ below)
-    if params.get("network") is not None:
-        net = NetworkSpec.from_dict(params["network"])
-        arm += re.sub(r"[^A-Za-z0-9_.-]+", "-", f"network-{net.label}-x{net.nodes}") + "/"
-    return f"{out}/{dataset_label(params['dataset'])}/{cl}/ratio-{params['ratio']:g}/{arm}seed-{params['seed']}-{config_hash(ident, 8)}"
 
 # %% ../nbs/07a_plan.ipynb #aa9555cb
 def format_file(spec: dict) -> Path:
@@ -324,6 +306,29 @@ def check_one_format(plan: Plan) -> None:
             + "); give every experiment one dtype, or set mixed_formats: true to compare formats on purpose"
         )
 
+# %% ../nbs/07a_plan.ipynb #b9583e32
+def chain_facts(plan: Plan) -> None:
+    "Set each chain's `facts`: experiments, design, the design's facts, and the study's arm columns."
+    curated = any(c.params.get("curate") for c in plan.chains)
+    methods = any(c.params.get("finetune", "lora") != "lora" for c in plan.chains)
+    networked = any(c.nodes for c in plan.chains)
+    for c in plan.chains:
+        f = dict(experiment=",".join(c.experiments), design=c.design, **c.params.get("facts", {}))
+        if curated:
+            f["curate"] = CurationSpec.from_dict(c.params.get("curate")).label
+        if methods:
+            f["finetune"] = c.params.get("finetune", "lora")
+        if networked:
+            net = NetworkSpec.from_dict(c.params["network"]) if c.nodes else None
+            f.update(  # `node`: each node's index (03_chain's node_facts)
+                network=net.label if net else None,
+                node=None,
+                nodes=c.nodes or None,
+                network_dir=c.params["run_dir"] if net else None,
+                network_seed=c.params["seed"] if net else None,
+            )
+        c.params["facts"] = f
+
 # %% ../nbs/07a_plan.ipynb #03c8bf1b
 def expand(
     spec: dict,  # from load_spec
@@ -346,13 +351,15 @@ def expand(
                 p["run_dir"] = (
                     f"{spec['out_dir']}/(pending)/{name}-{len(chains)}"
                     if placeholder
-                    else chain_run_dir(spec["out_dir"], p)
+                    else chain_dir(spec["out_dir"], ChainConfig(**p))
                 )
                 if p["run_dir"] in chains:
                     chains[p["run_dir"]].experiments.append(name)
                 else:
+                    p["facts"] = dict(d.facts.get(cl) or {})  # the design's own (chain_facts adds the rest)
                     chains[p["run_dir"]] = Chain(p, [name], d.name, placeholder, d.files)
     plan.chains = list(chains.values())
+    chain_facts(plan)
     keep_shared_gen0(plan)
     check_one_format(plan)
     return plan

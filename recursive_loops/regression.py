@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, atomic_path, save_figure, read_json
+from .metrics import gather_tables
 
 # %% auto #0
 __all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'seed_ci', 'average_over_seeds',
@@ -20,12 +21,12 @@ __all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain
 def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv, or a study's results.csv
                    out: str | Path | None = None, # where to write the combined table (default root/results.csv)
                   ) -> pd.DataFrame:
-    "Concatenate every chain's metrics.csv under `root`, with its `run_dir`, and write `results.csv`; or read a results.csv."
+    "Every chain's metrics.csv under `root` end to end (`04_metrics.gather_tables`, as a study's `results.csv` is made), written to `results.csv`; or a results.csv read."
     root = resolve(root)
-    if root.is_file(): return pd.read_csv(root)  # a study's aggregated table (07e_study), parameters included
+    if root.is_file(): return pd.read_csv(root)  # a study's results.csv (07e_study)
     files = sorted(root.rglob("metrics.csv"))
     if not files: raise ValueError(f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
-    df = pd.concat([pd.read_csv(f).assign(run_dir=str(f.parent.relative_to(root))) for f in files], ignore_index=True)
+    df = gather_tables(files)
     with atomic_path(Path(out) if out else root / "results.csv") as tmp: df.to_csv(tmp, index=False)
     return df
 

@@ -26,8 +26,7 @@ from recursive_loops.core import (
 )
 from .data import load_texts, MIN_TOKENS, MAX_TOKENS
 from .chain import ChainConfig, stale_inputs
-from .network import NetworkSpec
-from .curation import CurationSpec
+from .metrics import gather_tables
 from .docs import build_appendix
 from .spec import ANALYSES, load_spec
 from .plan import Plan, Chain, expand, format_file, notebooks_dir
@@ -43,9 +42,9 @@ from recursive_loops.executors import (
 from .analysis import quality_judge_of, run_analysis
 
 # %% auto #0
-__all__ = ['RESULT_KEYS', 'metrics_params', 'make_task', 'aggregate', 'token_bounds', 'write_derived', 'run_clusters',
-           'make_sources', 'set_aside_stale', 'status_table', 'format_status', 'appendix_line', 'prepare_study',
-           'run_chains', 'run_study']
+__all__ = ['metrics_params', 'make_task', 'aggregate', 'token_bounds', 'write_derived', 'run_clusters', 'make_sources',
+           'set_aside_stale', 'status_table', 'format_status', 'appendix_line', 'prepare_study', 'run_chains',
+           'run_study']
 
 # %% ../nbs/07e_study.ipynb #e9cb2563
 def metrics_params(plan: Plan) -> dict:
@@ -65,80 +64,22 @@ def make_task(plan: Plan, chain: Chain) -> dict:
     )
 
 # %% ../nbs/07e_study.ipynb #38c85de4
-RESULT_KEYS = ("experiment", "design", "config_hash", "generations", "n_train", "clusters_path")
-
-
 def aggregate(
     plan: Plan,  # the study's plan
     out: str | Path | None = None,  # default: <out_dir>/results.csv
 ) -> pd.DataFrame | None:
-    """One table of every finished chain's metrics with its parameters (and `domain_results.csv`
-    beside it: the per-domain metrics of chains on merged datasets); None when no chain has
-    metrics yet."""
-    frames, dframes = [], []
-    # a study with curation arms: each chain's rule as a column
-    curated = any(c.params.get("curate") for c in plan.chains)
-    # a study with networks: each node's network, node index and network seed as columns
-    networked = any(c.nodes for c in plan.chains)
-    # a study with full fine-tuning: each chain's method and lr
-    methods = any(c.params.get("finetune", "lora") != "lora" for c in plan.chains)
-    for c in plan.chains:
-        if c.placeholder:
-            continue
-        net = NetworkSpec.from_dict(c.params.get("network")) if c.nodes else None
-        for d in c.chain_dirs:
-            m = d / "metrics.csv"
-            if not m.exists():
-                continue
-            cfg = read_json(d / "chain.json")
-            tag = dict(
-                experiment=",".join(c.experiments),
-                design=c.design,
-                config_hash=cfg["config_hash"],
-                generations=c.generations,
-                n_train=c.params.get("n_train", cfg["config"]["n_train"]),
-                clusters_path=c.params.get("clusters_path"),
-                run_dir=str(c.params["run_dir"]) + (f"/{d.name}" if net else ""),
-                **(
-                    {"curate": CurationSpec.from_dict(c.params.get("curate")).label}
-                    if curated
-                    else {}
-                ),
-                **(
-                    dict(
-                        finetune=c.params.get("finetune", "lora"),
-                        lr=cfg.get("lr"),
-                        matched=(cfg.get("calibration") or {}).get("matched"),
-                    )
-                    if methods
-                    else {}
-                ),
-                **(
-                    dict(
-                        network=net.label if net else None,
-                        node=int(d.name[5:]) if net else None,
-                        nodes=c.nodes or None,
-                        network_dir=str(c.params["run_dir"]) if net else None,
-                        network_seed=c.params["seed"] if net else None,
-                    )
-                    if networked
-                    else {}
-                ),
-            )
-            frames.append(pd.read_csv(m).assign(**tag))
-            if (d / "domain_metrics.csv").exists():
-                dframes.append(pd.read_csv(d / "domain_metrics.csv").assign(**tag))
-    if not frames:
+    """`results.csv`: every finished chain's metrics table, end to end (`04_metrics.gather_tables`;
+    each row already says its chain, experiment and design), and `domain_results.csv` beside it
+    (the per-domain tables of chains on merged datasets); None when no chain has metrics yet."""
+    dirs = [d for c in plan.chains if not c.placeholder for d in c.chain_dirs if (d / "metrics.csv").exists()]
+    res = gather_tables([d / "metrics.csv" for d in dirs])
+    if res is None:
         return None
-    res = pd.concat(frames, ignore_index=True).sort_values(
-        ["run_dir", "generation", "source", "metric"], kind="stable"
-    )
     with atomic_path(resolve(out) if out else plan.out / "results.csv") as tmp:
         res.to_csv(tmp, index=False)
-    if dframes:  # chains on merged datasets: each domain measured on its own (04_metrics)
-        dres = pd.concat(dframes, ignore_index=True).sort_values(
-            ["run_dir", "generation", "source", "domain", "metric"], kind="stable"
-        )
+    doms = [d / "domain_metrics.csv" for d in dirs if (d / "domain_metrics.csv").exists()]
+    if doms:
+        dres = gather_tables(doms, ("generation", "source", "domain", "metric"))
         with atomic_path((resolve(out).parent if out else plan.out) / "domain_results.csv") as tmp:
             dres.to_csv(tmp, index=False)
     return res
