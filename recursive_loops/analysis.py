@@ -32,7 +32,7 @@ def quality_judge_of(spec: dict) -> dict | None:
 def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
     """Datasets of the `design` chains of `experiment` (None: the first with such chains); cluster
     chains need 02_clusters ids."""
-    mine = lambda c: c.design == design and (design != "cluster" or c.params.get("clusters_path"))
+    mine = lambda c: c.design == design and (design != "cluster" or c.config.clusters_path)
     exp = experiment or next(
         (
             n
@@ -41,7 +41,7 @@ def _datasets_of(plan: Plan, experiment: str | None, design: str) -> list[str]:
         ),
         None,
     )
-    return sorted({c.params["dataset"] for c in plan.chains if exp in c.experiments and mine(c)})
+    return sorted({c.config.dataset for c in plan.chains if exp in c.experiments and mine(c)})
 
 
 def _experiment(plan: Plan, settings: dict, has) -> str | None:
@@ -136,7 +136,7 @@ def lean_runs(plan: Plan, settings: dict, made: dict) -> list:
 def control_runs(plan: Plan, settings: dict, made: dict) -> list:
     """05c_control on the curation experiment (the first with curated chains) and the quartile
     experiments."""
-    name = _experiment(plan, settings, lambda c: c.params.get("curate")) or ""
+    name = _experiment(plan, settings, lambda c: c.config.curate) or ""
     folder = plan.out / "control" / (name or "quartiles")
     params = dict(
         results=repo_relative(plan.out / "results.csv"),
@@ -180,7 +180,7 @@ def scale_runs(plan: Plan, settings: dict, made: dict) -> list:
     return _arm_runs(
         plan,
         settings,
-        lambda c: c.params.get("finetune", "lora") != "lora",
+        lambda c: c.config.finetune != "lora",
         "scale",
         "finetune: [lora, full] (03a_training)",
         "scale",

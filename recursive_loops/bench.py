@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads, cache_dir
-from .data import load_texts, instruction_for
+from .data import load_texts, instruction_for, MIN_TOKENS, MAX_TOKENS
 from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder, make_tiny_model, allocator_state
 from .training import fine_tune, merged_model, response_nll
 from .sampling import generate_texts
@@ -93,7 +93,7 @@ def random_weights_like(src: str | Path, # a model folder or bundled alias: a ca
 # %% ../nbs/08_bench.ipynb #6f55e2bd
 def bench_data(bc: BenchConfig, tok) -> tuple[list[str], list[str]]:
     "Training texts and held-out human texts, each cut to `cut_tokens` tokens (bundled BBC News, seeded order)."
-    df = load_texts("bbc_news", 20, 200).sample(frac=1.0, random_state=bc.seed)
+    df = load_texts("bbc_news", MIN_TOKENS, MAX_TOKENS).sample(frac=1.0, random_state=bc.seed)
     cut = lambda t: tok.decode(tok(t, add_special_tokens=False)["input_ids"][:bc.cut_tokens]).strip()
     return [cut(t) for t in df.text.iloc[:bc.n_train]], [cut(t) for t in df.text.iloc[bc.n_train:bc.n_train + bc.n_heldout]]
 

@@ -19,17 +19,19 @@ from .data import (load_texts, instruction_for, check_dataset_name, is_file_data
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model, check_model
 from .training import (FINETUNES, OPTIMIZERS, TUNED_DIRS, fine_tune, merged_model, save_tuned, learning_rate,
                                       response_nll, fit_spec, search_lr)
-from .sampling import generate_texts, sample_by_instruction, VLLMSampler
-from .curation import CurationSpec, Curator, n_candidates
+from .sampling import generate_texts, sample_rows, VLLMSampler, vllm_prepare_step, vllm_sample_step
+from .curation import CurationSpec, Curator, n_candidates, curate_prepare_step, curate_step
 from .network import NetworkSpec, check_shard, shard_of, mixing_matrix, synthetic_counts, node_settings, cross_nll_gap
 
 # %% auto #0
 __all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'chain_dir', 'human_slice',
            'mix_training_set', 'gen_dir', 'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human',
-           'pool_domains', 'gen0_identity', 'load_adapter', 'generation_model', 'load_tuned', 'Gen0Share',
-           'earlier_texts', 'row_instructions', 'ChainRun', 'run_generation', 'recorded_format', 'input_checksums',
-           'stale_inputs', 'record_facts', 'node_facts', 'calibrate', 'open_chain', 'run_chain', 'network_nodes',
-           'network_record', 'node_sources', 'cross_nll_step', 'run_network']
+           'pool_domains', 'earlier_texts', 'row_instructions', 'ChainRun', 'Generation', 'mix_step', 'base_step',
+           'tune_step', 'save_step', 'measure_step', 'sample_step', 'write_step', 'chain_steps', 'run_generation',
+           'gen0_identity', 'load_adapter', 'generation_model', 'load_tuned', 'Gen0Share', 'gen0_read_step',
+           'gen0_adapter_step', 'gen0_write_step', 'gen0_keep_step', 'mixed_base_step', 'recorded_format',
+           'input_checksums', 'stale_inputs', 'record_facts', 'node_facts', 'calibrate', 'open_chain', 'run_chain',
+           'network_nodes', 'network_record', 'node_sources', 'cross_nll_step', 'run_network']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 DRAWS = ("per_generation", "round_robin")  # how a mixed-model chain picks each generation's base model
@@ -289,6 +291,193 @@ def pool_domains(human: pd.DataFrame, # a chain's human pool (prepare_human)
                                       "per-text instructions need exactly one instruction per domain")
     return dict(sorted(zip(pairs.instruction, pairs.domain), key=lambda x: x[1]))
 
+# %% ../nbs/03_chain.ipynb #ab46b2c2
+def earlier_texts(run_dir: Path, # the chain's run directory
+                  cfg: ChainConfig, # the chain
+                  gen: int, # the generation about to be trained
+                  sources: list | None = None, # a network node: [(label, run_dir, count)] per source; None: the chain itself
+                 ) -> dict[int, list[dict]] | list[tuple]:
+    "The rows of the earlier generations that generation `gen` may draw its synthetic share from, read from their files (a network node: per source, `mix_training_set`'s list)."
+    if gen == 0 or not cfg.n_synthetic: return {} if sources is None else []
+    gens = range(gen) if cfg.accumulate else [gen - 1]
+    if sources is None: return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
+    for label, d, n in sources:
+        if n and not is_done(gen_dir(d, gen - 1)):
+            raise ValueError(f"{Path(d).name} has not finished generation {gen - 1}: the nodes of generation {gen} wait for all of generation {gen - 1}")
+    return [(label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl") for g in gens} if n else {}) for label, d, n in sources]
+
+# %% ../nbs/03_chain.ipynb #dc4835dc
+def row_instructions(rows: list[dict], # training or held-out rows
+                     domains: dict | None, # instruction -> domain (pool_domains); None: one instruction for all
+                     instruction: str, # that one instruction
+                    ) -> str | list[str]:
+    "What `train_lora` and `response_nll` take for `rows`: the one instruction, or each row's own."
+    return [r["instruction"] for r in rows] if domains else instruction
+
+# %% ../nbs/03_chain.ipynb #9cc34146
+@dataclass
+class ChainRun:
+    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), for per-text instructions each instruction's domain, the curation step, and for a network node its sources."
+    cfg: ChainConfig
+    run_dir: Path
+    human: pd.DataFrame
+    instruction: str
+    tok: object
+    base: object
+    heldout: list[dict] # rows: `text` (and `instruction` when per text)
+    base_nll: float
+    ident: dict
+    sampler: VLLMSampler | None = None
+    domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
+    curator: Curator | None = None # the curation step (03c_curation); None: every sampled text is kept
+    sources: list | None = None # a network node: [(label, run_dir, count)], whose outputs its synthetic share comes from; None: its own
+    keep_adapter: bool = False # keep each generation's adapter in gen_XX/adapter (full: gen_XX/weights; a network's cross-NLL reads them)
+    base_nlls: dict = field(default_factory=dict) # a mixed-model chain: each other base model's held-out NLL, computed when first drawn
+
+    def instructions(self, rows: list[dict]) -> str | list[str]: return row_instructions(rows, self.domains, self.instruction)
+
+# %% ../nbs/03_chain.ipynb #7fb51480
+@dataclass
+class Generation:
+    "One generation while its steps run: what each step reads, and what it adds for the next."
+    gen: int
+    dir: Path  # gen_XX/
+    t: Timer  # each step's seconds (the manifest's timings)
+    stack: contextlib.ExitStack  # what lives until the generation is written (a temporary adapter folder)
+    n_sample: int  # texts to sample (a curated chain samples more than it keeps)
+    model_name: str  # the base model it tunes (generation_model)
+    tok: object  # its tokenizer
+    base_nll: float  # the base's held-out NLL
+    rows: list | None = None  # the training set (mix_step)
+    model: object = None  # the fresh base (base_step)
+    tuned: object = None  # the tuned model, before the merge (tune_step)
+    stats: dict | None = None  # the fine-tune's numbers
+    needs_adapter: bool = False  # a step reads the tuned model from disk (a vLLM server, a generation 0 to share)
+    adapter: str | None = None  # the folder it was saved to (save_step)
+    merged: object = None  # the tuned model, merged (measure_step)
+    nll: float | None = None  # its held-out NLL
+    fmt: tuple | None = None  # its (dtype, device)
+    out: list | None = None  # the generated rows (sample_step; a curated chain: the kept ones)
+    files: dict = field(default_factory=dict)  # more files of gen_XX/: name -> rows (a curated chain's candidates.jsonl)
+    record: dict = field(default_factory=dict)  # more fields of its manifest, from the hooks
+    note: str = ""  # more for its log line
+    share: object = None  # generation 0 shared between chains alike (Gen0Share; gen0_read_step)
+    shared: dict | None = None  # its record, when an earlier chain computed it
+    texts_shared: bool = False  # its texts too
+
+# %% ../nbs/03_chain.ipynb #c012d463
+def mix_step(run: ChainRun, g: Generation) -> None:
+    "The training set: human texts and the earlier generations' (`mix_training_set`)."
+    g.rows = mix_training_set(run.cfg, g.gen, run.human, earlier_texts(run.run_dir, run.cfg, g.gen, run.sources))
+
+# %% ../nbs/03_chain.ipynb #da0c3395
+def base_step(run: ChainRun, g: Generation) -> None:
+    "A fresh base model (generation 0 tunes the one loaded for the checks)."
+    if g.out is not None:
+        return
+    with g.t("load"):
+        g.model = load_model(run.cfg.model, run.cfg.dtype)[0] if g.gen or run.base is None else run.base
+
+# %% ../nbs/03_chain.ipynb #17f7f945
+def tune_step(run: ChainRun, g: Generation) -> None:
+    "Tune the base on the training set (`03a_training.fine_tune`: LoRA or every weight)."
+    if g.out is not None or g.tuned is not None:
+        return
+    texts, seed = [r["text"] for r in g.rows], derive_seed(run.cfg.seed, "train", g.gen)
+    with g.t("train"):
+        g.tuned, g.stats = fine_tune(g.model, g.tok, run.instructions(g.rows), texts, run.cfg, seed)
+
+# %% ../nbs/03_chain.ipynb #bb00fbe3
+def save_step(run: ChainRun, g: Generation) -> None:
+    "Save the tuned model where a later step reads it, before the merge (which removes a LoRA adapter)."
+    if g.out is not None:
+        return
+    name = TUNED_DIRS[run.cfg.finetune]
+    if run.keep_adapter:
+        g.adapter = str(g.dir / name)
+    else:
+        g.adapter = g.stack.enter_context(tempfile.TemporaryDirectory(prefix=f"rl-{name}-"))
+    if g.needs_adapter or run.keep_adapter:
+        with g.t("save_" + name):
+            save_tuned(g.tuned, g.tok, g.adapter)
+
+# %% ../nbs/03_chain.ipynb #934724d4
+def measure_step(run: ChainRun, g: Generation) -> None:
+    "Merge the tuned model; its held-out NLL, dtype and device."
+    if g.out is not None:
+        return
+    held = [r["text"] for r in run.heldout]
+    with g.t("merge"):
+        g.merged = merged_model(g.tuned)
+    with g.t("heldout_nll"):
+        g.nll = response_nll(g.merged, g.tok, run.instructions(run.heldout), held, run.cfg.max_length)
+    g.fmt = (str(g.merged.dtype), str(g.merged.device))
+
+# %% ../nbs/03_chain.ipynb #7b36b425
+def sample_step(run: ChainRun, g: Generation) -> None:
+    "Sample the generation's texts from the merged model, in this process (`03b_sampling`)."
+    if g.out is not None:
+        return
+    sample = lambda s, k, sd: generate_texts(g.merged, g.tok, s, k, run.cfg, sd)
+    with g.t("generate"):
+        g.out = sample_rows(sample, run.domains, run.instruction, g.n_sample, derive_seed(run.cfg.seed, "generate", g.gen))
+
+# %% ../nbs/03_chain.ipynb #6a91432b
+def write_step(run: ChainRun, g: Generation) -> None:
+    "Write gen_XX/: train.jsonl, generated.jsonl, the hooks' files, manifest.json; DONE last."
+    cfg, rows, out = run.cfg, g.rows, g.out
+    write_jsonl(g.dir / "train.jsonl", rows)
+    write_jsonl(g.dir / "generated.jsonl", out)
+    for name, more in g.files.items():
+        write_jsonl(g.dir / name, more)
+    if run.domains:
+        per = dict(instructions={s: sum(r["instruction"] == s for r in out) for s in run.domains})
+    else:
+        per = dict(instruction=run.instruction)
+    counts = dict(n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows))
+    fields_ = dict(generation=g.gen, **per, **counts, n_generated=len(out), train=g.stats, heldout_nll=g.nll,
+                   base_heldout_nll=g.base_nll, heldout_gain=1 - g.nll / g.base_nll, dtype=g.fmt[0], device=g.fmt[1],
+                   base_model=g.model_name, finetune=cfg.finetune, generator=cfg.generator, determinism=determinism(g.fmt[1]))
+    write_json(g.dir / "manifest.json", make_manifest(run.ident, cfg.seed, g.t.times, **{**fields_, **g.record}))
+    mark_done(g.dir)
+    log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s%s", g.gen, g.nll, g.base_nll,
+             100 * (g.nll / g.base_nll - 1), g.t.times, g.note)
+
+# %% ../nbs/03_chain.ipynb #df93be8f
+def chain_steps(run: ChainRun) -> list:
+    "The steps of this chain's generations, in order: the plain loop and its hooks."
+    cfg = run.cfg
+    s = dict(prepare=[], mix=[mix_step], base=[base_step], tune=[tune_step], save=[save_step],
+             measure=[measure_step], sample=[sample_step], select=[], write=[write_step])
+    if cfg.models:  # a mixed-model chain: the generation's drawn base
+        s["base"] = [mixed_base_step]
+    if cfg.gen0_cache:  # generation 0 shared between chains alike
+        s["prepare"].append(gen0_read_step)
+        s["tune"].insert(0, gen0_adapter_step)
+        s["select"].insert(0, gen0_write_step)
+        s["write"].insert(0, gen0_keep_step)
+    if run.sampler:  # sampled on a vLLM server (03b_sampling)
+        s["prepare"].append(vllm_prepare_step)
+        s["sample"] = [vllm_sample_step]
+    if run.curator:  # curated (03c_curation)
+        s["prepare"].append(curate_prepare_step)
+        s["select"].append(curate_step)
+    return [f for k in ("prepare", "mix", "base", "tune", "save", "measure", "sample", "select", "write") for f in s[k]]
+
+# %% ../nbs/03_chain.ipynb #3e6abed3
+def run_generation(run: ChainRun, # the chain, loaded
+                   gen: int, # the generation to compute
+                  ) -> Path:
+    "Generation `gen` from the files of the earlier ones, by the chain's steps (`chain_steps`); its folder."
+    d = gen_dir(run.run_dir, gen)
+    if d.exists(): shutil.rmtree(d)  # a half-written generation is recomputed from scratch
+    d.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        g = Generation(gen, d, Timer(), stack, run.cfg.n_to_generate, generation_model(run.cfg, gen), run.tok, run.base_nll)
+        for step in chain_steps(run):
+            step(run, g)
+    return d
+
 # %% ../nbs/03_chain.ipynb #837344b8
 SAMPLING_FIELDS = ("temperature", "min_p", "max_new_tokens", "gen_batch_size", "generator")
 
@@ -375,120 +564,60 @@ class Gen0Share:
             return True
         except RunLocked: log.info("generation 0 is being shared by another process (%s): computed here, not kept", self.folder); return False
 
-# %% ../nbs/03_chain.ipynb #ab46b2c2
-def earlier_texts(run_dir: Path, # the chain's run directory
-                  cfg: ChainConfig, # the chain
-                  gen: int, # the generation about to be trained
-                  sources: list | None = None, # a network node: [(label, run_dir, count)] per source; None: the chain itself
-                 ) -> dict[int, list[dict]] | list[tuple]:
-    "The rows of the earlier generations that generation `gen` may draw its synthetic share from, read from their files (a network node: per source, `mix_training_set`'s list)."
-    if gen == 0 or not cfg.n_synthetic: return {} if sources is None else []
-    gens = range(gen) if cfg.accumulate else [gen - 1]
-    if sources is None: return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
-    for label, d, n in sources:
-        if n and not is_done(gen_dir(d, gen - 1)):
-            raise ValueError(f"{Path(d).name} has not finished generation {gen - 1}: the nodes of generation {gen} wait for all of generation {gen - 1}")
-    return [(label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl") for g in gens} if n else {}) for label, d, n in sources]
+# %% ../nbs/03_chain.ipynb #73cc4353
+def gen0_read_step(run: ChainRun, g: Generation) -> None:
+    "Generation 0 shared by an earlier chain: its texts (and numbers) where they match, else its adapter."
+    if g.gen != 0:
+        return
+    g.share = Gen0Share(run.cfg)
+    g.shared = g.share.read()
+    texts = g.share.texts() if g.shared else None
+    g.texts_shared = texts is not None
+    if g.texts_shared:  # all of generation 0 computed by an earlier chain: its numbers, its texts
+        g.out, g.stats, g.nll = texts, g.shared["train"], g.shared["heldout_nll"]
+        g.fmt, g.base_nll = (g.shared["dtype"], g.shared["device"]), g.shared.get("base_heldout_nll", g.base_nll)
+    g.needs_adapter = g.needs_adapter or not g.shared
+    g.record["gen0_shared"] = dict(folder=str(g.share.folder), adapter="shared" if g.shared else "trained here",
+                                   texts="shared" if g.texts_shared else "sampled here")
+    g.note = f" (generation 0 {'shared' if g.shared else 'kept for sharing'}: {g.share.folder})"
 
-# %% ../nbs/03_chain.ipynb #dc4835dc
-def row_instructions(rows: list[dict], # training or held-out rows
-                     domains: dict | None, # instruction -> domain (pool_domains); None: one instruction for all
-                     instruction: str, # that one instruction
-                    ) -> str | list[str]:
-    "What `train_lora` and `response_nll` take for `rows`: the one instruction, or each row's own."
-    return [r["instruction"] for r in rows] if domains else instruction
+# %% ../nbs/03_chain.ipynb #1e4e1966
+def gen0_adapter_step(run: ChainRun, g: Generation) -> None:
+    "A shared generation 0's tuned model, in place of tuning."
+    if g.gen != 0 or g.out is not None or not g.shared:
+        return
+    with g.t("load_adapter"):
+        g.tuned, g.stats = g.share.load(g.model), g.shared["train"]
 
-# %% ../nbs/03_chain.ipynb #9cc34146
-@dataclass
-class ChainRun:
-    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), for per-text instructions each instruction's domain, the curation step, and for a network node its sources."
-    cfg: ChainConfig
-    run_dir: Path
-    human: pd.DataFrame
-    instruction: str
-    tok: object
-    base: object
-    heldout: list[dict] # rows: `text` (and `instruction` when per text)
-    base_nll: float
-    ident: dict
-    sampler: VLLMSampler | None = None
-    domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
-    curator: Curator | None = None # the curation step (03c_curation); None: every sampled text is kept
-    sources: list | None = None # a network node: [(label, run_dir, count)], whose outputs its synthetic share comes from; None: its own
-    keep_adapter: bool = False # keep each generation's adapter in gen_XX/adapter (full: gen_XX/weights; a network's cross-NLL reads them)
-    base_nlls: dict = field(default_factory=dict) # a mixed-model chain: each other base model's held-out NLL, computed when first drawn
+# %% ../nbs/03_chain.ipynb #b8d60f1a
+def gen0_write_step(run: ChainRun, g: Generation) -> None:
+    "Keep what this chain computed of generation 0 (its adapter unless shared, its texts) for the chains alike."
+    if g.gen != 0 or g.texts_shared:
+        return
+    rec = dict(train=g.stats, heldout_nll=g.nll, dtype=g.fmt[0], device=g.fmt[1], base_heldout_nll=g.base_nll)
+    g.share.write(None if g.shared else Path(g.adapter), rec, g.out)
 
-    def instructions(self, rows: list[dict]) -> str | list[str]: return row_instructions(rows, self.domains, self.instruction)
 
-# %% ../nbs/03_chain.ipynb #4d8a4de6
-def run_generation(run: ChainRun, # the chain, loaded
-                   gen: int, # the generation to compute
-                  ) -> Path:
-    "Generation `gen` from the files of the earlier ones: mix its N texts, tune a fresh base model (or take generation 0 from `gen0_cache`), measure the held-out NLL, sample (and curate, with a rule); write `gen_XX/` and, last, its DONE marker."
-    cfg, tok, instr, sampler = run.cfg, run.tok, run.instruction, run.sampler
-    d = gen_dir(run.run_dir, gen)
-    if d.exists(): shutil.rmtree(d)  # a half-written generation is recomputed from scratch
-    d.mkdir(parents=True)
-    t = Timer(); gseed = derive_seed(cfg.seed, "generate", gen)
-    n_sample = n_candidates(cfg.n_to_generate, run.curator.spec.oversample) if run.curator else cfg.n_to_generate
-    rows = mix_training_set(cfg, gen, run.human, earlier_texts(run.run_dir, cfg, gen, run.sources))
-    share = Gen0Share(cfg) if gen == 0 and cfg.gen0_cache else None
-    shared = share.read() if share else None
-    out = share.texts() if shared else None  # the generated rows
-    texts_shared = out is not None
-    mname, tuned, base_nll = generation_model(cfg, gen), TUNED_DIRS[cfg.finetune], run.base_nll
-    if texts_shared:  # all of generation 0 computed by an earlier chain: its numbers, its texts
-        stats, nll, fmt = shared["train"], shared["heldout_nll"], (shared["dtype"], shared["device"])
-        base_nll = shared.get("base_heldout_nll", base_nll)
-    else:
-        with t("load"):  # a fresh base each time (a mixed-model chain: the generation's own, with its tokenizer)
-            if mname != cfg.model: model, tok = load_model(mname, cfg.dtype)
-            else: model = load_model(cfg.model, cfg.dtype)[0] if gen or run.base is None else run.base
-        if mname != cfg.model:  # its gain is against its own base (held-out NLLs of different tokenizers do not compare)
-            if mname not in run.base_nlls:
-                with t("base_nll"): run.base_nlls[mname] = response_nll(model, tok, run.instructions(run.heldout), [r["text"] for r in run.heldout], cfg.max_length)
-            base_nll = run.base_nlls[mname]
-        if shared:
-            with t("load_adapter"): pm, stats = share.load(model), shared["train"]
-        else:
-            with t("train"): pm, stats = fine_tune(model, tok, run.instructions(rows), [r["text"] for r in rows], cfg, derive_seed(cfg.seed, "train", gen))
-        # the tuned adapter or weights go to disk only where something reads them: a vLLM sampler (a temporary folder, removed once
-        # sampled), a generation 0 being shared (copied to gen0_cache), a network's cross-NLL (gen_XX/<adapter|weights>, removed after it)
-        with (contextlib.nullcontext(str(d / tuned)) if run.keep_adapter else tempfile.TemporaryDirectory(prefix=f"rl-{tuned}-")) as adapter:
-            if sampler or (share and not shared) or run.keep_adapter:
-                with t("save_" + tuned): save_tuned(pm, tok, adapter)  # before the merge, which removes a LoRA adapter
-            with t("merge"): merged = merged_model(pm)
-            with t("heldout_nll"): nll = response_nll(merged, tok, run.instructions(run.heldout), [r["text"] for r in run.heldout], cfg.max_length)
-            fmt = (str(merged.dtype), str(merged.device))
-            with t("generate"):
-                sample = ((lambda s, k, sd: sampler.generate(adapter, tok, s, k, sd)) if sampler
-                          else (lambda s, k, sd: generate_texts(merged, tok, s, k, cfg, sd)))
-                out = (sample_by_instruction(sample, run.domains, n_sample, gseed) if run.domains
-                       else [dict(text=x) for x in sample(instr, n_sample, gseed)])
-            if share: share.write(None if shared else Path(adapter), dict(train=stats, heldout_nll=nll, dtype=fmt[0], device=fmt[1], base_heldout_nll=base_nll), out)
-    cur = None
-    if run.curator:  # keep n_to_generate of the n_sample candidates by the chain's rule
-        with t("curate"):  # per-text instructions: within each instruction's candidates, its equal share kept
-            cseed = derive_seed(cfg.seed, "curate", gen)
-            out, cands, cur = (run.curator.curate_each_instruction(out, run.domains, cfg.n_to_generate, cseed) if run.domains
-                               else run.curator.curate(out, cfg.n_to_generate, cseed))
-    if texts_shared and run.keep_adapter: shutil.copytree(share.folder / tuned, d / tuned)
-    write_jsonl(d / "train.jsonl", rows)
-    write_jsonl(d / "generated.jsonl", out)
-    if cur: write_jsonl(d / "candidates.jsonl", cands)
-    per_instruction = dict(instructions={s: sum(r["instruction"] == s for r in out) for s in run.domains}) if run.domains else dict(instruction=instr)
-    write_json(d / "manifest.json", make_manifest(run.ident, cfg.seed, t.times, generation=gen, **per_instruction,
-               n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows),
-               n_generated=len(out), train=stats, heldout_nll=nll, base_heldout_nll=base_nll,
-               heldout_gain=1 - nll / base_nll, dtype=fmt[0], device=fmt[1], base_model=mname, finetune=cfg.finetune,
-               generator=cfg.generator, **({"vllm_server_start_s": sampler.start_s} if sampler else {}), **({"curation": cur} if cur else {}),
-               **({"gen0_shared": dict(folder=str(share.folder), adapter="shared" if shared else "trained here",
-                                       texts="shared" if texts_shared else "sampled here")} if share else {}),
-               determinism=sampler.determinism() if sampler else determinism(fmt[1])))
-    mark_done(d)
-    log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s%s", gen, nll, base_nll, 100 * (nll / base_nll - 1), t.times,
-             f" (generation 0 {'shared' if shared else 'kept for sharing'}: {share.folder})" if share else "")
-    return d
+def gen0_keep_step(run: ChainRun, g: Generation) -> None:
+    "A network node whose generation 0 was shared: the shared adapter where its cross-NLL reads it."
+    if g.gen == 0 and g.texts_shared and run.keep_adapter:
+        name = TUNED_DIRS[run.cfg.finetune]
+        shutil.copytree(g.share.folder / name, g.dir / name)
+
+# %% ../nbs/03_chain.ipynb #19b64f2f
+def mixed_base_step(run: ChainRun, g: Generation) -> None:
+    "A mixed-model chain's fresh base: the generation's drawn model, its tokenizer and base NLL."
+    if g.model_name == run.cfg.model:
+        return base_step(run, g)
+    if g.out is not None:
+        return
+    with g.t("load"):
+        g.model, g.tok = load_model(g.model_name, run.cfg.dtype)
+    if g.model_name not in run.base_nlls:
+        held = [r["text"] for r in run.heldout]
+        with g.t("base_nll"):
+            run.base_nlls[g.model_name] = response_nll(g.model, g.tok, run.instructions(run.heldout), held, run.cfg.max_length)
+    g.base_nll = run.base_nlls[g.model_name]
 
 # %% ../nbs/03_chain.ipynb #2149db7e
 def recorded_format(run_dir: Path, record: str = "chain.json") -> str | None:

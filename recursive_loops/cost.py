@@ -54,8 +54,8 @@ def estimate_cost(plan: Plan) -> dict:
     )
     gen0s = set()  # generation 0s computed once and shared (`gen0_cache`)
     for ch in plan.chains:
-        cfg = ChainConfig(**ch.params)  # (not validated: a merged dataset may not exist yet)
-        key = gen0_key(ch.params) if cfg.gen0_cache else None
+        cfg = ch.config  # (not validated: a merged dataset may not exist yet)
+        key = gen0_key(cfg) if cfg.gen0_cache else None
         # a network: K chains (its cross-NLL is not counted)
         k = NetworkSpec.from_dict(cfg.network).nodes
         shared = key is not None and key in gen0s
@@ -106,22 +106,22 @@ def experiment_lines(
     mine = [c for c in plan.chains if name in c.experiments]
     gens, ns = (
         sorted({c.generations for c in mine}),
-        sorted({c.params.get("n_train", 16) for c in mine}),
+        sorted({c.config.n_train for c in mine}),
     )
     lines = [
         f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}"
     ]
-    arms = sorted({CurationSpec.from_dict(c.params.get("curate")).label for c in mine})
+    arms = sorted({CurationSpec.from_dict(c.config.curate).label for c in mine})
     if arms != ["none"] and arms:
         lines.append(f"    curation arms: {', '.join(arms)}")
-    fts = sorted({c.params.get("finetune", "lora") for c in mine})
+    fts = sorted({c.config.finetune for c in mine})
     if fts != ["lora"]:
-        target = lambda c: fit_spec(c.params["match_fit"], c.params["finetune"])["target"]
+        target = lambda c: fit_spec(c.config.match_fit, c.config.finetune)["target"]
         fits = sorted(
             {
-                f"{c.params['finetune']} matched to {target(c)}'s generation-0 gain"
+                f"{c.config.finetune} matched to {target(c)}'s generation-0 gain"
                 for c in mine
-                if c.params.get("match_fit")
+                if c.config.match_fit
             }
         )
         lines.append(
@@ -130,15 +130,15 @@ def experiment_lines(
         )
     pools = sorted(
         {
-            f"{', '.join(c.params['models'])} ({c.params.get('draw', 'per_generation')})"
+            f"{', '.join(c.config.models)} ({c.config.draw})"
             for c in mine
-            if c.params.get("models")
+            if c.config.models
         }
     )
     if pools:
         lines.append("    mixed-model chains: " + "; ".join(pools))
     nets = sorted(
-        {f"{NetworkSpec.from_dict(c.params['network']).label} x{c.nodes}" for c in mine if c.nodes}
+        {f"{NetworkSpec.from_dict(c.config.network).label} x{c.nodes}" for c in mine if c.nodes}
     )
     if nets:
         lines.append(f"    networks ({sum(c.nodes for c in mine)} node chains): {', '.join(nets)}")
@@ -189,9 +189,8 @@ def describe(plan: Plan) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/07b_cost.ipynb #3e37d70d
-def node_configs(params: dict) -> list[ChainConfig]:
-    "The chain of `params`, or its network's nodes' chains."
-    cfg = ChainConfig(**params)
+def node_configs(cfg: ChainConfig) -> list[ChainConfig]:
+    "The chain, or its network's nodes' chains."
     return [cfg] if cfg.network is None else network_nodes(cfg)[1]
 
 
@@ -209,10 +208,10 @@ def check_feeding(plan: Plan) -> list[str]:
     loaded: dict = {}
     unchecked = set()
     for c in plan.chains:
-        p = c.params
-        cfg = ChainConfig(**{**p, "dataset": "bbc_news"})
+        cfg = c.config
         need = cfg.human_needed()
-        name = f"{dataset_label(p['dataset'])} {'whole' if p.get('cluster') is None else 'cluster ' + str(p['cluster'])} r={p['ratio']:g} seed={p['seed']}"
+        where = "whole" if cfg.cluster is None else f"cluster {cfg.cluster}"
+        name = f"{dataset_label(cfg.dataset)} {where} r={cfg.ratio:g} seed={cfg.seed}"
         # not clustered yet: all 02_clusters guarantees is min_texts
         if c.placeholder and c.design == "cluster":
             if floor < need:
@@ -232,9 +231,9 @@ def check_feeding(plan: Plan) -> list[str]:
                     "raise the ratio, or raise clusters.min_texts"
                 )
             unchecked.add(f"{c.experiments[0]}: merged datasets not built yet")
-        elif c.placeholder or not reachable_dataset(p["dataset"]):
+        elif c.placeholder or not reachable_dataset(cfg.dataset):
             unchecked.add(
-                f"{dataset_label(p['dataset'])} ({c.experiments[0]}): "
+                f"{dataset_label(cfg.dataset)} ({c.experiments[0]}): "
                 + {
                     "merged": "merged dataset not built yet",
                     "lean": "lean mixture not written yet",
@@ -243,12 +242,12 @@ def check_feeding(plan: Plan) -> list[str]:
             )
             continue
         else:
-            key = (p["dataset"], cfg.min_tokens, cfg.max_tokens)
+            key = (cfg.dataset, cfg.min_tokens, cfg.max_tokens)
             try:
                 if key not in loaded:
                     loaded[key] = load_texts(*key)
                 # the chain's own check, in its own words (a network: each node's)
-                for node in node_configs(p):
+                for node in node_configs(cfg):
                     prepare_human(node, loaded[key])
             except ValueError as e:
                 raise SpecError(
@@ -266,9 +265,9 @@ def preflight(
     texts: dict = {}
     for c in plan.chains if chains is None else chains:
         # checked once it is written
-        if c.placeholder or (c.derived and not resolve(c.params["dataset"]).exists()):
+        if c.placeholder or (c.derived and not resolve(c.config.dataset).exists()):
             continue
-        cfg = ChainConfig(**c.params)
+        cfg = c.config
         w = f"{plan.spec['_path']}: experiments.{c.experiments[0]}"
         try:
             check_model(cfg.model)
@@ -278,7 +277,7 @@ def preflight(
             key = (cfg.dataset, cfg.min_tokens, cfg.max_tokens)
             if key not in texts:
                 texts[key] = load_texts(*key)
-            for node in node_configs(c.params):
+            for node in node_configs(cfg):
                 prepare_human(node, texts[key])
         except FileNotFoundError as e:
             raise SpecError(f"{w}: {e}") from None
@@ -287,11 +286,11 @@ def preflight(
     # a curation rule's scorer must pass its audit before any chain runs (each chain audits it again, from the cache)
     scorers = {}
     for c in plan.chains if chains is None else chains:
-        cur = CurationSpec.from_dict(c.params.get("curate"))
-        if cur.scorer is not None and not c.placeholder and reachable_dataset(c.params["dataset"]):
+        cur = CurationSpec.from_dict(c.config.curate)
+        if cur.scorer is not None and not c.placeholder and reachable_dataset(c.config.dataset):
             scorers.setdefault(json.dumps(cur.scorer, sort_keys=True), (c, cur))
     for c, cur in scorers.values():
-        cfg = ChainConfig(**c.params)
+        cfg = c.config
         try:
             Curator(cur, cfg.dataset, cfg.min_tokens, cfg.max_tokens).check()
         except (ValueError, FileNotFoundError) as e:

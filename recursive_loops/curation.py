@@ -17,7 +17,7 @@ from .judges import Judge, JudgeSpec, JudgeError, ScoreCache, audit_judge, audit
 
 # %% auto #0
 __all__ = ['RULES', 'CURATE_KEYS', 'CurationSpec', 'n_candidates', 'keep_random', 'keep_by_score', 'keep_diverse', 'keep_dedup',
-           'Curator', 'curate', 'curate_each_instruction']
+           'Curator', 'curate', 'curate_each_instruction', 'curate_prepare_step', 'curate_step']
 
 # %% ../nbs/03c_curation.ipynb #8292fef6
 RULES = ("none", "random", "score_top", "score_bottom", "diversity", "dedup")
@@ -219,3 +219,20 @@ def curate_each_instruction(self: Curator,
     return kept, cands, dict(tot, per_domain=recs)
 
 Curator.curate_each_instruction = curate_each_instruction
+
+# %% ../nbs/03c_curation.ipynb #c1de0909
+def curate_prepare_step(run, g) -> None:
+    "Sample `oversample` x as many candidates as the generation keeps."
+    g.n_sample = n_candidates(run.cfg.n_to_generate, run.curator.spec.oversample)
+
+# %% ../nbs/03c_curation.ipynb #b9ba5fe0
+def curate_step(run, g) -> None:
+    "Keep the chain's count of the sampled candidates by its rule; every candidate goes to candidates.jsonl."
+    seed = derive_seed(run.cfg.seed, "curate", g.gen)
+    with g.t("curate"):
+        if run.domains:
+            g.out, cands, rec = run.curator.curate_each_instruction(g.out, run.domains, run.cfg.n_to_generate, seed)
+        else:
+            g.out, cands, rec = run.curator.curate(g.out, run.cfg.n_to_generate, seed)
+    g.files["candidates.jsonl"] = cands
+    g.record["curation"] = rec

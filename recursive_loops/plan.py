@@ -5,7 +5,7 @@
 # %% ../nbs/07a_plan.ipynb #72020899
 from __future__ import annotations
 import collections, itertools, json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -30,9 +30,9 @@ __all__ = ['DESIGNS', 'Chain', 'Plan', 'notebooks_dir', 'format_file', 'study_fo
 # %% ../nbs/07a_plan.ipynb #570d382a
 @dataclass
 class Chain:
-    "One chain of a study: its 03_chain parameters and the experiments that asked for it."
+    "One chain of a study: its parameters and the experiments that asked for it."
 
-    params: dict  # 03_chain parameters, run_dir included
+    config: ChainConfig  # run_dir and facts included; a dict only for papermill (07e_study.make_task)
     experiments: list  # names of the experiments that asked for it
     design: str  # results.csv's design column: whole, cluster, merged, lean or quartile
     placeholder: bool = False  # cluster not known yet (clusters not computed)
@@ -40,17 +40,17 @@ class Chain:
 
     @property
     def run_dir(self) -> Path:
-        return resolve(self.params["run_dir"])
+        return resolve(self.config.run_dir)
 
     @property
     def generations(self) -> int:
-        return self.params["generations"]
+        return self.config.generations
 
     @property
     def nodes(self) -> int:
         return (
-            NetworkSpec.from_dict(self.params.get("network")).nodes
-            if self.params.get("network")
+            NetworkSpec.from_dict(self.config.network).nodes
+            if self.config.network
             else 0
         )
 
@@ -66,7 +66,7 @@ class Chain:
 
     def facts_of(self, d: Path) -> dict | None:
         "The facts the chain in `d` (one of `chain_dirs`) records: a node's are its network's, with its index."
-        f = self.params.get("facts")
+        f = self.config.facts
         return node_facts(f, int(d.name[5:])) if self.nodes else f
 
 # %% ../nbs/07a_plan.ipynb #f5af0245
@@ -159,16 +159,11 @@ def design_of(
     return d
 
 # %% ../nbs/07a_plan.ipynb #38a476fc
-def gen0_key(params: dict) -> tuple:
+def gen0_key(cfg: ChainConfig) -> tuple:
     """What a chain's generation 0s are shared by: its `Gen0Share` folder, and for a network the
     node count, shards and models (every node's generation 0 then matches)."""
-    cfg = ChainConfig(**params)
     net = cfg.network
-    f = (
-        str(Gen0Share(ChainConfig(**{**params, "network": None})).folder)
-        if cfg.gen0_cache
-        else None
-    )
+    f = str(Gen0Share(replace(cfg, network=None)).folder) if cfg.gen0_cache else None
     return (
         (f,)
         if net is None
@@ -233,9 +228,9 @@ def chain_params(
     cl,  # this chain's id in the design
     combo: dict,  # this chain's values of the crossed parameters (experiment_axes)
     pool: list | None,  # a mixed chain's models
-) -> dict:
-    """One chain's 03_chain parameters, every default included (the executed notebook records them
-    all), validated."""
+) -> ChainConfig:
+    """One chain's parameters from the spec's (the executed notebook records them all), validated;
+    `run_dir` is set by `expand`."""
     base, out, w = (
         dict(plan.spec.get("chain") or {}),
         plan.spec["out_dir"],
@@ -279,18 +274,18 @@ def chain_params(
     # chains alike but for r share generation 0
     if "gen0_cache" not in {**base, **e}:
         p["gen0_cache"] = f"{out}/gen0"
-    return p
+    return ChainConfig(**p)
 
 # %% ../nbs/07a_plan.ipynb #04f4990f
 def keep_shared_gen0(plan: Plan) -> None:
     """Keep `gen0_cache` only for chains whose generation 0 another chain of the study shares (an
     adapter is ~19 MB)."""
-    mine = [c for c in plan.chains if c.params.get("gen0_cache") == f"{plan.spec['out_dir']}/gen0"]
-    folder = {c.params["run_dir"]: gen0_key(c.params) for c in mine}
+    mine = [c for c in plan.chains if c.config.gen0_cache == f"{plan.spec['out_dir']}/gen0"]
+    folder = {c.config.run_dir: gen0_key(c.config) for c in mine}
     alike = collections.Counter(folder.values())
     for c in mine:
-        if alike[folder[c.params["run_dir"]]] < 2:
-            c.params["gen0_cache"] = None
+        if alike[folder[c.config.run_dir]] < 2:
+            c.config.gen0_cache = None
 
 
 def check_one_format(plan: Plan) -> None:
@@ -298,7 +293,7 @@ def check_one_format(plan: Plan) -> None:
     `mixed_formats: true`)."""
     fmts = {}
     for c in plan.chains:
-        fmts.setdefault(c.params["dtype"], []).append(c.experiments[0])
+        fmts.setdefault(c.config.dtype, []).append(c.experiments[0])
     if len(fmts) > 1 and not plan.spec.get("mixed_formats"):
         raise SpecError(
             f"{plan.spec['_path']}: the chains would run in {len(fmts)} number formats ("
@@ -309,25 +304,25 @@ def check_one_format(plan: Plan) -> None:
 # %% ../nbs/07a_plan.ipynb #b9583e32
 def chain_facts(plan: Plan) -> None:
     "Set each chain's `facts`: experiments, design, the design's facts, and the study's arm columns."
-    curated = any(c.params.get("curate") for c in plan.chains)
-    methods = any(c.params.get("finetune", "lora") != "lora" for c in plan.chains)
+    curated = any(c.config.curate for c in plan.chains)
+    methods = any(c.config.finetune != "lora" for c in plan.chains)
     networked = any(c.nodes for c in plan.chains)
     for c in plan.chains:
-        f = dict(experiment=",".join(c.experiments), design=c.design, **c.params.get("facts", {}))
+        f = dict(experiment=",".join(c.experiments), design=c.design, **c.config.facts)
         if curated:
-            f["curate"] = CurationSpec.from_dict(c.params.get("curate")).label
+            f["curate"] = CurationSpec.from_dict(c.config.curate).label
         if methods:
-            f["finetune"] = c.params.get("finetune", "lora")
+            f["finetune"] = c.config.finetune
         if networked:
-            net = NetworkSpec.from_dict(c.params["network"]) if c.nodes else None
+            net = NetworkSpec.from_dict(c.config.network) if c.nodes else None
             f.update(  # `node`: each node's index (03_chain's node_facts)
                 network=net.label if net else None,
                 node=None,
                 nodes=c.nodes or None,
-                network_dir=c.params["run_dir"] if net else None,
-                network_seed=c.params["seed"] if net else None,
+                network_dir=c.config.run_dir if net else None,
+                network_seed=c.config.seed if net else None,
             )
-        c.params["facts"] = f
+        c.config.facts = f
 
 # %% ../nbs/07a_plan.ipynb #03c8bf1b
 def expand(
@@ -346,18 +341,18 @@ def expand(
         for ds in dss if kind is None or kind.per_dataset else [None]:
             d = design_of(plan, name, on, ds)
             for cl, *values in itertools.product(d.ids, *cross.values()):
-                p = chain_params(plan, name, e, d, ds, cl, dict(zip(cross, values)), pool)
+                cfg = chain_params(plan, name, e, d, ds, cl, dict(zip(cross, values)), pool)
                 placeholder = str(cl).startswith("?")
-                p["run_dir"] = (
+                cfg.run_dir = (
                     f"{spec['out_dir']}/(pending)/{name}-{len(chains)}"
                     if placeholder
-                    else chain_dir(spec["out_dir"], ChainConfig(**p))
+                    else chain_dir(spec["out_dir"], cfg)
                 )
-                if p["run_dir"] in chains:
-                    chains[p["run_dir"]].experiments.append(name)
+                if cfg.run_dir in chains:
+                    chains[cfg.run_dir].experiments.append(name)
                 else:
-                    p["facts"] = dict(d.facts.get(cl) or {})  # the design's own (chain_facts adds the rest)
-                    chains[p["run_dir"]] = Chain(p, [name], d.name, placeholder, d.files)
+                    cfg.facts = dict(d.facts.get(cl) or {})  # the design's own (chain_facts adds the rest)
+                    chains[cfg.run_dir] = Chain(cfg, [name], d.name, placeholder, d.files)
     plan.chains = list(chains.values())
     chain_facts(plan)
     keep_shared_gen0(plan)

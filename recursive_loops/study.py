@@ -25,7 +25,7 @@ from recursive_loops.core import (
     SpecError,
 )
 from .data import load_texts, MIN_TOKENS, MAX_TOKENS
-from .chain import ChainConfig, stale_inputs
+from .chain import stale_inputs
 from .metrics import gather_tables
 from .docs import build_appendix
 from .spec import ANALYSES, load_spec
@@ -56,8 +56,8 @@ def make_task(plan: Plan, chain: Chain) -> dict:
     """What `chain_task` needs for one chain (plain JSON-able values, so it can go to another
     machine)."""
     return dict(
-        run_dir=chain.params["run_dir"],
-        chain=dict(chain.params),
+        run_dir=chain.config.run_dir,
+        chain=chain.config.to_dict(),
         metrics=metrics_params(plan),
         notebooks=str(notebooks_dir(plan)),
         root=str(repo_root()),
@@ -179,7 +179,7 @@ def set_aside_stale(plan: Plan) -> list[str]:
     `<out>/.stale/`, so that it runs again; one line per chain moved."""
     moved = []
     for c in plan.chains:
-        why = stale_inputs(c.run_dir, ChainConfig(**c.params)) if c.run_dir.exists() else None
+        why = stale_inputs(c.run_dir, c.config) if c.run_dir.exists() else None
         if not why:
             continue
         dest = (
@@ -206,7 +206,7 @@ def status_table(plan: Plan) -> pd.DataFrame:
         rows.append(
             dict(
                 state=st,
-                run_dir=c.params["run_dir"],
+                run_dir=c.config.run_dir,
                 experiments=",".join(c.experiments),
                 detail=detail,
             )
@@ -286,8 +286,8 @@ def run_chains(
         )
     for c in todo:
         st, detail = chain_state(c, metrics_params(plan))
-        if st != "done" and not errors.get(c.params["run_dir"]):
-            errors[c.params["run_dir"]] = f"not finished ({st}: {detail})"
+        if st != "done" and not errors.get(c.config.run_dir):
+            errors[c.config.run_dir] = f"not finished ({st}: {detail})"
     return errors
 
 # %% ../nbs/07e_study.ipynb #a1129b06

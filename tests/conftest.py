@@ -48,3 +48,10 @@ def tiny_chain(run_dir, model, **kw):
              max_new_tokens=8, batch_size=4, dtype="float32")
     p.update(kw)
     return p
+
+
+def measured(table) -> str:
+    "A chain's metrics.csv as text without the columns naming its folder (`run_dir`, `network_dir`): what two runs of one chain in two places share."
+    import pandas as pd
+    df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    return df.drop(columns=[c for c in ("run_dir", "network_dir") if c in df]).to_csv(index=False)

@@ -4,7 +4,7 @@ import json, random, shutil, subprocess, sys, time
 import pytest
 from pathlib import Path
 
-from conftest import ROOT, tiny_chain
+from conftest import ROOT, tiny_chain, measured
 from recursive_loops.core import read_json
 
 SCRIPT = """
@@ -26,8 +26,8 @@ def _artefacts(rd: Path) -> dict:
     "The results a study reads: training sets, generated texts, metrics (manifests hold timings, so they differ); a network's per node, and its cross-NLL matrices."
     files = [p for c in (sorted(rd.glob("node-*")) or [rd]) for g in sorted(c.glob("gen_*"))
              for p in (g / "train.jsonl", g / "generated.jsonl", g / "candidates.jsonl") if p.exists() or p.name != "candidates.jsonl"]
-    files += [c / "metrics.csv" for c in (sorted(rd.glob("node-*")) or [rd])]
-    return {p.relative_to(rd).as_posix(): p.read_bytes() for p in files} | \
+    tables = {f"{c.relative_to(rd).as_posix()}/metrics.csv": measured(c / "metrics.csv") for c in (sorted(rd.glob("node-*")) or [rd])}
+    return {p.relative_to(rd).as_posix(): p.read_bytes() for p in files} | tables | \
            {p.relative_to(rd).as_posix(): json.dumps(read_json(p)["matrix"]) for p in sorted(rd.glob("cross_nll/gen_*.json"))}
 
 

@@ -89,9 +89,9 @@ def test_scale_spec_expands_finetune_arms(tmp_path):
     from recursive_loops.spec import load_spec
     from recursive_loops.plan import expand
     plan = expand(load_spec(ROOT / "studies" / "scale.yaml"))
-    full = [c for c in plan.chains if c.params["finetune"] == "full"]; lora = [c for c in plan.chains if c.params["finetune"] == "lora"]
-    assert len(full) == len(lora) == 5 and all("/full/seed-" in c.params["run_dir"] for c in full)
-    assert all(c.params["match_fit"] is None for c in lora) and all(c.params["match_fit"]["lr"] == 0.001 for c in full)
+    full = [c for c in plan.chains if c.config.finetune == "full"]; lora = [c for c in plan.chains if c.config.finetune == "lora"]
+    assert len(full) == len(lora) == 5 and all("/full/seed-" in c.config.run_dir for c in full)
+    assert all(c.config.match_fit is None for c in lora) and all(c.config.match_fit["lr"] == 0.001 for c in full)
     r = cli("study", "studies/scale.yaml", "--dry-run")
     assert r.returncode == 0 and "full matched to lora's generation-0 gain" in r.stdout and "-> 05e_scale" in r.stdout, r.stdout + r.stderr
 

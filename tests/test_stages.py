@@ -175,3 +175,24 @@ def test_bundled_model_converts_into_an_empty_cache(tmp_path):
     assert r.stdout.split()[:2] == ["smollm2-135m", "134515008"], r.stdout
     assert (tmp_path / "models" / "smollm2-135m" / "model.safetensors").exists()
     assert not list((tmp_path / "models").glob(".smollm2-135m-*"))  # the temporary folder was renamed into place
+
+
+def _defaults(name: str) -> dict:
+    "The values a stage's parameters cell gives (literals: papermill needs them there)."
+    nb = json.loads((NBS / f"{name}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    ns: dict = {}
+    exec("".join(cell["source"]), ns)
+    return {k: v for k, v in ns.items() if not k.startswith("__")}
+
+
+def test_parameter_defaults_are_the_librarys():
+    "A default lives in the library (ChainConfig, 01_data's token bounds); a parameters cell restates it and must agree."
+    from dataclasses import fields
+    from recursive_loops.chain import ChainConfig
+    from recursive_loops.data import MIN_TOKENS, MAX_TOKENS
+    chain = _defaults("03_chain")
+    assert chain == {f.name: f.default for f in fields(ChainConfig)}
+    for name in STAGES:
+        d = _defaults(name)
+        assert (d.get("min_tokens", MIN_TOKENS), d.get("max_tokens", MAX_TOKENS)) == (MIN_TOKENS, MAX_TOKENS), name

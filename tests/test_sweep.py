@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import local_slurm
-from conftest import ROOT
+from conftest import ROOT, measured
 
 CLI = [sys.executable, "-c", "import sys; from recursive_loops.cli import main; sys.exit(main())"]
 
@@ -114,8 +114,8 @@ def _chains(out: Path) -> dict:
     res = {}
     for chain in sorted(out.rglob("chain.json")):
         rd = chain.parent
-        files = [p for g in sorted(rd.glob("gen_*")) for p in (g / "train.jsonl", g / "generated.jsonl")] + [rd / "metrics.csv"]
-        res[rd.relative_to(out).as_posix()] = {p.relative_to(rd).as_posix(): p.read_bytes() for p in files}
+        files = [p for g in sorted(rd.glob("gen_*")) for p in (g / "train.jsonl", g / "generated.jsonl")]
+        res[rd.relative_to(out).as_posix()] = {p.relative_to(rd).as_posix(): p.read_bytes() for p in files} | {"metrics.csv": measured(rd / "metrics.csv")}
     return res
 
 
