@@ -20,8 +20,8 @@ from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, judg
 # %% auto #0
 __all__ = ['CHAIN_KEYS', 'FACT_COLUMNS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu_each', 'self_bleu',
            'selfbleu_diversity', 'positivity', 'length_chars', 'length_words', 'text_nll', 'measure_texts', 'subsample',
-           'metrics_intact', 'chain_columns', 'stamp_table', 'sampled_sets', 'domain_sets', 'restamp', 'run_metrics',
-           'gather_tables']
+           'metrics_intact', 'chain_columns', 'stamp_table', 'sampled_sets', 'domain_sets', 'restamp', 'eval_sets',
+           'measure_rows', 'domain_rows', 'model_rows', 'judge_sets', 'write_metrics', 'run_metrics', 'gather_tables']
 
 # %% ../nbs/04_metrics.ipynb #f57be8c7
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -231,7 +231,114 @@ def restamp(
             man[key] = file_sha256(run_dir / name)
         write_json(man_file, {**man, "columns": cols, "facts": chain.get("facts")})
 
-# %% ../nbs/04_metrics.ipynb #811f3f72
+# %% ../nbs/04_metrics.ipynb #160157a8
+def eval_sets(
+    run_dir: Path,  # the chain's run directory
+    seed: int,  # its seed
+    gens: list[int],  # its finished generations
+    n_eval: int,  # texts per set
+) -> tuple[dict, dict, dict | None]:
+    """`(sets, sampled, domains)`: `{generation: (source, texts)}` for the human texts (-1) and each
+    generation, for the curated generations' model output (`sampled_sets`), and per
+    `(generation, domain)` for per-text instructions (else None); each at most `n_eval` texts."""
+    human = [r for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"]
+    generated = {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
+    sets = {-1: ("human", [r["text"] for r in human])}
+    sets |= {g: ("generated", [r["text"] for r in rows]) for g, rows in generated.items()}
+    sets = {g: (s, subsample(x, n_eval, derive_seed(seed, "eval", g))) for g, (s, x) in sets.items()}
+    doms = domain_sets(human, generated)
+    if doms:
+        doms = {k: (s, subsample(x, n_eval, derive_seed(seed, "eval", *k))) for k, (s, x) in doms.items()}
+    return sets, sampled_sets(run_dir, generated, n_eval, seed), doms
+
+# %% ../nbs/04_metrics.ipynb #d9647d88
+def measure_rows(sets: dict, emb, ref, rtok, t: Timer) -> list[dict]:
+    "One row per set and metric (`measure_texts`): generation, source, metric, value."
+    rows = []
+    for g, (source, texts) in sets.items():
+        with t(f"measure_{source}"):
+            vals = measure_texts(texts, emb, ref, rtok)
+        rows += [dict(generation=g, source=source, metric=k, value=v) for k, v in vals.items()]
+    return rows
+
+
+def domain_rows(doms: dict, emb, ref, rtok, t: Timer, where: Path) -> list[dict]:
+    "One row per domain's set and metric, with its domain and size; a set of fewer than 2 texts is not measured."
+    rows = []
+    for (g, d), (source, texts) in doms.items():
+        if len(texts) < 2:
+            log.warning("%s: generation %d has %d text(s) of domain %s: not measured", where, g, len(texts), d)
+            continue
+        with t("measure_domains"):
+            vals = measure_texts(texts, emb, ref, rtok)
+        rows += [dict(generation=g, source=source, domain=d, metric=k, value=v, n_texts=len(texts)) for k, v in vals.items()]
+    return rows
+
+# %% ../nbs/04_metrics.ipynb #32bad15d
+def model_rows(run_dir: Path, gens: list[int]) -> list[dict]:
+    "Each generation's held-out NLL and its base's, as its 03_chain manifest recorded them (`source = model`)."
+    rows = []
+    for g in gens:
+        man = read_json(gen_dir(run_dir, g) / "manifest.json")
+        rows += [dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
+                 dict(generation=g, source="model", metric="heldout_nll_base", value=man["base_heldout_nll"])]
+    return rows
+
+# %% ../nbs/04_metrics.ipynb #c73ca843
+def judge_sets(
+    specs: list,  # JudgeSpec of each judge
+    cfg: dict,  # the chain's config (its audit texts come from its dataset)
+    sets: list[dict],  # the set dicts to score (eval_sets' sets and sampled)
+    doms: dict | None,  # per-domain sets, or None
+    cache: ScoreCache,
+    t: Timer,
+) -> tuple[list, list, list, list]:
+    "`(rows, domain rows, per-text scores, audits)`: each judge audited (`04a_judges`), then its mean score per set."
+    rows, drows, per_text, audits = [], [], [], []
+    for spec in specs:
+        with t(f"judge_{spec.name}"):
+            j = Judge(spec, cache)
+            audit = audit_judge(j, audit_texts(cfg, spec.audit_n))
+            log.info("%s", format_audit(audit))
+            for ss in sets:
+                r, p = judge_rows(j, ss, audit)
+                rows += r
+                per_text += p
+            for d in sorted({d for _, d in doms or {}}):  # the same judge on each domain's sets (scores cached by text)
+                r, p = judge_rows(j, {g: v for (g, dd), v in doms.items() if dd == d}, audit)
+                drows += [dict(x, domain=d) for x in r]
+                per_text += [dict(x, domain=d) for x in p]
+            audits.append(dict(audit, requests=j.requests, cached=j.cached))
+    return rows, drows, per_text, audits
+
+# %% ../nbs/04_metrics.ipynb #4365efba
+def write_metrics(
+    run_dir: Path,
+    df: pd.DataFrame,  # metrics.csv
+    ddf: pd.DataFrame | None,  # domain_metrics.csv, or None
+    per_text: list | None,  # the judges' scores (judge_scores.csv), None without judges
+    audits: list,  # their audits (judges.json)
+    manifest: dict,  # metrics.manifest.json, less the tables' checksums
+) -> Path:
+    "Write the chain's tables, then the manifest with their checksums, under the run directory's lock."
+    out = run_dir / "metrics.csv"
+    with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
+        if per_text is not None:
+            write_json(run_dir / "judges.json", audits)
+            with atomic_path(run_dir / "judge_scores.csv") as tmp:
+                pd.DataFrame(per_text).to_csv(tmp, index=False)
+        if ddf is not None:
+            with atomic_path(run_dir / "domain_metrics.csv") as tmp:
+                ddf.to_csv(tmp, index=False)
+        with atomic_path(out) as tmp:
+            df.to_csv(tmp, index=False)
+        sums = dict(sha256=file_sha256(out))
+        if ddf is not None:
+            sums["domain_sha256"] = file_sha256(run_dir / "domain_metrics.csv")
+        write_json(run_dir / "metrics.manifest.json", {**manifest, **sums})
+    return out
+
+# %% ../nbs/04_metrics.ipynb #2c5133d4
 def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
                 reference_model: str | None = "smollm2-135m", # fluency reference (None: skip fluency)
@@ -246,15 +353,13 @@ def run_metrics(run_dir: str | Path, # chain run directory
     if not (run_dir / "chain.json").exists():
         raise ValueError(f"run_dir={str(run_dir)!r} holds no chain (no chain.json); run 03_chain first or fix the path")
     chain = read_json(run_dir / "chain.json")
-    cfg = chain["config"]; seed = chain["seed"]
     gens = sorted(int(d.name[4:]) for d in run_dir.glob("gen_*") if is_done(d))
     if not gens: raise ValueError(f"run_dir={str(run_dir)!r} has no finished generation to measure")
     # what the table is computed from: the parameters and every measured generation's checksums
     dtype = resolve_dtype(dtype)
     inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder, judges=[vars(s) for s in specs], dtype=dtype,
                               done={g: read_json(gen_dir(run_dir, g) / "DONE") for g in gens}))
-    out, man = run_dir / "metrics.csv", run_dir / "metrics.manifest.json"
-    cols = chain_columns(chain, label)
+    out, man, cols = run_dir / "metrics.csv", run_dir / "metrics.manifest.json", chain_columns(chain, label)
     if metrics_intact(run_dir) and read_json(man).get("inputs_hash") == inputs:
         if read_json(man).get("columns") != cols: restamp(run_dir, chain, cols)
         log.info("metrics of %s are up to date (generations %s), kept", run_dir, gens)
@@ -263,53 +368,18 @@ def run_metrics(run_dir: str | Path, # chain run directory
     with t("load"):
         emb = load_embedder(embedder)
         ref, rtok = load_model(reference_model, dtype) if reference_model else (None, None)
-    human = [r for r in read_jsonl(gen_dir(run_dir, 0) / "train.jsonl") if r["source"] == "human"]
-    generated = {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
-    sets = {-1: ("human", [r["text"] for r in human]), **{g: ("generated", [r["text"] for r in rows]) for g, rows in generated.items()}}
-    sets = {g: (source, subsample(texts, n_eval, derive_seed(seed, "eval", g))) for g, (source, texts) in sets.items()}
-    sampled = sampled_sets(run_dir, generated, n_eval, seed)
-    rows, drows = [], []
-    for g, (source, texts) in [*sets.items(), *sampled.items()]:
-        with t(f"measure_{source}"):
-            vals = measure_texts(texts, emb, ref, rtok)
-        rows += [dict(generation=g, source=source, metric=k, value=v) for k, v in vals.items()]
-    dsets = domain_sets(human, generated)
-    if dsets:
-        dsets = {k: (s, subsample(x, n_eval, derive_seed(seed, "eval", *k))) for k, (s, x) in dsets.items()}
-        for (g, d), (source, texts) in dsets.items():
-            if len(texts) < 2: log.warning("%s: generation %d has %d text(s) of domain %s: not measured", run_dir, g, len(texts), d); continue
-            with t("measure_domains"): vals = measure_texts(texts, emb, ref, rtok)
-            drows += [dict(generation=g, source=source, domain=d, metric=k, value=v, n_texts=len(texts)) for k, v in vals.items()]
-    audits, per_text, cache = [], [], ScoreCache(judge_cache)
-    for spec in specs:
-        with t(f"judge_{spec.name}"):
-            j = Judge(spec, cache)
-            audit = audit_judge(j, audit_texts(cfg, spec.audit_n))
-            log.info("%s", format_audit(audit))
-            for ss in (sets, sampled):
-                r, p = judge_rows(j, ss, audit)
-                rows += r; per_text += p
-            for d in sorted({d for _, d in dsets or {}}):  # the same judge on each domain's sets (scores cached by text)
-                r, p = judge_rows(j, {g: v for (g, dd), v in dsets.items() if dd == d}, audit)
-                drows += [dict(x, domain=d) for x in r]; per_text += [dict(x, domain=d) for x in p]
-            audits.append(dict(audit, requests=j.requests, cached=j.cached))
-    for g in gens:
-        man = read_json(gen_dir(run_dir, g) / "manifest.json")
-        rows += [dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
-                 dict(generation=g, source="model", metric="heldout_nll_base", value=man["base_heldout_nll"])]
-    df = stamp_table(pd.DataFrame(rows), chain, cols)
-    ddf = stamp_table(pd.DataFrame(drows), chain, cols) if drows else None
-    with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
-        if specs:
-            write_json(run_dir / "judges.json", audits)
-            with atomic_path(run_dir / "judge_scores.csv") as tmp: pd.DataFrame(per_text).to_csv(tmp, index=False)
-        if ddf is not None:
-            with atomic_path(run_dir / "domain_metrics.csv") as tmp: ddf.to_csv(tmp, index=False)
-        with atomic_path(out) as tmp: df.to_csv(tmp, index=False)
-        write_json(run_dir / "metrics.manifest.json", make_manifest(dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
-                   embedder=embedder, judges=list(judges or []), dtype=dtype), seed, t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
-                   judge_requests=sum(a["requests"] for a in audits), judge_cached=sum(a["cached"] for a in audits),
-                   columns=cols, facts=chain.get("facts"), sha256=file_sha256(out), **({"domain_sha256": file_sha256(run_dir / "domain_metrics.csv")} if ddf is not None else {})))
+    sets, sampled, doms = eval_sets(run_dir, chain["seed"], gens, n_eval)
+    rows = measure_rows(sets, emb, ref, rtok, t) + measure_rows(sampled, emb, ref, rtok, t)
+    drows = domain_rows(doms, emb, ref, rtok, t, run_dir) if doms else []
+    jrows, jdrows, per_text, audits = judge_sets(specs, chain["config"], [sets, sampled], doms, ScoreCache(judge_cache), t)
+    df = stamp_table(pd.DataFrame(rows + jrows + model_rows(run_dir, gens)), chain, cols)
+    ddf = stamp_table(pd.DataFrame(drows + jdrows), chain, cols) if drows or jdrows else None
+    settings = dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model, embedder=embedder,
+                    judges=list(judges or []), dtype=dtype)
+    manifest = make_manifest(settings, chain["seed"], t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
+                             judge_requests=sum(a["requests"] for a in audits), judge_cached=sum(a["cached"] for a in audits),
+                             columns=cols, facts=chain.get("facts"))
+    write_metrics(run_dir, df, ddf, per_text if specs else None, audits, manifest)
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out
 
