@@ -24,14 +24,15 @@ from .curation import CurationSpec, Curator, n_candidates, curate_prepare_step, 
 from .network import NetworkSpec, check_shard, shard_of, mixing_matrix, synthetic_counts, node_settings, cross_nll_gap
 
 # %% auto #0
-__all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'chain_dir', 'human_slice',
-           'mix_training_set', 'gen_dir', 'is_done', 'mark_done', 'determinism', 'select_cluster', 'prepare_human',
-           'pool_domains', 'earlier_texts', 'row_instructions', 'ChainRun', 'Generation', 'mix_step', 'base_step',
-           'tune_step', 'save_step', 'measure_step', 'sample_step', 'write_step', 'chain_steps', 'run_generation',
-           'gen0_identity', 'load_adapter', 'generation_model', 'load_tuned', 'Gen0Share', 'gen0_read_step',
-           'gen0_adapter_step', 'gen0_write_step', 'gen0_keep_step', 'mixed_base_step', 'recorded_format',
-           'input_checksums', 'stale_inputs', 'record_facts', 'node_facts', 'calibrate', 'open_chain', 'run_chain',
-           'network_nodes', 'network_record', 'node_sources', 'cross_nll_step', 'run_network']
+__all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'STEP_SLOTS', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'chain_dir',
+           'human_slice', 'mix_training_set', 'gen_dir', 'is_done', 'mark_done', 'determinism', 'select_cluster',
+           'prepare_human', 'pool_domains', 'earlier_texts', 'row_instructions', 'ChainRun', 'Generation', 'mix_step',
+           'base_step', 'tune_step', 'save_step', 'measure_step', 'sample_step', 'write_step', 'chain_steps',
+           'run_generation', 'gen0_identity', 'load_adapter', 'generation_model', 'load_tuned', 'Gen0Share',
+           'gen0_read_step', 'gen0_adapter_step', 'gen0_write_step', 'gen0_keep_step', 'mixed_base_step',
+           'recorded_format', 'input_checksums', 'stale_inputs', 'record_facts', 'node_facts', 'calibrate',
+           'open_chain', 'run_chain', 'network_nodes', 'network_record', 'node_sources', 'cross_nll_step',
+           'run_network']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 DRAWS = ("per_generation", "round_robin")  # how a mixed-model chain picks each generation's base model
@@ -181,7 +182,9 @@ def chain_dir(
         net = NetworkSpec.from_dict(cfg.network)
         arm += re.sub(r"[^A-Za-z0-9_.-]+", "-", f"network-{net.label}-x{net.nodes}") + "/"
     ident = config_hash(chain_identity(cfg), 8)
-    return f"{out}/{dataset_label(cfg.dataset)}/{cl}/ratio-{cfg.ratio:g}/{arm}seed-{cfg.seed}-{ident}"
+    return (
+        f"{out}/{dataset_label(cfg.dataset)}/{cl}/ratio-{cfg.ratio:g}/{arm}seed-{cfg.seed}-{ident}"
+    )
 
 # %% ../nbs/03_chain.ipynb #2f8a30dc
 def human_slice(cfg: ChainConfig, gen: int) -> tuple[int, int]:
@@ -340,10 +343,11 @@ class ChainRun:
 @dataclass
 class Generation:
     "One generation while its steps run: what each step reads, and what it adds for the next."
+
     gen: int
     dir: Path  # gen_XX/
     t: Timer  # each step's seconds (the manifest's timings)
-    stack: contextlib.ExitStack  # what lives until the generation is written (a temporary adapter folder)
+    stack: contextlib.ExitStack  # what lives until it is written (a temporary adapter folder)
     n_sample: int  # texts to sample (a curated chain samples more than it keeps)
     model_name: str  # the base model it tunes (generation_model)
     tok: object  # its tokenizer
@@ -352,13 +356,13 @@ class Generation:
     model: object = None  # the fresh base (base_step)
     tuned: object = None  # the tuned model, before the merge (tune_step)
     stats: dict | None = None  # the fine-tune's numbers
-    needs_adapter: bool = False  # a step reads the tuned model from disk (a vLLM server, a generation 0 to share)
+    needs_adapter: bool = False  # a step reads the tuned model from disk (vLLM, a shared gen 0)
     adapter: str | None = None  # the folder it was saved to (save_step)
     merged: object = None  # the tuned model, merged (measure_step)
     nll: float | None = None  # its held-out NLL
     fmt: tuple | None = None  # its (dtype, device)
     out: list | None = None  # the generated rows (sample_step; a curated chain: the kept ones)
-    files: dict = field(default_factory=dict)  # more files of gen_XX/: name -> rows (a curated chain's candidates.jsonl)
+    files: dict = field(default_factory=dict)  # more files of gen_XX/: name -> rows (curation)
     record: dict = field(default_factory=dict)  # more fields of its manifest, from the hooks
     note: str = ""  # more for its log line
     share: object = None  # generation 0 shared between chains alike (Gen0Share; gen0_read_step)
@@ -368,7 +372,9 @@ class Generation:
 # %% ../nbs/03_chain.ipynb #c012d463
 def mix_step(run: ChainRun, g: Generation) -> None:
     "The training set: human texts and the earlier generations' (`mix_training_set`)."
-    g.rows = mix_training_set(run.cfg, g.gen, run.human, earlier_texts(run.run_dir, run.cfg, g.gen, run.sources))
+    g.rows = mix_training_set(
+        run.cfg, g.gen, run.human, earlier_texts(run.run_dir, run.cfg, g.gen, run.sources)
+    )
 
 # %% ../nbs/03_chain.ipynb #da0c3395
 def base_step(run: ChainRun, g: Generation) -> None:
@@ -376,7 +382,9 @@ def base_step(run: ChainRun, g: Generation) -> None:
     if g.out is not None:
         return
     with g.t("load"):
-        g.model = load_model(run.cfg.model, run.cfg.dtype)[0] if g.gen or run.base is None else run.base
+        g.model = (
+            load_model(run.cfg.model, run.cfg.dtype)[0] if g.gen or run.base is None else run.base
+        )
 
 # %% ../nbs/03_chain.ipynb #17f7f945
 def tune_step(run: ChainRun, g: Generation) -> None:
@@ -410,7 +418,9 @@ def measure_step(run: ChainRun, g: Generation) -> None:
     with g.t("merge"):
         g.merged = merged_model(g.tuned)
     with g.t("heldout_nll"):
-        g.nll = response_nll(g.merged, g.tok, run.instructions(run.heldout), held, run.cfg.max_length)
+        g.nll = response_nll(
+            g.merged, g.tok, run.instructions(run.heldout), held, run.cfg.max_length
+        )
     g.fmt = (str(g.merged.dtype), str(g.merged.device))
 
 # %% ../nbs/03_chain.ipynb #7b36b425
@@ -420,7 +430,13 @@ def sample_step(run: ChainRun, g: Generation) -> None:
         return
     sample = lambda s, k, sd: generate_texts(g.merged, g.tok, s, k, run.cfg, sd)
     with g.t("generate"):
-        g.out = sample_rows(sample, run.domains, run.instruction, g.n_sample, derive_seed(run.cfg.seed, "generate", g.gen))
+        g.out = sample_rows(
+            sample,
+            run.domains,
+            run.instruction,
+            g.n_sample,
+            derive_seed(run.cfg.seed, "generate", g.gen),
+        )
 
 # %% ../nbs/03_chain.ipynb #6a91432b
 def write_step(run: ChainRun, g: Generation) -> None:
@@ -434,21 +450,59 @@ def write_step(run: ChainRun, g: Generation) -> None:
         per = dict(instructions={s: sum(r["instruction"] == s for r in out) for s in run.domains})
     else:
         per = dict(instruction=run.instruction)
-    counts = dict(n_human=sum(r["source"] == "human" for r in rows), n_synthetic=sum(r["source"] == "synthetic" for r in rows))
-    fields_ = dict(generation=g.gen, **per, **counts, n_generated=len(out), train=g.stats, heldout_nll=g.nll,
-                   base_heldout_nll=g.base_nll, heldout_gain=1 - g.nll / g.base_nll, dtype=g.fmt[0], device=g.fmt[1],
-                   base_model=g.model_name, finetune=cfg.finetune, generator=cfg.generator, determinism=determinism(g.fmt[1]))
-    write_json(g.dir / "manifest.json", make_manifest(run.ident, cfg.seed, g.t.times, **{**fields_, **g.record}))
+    counts = dict(
+        n_human=sum(r["source"] == "human" for r in rows),
+        n_synthetic=sum(r["source"] == "synthetic" for r in rows),
+    )
+    fields_ = dict(
+        generation=g.gen,
+        **per,
+        **counts,
+        n_generated=len(out),
+        train=g.stats,
+        heldout_nll=g.nll,
+        base_heldout_nll=g.base_nll,
+        heldout_gain=1 - g.nll / g.base_nll,
+        dtype=g.fmt[0],
+        device=g.fmt[1],
+        base_model=g.model_name,
+        finetune=cfg.finetune,
+        generator=cfg.generator,
+        determinism=determinism(g.fmt[1]),
+    )
+    write_json(
+        g.dir / "manifest.json",
+        make_manifest(run.ident, cfg.seed, g.t.times, **{**fields_, **g.record}),
+    )
     mark_done(g.dir)
-    log.info("gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s%s", g.gen, g.nll, g.base_nll,
-             100 * (g.nll / g.base_nll - 1), g.t.times, g.note)
+    log.info(
+        "gen %d: heldout NLL %.3f (base %.3f, %+.1f%%), %s%s",
+        g.gen,
+        g.nll,
+        g.base_nll,
+        100 * (g.nll / g.base_nll - 1),
+        g.t.times,
+        g.note,
+    )
 
 # %% ../nbs/03_chain.ipynb #df93be8f
+STEP_SLOTS = ("prepare", "mix", "base", "tune", "save", "measure", "sample", "select", "write")
+
+
 def chain_steps(run: ChainRun) -> list:
     "The steps of this chain's generations, in order: the plain loop and its hooks."
     cfg = run.cfg
-    s = dict(prepare=[], mix=[mix_step], base=[base_step], tune=[tune_step], save=[save_step],
-             measure=[measure_step], sample=[sample_step], select=[], write=[write_step])
+    s = dict(
+        prepare=[],
+        mix=[mix_step],
+        base=[base_step],
+        tune=[tune_step],
+        save=[save_step],
+        measure=[measure_step],
+        sample=[sample_step],
+        select=[],
+        write=[write_step],
+    )
     if cfg.models:  # a mixed-model chain: the generation's drawn base
         s["base"] = [mixed_base_step]
     if cfg.gen0_cache:  # generation 0 shared between chains alike
@@ -462,7 +516,7 @@ def chain_steps(run: ChainRun) -> list:
     if run.curator:  # curated (03c_curation)
         s["prepare"].append(curate_prepare_step)
         s["select"].append(curate_step)
-    return [f for k in ("prepare", "mix", "base", "tune", "save", "measure", "sample", "select", "write") for f in s[k]]
+    return [f for k in STEP_SLOTS for f in s[k]]
 
 # %% ../nbs/03_chain.ipynb #3e6abed3
 def run_generation(run: ChainRun, # the chain, loaded
@@ -575,10 +629,14 @@ def gen0_read_step(run: ChainRun, g: Generation) -> None:
     g.texts_shared = texts is not None
     if g.texts_shared:  # all of generation 0 computed by an earlier chain: its numbers, its texts
         g.out, g.stats, g.nll = texts, g.shared["train"], g.shared["heldout_nll"]
-        g.fmt, g.base_nll = (g.shared["dtype"], g.shared["device"]), g.shared.get("base_heldout_nll", g.base_nll)
+        g.fmt = (g.shared["dtype"], g.shared["device"])
+        g.base_nll = g.shared.get("base_heldout_nll", g.base_nll)
     g.needs_adapter = g.needs_adapter or not g.shared
-    g.record["gen0_shared"] = dict(folder=str(g.share.folder), adapter="shared" if g.shared else "trained here",
-                                   texts="shared" if g.texts_shared else "sampled here")
+    g.record["gen0_shared"] = dict(
+        folder=str(g.share.folder),
+        adapter="shared" if g.shared else "trained here",
+        texts="shared" if g.texts_shared else "sampled here",
+    )
     g.note = f" (generation 0 {'shared' if g.shared else 'kept for sharing'}: {g.share.folder})"
 
 # %% ../nbs/03_chain.ipynb #1e4e1966
@@ -594,7 +652,13 @@ def gen0_write_step(run: ChainRun, g: Generation) -> None:
     "Keep what this chain computed of generation 0 (its adapter unless shared, its texts) for the chains alike."
     if g.gen != 0 or g.texts_shared:
         return
-    rec = dict(train=g.stats, heldout_nll=g.nll, dtype=g.fmt[0], device=g.fmt[1], base_heldout_nll=g.base_nll)
+    rec = dict(
+        train=g.stats,
+        heldout_nll=g.nll,
+        dtype=g.fmt[0],
+        device=g.fmt[1],
+        base_heldout_nll=g.base_nll,
+    )
     g.share.write(None if g.shared else Path(g.adapter), rec, g.out)
 
 
@@ -616,7 +680,9 @@ def mixed_base_step(run: ChainRun, g: Generation) -> None:
     if g.model_name not in run.base_nlls:
         held = [r["text"] for r in run.heldout]
         with g.t("base_nll"):
-            run.base_nlls[g.model_name] = response_nll(g.model, g.tok, run.instructions(run.heldout), held, run.cfg.max_length)
+            run.base_nlls[g.model_name] = response_nll(
+                g.model, g.tok, run.instructions(run.heldout), held, run.cfg.max_length
+            )
     g.base_nll = run.base_nlls[g.model_name]
 
 # %% ../nbs/03_chain.ipynb #2149db7e

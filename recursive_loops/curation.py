@@ -231,7 +231,9 @@ def curate_step(run, g) -> None:
     seed = derive_seed(run.cfg.seed, "curate", g.gen)
     with g.t("curate"):
         if run.domains:
-            g.out, cands, rec = run.curator.curate_each_instruction(g.out, run.domains, run.cfg.n_to_generate, seed)
+            g.out, cands, rec = run.curator.curate_each_instruction(
+                g.out, run.domains, run.cfg.n_to_generate, seed
+            )
         else:
             g.out, cands, rec = run.curator.curate(g.out, run.cfg.n_to_generate, seed)
     g.files["candidates.jsonl"] = cands

@@ -141,8 +141,10 @@ def metrics_intact(run_dir: str | Path) -> bool:
             and ("domain_sha256" not in rec or (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
 
 # %% ../nbs/04_metrics.ipynb #51f0fe07
-FACT_COLUMNS = ("left_share", "property", "quartile", "curate", "finetune", "network", "node", "nodes", "network_dir",
-                "network_seed")  # the order of the study's other facts (05b_lean, 05c_control, 03c_curation, 05e_scale, 03d_network)
+# the order of the study's other facts: a lean mixture's, a quartile's, a curation arm's, a
+# fine-tuning method's, a network node's (05b_lean, 05c_control, 03c_curation, 05e_scale, 03d_network)
+FACT_COLUMNS = ("left_share", "property", "quartile", "curate", "finetune",
+                "network", "node", "nodes", "network_dir", "network_seed")
 
 
 def chain_columns(
@@ -245,10 +247,15 @@ def eval_sets(
     generated = {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
     sets = {-1: ("human", [r["text"] for r in human])}
     sets |= {g: ("generated", [r["text"] for r in rows]) for g, rows in generated.items()}
-    sets = {g: (s, subsample(x, n_eval, derive_seed(seed, "eval", g))) for g, (s, x) in sets.items()}
+    sets = {
+        g: (s, subsample(x, n_eval, derive_seed(seed, "eval", g))) for g, (s, x) in sets.items()
+    }
     doms = domain_sets(human, generated)
     if doms:
-        doms = {k: (s, subsample(x, n_eval, derive_seed(seed, "eval", *k))) for k, (s, x) in doms.items()}
+        doms = {
+            k: (s, subsample(x, n_eval, derive_seed(seed, "eval", *k)))
+            for k, (s, x) in doms.items()
+        }
     return sets, sampled_sets(run_dir, generated, n_eval, seed), doms
 
 # %% ../nbs/04_metrics.ipynb #d9647d88
@@ -267,11 +274,20 @@ def domain_rows(doms: dict, emb, ref, rtok, t: Timer, where: Path) -> list[dict]
     rows = []
     for (g, d), (source, texts) in doms.items():
         if len(texts) < 2:
-            log.warning("%s: generation %d has %d text(s) of domain %s: not measured", where, g, len(texts), d)
+            log.warning(
+                "%s: generation %d has %d text(s) of domain %s: not measured",
+                where,
+                g,
+                len(texts),
+                d,
+            )
             continue
         with t("measure_domains"):
             vals = measure_texts(texts, emb, ref, rtok)
-        rows += [dict(generation=g, source=source, domain=d, metric=k, value=v, n_texts=len(texts)) for k, v in vals.items()]
+        rows += [
+            dict(generation=g, source=source, domain=d, metric=k, value=v, n_texts=len(texts))
+            for k, v in vals.items()
+        ]
     return rows
 
 # %% ../nbs/04_metrics.ipynb #32bad15d
@@ -280,8 +296,15 @@ def model_rows(run_dir: Path, gens: list[int]) -> list[dict]:
     rows = []
     for g in gens:
         man = read_json(gen_dir(run_dir, g) / "manifest.json")
-        rows += [dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
-                 dict(generation=g, source="model", metric="heldout_nll_base", value=man["base_heldout_nll"])]
+        rows += [
+            dict(generation=g, source="model", metric="heldout_nll", value=man["heldout_nll"]),
+            dict(
+                generation=g,
+                source="model",
+                metric="heldout_nll_base",
+                value=man["base_heldout_nll"],
+            ),
+        ]
     return rows
 
 # %% ../nbs/04_metrics.ipynb #c73ca843
@@ -304,7 +327,9 @@ def judge_sets(
                 r, p = judge_rows(j, ss, audit)
                 rows += r
                 per_text += p
-            for d in sorted({d for _, d in doms or {}}):  # the same judge on each domain's sets (scores cached by text)
+            for d in sorted(
+                {d for _, d in doms or {}}
+            ):  # the same judge on each domain's sets (scores cached by text)
                 r, p = judge_rows(j, {g: v for (g, dd), v in doms.items() if dd == d}, audit)
                 drows += [dict(x, domain=d) for x in r]
                 per_text += [dict(x, domain=d) for x in p]
@@ -397,5 +422,11 @@ def gather_tables(
     df = pd.concat(frames, ignore_index=True)
     for c in df.columns.intersection([*FACT_COLUMNS, "generations", "n_train", "lr", "matched"]):
         if df[c].dtype.kind == "f" and any(c in f and f[c].dtype.kind in "iub" for f in frames):
-            df[c] = pd.concat([f[c].astype(object) if c in f else pd.Series(None, f.index, object) for f in frames], ignore_index=True)
+            df[c] = pd.concat(
+                [
+                    f[c].astype(object) if c in f else pd.Series(None, f.index, object)
+                    for f in frames
+                ],
+                ignore_index=True,
+            )
     return df.sort_values(["run_dir", *by], kind="stable")

@@ -201,4 +201,10 @@ def vllm_sample_step(run, g) -> None:
         return
     sample = lambda s, k, sd: run.sampler.generate(g.adapter, g.tok, s, k, sd)
     with g.t("generate"):
-        g.out = sample_rows(sample, run.domains, run.instruction, g.n_sample, derive_seed(run.cfg.seed, "generate", g.gen))
+        g.out = sample_rows(
+            sample,
+            run.domains,
+            run.instruction,
+            g.n_sample,
+            derive_seed(run.cfg.seed, "generate", g.gen),
+        )
