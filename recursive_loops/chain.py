@@ -19,7 +19,7 @@ from .data import (load_texts, instruction_for, check_dataset_name, is_file_data
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model, check_model
 from .training import (FINETUNES, OPTIMIZERS, TUNED_DIRS, fine_tune, merged_model, save_tuned, learning_rate,
                                       response_nll, fit_spec, search_lr)
-from .sampling import generate_texts, sample_rows, VLLMSampler, vllm_prepare_step, vllm_sample_step
+from .sampling import generate_texts, sample_generation, VLLMSampler, vllm_prepare_step, vllm_sample_step
 from .curation import CurationSpec, Curator, n_candidates, curate_prepare_step, curate_step
 from .network import NetworkSpec, check_shard, shard_of, mixing_matrix, synthetic_counts, node_settings, cross_nll_gap
 
@@ -426,17 +426,7 @@ def measure_step(run: ChainRun, g: Generation) -> None:
 # %% ../nbs/03_chain.ipynb #7b36b425
 def sample_step(run: ChainRun, g: Generation) -> None:
     "Sample the generation's texts from the merged model, in this process (`03b_sampling`)."
-    if g.out is not None:
-        return
-    sample = lambda s, k, sd: generate_texts(g.merged, g.tok, s, k, run.cfg, sd)
-    with g.t("generate"):
-        g.out = sample_rows(
-            sample,
-            run.domains,
-            run.instruction,
-            g.n_sample,
-            derive_seed(run.cfg.seed, "generate", g.gen),
-        )
+    sample_generation(run, g, lambda s, k, sd: generate_texts(g.merged, g.tok, s, k, run.cfg, sd))
 
 # %% ../nbs/03_chain.ipynb #6a91432b
 def write_step(run: ChainRun, g: Generation) -> None:

@@ -14,7 +14,7 @@ from .models import chat_prompt, _kv_arg, _kv_out, vllm_python, check_vllm_pytho
 
 # %% auto #0
 __all__ = ['VLLM_LORA_RANKS', 'min_p_sample', 'sample_batch', 'fill_texts', 'generate_texts', 'instruction_shares',
-           'sample_by_instruction', 'sample_rows', 'VLLMSampler', 'vllm_prepare_step', 'vllm_sample_step']
+           'sample_by_instruction', 'sample_generation', 'VLLMSampler', 'vllm_prepare_step', 'vllm_sample_step']
 
 # %% ../nbs/03b_sampling.ipynb #2b032f8c
 def min_p_sample(logits, # (batch, vocab) next-token logits
@@ -96,17 +96,21 @@ def sample_by_instruction(sample, # sample(instruction, n, seed) -> n texts
             for t in sample(s, k, derive_seed(seed, "instruction", s))]
 
 # %% ../nbs/03b_sampling.ipynb #8e08c0da
-def sample_rows(
+def sample_generation(
+    run,  # the chain (03_chain.ChainRun): its instruction, domains, seed
+    g,  # the generation (03_chain.Generation): its n_sample; `out` is set
     sample,  # sample(instruction, k, seed) -> k texts
-    domains: dict | None,  # instruction -> domain (a merged pool); None: one instruction
-    instruction: str,  # that one instruction
-    n: int,  # rows to sample
-    seed: int,
-) -> list[dict]:
-    "`n` sampled rows (`text`; with `domains`, also `instruction` and `domain`)."
-    if domains:
-        return sample_by_instruction(sample, domains, n, seed)
-    return [dict(text=x) for x in sample(instruction, n, seed)]
+) -> None:
+    """The generation's `n_sample` rows (`text`; per-text instructions: each instruction's share,
+    with `instruction` and `domain`), timed; nothing when it has its rows (a shared generation 0)."""
+    if g.out is not None:
+        return
+    seed = derive_seed(run.cfg.seed, "generate", g.gen)
+    with g.t("generate"):
+        if run.domains:
+            g.out = sample_by_instruction(sample, run.domains, g.n_sample, seed)
+        else:
+            g.out = [dict(text=x) for x in sample(run.instruction, g.n_sample, seed)]
 
 # %% ../nbs/03b_sampling.ipynb #ed6006c5
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
@@ -190,21 +194,12 @@ def determinism(self: VLLMSampler) -> dict:
 
 # %% ../nbs/03b_sampling.ipynb #3e7e079f
 def vllm_prepare_step(run, g) -> None:
-    "The adapter is saved for the server; the manifest gets the server's start time and determinism."
+    "The tuned adapter (full fine-tuning: the weights) is saved for the server to load."
     g.needs_adapter = True
-    g.record.update(vllm_server_start_s=run.sampler.start_s, determinism=run.sampler.determinism())
 
 # %% ../nbs/03b_sampling.ipynb #a4e4f647
 def vllm_sample_step(run, g) -> None:
     "Sample the generation's texts on the chain's vLLM server, from the saved adapter."
-    if g.out is not None:  # (a shared generation 0's texts)
-        return
-    sample = lambda s, k, sd: run.sampler.generate(g.adapter, g.tok, s, k, sd)
-    with g.t("generate"):
-        g.out = sample_rows(
-            sample,
-            run.domains,
-            run.instruction,
-            g.n_sample,
-            derive_seed(run.cfg.seed, "generate", g.gen),
-        )
+    sample_generation(run, g, lambda s, k, sd: run.sampler.generate(g.adapter, g.tok, s, k, sd))
+    # the server's start time (full fine-tuning: this generation's server) and determinism
+    g.record.update(vllm_server_start_s=run.sampler.start_s, determinism=run.sampler.determinism())

@@ -123,11 +123,12 @@ def test_lean_end_to_end_on_the_server(server, tiny_model, tmp_path, monkeypatch
     base = dict(backend="openai", model="smollm2-135m", base_url=server, api_key_env="RL_TEST_JUDGE_KEY", audit_n=6, n_texts=6, concurrency=8)
     judges = [dict(base, name="lean2", prompt="lean-v2"), dict(base, name="lean1", prompt="lean-v1")]
     frames = []
-    for f in files:
+    for f, share in zip(files, [1.0, 0.0]):
         for seed in (0, 1):
             rd = tmp_path / f"{f.stem}-s{seed}"
+            # the facts a lean study's planner gives each chain (plan_lean_mix): its mixture's left share, on every metrics row
             run_chain(ChainConfig(**{**tiny_chain(rd, tiny_model, generations=2), "dataset": str(f), "seed": seed, "min_tokens": 5,
-                                     "max_tokens": 60, "instruction": "Generate a twitter post."}))
+                                     "max_tokens": 60, "instruction": "Generate a twitter post.", "facts": dict(design="lean", left_share=share)}))
             frames.append(pd.read_csv(run_metrics(rd, n_eval=6, reference_model=None, judges=judges, judge_cache=str(tmp_path / "scores.sqlite"))))
     res = pd.concat(frames, ignore_index=True)
     pol = res[res.metric == "lean2_political"]
