@@ -97,7 +97,8 @@ def modularity_runs(plan: Plan, settings: dict, made: dict) -> list:
     name = _experiment(plan, settings, lambda c: c.design == "merged")
     if not any(c.design == "merged" and name in c.experiments for c in plan.chains):
         raise SpecError(
-            f"{plan.spec['_path']}: analysis.modularity: experiment {name!r} has no merged datasets (train_on: {{merged: ...}})"
+            f"{plan.spec['_path']}: analysis.modularity: experiment {name!r} has no merged "
+            f"datasets (train_on: {{merged: ...}})"
         )
     folder = plan.out / "modularity" / name
     params = dict(
@@ -120,7 +121,8 @@ def lean_runs(plan: Plan, settings: dict, made: dict) -> list:
     )
     if not name or not judge:
         raise SpecError(
-            f"{plan.spec['_path']}: analysis.lean needs an experiment with train_on: {{lean_mix: ...}} and a lean judge in metrics.judges"
+            f"{plan.spec['_path']}: analysis.lean needs an experiment with train_on: {{lean_mix: "
+            f"...}} and a lean judge in metrics.judges"
         )
     folder = plan.out / "lean" / name
     params = dict(

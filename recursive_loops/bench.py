@@ -12,13 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import log, resolve, write_json, make_manifest, seed_everything, progress, n_threads, cache_dir
+from .core import log, resolve, write_json, make_manifest, seed_everything, progress
+from .core import n_threads, cache_dir
 from .data import load_texts, instruction_for, MIN_TOKENS, MAX_TOKENS
-from .models import load_model, encode_examples, chat_prompt, matmul_gflops, resolve_model, resolve_dtype, load_embedder, make_tiny_model, allocator_state
+from .models import load_model, encode_examples, chat_prompt, matmul_gflops
+from .models import resolve_model, resolve_dtype, load_embedder, make_tiny_model
+from .models import allocator_state
 from .training import fine_tune, merged_model, response_nll
 from .sampling import generate_texts
 from .chain import ChainConfig
-from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words, subsample
+from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words
+from .metrics import subsample
 
 # %% auto #0
 __all__ = ['ARMS', 'bench_model', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation',
@@ -27,9 +31,11 @@ __all__ = ['ARMS', 'bench_model', 'BenchConfig', 'peak_gflops', 'random_weights_
 
 # %% ../nbs/08_bench.ipynb #c3ab6d9c
 def bench_model(model: str) -> str:
-    "`model`, or for `random:<shape>` a random-weight model of that 1-2B shape (`models.SHAPES`, the bundled tokenizer), written once to the cache."
+    """`model`, or for `random:<shape>` a random-weight model of that 1-2B shape (`models.SHAPES`,
+    the bundled tokenizer), written once to the cache."""
     if not str(model).startswith("random:"): return model
-    shape = model.split(":", 1)[1]; d = cache_dir("models") / f"random-{shape}"
+    shape = model.split(":", 1)[1]
+    d = cache_dir("models") / f"random-{shape}"
     if not (d / "config.json").exists(): make_tiny_model(d, shape=shape)
     return str(d)
 
@@ -49,136 +55,198 @@ class BenchConfig:
     embedder: str = "all-MiniLM-L6-v2"
 
     def chain_config(self, finetune: str = "lora") -> ChainConfig:
-        "The chain parameters the arms use (the paper's: LoRA r=16, 1 epoch, batch 16, lr 2e-4, 5 warm-up steps; full fine-tuning at its default lr); dtype the chain's `auto` (the baseline loads fp32 regardless)."
-        return ChainConfig(model=bench_model(self.model), n_train=self.n_train, lr=2e-4 if finetune == "lora" else "auto", epochs=1, batch_size=16,
-                           warmup_steps=5, max_length=256, max_new_tokens=self.max_new_tokens, n_generate=self.n_generate,
-                           temperature=1.5, min_p=0.2, dtype="auto", seed=self.seed, finetune=finetune)
+        """The chain parameters the arms use (the paper's: LoRA r=16, 1 epoch, batch 16, lr 2e-4, 5
+        warm-up steps; full fine-tuning at its default lr); dtype the chain's `auto` (the
+        baseline loads fp32 regardless)."""
+        return ChainConfig(model=bench_model(self.model), n_train=self.n_train,
+                           lr=2e-4 if finetune == "lora" else "auto", epochs=1, batch_size=16,
+                           warmup_steps=5, max_length=256, max_new_tokens=self.max_new_tokens,
+                           n_generate=self.n_generate, temperature=1.5, min_p=0.2, dtype="auto",
+                           seed=self.seed, finetune=finetune)
 
     def torch_device(self) -> str:
         import torch
-        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        return ("cuda"
+                if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
 # %% ../nbs/08_bench.ipynb #15145252
 def peak_gflops(dtype: str = "float32", # a torch dtype name
-                sizes: tuple | None = None, # matrix sides tried (default: 512-2048 on CPU, 2048-8192 on a GPU)
+                # matrix sides tried (default: 512-2048 on CPU, 2048-8192 on a GPU)
+                sizes: tuple | None = None,
                 device: str = "cpu", # cpu or cuda
                ) -> float:
     "Best measured GFLOP/s of a square matmul in `dtype` on this CPU (or GPU)."
     import torch
     dt = getattr(torch, dtype)
     if device.startswith("cuda"):
-        return round(max(matmul_gflops(dt, n, 10, device, warmup=3) for n in (sizes or (2048, 4096, 8192))), 1)
+        return round(
+            max(matmul_gflops(dt, n, 10, device, warmup=3) for n in (sizes or (2048, 4096, 8192))),
+            1)
     best = 0.0
     for n in sizes or (512, 1024, 2048):
         reps = max(1, min(20, int(3e9 / (2 * n ** 3))))
-        if dt != torch.float32 and matmul_gflops(dt, 256, 1) < 5: return round(matmul_gflops(dt, 256, 2), 1)  # slow: don't wait
+        if dt != torch.float32 and matmul_gflops(dt, 256, 1) < 5:
+            return round(matmul_gflops(dt, 256, 2), 1)  # slow: don't wait
         best = max(best, matmul_gflops(dt, n, reps))
     return round(best, 2)
 
-def random_weights_like(src: str | Path, # a model folder or bundled alias: a causal LM, or a sentence-transformers folder
+def random_weights_like(
+                        # a model folder or bundled alias: a causal LM, or a sentence-transformers
+                        # folder
+                        src: str | Path,
                         dst: str | Path, # folder to write
                         seed: int = 0,
                        ) -> Path:
-    "A copy of `src` (config, tokenizer, module files; its weights need not be there) with weights drawn anew from its config: for timing on a machine the real weights cannot reach."
+    """A copy of `src` (config, tokenizer, module files; its weights need not be there) with weights
+    drawn anew from its config: for timing on a machine the real weights cannot reach."""
     import shutil, torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     src, dst = Path(resolve_model(str(src))), resolve(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf", "*.pt"), dirs_exist_ok=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf",
+                                                            "*.pt"), dirs_exist_ok=True)
     cfg = AutoConfig.from_pretrained(src)
     torch.manual_seed(seed)
-    st = (src / "modules.json").exists()  # a sentence-transformers folder: the bare encoder; else a causal LM
+    # a sentence-transformers folder: the bare encoder; else a causal LM
+    st = (src / "modules.json").exists()
     (AutoModel if st else AutoModelForCausalLM).from_config(cfg).save_pretrained(dst)
     return dst
 
 # %% ../nbs/08_bench.ipynb #6f55e2bd
 def bench_data(bc: BenchConfig, tok) -> tuple[list[str], list[str]]:
-    "Training texts and held-out human texts, each cut to `cut_tokens` tokens (bundled BBC News, seeded order)."
+    """Training texts and held-out human texts, each cut to `cut_tokens` tokens (bundled BBC News,
+    seeded order)."""
     df = load_texts("bbc_news", MIN_TOKENS, MAX_TOKENS).sample(frac=1.0, random_state=bc.seed)
-    cut = lambda t: tok.decode(tok(t, add_special_tokens=False)["input_ids"][:bc.cut_tokens]).strip()
-    return [cut(t) for t in df.text.iloc[:bc.n_train]], [cut(t) for t in df.text.iloc[bc.n_train:bc.n_train + bc.n_heldout]]
+    cut = lambda t: tok.decode(tok(t, add_special_tokens=False)["input_ids"][:bc.cut_tokens]).strip(
+    )
+    return [cut(t) for t in df.text.iloc[:bc.n_train]
+            ], [cut(t) for t in df.text.iloc[bc.n_train:bc.n_train + bc.n_heldout]]
 
 # %% ../nbs/08_bench.ipynb #3d98cdd1
 def _count(tok, texts: list[str]) -> int:
     return sum(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"])
 
 def _lexical(texts: list[str]) -> dict:
-    return dict(ttr_150=ttr_150(texts), mtld=mtld(texts), length_words=float(np.mean([len(words(t)) for t in texts])))
+    return dict(ttr_150=ttr_150(texts), mtld=mtld(texts),
+                length_words=float(np.mean([len(words(t)) for t in texts])))
 
 def _prepare(bc: BenchConfig, dtype: str, attention: str | None = "auto", allocator: str = "auto"):
-    "A fresh base model in `dtype` on the bench's device (with `attention` and `allocator`, see `load_model`), its tokenizer, the workload's texts and instruction, and the load time."
+    """A fresh base model in `dtype` on the bench's device (with `attention` and `allocator`, see
+    `load_model`), its tokenizer, the workload's texts and instruction, and the load time."""
     t0 = time.perf_counter()
-    base, tok = load_model(bench_model(bc.model), dtype, bc.torch_device(), attention=attention, allocator=allocator)
+    base, tok = load_model(bench_model(bc.model), dtype, bc.torch_device(), attention=attention,
+                           allocator=allocator)
     train, heldout = bench_data(bc, tok)
-    return base, tok, train, heldout, instruction_for("bbc_news"), {"load": time.perf_counter() - t0}
+    return base, tok, train, heldout, instruction_for("bbc_news"), {
+        "load": time.perf_counter() - t0
+    }
 
 def baseline_generation(bc: BenchConfig) -> dict:
-    "One chain generation the anchor's way: HF Trainer, unmerged adapter, generate in batches of 16, one text per pass; in ours' number format with the Trainer's mixed precision (the anchor's scripts train with `bf16=True`), transformers' own attention and the system's memory allocator."
+    """One chain generation the anchor's way: HF Trainer, unmerged adapter, generate in batches of
+    16, one text per pass; in ours' number format with the Trainer's mixed precision (the
+    anchor's scripts train with `bf16=True`), transformers' own attention and the system's memory
+    allocator."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, DataCollatorForSeq2Seq
-    cfg = bc.chain_config(); fmt = resolve_dtype(cfg.dtype, bc.torch_device())
-    base, tok, train, heldout, instr, t = _prepare(bc, fmt, attention=None, allocator="system"); t0 = time.perf_counter()
+    cfg = bc.chain_config()
+    fmt = resolve_dtype(cfg.dtype, bc.torch_device())
+    base, tok, train, heldout, instr, t = _prepare(bc, fmt, attention=None, allocator="system")
+    t0 = time.perf_counter()
     seed_everything(bc.seed)
-    pm = get_peft_model(base, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    pm = get_peft_model(
+        base,
+        LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                   task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instr, train, cfg.max_length)
     rows = [dict(input_ids=x, labels=[-100] * p + x[p:]) for x, p in ex]
     tok.padding_side = "right"
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=16, num_train_epochs=1, learning_rate=2e-4,
-                                 lr_scheduler_type="linear", warmup_steps=5, logging_strategy="no", save_strategy="no",
-                                 report_to=[], use_cpu=base.device.type == "cpu", disable_tqdm=True, seed=bc.seed,
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=16, num_train_epochs=1,
+                                 learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=5,
+                                 logging_strategy="no", save_strategy="no", report_to=[],
+                                 use_cpu=base.device.type == "cpu", disable_tqdm=True, seed=bc.seed,
                                  bf16=fmt == "bfloat16")
-        tr = Trainer(model=pm, args=args, train_dataset=rows,
-                     data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
+        tr = Trainer(
+            model=pm, args=args, train_dataset=rows,
+            data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
         loss = tr.train().training_loss
-    tok.padding_side = "left"; pm.eval()
-    t["train"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    prompt = tok(chat_prompt(tok, instr), add_special_tokens=False, return_tensors="pt")["input_ids"].to(base.device)
-    torch.manual_seed(bc.seed); texts = []
+    tok.padding_side = "left"
+    pm.eval()
+    t["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prompt = tok(chat_prompt(tok, instr), add_special_tokens=False,
+                 return_tensors="pt")["input_ids"].to(base.device)
+    torch.manual_seed(bc.seed)
+    texts = []
     while len(texts) < bc.n_generate:
         k = min(16, bc.n_generate - len(texts))
         with torch.no_grad():
-            seqs = pm.generate(prompt.expand(k, -1), attention_mask=torch.ones_like(prompt).expand(k, -1), do_sample=True,
+            seqs = pm.generate(prompt.expand(k, -1),
+                               attention_mask=torch.ones_like(prompt).expand(k, -1), do_sample=True,
                                temperature=cfg.temperature, min_p=cfg.min_p, top_k=0, top_p=1.0,
                                max_new_tokens=bc.max_new_tokens, pad_token_id=tok.pad_token_id)
-        texts += [x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)]
-    t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    heldout_nll = float(np.mean([response_nll(pm, tok, instr, [h], cfg.max_length, 1) for h in heldout]))
-    ref, rtok = load_model(bench_model(bc.model), fmt, bc.torch_device(), attention=None, allocator="system"); emb = load_embedder(bc.embedder)
+        texts += [
+            x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)
+        ]
+    t["generate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    heldout_nll = float(
+        np.mean([response_nll(pm, tok, instr, [h], cfg.max_length, 1) for h in heldout]))
+    ref, rtok = load_model(bench_model(bc.model), fmt, bc.torch_device(), attention=None,
+                           allocator="system")
+    emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
-    m = dict(_lexical(ev), semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
-             fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1) for x in ev])), heldout_nll=heldout_nll)
+    m = dict(_lexical(ev),
+             semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
+             fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1)
+                                        for x in ev])), heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
-    return dict(times=t, train_tokens=sum(len(x) for x, _ in ex), generated_tokens=_count(tok, texts), n_generated=len(texts),
-                train_loss=loss, metrics=m, dtype=fmt, attention=base.config._attn_implementation, allocator=allocator_state(), params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
+    return dict(times=t, train_tokens=sum(len(x) for x, _ in ex),
+                generated_tokens=_count(tok,
+                                        texts), n_generated=len(texts), train_loss=loss, metrics=m,
+                dtype=fmt, attention=base.config._attn_implementation, allocator=allocator_state(),
+                params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
 
 # %% ../nbs/08_bench.ipynb #6c47febd
 def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
-    "One chain generation as `03_chain` + `04_metrics` run it (with `finetune`: LoRA, or every weight)."
-    cfg = bc.chain_config(finetune); base, tok, train, heldout, instr, t = _prepare(bc, cfg.dtype); t0 = time.perf_counter()
+    """One chain generation as `03_chain` + `04_metrics` run it (with `finetune`: LoRA, or every
+    weight)."""
+    cfg = bc.chain_config(finetune)
+    base, tok, train, heldout, instr, t = _prepare(bc, cfg.dtype)
+    t0 = time.perf_counter()
     pm, stats = fine_tune(base, tok, instr, train, cfg, bc.seed)
-    t["train"] = time.perf_counter() - t0; t0 = time.perf_counter()
+    t["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     merged = merged_model(pm)
     heldout_nll = response_nll(merged, tok, instr, heldout, cfg.max_length)
     texts = generate_texts(merged, tok, instr, bc.n_generate, cfg, bc.seed)
-    t["generate"] = time.perf_counter() - t0; t0 = time.perf_counter()
-    ref, rtok = load_model(bench_model(bc.model), cfg.dtype, bc.torch_device()); emb = load_embedder(bc.embedder)
-    m = dict(measure_texts(subsample(texts, bc.n_eval, bc.seed), emb, ref, rtok), heldout_nll=heldout_nll)
+    t["generate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref, rtok = load_model(bench_model(bc.model), cfg.dtype, bc.torch_device())
+    emb = load_embedder(bc.embedder)
+    m = dict(measure_texts(subsample(texts, bc.n_eval, bc.seed), emb, ref, rtok),
+             heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
-    return dict(times=t, train_tokens=stats["tokens"], train_positions=stats["positions"], generated_tokens=_count(tok, texts),
-                n_generated=len(texts), train_loss=stats["loss_mean"], metrics=m, dtype=str(merged.dtype).replace("torch.", ""), attention=merged.config._attn_implementation, allocator=allocator_state(),
-                params=sum(p.numel() for p in merged.parameters()), finetune=finetune, trainable_params=stats["trainable_params"], lr=stats["lr"])
+    return dict(times=t, train_tokens=stats["tokens"], train_positions=stats["positions"],
+                generated_tokens=_count(tok, texts), n_generated=len(texts),
+                train_loss=stats["loss_mean"], metrics=m,
+                dtype=str(merged.dtype).replace("torch.",
+                                                ""), attention=merged.config._attn_implementation,
+                allocator=allocator_state(), params=sum(p.numel() for p in merged.parameters()),
+                finetune=finetune, trainable_params=stats["trainable_params"], lr=stats["lr"])
 
 def full_generation(bc: BenchConfig) -> dict:
-    "Ours with full fine-tuning: every weight trained (float32 master weights, the forward in the chain's format), at its default lr."
+    """Ours with full fine-tuning: every weight trained (float32 master weights, the forward in the
+    chain's format), at its default lr."""
     return ours_generation(bc, "full")
 
 ARMS = {"baseline": baseline_generation, "ours": ours_generation, "full": full_generation}
 
 # %% ../nbs/08_bench.ipynb #2c716a51
 def warm_process(device: str) -> None:
-    "Import what the arms use and start the GPU: a chain pays these once per process, not per generation, so neither arm's times include them."
+    """Import what the arms use and start the GPU: a chain pays these once per process, not per
+    generation, so neither arm's times include them."""
     import torch, peft, sentence_transformers, transformers  # noqa: F401
     from transformers import Trainer  # noqa: F401
     from transformers.models.llama import modeling_llama  # noqa: F401
@@ -190,24 +258,34 @@ def _run_arm(name: str, bc: dict) -> dict:
     warm_process(BenchConfig(**bc).torch_device())
     out = ARMS[name](BenchConfig(**bc))
     out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)
-    if torch.cuda.is_available(): out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+    if torch.cuda.is_available():
+        out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
     return out
 
 def in_fresh_process(name: str, bc: BenchConfig) -> dict:
     "Run arm `name` on `bc` in a new process; its result plus the process's peak resident memory."
-    import recursive_loops.bench as mod  # the child imports the package's copy (also when called from this notebook)
+    # the child imports the package's copy (also when called from this notebook)
+    import recursive_loops.bench as mod
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
         return ex.submit(mod._run_arm, name, asdict(bc)).result()
 
 # %% ../nbs/08_bench.ipynb #9c49878e
 def rates(r: dict, peak: float) -> dict:
-    "Tokens/s and share of `peak` GFLOP/s for training and sampling, and the per-generation wall time."
+    """Tokens/s and share of `peak` GFLOP/s for training and sampling, and the per-generation wall
+    time."""
     P, t = r["params"], r["times"]
     tr, ge = r["train_tokens"] / t["train"], r["generated_tokens"] / t["generate"]
-    return dict(per_generation_s=round(sum(t.values()), 1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
-                metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1), generate_tok_s=round(ge, 1),
-                train_peak_share=round((6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak, 3), generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
-                peak_rss_gb=r.get("peak_rss_gb"), dtype=r.get("dtype", "float32"), **{k: r[k] for k in ("attention", "allocator") if k in r}, **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
+    return dict(
+        per_generation_s=round(sum(t.values()),
+                               1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
+        metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1),
+        generate_tok_s=round(ge, 1), train_peak_share=round(
+            (6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak,
+            3), generate_peak_share=round(2 * P * ge / 1e9 / peak,
+                                          3), peak_rss_gb=r.get("peak_rss_gb"),
+        dtype=r.get("dtype", "float32"), **{k: r[k]
+                                            for k in ("attention", "allocator") if k in r},
+        **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
 
 def growth_exponent(ns: list[int], times: list[float]) -> float:
     "Slope of log(time) on log(N)."
@@ -216,36 +294,63 @@ def growth_exponent(ns: list[int], times: list[float]) -> float:
 def summarise(results: dict, peak: dict) -> dict:
     "The benchmark's figures: per-arm rates, ours/baseline ratios, the scaling line."
     best = max(peak.values())  # each arm's shares are of the peak of its own number format
-    out = dict(peak_gflops=peak, peak_used=best, arms={k: rates(v, peak.get(v.get("dtype", "float32"), best)) for k, v in results.get("arms", {}).items()})
+    out = dict(
+        peak_gflops=peak, peak_used=best, arms={
+            k: rates(v, peak.get(v.get("dtype", "float32"), best))
+            for k, v in results.get("arms", {}).items()
+        })
     if {"baseline", "ours"} <= set(out["arms"]):
-        stages = lambda t: dict(per_generation_s=sum(t.values()), train_s=t["train"], generate_s=t["generate"], metrics_s=t["metrics"])
-        b, o = (stages(results["arms"][k]["times"]) for k in ("baseline", "ours"))  # measured times, not the rounded ones (a tiny run's 0.04 s is 0.0)
+        stages = lambda t: dict(per_generation_s=sum(t.values()), train_s=t["train"], generate_s=t[
+            "generate"], metrics_s=t["metrics"])
+        # measured times, not the rounded ones (a tiny run's 0.04 s is 0.0)
+        b, o = (stages(results["arms"][k]["times"]) for k in ("baseline", "ours"))
         out["speedup"] = {k: round(b[k] / o[k], 2) for k in b}
-    if {"ours", "full"} <= set(out["arms"]):  # what training every weight costs over LoRA, time and memory
+    # what training every weight costs over LoRA, time and memory
+    if {"ours", "full"} <= set(out["arms"]):
         f, o = (results["arms"][k] for k in ("full", "ours"))
-        out["full_vs_lora"] = dict(train_s=round(f["times"]["train"] / o["times"]["train"], 2), per_generation_s=round(sum(f["times"].values()) / sum(o["times"].values()), 2),
-                                   **{k: round(f[k] / o[k], 2) for k in ("peak_rss_gb", "peak_gpu_gb") if f.get(k) and o.get(k)})
+        out["full_vs_lora"] = dict(
+            train_s=round(f["times"]["train"] / o["times"]["train"], 2),
+            per_generation_s=round(sum(f["times"].values()) / sum(o["times"].values()), 2), **{
+                k: round(f[k] / o[k], 2)
+                for k in ("peak_rss_gb", "peak_gpu_gb") if f.get(k) and o.get(k)
+            })
     sc = results.get("scaling", {})
     if sc:
         ns = sorted(int(n) for n in sc)
         out["scaling"] = {n: round(sum(sc[str(n)]["times"].values()), 1) for n in ns}
-        if len(ns) > 1: out["growth_exponent"] = round(growth_exponent(ns, [out["scaling"][n] for n in ns]), 3)
+        if len(ns) > 1:
+            out["growth_exponent"] = round(growth_exponent(ns, [out["scaling"][n] for n in ns]), 3)
     return out
 
 def format_summary(s: dict) -> str:
     "The summary as a few readable lines."
-    lines = [f"matmul peak (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in s["peak_gflops"].items()) + "; each arm's shares are of its own format's peak"]
+    lines = [
+        f"matmul peak (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in s["peak_gflops"].items()) +
+        "; each arm's shares are of its own format's peak"
+    ]
     for name, a in s["arms"].items():
-        lines.append(f"{name:>8} ({a.get('dtype', 'float32')}" + (f", {a['attention']} attention" if "attention" in a else "") + (f", {a['allocator']} allocator" if "allocator" in a else "") + f"): per generation {a['per_generation_s']} s = load {a['load_s']} + train {a['train_s']} + "
-                     f"generate {a['generate_s']} + metrics {a['metrics_s']}; train {a['train_tok_s']} tok/s "
-                     f"({100 * a['train_peak_share']:.0f}% of peak), generate {a['generate_tok_s']} tok/s "
-                     f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB"
-                     + (f" resident, {a['peak_gpu_gb']} GB on the GPU" if "peak_gpu_gb" in a else ""))
-    if "speedup" in s: lines.append("baseline/ours: " + ", ".join(f"{k.replace('_s', '')} {v}x" for k, v in s["speedup"].items()))
-    if "full_vs_lora" in s: lines.append("full/ours (full fine-tuning over LoRA): " + ", ".join(f"{k.replace('_s', '').replace('_gb', '')} {v}x" for k, v in s["full_vs_lora"].items()))
+        lines.append(
+            f"{name:>8} ({a.get('dtype', 'float32')}" +
+            (f", {a['attention']} attention" if "attention" in a else "") +
+            (f", {a['allocator']} allocator" if "allocator" in a else "") +
+            f"): per generation {a['per_generation_s']} s = load {a['load_s']} + train "
+            f"{a['train_s']} + "
+            f"generate {a['generate_s']} + metrics {a['metrics_s']}; train {a['train_tok_s']} "
+            "tok/s "
+            f"({100 * a['train_peak_share']:.0f}% of peak), generate {a['generate_tok_s']} tok/s "
+            f"({100 * a['generate_peak_share']:.0f}% of peak); peak memory {a['peak_rss_gb']} GB" +
+            (f" resident, {a['peak_gpu_gb']} GB on the GPU" if "peak_gpu_gb" in a else ""))
+    if "speedup" in s:
+        lines.append("baseline/ours: " + ", ".join(f"{k.replace('_s', '')} {v}x"
+                                                   for k, v in s["speedup"].items()))
+    if "full_vs_lora" in s:
+        lines.append("full/ours (full fine-tuning over LoRA): " +
+                     ", ".join(f"{k.replace('_s', '').replace('_gb', '')} {v}x"
+                               for k, v in s["full_vs_lora"].items()))
     if "scaling" in s:
-        lines.append("ours per generation: " + ", ".join(f"N={n}: {v} s" for n, v in s["scaling"].items())
-                     + (f"; growth exponent {s['growth_exponent']}" if "growth_exponent" in s else ""))
+        lines.append(
+            "ours per generation: " + ", ".join(f"N={n}: {v} s" for n, v in s["scaling"].items()) +
+            (f"; growth exponent {s['growth_exponent']}" if "growth_exponent" in s else ""))
     return "\n".join(lines)
 
 # %% ../nbs/08_bench.ipynb #274f55b3
@@ -260,16 +365,21 @@ def run_bench(bc: BenchConfig, # the workload
     log.info("matmul peak: %s GFLOP/s", peak)
     results = dict(arms={}, scaling={})
     for a in arms:
-        log.info("arm %s ...", a); results["arms"][a] = in_fresh_process(a, bc)
+        log.info("arm %s ...", a)
+        results["arms"][a] = in_fresh_process(a, bc)
         log.info("arm %s: %s", a, {k: round(v, 1) for k, v in results["arms"][a]["times"].items()})
     for n in sizes:
-        if n == bc.n_train and bc.n_generate == n and "ours" in results["arms"]: results["scaling"][str(n)] = results["arms"]["ours"]; continue
+        if n == bc.n_train and bc.n_generate == n and "ours" in results["arms"]:
+            results["scaling"][str(n)] = results["arms"]["ours"]
+            continue
         log.info("scaling: ours at N=%d ...", n)
         results["scaling"][str(n)] = in_fresh_process("ours", replace(bc, n_train=n, n_generate=n))
     s = summarise(results, peak)
     print(format_summary(s))
     out = resolve(out_dir) / "bench.json"
-    write_json(out, make_manifest(asdict(bc), bc.seed, dict(total=round(time.perf_counter() - t0, 1)),
-                                  arms=list(arms), sizes=list(sizes), summary=s, results=results))
+    write_json(
+        out,
+        make_manifest(asdict(bc), bc.seed, dict(total=round(time.perf_counter() - t0, 1)),
+                      arms=list(arms), sizes=list(sizes), summary=s, results=results))
     log.info("bench took %.0f s -> %s", time.perf_counter() - t0, out)
     return s

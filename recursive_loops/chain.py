@@ -12,16 +12,20 @@ from pathlib import Path
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_seed, Timer, RunLock,
-                                  RunLocked, make_manifest, write_json, read_json, write_jsonl, read_jsonl, progress)
-from .data import (load_texts, instruction_for, check_dataset_name, is_file_dataset, dataset_label,
-                                  MIN_TOKENS, MAX_TOKENS)
+from .core import (log, resolve, n_threads, file_sha256, config_hash, derive_seed,
+                                  Timer, RunLock, RunLocked, make_manifest, write_json, read_json,
+                                  write_jsonl, read_jsonl, progress)
+from .data import (load_texts, instruction_for, check_dataset_name, is_file_dataset,
+                                  dataset_label, MIN_TOKENS, MAX_TOKENS)
 from .models import DTYPES, BUNDLED_MODELS, resolve_dtype, load_model, check_model
-from .training import (FINETUNES, OPTIMIZERS, TUNED_DIRS, fine_tune, merged_model, save_tuned, learning_rate,
-                                      response_nll, fit_spec, search_lr)
-from .sampling import generate_texts, sample_generation, VLLMSampler, vllm_prepare_step, vllm_sample_step
-from .curation import CurationSpec, Curator, n_candidates, curate_prepare_step, curate_step
-from .network import NetworkSpec, check_shard, shard_of, mixing_matrix, synthetic_counts, node_settings, cross_nll_gap
+from .training import (FINETUNES, OPTIMIZERS, TUNED_DIRS, fine_tune, merged_model,
+                                      save_tuned, learning_rate, response_nll, fit_spec, search_lr)
+from .sampling import generate_texts, sample_generation, VLLMSampler
+from .sampling import vllm_prepare_step, vllm_sample_step
+from .curation import CurationSpec, Curator, n_candidates, curate_prepare_step
+from .curation import curate_step
+from .network import NetworkSpec, check_shard, shard_of, mixing_matrix
+from .network import synthetic_counts, node_settings, cross_nll_gap
 
 # %% auto #0
 __all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'STEP_SLOTS', 'SAMPLING_FIELDS', 'ChainConfig', 'chain_identity', 'chain_dir',
@@ -35,7 +39,8 @@ __all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'STEP_SLOTS', 'SAMPLING_FIELDS',
            'run_network']
 
 # %% ../nbs/03_chain.ipynb #8767475a
-DRAWS = ("per_generation", "round_robin")  # how a mixed-model chain picks each generation's base model
+# how a mixed-model chain picks each generation's base model
+DRAWS = ("per_generation", "round_robin")
 
 @dataclass
 class ChainConfig:
@@ -92,7 +97,8 @@ class ChainConfig:
 
     def human_needed(self) -> int:
         "Human texts the whole chain consumes (held-out set included)."
-        return self.n_heldout + self.n_train + (self.generations - 1) * (self.n_train - self.n_synthetic)
+        later = (self.generations - 1) * (self.n_train - self.n_synthetic)
+        return self.n_heldout + self.n_train + later
 
     def to_dict(self) -> dict: return asdict(self)
 
@@ -104,61 +110,93 @@ class ChainConfig:
 @patch
 def validate(self: ChainConfig) -> ChainConfig:
     "Check every parameter; raise one clear `ValueError` for the first bad one."
-    def bad(name, allowed): raise ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
+    def bad(name, allowed):
+        raise ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
     def num(name, lo=None, hi=None, integer=False):
         v = getattr(self, name)
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
-            bad(name, ("an integer" if integer else "a number") + (f" >= {lo}" if hi is None else f" in [{lo}, {hi}]"))
+        if (isinstance(v, bool) or not ok
+                or (lo is not None and v < lo) or (hi is not None and v > hi)):
+            what = "an integer" if integer else "a number"
+            bad(name, what + (f" >= {lo}" if hi is None else f" in [{lo}, {hi}]"))
     num("ratio", 0, 1)
-    for n in ("generations", "n_train", "lora_r", "lora_alpha", "epochs", "batch_size", "max_length",
-              "max_new_tokens", "n_heldout", "gen_batch_size"): num(n, 1, integer=True)
+    for n in ("generations", "n_train", "lora_r", "lora_alpha", "epochs", "batch_size",
+              "max_length", "max_new_tokens", "n_heldout", "gen_batch_size"):
+        num(n, 1, integer=True)
     for n in ("warmup_steps", "n_generate", "seed", "min_tokens"): num(n, 0, integer=True)
     num("max_tokens", self.min_tokens + 1 if isinstance(self.min_tokens, int) else 1, integer=True)
     if self.lr != "auto":
         num("lr", 0)
         if self.lr <= 0: bad("lr", "auto or a number > 0")
-    num("temperature", 0); num("min_p", 0, 1)
+    num("temperature", 0)
+    num("min_p", 0, 1)
     if self.temperature <= 0: bad("temperature", "a number > 0")
     if not isinstance(self.accumulate, bool): bad("accumulate", "True or False")
     if self.dtype not in DTYPES: bad("dtype", "auto, bfloat16 or float32")
     if self.generator not in ("hf", "vllm"): bad("generator", "hf or vllm")
-    if not isinstance(self.model, str) or not self.model: bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
+    if not isinstance(self.model, str) or not self.model:
+        bad("model", f"{', '.join(BUNDLED_MODELS)}, a local folder or a hub id")
     if not isinstance(self.run_dir, str) or not self.run_dir: bad("run_dir", "a folder path")
-    if self.gen0_cache is not None and (not isinstance(self.gen0_cache, str) or not self.gen0_cache): bad("gen0_cache", "None or a folder path")
+    if self.gen0_cache is not None and (not isinstance(self.gen0_cache, str)
+                                        or not self.gen0_cache):
+        bad("gen0_cache", "None or a folder path")
     CurationSpec.from_dict(self.curate)  # one ValueError naming the bad curate key or value
     check_shard(self.shard)
     net = NetworkSpec.from_dict(self.network)  # (03d_network)
-    if self.network is not None and self.shard is not None: bad("shard", "None for a network (each node's shard comes from network.shards)")
+    if self.network is not None and self.shard is not None:
+        bad("shard", "None for a network (each node's shard comes from network.shards)")
     if self.network is not None and self.cluster is not None and net.shards != "split":
-        bad("cluster", f"None when network.shards is {net.shards!r} (the nodes' clusters); or network.shards: split, to split this cluster between the nodes")
+        bad(
+            "cluster",
+            f"None when network.shards is {net.shards!r} (the nodes' clusters); or network.shards: "
+            "split, to split this cluster between the nodes"
+        )
     if self.finetune not in FINETUNES: bad("finetune", ", ".join(FINETUNES))
     if self.optimizer not in OPTIMIZERS: bad("optimizer", ", ".join(OPTIMIZERS))
-    if not isinstance(self.gradient_checkpointing, bool): bad("gradient_checkpointing", "True or False")
-    fit_spec(self.match_fit, self.finetune)  # one ValueError naming the bad match_fit key or value (03a_training)
-    if self.models is not None and (not isinstance(self.models, list) or not self.models or not all(isinstance(m, str) and m for m in self.models)):
+    if not isinstance(self.gradient_checkpointing, bool):
+        bad("gradient_checkpointing", "True or False")
+    # one ValueError naming the bad match_fit key or value (03a_training)
+    fit_spec(self.match_fit, self.finetune)
+    if self.models is not None and (not isinstance(self.models, list) or not self.models
+                                    or not all(isinstance(m, str) and m for m in self.models)):
         bad("models", "None or a non-empty list of models (bundled aliases, folders or hub ids)")
     if self.draw not in DRAWS: bad("draw", ", ".join(DRAWS))
-    if self.facts is not None and not isinstance(self.facts, dict): bad("facts", "None or a mapping of column -> value")
-    if self.models is not None and self.generator == "vllm": bad("generator", "hf for a mixed-model chain (models: [...]); one vLLM server serves one base model")
+    if self.facts is not None and not isinstance(self.facts, dict):
+        bad("facts", "None or a mapping of column -> value")
+    if self.models is not None and self.generator == "vllm":
+        bad("generator",
+            "hf for a mixed-model chain (models: [...]); one vLLM server serves one base model")
     check_dataset_name(self.dataset)
     return self
 
 # %% ../nbs/03_chain.ipynb #d08d306d
 def chain_identity(cfg: ChainConfig) -> dict:
-    "The parameters that define a chain's results: all but the output folder, the generation-0 cache and the study's facts, the format and learning rate resolved (never `auto`; a `match_fit` chain: the target, not the lr it finds), and `generator`, `curate`, `shard`, `network`, `finetune`, `optimizer`, `gradient_checkpointing`, `match_fit` and `models`/`draw` only when not the default (so chains run before they existed keep their hash; `curate` as the rule's settings, 03c_curation)."
-    d = cfg.to_dict(); d.pop("run_dir"); d.pop("gen0_cache"); d.pop("facts"); d["dtype"] = resolve_dtype(d["dtype"])
+    """The parameters that define a chain's results: all but the output folder, the generation-0
+    cache and the study's facts, the format and learning rate resolved (never `auto`; a
+    `match_fit` chain: the target, not the lr it finds), and `generator`, `curate`, `shard`,
+    `network`, `finetune`, `optimizer`, `gradient_checkpointing`, `match_fit` and `models`/`draw`
+    only when not the default (so chains run before they existed keep their hash; `curate` as the
+    rule's settings, 03c_curation)."""
+    d = cfg.to_dict()
+    d.pop("run_dir")
+    d.pop("gen0_cache")
+    d.pop("facts")
+    d["dtype"] = resolve_dtype(d["dtype"])
     if d["generator"] == "hf": d.pop("generator")
     cur = CurationSpec.from_dict(d.pop("curate"))
     if cur.rule != "none": d["curate"] = cur.to_dict()
     if d["shard"] is None: d.pop("shard")
     net = d.pop("network")
     if net is not None: d["network"] = NetworkSpec.from_dict(net).to_dict()
-    for k, default in (("finetune", "lora"), ("optimizer", "adamw"), ("gradient_checkpointing", False), ("match_fit", None), ("models", None)):
+    for k, default in (("finetune", "lora"), ("optimizer", "adamw"),
+                       ("gradient_checkpointing", False), ("match_fit", None), ("models", None)):
         if d[k] == default: d.pop(k)
     draw = d.pop("draw")
-    if cfg.models is not None: d["draw"] = draw  # how a mixed chain draws: part of its identity only when it has models
-    if cfg.match_fit is not None: d["match_fit"] = fit_spec(cfg.match_fit, cfg.finetune); d.pop("lr")
+    # how a mixed chain draws: part of its identity only when it has models
+    if cfg.models is not None: d["draw"] = draw
+    if cfg.match_fit is not None:
+        d["match_fit"] = fit_spec(cfg.match_fit, cfg.finetune)
+        d.pop("lr")
     else: d["lr"] = learning_rate(cfg)
     return d
 
@@ -195,26 +233,42 @@ def human_slice(cfg: ChainConfig, gen: int) -> tuple[int, int]:
 
 # %% ../nbs/03_chain.ipynb #3d3e28ee
 def _tags(r) -> dict:
-    "A row's instruction and domain, where it has them (per-text instructions); nothing for a single-instruction chain."
+    """A row's instruction and domain, where it has them (per-text instructions); nothing for a
+    single-instruction chain."""
     return {k: r[k] for k in ("instruction", "domain") if k in r}
 
 def mix_training_set(cfg: ChainConfig, gen: int, human: pd.DataFrame,
-                     generated: dict[int, list[dict]] | list[tuple], # earlier generations' rows (`text`, and `instruction`, `domain` when per text); a network node: [(label, count, rows by generation)] per source
+                     # earlier generations' rows (`text`, and `instruction`, `domain` when per
+                     # text); a network node: [(label, count, rows by generation)] per source
+                     generated: dict[int, list[dict]] | list[tuple],
                     ) -> list[dict]:
-    "Generation `gen`'s training rows: `text, source (human|synthetic), origin (text_id | gen_XX)`, and each text's `instruction` and `domain` when the pool has per-text instructions."
+    """Generation `gen`'s training rows: `text, source (human|synthetic), origin (text_id |
+    gen_XX)`, and each text's `instruction` and `domain` when the pool has per-text instructions."""
     s, e = human_slice(cfg, gen)
-    h = human.iloc[s:e]; per_text = "instruction" in human.columns
-    rows = [dict(text=r.text, source="human", origin=r.text_id, **(dict(instruction=r.instruction, domain=r.domain) if per_text else {}))
-            for r in h.itertuples()]
+    h = human.iloc[s:e]
+    per_text = "instruction" in human.columns
+    rows = [
+        dict(text=r.text, source="human", origin=r.text_id,
+             **(dict(instruction=r.instruction, domain=r.domain) if per_text else {}))
+        for r in h.itertuples()
+    ]
     if gen > 0 and cfg.n_synthetic:
         gens = range(gen) if cfg.accumulate else [gen - 1]
         sources = [("", cfg.n_synthetic, generated)] if isinstance(generated, dict) else generated
-        if sum(n for _, n, _ in sources) != cfg.n_synthetic: raise ValueError(f"the sources' counts sum to {sum(n for _, n, _ in sources)}, not n_synthetic={cfg.n_synthetic}")
+        if sum(n for _, n, _ in sources) != cfg.n_synthetic:
+            raise ValueError(
+                f"the sources' counts sum to {sum(n for _, n, _ in sources)}, not "
+                f"n_synthetic={cfg.n_synthetic}"
+            )
         rng = random.Random(derive_seed(cfg.seed, "mix", gen))
-        for label, n, by_gen in sources:  # one seeded draw, source after source (one source: the chain's own draw)
+        # one seeded draw, source after source (one source: the chain's own draw)
+        for label, n, by_gen in sources:
             if not n: continue
             pool = [(g, r) for g in gens for r in by_gen[g]]
-            rows += [dict(text=r["text"], source="synthetic", origin=f"{label}gen_{g:02d}", **_tags(r)) for g, r in rng.sample(pool, n)]
+            rows += [
+                dict(text=r["text"], source="synthetic", origin=f"{label}gen_{g:02d}", **_tags(r))
+                for g, r in rng.sample(pool, n)
+            ]
     random.Random(derive_seed(cfg.seed, "order", gen)).shuffle(rows)
     return rows
 
@@ -225,93 +279,139 @@ EXTRA_FILES = ("candidates.jsonl",)  # a curated generation's candidates (03c_cu
 def gen_dir(run_dir: Path, gen: int) -> Path: return Path(run_dir) / f"gen_{gen:02d}"
 
 def is_done(d: Path) -> bool:
-    "Whether generation folder `d` is complete: a DONE marker whose checksums match its files (and every extra file it lists)."
+    """Whether generation folder `d` is complete: a DONE marker whose checksums match its files (and
+    every extra file it lists)."""
     marker = d / "DONE"
     try: sums = read_json(marker)
     except (FileNotFoundError, ValueError): return False
-    return all((d / f).exists() and sums.get(f) == file_sha256(d / f) for f in dict.fromkeys([*GEN_FILES, *sums]))
+    return all((d / f).exists() and sums.get(f) == file_sha256(d / f)
+               for f in dict.fromkeys([*GEN_FILES, *sums]))
 
 def mark_done(d: Path) -> None:
-    "Write the DONE marker (last), with checksums of the generation's files (and of the extra files it has)."
-    write_json(d / "DONE", {f: file_sha256(d / f) for f in (*GEN_FILES, *EXTRA_FILES) if f in GEN_FILES or (d / f).exists()})
+    """Write the DONE marker (last), with checksums of the generation's files (and of the extra
+    files it has)."""
+    write_json(d / "DONE", {
+        f: file_sha256(d / f)
+        for f in (*GEN_FILES, *EXTRA_FILES) if f in GEN_FILES or (d / f).exists()
+    })
 
 # %% ../nbs/03_chain.ipynb #8c9fb0e8
 def determinism(device) -> dict:
     "What a re-run of this chain on `device` can be expected to reproduce."
     import torch
     if str(device).startswith("cpu"):
-        return dict(mode="cpu", reproducible=True, note="same seed and parameters give byte-identical files")
+        return dict(mode="cpu", reproducible=True,
+                    note="same seed and parameters give byte-identical files")
+    note = ("GPU kernels (cuBLAS reductions, atomics) may differ in the last bits;"
+            " texts can then differ")
     return dict(mode=str(device), reproducible=bool(torch.are_deterministic_algorithms_enabled()),
-                note="GPU kernels (cuBLAS reductions, atomics) may differ in the last bits; texts can then differ")
+                note=note)
 
 # %% ../nbs/03_chain.ipynb #1a10006f
 def select_cluster(df: pd.DataFrame, # normalised dataset
                    cluster: str | None, # None, a domain, or a cluster id (with clusters_path)
                    clusters_path: str | None = None, # clusters.parquet from 02_clusters
                   ) -> pd.DataFrame:
-    "All texts (None), one domain's texts, or one cluster's texts (clusters excluded as too small are refused)."
+    """All texts (None), one domain's texts, or one cluster's texts (clusters excluded as too small
+    are refused)."""
     if clusters_path is not None:
         p = resolve(clusters_path)
-        if not p.exists(): raise ValueError(f"clusters_path={clusters_path!r} does not exist; run 02_clusters first")
+        if not p.exists():
+            raise ValueError(
+                f"clusters_path={clusters_path!r} does not exist; run 02_clusters first")
         cl = pd.read_parquet(p)
-        if cluster is None: raise ValueError("cluster=None with clusters_path set; allowed: a cluster id from that file")
+        if cluster is None:
+            raise ValueError(
+                "cluster=None with clusters_path set; allowed: a cluster id from that file")
         mine = cl[cl.cluster.astype(str) == str(cluster)]
-        if mine.empty: raise ValueError(f"cluster={cluster!r} is not in {p.name}; allowed: {', '.join(map(str, sorted(cl[cl.eligible].cluster.unique())))}")
-        if not mine.eligible.all(): raise ValueError(f"cluster={cluster!r} has {len(mine)} texts, too few for a chain (excluded by 02_clusters)")
+        if mine.empty:
+            raise ValueError(
+                f"cluster={cluster!r} is not in {p.name}; allowed: "
+                f"{', '.join(map(str, sorted(cl[cl.eligible].cluster.unique())))}"
+            )
+        if not mine.eligible.all():
+            raise ValueError(
+                f"cluster={cluster!r} has {len(mine)} texts, too few for a chain (excluded by "
+                "02_clusters)"
+            )
         return df[df.text_id.isin(set(mine.text_id))]
     if cluster is None: return df
     sel = df[df.domain.astype(str) == str(cluster)]
     if sel.empty:
-        raise ValueError(f"cluster={cluster!r} matches no domain; allowed: {', '.join(sorted(map(str, df.domain.unique())))} (or a cluster id with clusters_path)")
+        raise ValueError(
+            f"cluster={cluster!r} matches no domain; allowed: "
+            f"{', '.join(sorted(map(str, df.domain.unique())))} (or a cluster id with "
+            "clusters_path)"
+        )
     return sel
 
 # %% ../nbs/03_chain.ipynb #8c58a150
 def prepare_human(cfg: ChainConfig, # the chain
-                  texts: pd.DataFrame | None = None, # its dataset already loaded by load_texts (else loaded here)
+                  # its dataset already loaded by load_texts (else loaded here)
+                  texts: pd.DataFrame | None = None,
                  ) -> pd.DataFrame:
     "The chain's human pool in its seeded order; fails clearly when it is too small."
     texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens) if texts is None else texts
-    df = shard_of(select_cluster(texts, cfg.cluster, cfg.clusters_path), cfg.shard)  # a network node: its shard (03d_network)
+    # a network node: its shard (03d_network)
+    df = shard_of(select_cluster(texts, cfg.cluster, cfg.clusters_path), cfg.shard)
     need, have = cfg.human_needed(), len(df)
     if have < need:
         drop = texts.attrs.get("dropped") or {}
-        why = f" (after dropping {drop['duplicates']} duplicates and {drop['outside_bounds']} texts outside the token bounds)" if drop else ""
-        raise ValueError(f"n_train={cfg.n_train}: the chain needs {need} unseen human texts "
-                         f"({cfg.n_heldout} held out + {cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) "
-                         f"but dataset {cfg.dataset!r}{'' if cfg.cluster is None else f' cluster {cfg.cluster!r}'}{'' if cfg.shard is None else f' shard {cfg.shard[0]} of {cfg.shard[1]}'} has {have}{why}; "
-                         f"lower n_train, generations or ratio's complement, or bring more texts")
+        why = ""
+        if drop:
+            why = (f" (after dropping {drop['duplicates']} duplicates and"
+                   f" {drop['outside_bounds']} texts outside the token bounds)")
+        where = "" if cfg.cluster is None else f" cluster {cfg.cluster!r}"
+        where += "" if cfg.shard is None else f" shard {cfg.shard[0]} of {cfg.shard[1]}"
+        raise ValueError(
+            f"n_train={cfg.n_train}: the chain needs {need} unseen human texts "
+            f"({cfg.n_heldout} held out + {cfg.n_train} + {cfg.generations - 1} x "
+            f"{cfg.n_train - cfg.n_synthetic}) but dataset {cfg.dataset!r}{where} has {have}{why}; "
+            f"lower n_train, generations or ratio's complement, or bring more texts")
     return df.sample(frac=1.0, random_state=derive_seed(cfg.seed, "human")).reset_index(drop=True)
 
 # %% ../nbs/03_chain.ipynb #baa1b577
 def pool_domains(human: pd.DataFrame, # a chain's human pool (prepare_human)
                 ) -> dict[str, str] | None:
-    "instruction -> domain of a pool with per-text instructions, in domain order; None when the pool has no `instruction` column (one instruction for all)."
+    """instruction -> domain of a pool with per-text instructions, in domain order; None when the
+    pool has no `instruction` column (one instruction for all)."""
     if "instruction" not in human.columns: return None
     pairs = human[["instruction", "domain"]].drop_duplicates()
     for col, other in (("instruction", "domain"), ("domain", "instruction")):
         dup = pairs[pairs[col].duplicated(keep=False)]
-        if len(dup): raise ValueError(f"{col} {dup[col].iloc[0]!r} goes with {len(dup)} {other}s ({', '.join(map(repr, dup[other]))}); "
-                                      "per-text instructions need exactly one instruction per domain")
+        if len(dup):
+            raise ValueError(
+                f"{col} {dup[col].iloc[0]!r} goes with {len(dup)} {other}s "
+                f"({', '.join(map(repr, dup[other]))}); "
+                "per-text instructions need exactly one instruction per domain")
     return dict(sorted(zip(pairs.instruction, pairs.domain), key=lambda x: x[1]))
 
 # %% ../nbs/03_chain.ipynb #ab46b2c2
 def earlier_texts(run_dir: Path, # the chain's run directory
                   cfg: ChainConfig, # the chain
                   gen: int, # the generation about to be trained
-                  sources: list | None = None, # a network node: [(label, run_dir, count)] per source; None: the chain itself
+                  # a network node: [(label, run_dir, count)] per source; None: the chain itself
+                  sources: list | None = None,
                  ) -> dict[int, list[dict]] | list[tuple]:
-    "The rows of the earlier generations that generation `gen` may draw its synthetic share from, read from their files (a network node: per source, `mix_training_set`'s list)."
+    """The rows of the earlier generations that generation `gen` may draw its synthetic share from,
+    read from their files (a network node: per source, `mix_training_set`'s list)."""
     if gen == 0 or not cfg.n_synthetic: return {} if sources is None else []
     gens = range(gen) if cfg.accumulate else [gen - 1]
-    if sources is None: return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
+    if sources is None:
+        return {g: read_jsonl(gen_dir(run_dir, g) / "generated.jsonl") for g in gens}
     for label, d, n in sources:
         if n and not is_done(gen_dir(d, gen - 1)):
-            raise ValueError(f"{Path(d).name} has not finished generation {gen - 1}: the nodes of generation {gen} wait for all of generation {gen - 1}")
-    return [(label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl") for g in gens} if n else {}) for label, d, n in sources]
+            raise ValueError(
+                f"{Path(d).name} has not finished generation {gen - 1}: the nodes of generation "
+                f"{gen} wait for all of generation {gen - 1}"
+            )
+    return [(label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl")
+                        for g in gens} if n else {}) for label, d, n in sources]
 
 # %% ../nbs/03_chain.ipynb #dc4835dc
 def row_instructions(rows: list[dict], # training or held-out rows
-                     domains: dict | None, # instruction -> domain (pool_domains); None: one instruction for all
+                     # instruction -> domain (pool_domains); None: one instruction for all
+                     domains: dict | None,
                      instruction: str, # that one instruction
                     ) -> str | list[str]:
     "What `train_lora` and `response_nll` take for `rows`: the one instruction, or each row's own."
@@ -320,7 +420,11 @@ def row_instructions(rows: list[dict], # training or held-out rows
 # %% ../nbs/03_chain.ipynb #9cc34146
 @dataclass
 class ChainRun:
-    "What a chain loads once and each generation's step reads: its settings and folder, the human pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one loaded for the checks), the held-out rows and their base NLL, the chain's identity, the sampler (None: in this process), for per-text instructions each instruction's domain, the curation step, and for a network node its sources."
+    """What a chain loads once and each generation's step reads: its settings and folder, the human
+    pool in order, the instruction, the tokenizer, the base model (generation 0 tunes the one
+    loaded for the checks), the held-out rows and their base NLL, the chain's identity, the
+    sampler (None: in this process), for per-text instructions each instruction's domain, the
+    curation step, and for a network node its sources."""
     cfg: ChainConfig
     run_dir: Path
     human: pd.DataFrame
@@ -331,13 +435,21 @@ class ChainRun:
     base_nll: float
     ident: dict
     sampler: VLLMSampler | None = None
-    domains: dict | None = None # instruction -> domain (pool_domains); None: `instruction` for every text
-    curator: Curator | None = None # the curation step (03c_curation); None: every sampled text is kept
-    sources: list | None = None # a network node: [(label, run_dir, count)], whose outputs its synthetic share comes from; None: its own
-    keep_adapter: bool = False # keep each generation's adapter in gen_XX/adapter (full: gen_XX/weights; a network's cross-NLL reads them)
-    base_nlls: dict = field(default_factory=dict) # a mixed-model chain: each other base model's held-out NLL, computed when first drawn
+    # instruction -> domain (pool_domains); None: `instruction` for every text
+    domains: dict | None = None
+    # the curation step (03c_curation); None: every sampled text is kept
+    curator: Curator | None = None
+    # a network node: [(label, run_dir, count)], whose outputs its synthetic share comes from; None:
+    # its own
+    sources: list | None = None
+    # keep each generation's adapter in gen_XX/adapter (full: gen_XX/weights; a network's cross-NLL
+    # reads them)
+    keep_adapter: bool = False
+    # a mixed-model chain: each other base model's held-out NLL, computed when first drawn
+    base_nlls: dict = field(default_factory=dict)
 
-    def instructions(self, rows: list[dict]) -> str | list[str]: return row_instructions(rows, self.domains, self.instruction)
+    def instructions(self, rows: list[dict]) -> str | list[str]:
+        return row_instructions(rows, self.domains, self.instruction)
 
 # %% ../nbs/03_chain.ipynb #7fb51480
 @dataclass
@@ -397,7 +509,8 @@ def tune_step(run: ChainRun, g: Generation) -> None:
 
 # %% ../nbs/03_chain.ipynb #bb00fbe3
 def save_step(run: ChainRun, g: Generation) -> None:
-    "Save the tuned model where a later step reads it, before the merge (which removes a LoRA adapter)."
+    """Save the tuned model where a later step reads it, before the merge (which removes a LoRA
+    adapter)."""
     if g.out is not None:
         return
     name = TUNED_DIRS[run.cfg.finetune]
@@ -512,12 +625,14 @@ def chain_steps(run: ChainRun) -> list:
 def run_generation(run: ChainRun, # the chain, loaded
                    gen: int, # the generation to compute
                   ) -> Path:
-    "Generation `gen` from the files of the earlier ones, by the chain's steps (`chain_steps`); its folder."
+    """Generation `gen` from the files of the earlier ones, by the chain's steps (`chain_steps`);
+    its folder."""
     d = gen_dir(run.run_dir, gen)
     if d.exists(): shutil.rmtree(d)  # a half-written generation is recomputed from scratch
     d.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        g = Generation(gen, d, Timer(), stack, run.cfg.n_to_generate, generation_model(run.cfg, gen), run.tok, run.base_nll)
+        g = Generation(gen, d, Timer(), stack, run.cfg.n_to_generate,
+                       generation_model(run.cfg, gen), run.tok, run.base_nll)
         for step in chain_steps(run):
             step(run, g)
     return d
@@ -526,9 +641,12 @@ def run_generation(run: ChainRun, # the chain, loaded
 SAMPLING_FIELDS = ("temperature", "min_p", "max_new_tokens", "gen_batch_size", "generator")
 
 def gen0_identity(cfg: ChainConfig) -> dict:
-    "What generation 0's adapter depends on: the chain's identity without the ratio, the number of generations, accumulation, `n_generate`, the curation rule and the sampling settings."
+    """What generation 0's adapter depends on: the chain's identity without the ratio, the number of
+    generations, accumulation, `n_generate`, the curation rule and the sampling settings."""
     d = chain_identity(cfg)
-    for k in ("ratio", "generations", "accumulate", "n_generate", "curate", "network", *SAMPLING_FIELDS): d.pop(k, None)
+    for k in ("ratio", "generations", "accumulate", "n_generate", "curate", "network",
+              *SAMPLING_FIELDS):
+        d.pop(k, None)
     return d
 
 # %% ../nbs/03_chain.ipynb #761adff1
@@ -538,19 +656,23 @@ def load_adapter(base, # a freshly loaded base model
     "`base` with the adapter in `folder`, ready to merge."
     import warnings
     from peft import PeftModel
-    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates (as in train_lora)
+    # peft calls a transformers API that transformers 5 deprecates (as in train_lora)
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         return PeftModel.from_pretrained(base, str(folder))
 
 # %% ../nbs/03_chain.ipynb #dc9d5314
 def generation_model(cfg: ChainConfig, gen: int) -> str:
-    "The base model generation `gen` tunes: `model`, or one of `models` drawn by the chain's seed (`per_generation`) or in turn (`round_robin`)."
+    """The base model generation `gen` tunes: `model`, or one of `models` drawn by the chain's seed
+    (`per_generation`) or in turn (`round_robin`)."""
     if not cfg.models: return cfg.model
     if cfg.draw == "round_robin": return cfg.models[gen % len(cfg.models)]
     return cfg.models[random.Random(derive_seed(cfg.seed, "model", gen)).randrange(len(cfg.models))]
 
 # %% ../nbs/03_chain.ipynb #17840f90
-def load_tuned(cfg: ChainConfig, gen: int, # the chain, and the generation whose tuned model `folder` holds
+def load_tuned(
+               # the chain, and the generation whose tuned model `folder` holds
+               cfg: ChainConfig, gen: int,
                folder: str | Path, # its saved adapter (LoRA) or weights (full)
               ) -> tuple:
     "Generation `gen`'s tuned model, ready to sample (merged), and its tokenizer."
@@ -561,56 +683,80 @@ def load_tuned(cfg: ChainConfig, gen: int, # the chain, and the generation whose
 # %% ../nbs/03_chain.ipynb #65171fae
 @dataclass
 class Gen0Share:
-    "Generation 0 of the chains alike to `cfg` (see `gen0_identity`), kept under `cfg.gen0_cache`: `adapter/` (a full fine-tune: `weights/`), `gen0.json` (stats, held-out NLL, checksums; written last), `texts-<key>.jsonl` per sampling setting."
+    """Generation 0 of the chains alike to `cfg` (see `gen0_identity`), kept under `cfg.gen0_cache`:
+    `adapter/` (a full fine-tune: `weights/`), `gen0.json` (stats, held-out NLL, checksums;
+    written last), `texts-<key>.jsonl` per sampling setting."""
     cfg: ChainConfig
 
     @property
     def folder(self) -> Path:
         c = self.cfg
-        return resolve(c.gen0_cache) / f"{Path(str(c.dataset)).stem}_{c.cluster or 'all'}_s{c.seed}_{config_hash(gen0_identity(c), 8)}"
+        name = f"{Path(str(c.dataset)).stem}_{c.cluster or 'all'}_s{c.seed}"
+        return resolve(c.gen0_cache) / f"{name}_{config_hash(gen0_identity(c), 8)}"
 
     @property
     def texts_file(self) -> Path:
         "The texts sampled with this chain's sampling settings and count."
-        c = self.cfg; key = dict(gen0_identity(c), n=n_candidates(c.n_to_generate, CurationSpec.from_dict(c.curate).oversample),
-                                 **{k: getattr(c, k) for k in SAMPLING_FIELDS})
+        c = self.cfg
+        key = dict(gen0_identity(c), n=n_candidates(c.n_to_generate,
+                                                    CurationSpec.from_dict(c.curate).oversample),
+                   **{k: getattr(c, k)
+                      for k in SAMPLING_FIELDS})
         return self.folder / f"texts-{config_hash(key, 12)}.jsonl"
 
     def read(self) -> dict | None:
-        "The shared record, or None when there is none complete (or its adapter's files do not match their checksums)."
+        """The shared record, or None when there is none complete (or its adapter's files do not
+        match their checksums)."""
         try: rec = read_json(self.folder / "gen0.json")
         except (FileNotFoundError, ValueError): return None
         tuned = self.folder / TUNED_DIRS[self.cfg.finetune]
         ok = rec.get("identity") == gen0_identity(self.cfg) and all(
-            (tuned / f).exists() and file_sha256(tuned / f) == s for f, s in rec.get("adapter", {}).items())
+            (tuned / f).exists() and file_sha256(tuned / f) == s
+            for f, s in rec.get("adapter", {}).items())
         return rec if ok and rec.get("adapter") else None
 
     def texts(self) -> list[dict] | None:
-        "The shared generation 0's rows (`text`, and `instruction`, `domain` when per text), or None."
+        """The shared generation 0's rows (`text`, and `instruction`, `domain` when per text), or
+        None."""
         try: rows = read_jsonl(self.texts_file)
         except (FileNotFoundError, ValueError): return None
         return rows if all("text" in r for r in rows) else None
 
     def load(self, base):
-        "`base` with the shared adapter, ready to merge (a full fine-tune: its shared weights, `base` unused)."
-        if self.cfg.finetune == "full": return load_model(str(self.folder / TUNED_DIRS["full"]), self.cfg.dtype)[0]
+        """`base` with the shared adapter, ready to merge (a full fine-tune: its shared weights,
+        `base` unused)."""
+        if self.cfg.finetune == "full":
+            return load_model(str(self.folder / TUNED_DIRS["full"]), self.cfg.dtype)[0]
         return load_adapter(base, self.folder / "adapter")
 
     def write(self, adapter_dir: Path | None, record: dict | None, rows: list[dict]) -> bool:
-        "Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype, device) and/or the sampled `rows`; False when another process holds the folder."
+        """Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype,
+        device) and/or the sampled `rows`; False when another process holds the folder."""
         try:
             with RunLock(self.folder):
                 if adapter_dir is not None:
-                    dst = self.folder / TUNED_DIRS[self.cfg.finetune]; shutil.rmtree(dst, ignore_errors=True); shutil.copytree(adapter_dir, dst)
-                    write_json(self.folder / "gen0.json", dict(record, identity=gen0_identity(self.cfg),
-                               adapter={f.name: file_sha256(f) for f in sorted(dst.iterdir()) if f.is_file()}))
+                    dst = self.folder / TUNED_DIRS[self.cfg.finetune]
+                    shutil.rmtree(dst, ignore_errors=True)
+                    shutil.copytree(adapter_dir, dst)
+                    write_json(
+                        self.folder / "gen0.json",
+                        dict(
+                            record, identity=gen0_identity(self.cfg), adapter={
+                                f.name: file_sha256(f)
+                                for f in sorted(dst.iterdir()) if f.is_file()
+                            }))
                 write_jsonl(self.texts_file, rows)
             return True
-        except RunLocked: log.info("generation 0 is being shared by another process (%s): computed here, not kept", self.folder); return False
+        except RunLocked:
+            log.info(
+                "generation 0 is being shared by another process (%s): computed here, not kept",
+                self.folder)
+            return False
 
 # %% ../nbs/03_chain.ipynb #73cc4353
 def gen0_read_step(run: ChainRun, g: Generation) -> None:
-    "Generation 0 shared by an earlier chain: its texts (and numbers) where they match, else its adapter."
+    """Generation 0 shared by an earlier chain: its texts (and numbers) where they match, else its
+    adapter."""
     if g.gen != 0:
         return
     g.share = Gen0Share(run.cfg)
@@ -639,7 +785,8 @@ def gen0_adapter_step(run: ChainRun, g: Generation) -> None:
 
 # %% ../nbs/03_chain.ipynb #b8d60f1a
 def gen0_write_step(run: ChainRun, g: Generation) -> None:
-    "Keep what this chain computed of generation 0 (its adapter unless shared, its texts) for the chains alike."
+    """Keep what this chain computed of generation 0 (its adapter unless shared, its texts) for the
+    chains alike."""
     if g.gen != 0 or g.texts_shared:
         return
     rec = dict(
@@ -677,7 +824,8 @@ def mixed_base_step(run: ChainRun, g: Generation) -> None:
 
 # %% ../nbs/03_chain.ipynb #2149db7e
 def recorded_format(run_dir: Path, record: str = "chain.json") -> str | None:
-    "The number format a chain's `chain.json` (a network's `network.json`) recorded (None when there is no readable one)."
+    """The number format a chain's `chain.json` (a network's `network.json`) recorded (None when
+    there is no readable one)."""
     try: rec = read_json(Path(run_dir) / record)
     except (FileNotFoundError, ValueError): return None
     fmt = rec.get("config", {}).get("dtype")
@@ -685,19 +833,27 @@ def recorded_format(run_dir: Path, record: str = "chain.json") -> str | None:
 
 # %% ../nbs/03_chain.ipynb #9a1f9388
 def input_checksums(cfg: ChainConfig) -> dict:
-    "sha256 of the files the chain's human texts come from: `dataset` (a file) and `clusters_path`, where they exist."
-    paths = dict(dataset=cfg.dataset if is_file_dataset(cfg.dataset) else None, clusters_path=cfg.clusters_path)
+    """sha256 of the files the chain's human texts come from: `dataset` (a file) and
+    `clusters_path`, where they exist."""
+    paths = dict(dataset=cfg.dataset if is_file_dataset(cfg.dataset) else None,
+                 clusters_path=cfg.clusters_path)
     return {k: file_sha256(resolve(p)) for k, p in paths.items() if p and resolve(p).exists()}
 
 def stale_inputs(run_dir: Path, cfg: ChainConfig) -> str | None:
-    "What changed in the chain's input files since the chain in `run_dir` began (None: nothing, or no chain there)."
+    """What changed in the chain's input files since the chain in `run_dir` began (None: nothing, or
+    no chain there)."""
     p = Path(run_dir) / "chain.json"
     try: rec = read_json(p)
     except (FileNotFoundError, ValueError): return None
     now = input_checksums(cfg)
-    if "inputs" in rec: changed = [k for k in sorted(set(rec["inputs"]) | set(now)) if rec["inputs"].get(k) != now.get(k)]
-    else: changed = [k for k in now if resolve(getattr(cfg, k)).stat().st_mtime > p.stat().st_mtime]  # recorded before checksums were
-    return ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed) + " changed since the chain began" if changed else None
+    if "inputs" in rec:
+        changed = [
+            k for k in sorted(set(rec["inputs"]) | set(now)) if rec["inputs"].get(k) != now.get(k)
+        ]
+    # recorded before checksums were
+    else: changed = [k for k in now if resolve(getattr(cfg, k)).stat().st_mtime > p.stat().st_mtime]
+    return ", ".join(f"{k}={getattr(cfg, k)!r}"
+                     for k in changed) + " changed since the chain began" if changed else None
 
 # %% ../nbs/03_chain.ipynb #9d49bc90
 def record_facts(
@@ -716,59 +872,92 @@ def node_facts(facts: dict | None, k: int) -> dict | None:
 
 # %% ../nbs/03_chain.ipynb #f456af04
 def calibrate(cfg: ChainConfig, # a chain with match_fit (dtype resolved)
-              human: pd.DataFrame, domains: dict | None, instruction: str, # its pool, per-text instructions, instruction
+              # its pool, per-text instructions, instruction
+              human: pd.DataFrame, domains: dict | None, instruction: str,
               heldout: list[dict], # its held-out rows
               base_nll: float, # the held-out NLL of its base model `model`
              ) -> dict:
-    "The learning rate that gives the chain's generation 0 the target held-out gain (`search_lr`), with every trial, the reference's gain and the time taken."
+    """The learning rate that gives the chain's generation 0 the target held-out gain (`search_lr`),
+    with every trial, the reference's gain and the time taken."""
     spec, t = fit_spec(cfg.match_fit, cfg.finetune), Timer()
-    rows = mix_training_set(cfg, 0, human, {}); seed = derive_seed(cfg.seed, "train", 0); mname = generation_model(cfg, 0)
+    rows = mix_training_set(cfg, 0, human, {})
+    seed = derive_seed(cfg.seed, "train", 0)
+    mname = generation_model(cfg, 0)
     hx, ht = row_instructions(heldout, domains, instruction), [r["text"] for r in heldout]
     base: dict = {cfg.model: base_nll}
     def gain(method: str, lr: float) -> float:
         model, tok = load_model(mname, cfg.dtype)
         if mname not in base: base[mname] = response_nll(model, tok, hx, ht, cfg.max_length)
-        pm, _ = fine_tune(model, tok, row_instructions(rows, domains, instruction), [r["text"] for r in rows],
+        pm, _ = fine_tune(model, tok, row_instructions(rows, domains, instruction),
+                          [r["text"] for r in rows],
                           replace(cfg, finetune=method, lr=lr, match_fit=None), seed)
         g = 1 - response_nll(merged_model(pm), tok, hx, ht, cfg.max_length) / base[mname]
         log.info("calibration: %s at lr %.3g -> held-out gain %.4f", method, lr, g)
         return g
     ref = None
     if spec["target"] in FINETUNES:
-        with t("reference"): ref = dict(finetune=spec["target"], lr=spec["lr"], gain=gain(spec["target"], spec["lr"]))
-    with t("search"): rec = search_lr(lambda lr: gain(cfg.finetune, lr), ref["gain"] if ref else spec["target"], spec["lrs"], spec["refine"], spec["tol"])
-    if not rec["matched"]: log.warning("match_fit: no lr of %s reached the target gain %.4f within %.0f%% (nearest: lr %.3g, gain %.4f)%s",
-                                       [x["lr"] for x in rec["tried"]], rec["target"], 100 * spec["tol"], rec["lr"], rec["gain"],
-                                       "" if rec["bracketed"] else "; widen match_fit.lrs")
-    return dict(rec, finetune=cfg.finetune, base_model=mname, spec=spec, reference=ref, timings=t.times)
+        with t("reference"):
+            ref = dict(finetune=spec["target"], lr=spec["lr"],
+                       gain=gain(spec["target"], spec["lr"]))
+    with t("search"):
+        rec = search_lr(lambda lr: gain(cfg.finetune, lr), ref["gain"] if ref else spec["target"],
+                        spec["lrs"], spec["refine"], spec["tol"])
+    if not rec["matched"]:
+        log.warning(
+            "match_fit: no lr of %s reached the target gain %.4f within %.0f%% (nearest: lr %.3g, "
+            "gain %.4f)%s",
+            [x["lr"] for x in rec["tried"]], rec["target"], 100 * spec["tol"], rec["lr"],
+            rec["gain"], "" if rec["bracketed"] else "; widen match_fit.lrs")
+    return dict(rec, finetune=cfg.finetune, base_model=mname, spec=spec, reference=ref,
+                timings=t.times)
 
 # %% ../nbs/03_chain.ipynb #42eacc49
 @contextlib.contextmanager
 def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's settings)
-               sources: list | None = None, # a network node: [(label, run_dir, count)] (ChainRun.sources)
-               loaded: tuple | None = None, # (base, tok) already loaded: used for the checks and the base NLL only, each generation loads a fresh base
+               # a network node: [(label, run_dir, count)] (ChainRun.sources)
+               sources: list | None = None,
+               # (base, tok) already loaded: used for the checks and the base NLL only, each
+               # generation loads a fresh base
+               loaded: tuple | None = None,
                keep_adapter: bool = False, # keep each generation's adapter (ChainRun.keep_adapter)
-               extra: dict | None = None, # more to record in chain.json (a network node: its network)
+               # more to record in chain.json (a network node: its network)
+               extra: dict | None = None,
               ):
-    "Check a chain, record `chain.json` on its first run, and hold its run directory's lock while the caller runs generations with the `ChainRun` it yields."
+    """Check a chain, record `chain.json` on its first run, and hold its run directory's lock while
+    the caller runs generations with the `ChainRun` it yields."""
     import torch
     cfg.validate()
     timer = Timer()
-    run_dir = cfg.resolved_run_dir()  # `auto` resumes in the format its chain.json recorded, whatever the rule says now
-    cfg = replace(cfg, dtype=(recorded_format(run_dir) if cfg.dtype == "auto" else None) or resolve_dtype(cfg.dtype), run_dir=str(run_dir))
+    # `auto` resumes in the format its chain.json recorded, whatever the rule says now
+    run_dir = cfg.resolved_run_dir()
+    cfg = replace(
+        cfg, dtype=(recorded_format(run_dir) if cfg.dtype == "auto" else None)
+        or resolve_dtype(cfg.dtype), run_dir=str(run_dir))
     with timer("prepare"):
-        human = prepare_human(cfg); domains = pool_domains(human)
+        human = prepare_human(cfg)
+        domains = pool_domains(human)
         if domains and cfg.instruction:
-            raise ValueError(f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry their own instructions; give one or the other")
+            raise ValueError(
+                f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry "
+                "their own instructions; give one or the other"
+            )
         instr = cfg.instruction or instruction_for(cfg.dataset)
         cspec = CurationSpec.from_dict(cfg.curate)
-        curator = Curator(cspec, cfg.dataset, cfg.min_tokens, cfg.max_tokens) if cspec.rule != "none" else None
+        curator = Curator(cspec, cfg.dataset, cfg.min_tokens,
+                          cfg.max_tokens) if cspec.rule != "none" else None
         if curator: curator.check()  # a scorer that fails its audit stops the chain here
-        base, tok = loaded or load_model(cfg.model, cfg.dtype)     # fails before anything is written
-        for m in dict.fromkeys(cfg.models or []): check_model(m)    # a mixed chain's other bases: each loadable here
-        if cfg.optimizer == "adamw_8bit" and not (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")):
-            raise ValueError("optimizer='adamw_8bit' needs bitsandbytes and a CUDA GPU; use optimizer: adamw here")
-    torch.set_num_threads(n_threads())  # all cores, or the share a sweep worker / SLURM task was given
+        # fails before anything is written
+        base, tok = loaded or load_model(cfg.model, cfg.dtype)
+        # a mixed chain's other bases: each loadable here
+        for m in dict.fromkeys(cfg.models or []): check_model(m)
+        if cfg.optimizer == "adamw_8bit" and not (torch.cuda.is_available()
+                                                  and importlib.util.find_spec("bitsandbytes")):
+            raise ValueError(
+                "optimizer='adamw_8bit' needs bitsandbytes and a CUDA GPU; use optimizer: adamw "
+                "here"
+            )
+    # all cores, or the share a sweep worker / SLURM task was given
+    torch.set_num_threads(n_threads())
     ident = chain_identity(cfg)
     sampler = VLLMSampler(cfg, run_dir / "vllm_server.log") if cfg.generator == "vllm" else None
     if sampler: sampler.check()  # before anything is written
@@ -776,66 +965,101 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
     try: prev = read_json(chain_file) if chain_file.exists() else None
     except ValueError: prev = {}  # truncated or damaged: never read, rewritten below
     if prev and prev.get("config_hash") != config_hash(ident):
-        raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or delete it")
+        raise ValueError(
+            f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or "
+            "delete it"
+        )
     if prev and (why := stale_inputs(run_dir, cfg)):
-        raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain computed from other data ({why}); use another run_dir or delete it")
+        raise ValueError(
+            f"run_dir={cfg.run_dir!r} holds a chain computed from other data ({why}); use another "
+            "run_dir or delete it"
+        )
     with RunLock(run_dir):  # one writer per run directory
-        heldout = human.iloc[:cfg.n_heldout][["text"] + (["instruction"] if domains else [])].to_dict("records")
+        heldout = human.iloc[:cfg.n_heldout][
+            ["text"] + (["instruction"] if domains else [])].to_dict("records")
         if not prev:
-            if prev is not None: log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
-            with timer("base_nll"): base_nll = response_nll(base, tok, row_instructions(heldout, domains, instr), [r["text"] for r in heldout], cfg.max_length)
+            if prev is not None:
+                log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
+            with timer("base_nll"):
+                base_nll = response_nll(base, tok, row_instructions(heldout, domains, instr),
+                                        [r["text"] for r in heldout], cfg.max_length)
             calib = None
             if cfg.match_fit is not None:
-                with timer("calibrate"): calib = calibrate(cfg, human, domains, instr, heldout, base_nll)
-            write_json(chain_file, make_manifest(ident, cfg.seed, timer.times, **(dict(instructions=domains) if domains else dict(instruction=instr)),
-                                                 finetune=cfg.finetune, lr=calib["lr"] if calib else learning_rate(cfg), **({"calibration": calib} if calib else {}),
-                                                 base_heldout_nll=base_nll,
-                                                 dtype=str(base.dtype), device=str(base.device), attention=base.config._attn_implementation, determinism=determinism(base.device),
-                                                 n_human_pool=len(human), inputs=input_checksums(cfg),
-                                                 heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), facts=cfg.facts, **(extra or {})))
+                with timer("calibrate"):
+                    calib = calibrate(cfg, human, domains, instr, heldout, base_nll)
+            write_json(
+                chain_file,
+                make_manifest(
+                    ident, cfg.seed, timer.times,
+                    **(dict(instructions=domains) if domains else dict(instruction=instr)),
+                    finetune=cfg.finetune, lr=calib["lr"] if calib else learning_rate(cfg),
+                    **({"calibration": calib} if calib else {}), base_heldout_nll=base_nll,
+                    dtype=str(base.dtype), device=str(base.device),
+                    attention=base.config._attn_implementation, determinism=determinism(
+                        base.device), n_human_pool=len(human), inputs=input_checksums(cfg),
+                    heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), facts=cfg.facts,
+                    **(extra or {})))
         else: record_facts(chain_file, cfg.facts)
         rec = read_json(chain_file)
-        cfg = replace(cfg, lr=rec["calibration"]["lr"] if cfg.match_fit is not None else learning_rate(cfg))  # a number from here on
-        run = ChainRun(cfg, run_dir, human, instr, tok, None if loaded else base, heldout, rec["base_heldout_nll"], ident, sampler,
-                       domains, curator, sources, keep_adapter)
-        with sampler or contextlib.nullcontext():  # a vLLM server, if any, is stopped however the run ends
+        cfg = replace(cfg, lr=rec["calibration"]["lr"]
+                      if cfg.match_fit is not None else learning_rate(cfg))  # a number from here on
+        run = ChainRun(cfg, run_dir, human, instr, tok, None if loaded else base, heldout,
+                       rec["base_heldout_nll"], ident, sampler, domains, curator, sources,
+                       keep_adapter)
+        # a vLLM server, if any, is stopped however the run ends
+        with sampler or contextlib.nullcontext():
             yield run
 
 # %% ../nbs/03_chain.ipynb #0c776751
 def run_chain(cfg: ChainConfig) -> Path:
-    "Run (or resume) a chain; return its run directory. A chain with `network` set runs that network (`run_network`)."
+    """Run (or resume) a chain; return its run directory. A chain with `network` set runs that
+    network (`run_network`)."""
     if cfg.network is not None: return run_network(cfg)
     with open_chain(cfg) as run:
         for g in progress(range(run.cfg.generations), desc=f"chain r={run.cfg.ratio}"):
-            if is_done(gen_dir(run.run_dir, g)): log.info("gen %d: done already, skipped", g); continue
+            if is_done(gen_dir(run.run_dir, g)):
+                log.info("gen %d: done already, skipped", g)
+                continue
             run_generation(run, g)
     return run.run_dir
 
 # %% ../nbs/03_chain.ipynb #ec062bc9
 def network_nodes(cfg: ChainConfig, # a chain with `network` set (run_dir resolved)
                  ) -> tuple[NetworkSpec, list[ChainConfig]]:
-    "The network of `cfg` and its nodes' chains, node k's in `<run_dir>/node-k` with its seed, shard, cluster, model and facts."
-    spec = NetworkSpec.from_dict(cfg.network); net_dir = cfg.resolved_run_dir()
+    """The network of `cfg` and its nodes' chains, node k's in `<run_dir>/node-k` with its seed,
+    shard, cluster, model and facts."""
+    spec = NetworkSpec.from_dict(cfg.network)
+    net_dir = cfg.resolved_run_dir()
     domains = None
     if spec.shards == "domains":
         texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens)
-        domains = sorted(map(str, texts.domain.dropna().unique())) if "domain" in texts.columns else []
+        domains = sorted(map(str,
+                             texts.domain.dropna().unique())) if "domain" in texts.columns else []
     base = replace(cfg, network=None, run_dir="x")
-    return spec, [replace(base, **s, run_dir=str(net_dir / f"node-{k}"), facts=node_facts(cfg.facts, k))
-                  for k, s in enumerate(node_settings(spec, cfg.seed, domains))]
+    return spec, [
+        replace(base, **s, run_dir=str(net_dir / f"node-{k}"), facts=node_facts(cfg.facts, k))
+        for k, s in enumerate(node_settings(spec, cfg.seed, domains))
+    ]
 
 # %% ../nbs/03_chain.ipynb #e048a5c5
 def network_record(cfg: ChainConfig, # a chain with `network` set, dtype resolved
                    spec: NetworkSpec, nodes: list[ChainConfig], # network_nodes(cfg)
                   ) -> dict:
-    "What `network.json` records: the identity, the graph's label, `mixing` W, `counts` (node k's synthetic texts from node j) and the nodes."
+    """What `network.json` records: the identity, the graph's label, `mixing` W, `counts` (node k's
+    synthetic texts from node j) and the nodes."""
     W = mixing_matrix(spec, cfg.seed)
-    return dict(identity=chain_identity(cfg), label=spec.label, mixing=W.round(9).tolist(), counts=synthetic_counts(W, cfg.n_synthetic).tolist(),
-                nodes=[dict(node=k, run_dir=Path(c.run_dir).name, seed=c.seed, cluster=c.cluster, shard=c.shard, model=c.model) for k, c in enumerate(nodes)])
+    return dict(
+        identity=chain_identity(cfg), label=spec.label, mixing=W.round(9).tolist(),
+        counts=synthetic_counts(W, cfg.n_synthetic).tolist(), nodes=[
+            dict(node=k, run_dir=Path(c.run_dir).name, seed=c.seed, cluster=c.cluster,
+                 shard=c.shard, model=c.model) for k, c in enumerate(nodes)
+        ])
 
 def node_sources(nodes: list[ChainConfig], counts: list, k: int) -> list[tuple]:
-    "Node k's sources for `ChainRun.sources`: (origin label, run_dir, count) per node, its own labelled as a chain's."
-    return [("" if j == k else f"{Path(c.run_dir).name}/", Path(c.run_dir), int(counts[k][j])) for j, c in enumerate(nodes)]
+    """Node k's sources for `ChainRun.sources`: (origin label, run_dir, count) per node, its own
+    labelled as a chain's."""
+    return [("" if j == k else f"{Path(c.run_dir).name}/", Path(c.run_dir), int(counts[k][j]))
+            for j, c in enumerate(nodes)]
 
 # %% ../nbs/03_chain.ipynb #23618274
 def cross_nll_step(net_dir: Path, # the network's folder
@@ -843,22 +1067,34 @@ def cross_nll_step(net_dir: Path, # the network's folder
                    gen: int, # a generation every node finished
                    n: int, # texts per node (NetworkSpec.cross_nll)
                   ) -> Path | None:
-    "Node i's model's NLL on node j's first `n` texts of generation `gen`, for all i, j -> `cross_nll/gen_XX.json`; then the generation's adapters are removed. None when not computable (yet)."
+    """Node i's model's NLL on node j's first `n` texts of generation `gen`, for all i, j ->
+    `cross_nll/gen_XX.json`; then the generation's adapters are removed. None when not computable
+    (yet)."""
     out = Path(net_dir) / "cross_nll" / f"gen_{gen:02d}.json"
     dirs = [gen_dir(r.run_dir, gen) for r in runs]
     if n == 0 or len(runs) < 2 or not all(is_done(d) for d in dirs): return None
     if not out.exists():
-        if missing := [str(d) for d, r in zip(dirs, runs) if not (d / TUNED_DIRS[r.cfg.finetune]).is_dir()]:
-            log.warning("cross-NLL of generation %d not computable: no adapter in %s", gen, ", ".join(missing)); return None
+        if missing := [
+                str(d) for d, r in zip(dirs, runs) if not (d / TUNED_DIRS[r.cfg.finetune]).is_dir()
+        ]:
+            log.warning("cross-NLL of generation %d not computable: no adapter in %s", gen,
+                        ", ".join(missing))
+            return None
         texts = [read_jsonl(d / "generated.jsonl")[:n] for d in dirs]
         C, t = np.zeros((len(runs), len(runs))), Timer()
         for i, r in enumerate(progress(runs, desc=f"cross-NLL gen {gen}", leave=False)):
             with t("load"): m, mtok = load_tuned(r.cfg, gen, dirs[i] / TUNED_DIRS[r.cfg.finetune])
             with t("nll"):
                 for j, (rj, xs) in enumerate(zip(runs, texts)):
-                    C[i, j] = response_nll(m, mtok, rj.instructions(xs), [x["text"] for x in xs], r.cfg.max_length)
-        write_json(out, dict(generation=gen, n_texts=[len(x) for x in texts], nodes=[r.run_dir.name for r in runs], matrix=C.tolist(),
-                             gap=cross_nll_gap(C), timings=t.times, done={r.run_dir.name: read_json(d / "DONE") for r, d in zip(runs, dirs)}))
+                    C[i, j] = response_nll(m, mtok, rj.instructions(xs), [x["text"] for x in xs],
+                                           r.cfg.max_length)
+        write_json(
+            out,
+            dict(generation=gen, n_texts=[len(x)
+                                          for x in texts], nodes=[r.run_dir.name for r in runs],
+                 matrix=C.tolist(), gap=cross_nll_gap(C), timings=t.times,
+                 done={r.run_dir.name: read_json(d / "DONE")
+                       for r, d in zip(runs, dirs)}))
     for d, r in zip(dirs, runs): shutil.rmtree(d / TUNED_DIRS[r.cfg.finetune], ignore_errors=True)
     return out
 
@@ -867,20 +1103,32 @@ def run_network(cfg: ChainConfig, # a chain with `network` set
                 only: list[int] | None = None, # run these nodes only (a SLURM task); None: all
                 upto: int | None = None, # ... up to this generation; None: all
                ) -> Path:
-    "Run (or resume) the network `cfg.network`: every node's generation g, then the cross-NLL of g, then g + 1. Returns the network's folder."
+    """Run (or resume) the network `cfg.network`: every node's generation g, then the cross-NLL of
+    g, then g + 1. Returns the network's folder."""
     cfg.validate()
-    net_dir = cfg.resolved_run_dir(); rec_file = net_dir / "network.json"
+    net_dir = cfg.resolved_run_dir()
+    rec_file = net_dir / "network.json"
     try: prev = read_json(rec_file)
     except (FileNotFoundError, ValueError): prev = None
-    cfg = replace(cfg, dtype=(recorded_format(net_dir, "network.json") if cfg.dtype == "auto" else None) or resolve_dtype(cfg.dtype), run_dir=str(net_dir))  # resumes in its recorded format
+    cfg = replace(cfg,
+                  dtype=(recorded_format(net_dir, "network.json") if cfg.dtype == "auto" else None)
+                  or resolve_dtype(cfg.dtype),
+                  run_dir=str(net_dir))  # resumes in its recorded format
     spec, nodes = network_nodes(cfg)
     rec = network_record(cfg, spec, nodes)
     if prev and prev.get("config_hash") != config_hash(rec["identity"]):
-        raise ValueError(f"run_dir={cfg.run_dir!r} holds a network with other parameters; use another run_dir or delete it")
+        raise ValueError(
+            f"run_dir={cfg.run_dir!r} holds a network with other parameters; use another run_dir "
+            "or delete it"
+        )
     bad = [k for k in only or [] if not (isinstance(k, int) and 0 <= k < spec.nodes)]
-    if bad: raise ValueError(f"only={only!r} is invalid; allowed: node indices in 0..{spec.nodes - 1}")
-    if upto is not None and not 0 <= upto < cfg.generations: raise ValueError(f"upto={upto!r} is invalid; allowed: 0..{cfg.generations - 1}")
-    if not prev: write_json(rec_file, make_manifest(rec.pop("identity"), cfg.seed, None, facts=cfg.facts, **rec))
+    if bad:
+        raise ValueError(f"only={only!r} is invalid; allowed: node indices in 0..{spec.nodes - 1}")
+    if upto is not None and not 0 <= upto < cfg.generations:
+        raise ValueError(f"upto={upto!r} is invalid; allowed: 0..{cfg.generations - 1}")
+    if not prev:
+        write_json(rec_file,
+                   make_manifest(rec.pop("identity"), cfg.seed, None, facts=cfg.facts, **rec))
     else: record_facts(rec_file, cfg.facts)
     loaded: dict = {}
     def base(m):
@@ -888,15 +1136,24 @@ def run_network(cfg: ChainConfig, # a chain with `network` set
         return loaded[m]
     todo = range(spec.nodes) if only is None else sorted(set(only))
     with contextlib.ExitStack() as stack:  # every node's lock, held while the network runs
-        runs = {k: stack.enter_context(open_chain(nodes[k], node_sources(nodes, rec["counts"], k), base(nodes[k].model),
-                                                  keep_adapter=spec.cross_nll > 0 and spec.nodes > 1,
-                                                  extra=dict(network=dict(folder=net_dir.name, node=k, nodes=spec.nodes, graph=spec.label,
-                                                                          reads={f"node-{j}": n for j, n in enumerate(rec["counts"][k]) if n}))))
-                for k in todo}
+        runs = {
+            k:
+            stack.enter_context(
+                open_chain(
+                    nodes[k], node_sources(nodes, rec["counts"], k), base(nodes[k].model),
+                    keep_adapter=spec.cross_nll > 0 and spec.nodes > 1, extra=dict(network=dict(
+                        folder=net_dir.name, node=k, nodes=spec.nodes, graph=spec.label,
+                        reads={f"node-{j}": n
+                               for j, n in enumerate(rec["counts"][k]) if n}))))
+            for k in todo
+        }
         loaded.clear()  # the bases served the checks and base NLLs; each generation loads its own
-        for g in progress(range(cfg.generations if upto is None else upto + 1), desc=f"network {spec.label} x{spec.nodes} r={cfg.ratio}"):
+        for g in progress(range(cfg.generations if upto is None else upto + 1),
+                          desc=f"network {spec.label} x{spec.nodes} r={cfg.ratio}"):
             for k, run in runs.items():
-                if is_done(gen_dir(run.run_dir, g)): log.info("node %d gen %d: done already, skipped", k, g); continue
+                if is_done(gen_dir(run.run_dir, g)):
+                    log.info("node %d gen %d: done already, skipped", k, g)
+                    continue
                 log.info("node %d/%d, generation %d", k, spec.nodes, g)
                 run_generation(run, g)
             if only is None: cross_nll_step(net_dir, [runs[k] for k in todo], g, spec.cross_nll)

@@ -69,9 +69,12 @@ def judge_bench(
 def format_throughput(r: dict) -> str:
     return (
         f"{r['n_texts']} texts, {r['model']} at {r['base_url']}:\n"
-        f"  one request at a time : {r['sequential_s']:7.1f} s  ({r['sequential_texts_per_s']:.2f} texts/s)\n"
-        f"  {r['concurrency']:3d} in flight        : {r['concurrent_s']:7.1f} s  ({r['concurrent_texts_per_s']:.2f} texts/s)\n"
-        f"  ratio concurrent/sequential: {r['ratio']:.2f}x (largest score difference between the two: {r['max_abs_score_diff']:.3g})"
+        f"  one request at a time : {r['sequential_s']:7.1f} s  ({r['sequential_texts_per_s']:.2f} "
+        "texts/s)\n"
+        f"  {r['concurrency']:3d} in flight        : {r['concurrent_s']:7.1f} s  "
+        f"({r['concurrent_texts_per_s']:.2f} texts/s)\n"
+        f"  ratio concurrent/sequential: {r['ratio']:.2f}x (largest score difference between the "
+        f"two: {r['max_abs_score_diff']:.3g})"
     )
 
 # %% ../nbs/07f_cli.ipynb #ad47f25e
@@ -102,12 +105,14 @@ def make_parser() -> argparse.ArgumentParser:
     ap_.add_argument(
         "--keep",
         metavar="DIR",
-        help="also copy its clustering and analysis notebooks and one chain's into DIR (e.g. appendix/demo)",
+        help="also copy its clustering and analysis notebooks and one chain's into DIR"
+        " (e.g. appendix/demo)",
     )
     ap_.add_argument(
         "--chain",
         default="0",
-        help="with --keep: which chain, by text its run directory contains (e.g. whole/ratio-1/) or index (default 0)",
+        help="with --keep: which chain, by text its run directory contains (e.g. whole/ratio-1/)"
+        " or index (default 0)",
     )
     dc = sub.add_parser("docs", help="build the docs site of the notebooks into _docs/")
     dc.add_argument(
@@ -118,7 +123,8 @@ def make_parser() -> argparse.ArgumentParser:
     dc.add_argument("--workers", type=int, default=2)
     js = sub.add_parser(
         "judge-server",
-        help="serve a model as an OpenAI-compatible judge with vLLM on 127.0.0.1 (make judge-venv first)",
+        help="serve a model as an OpenAI-compatible judge with vLLM on 127.0.0.1"
+        " (make judge-venv first)",
     )
     jb = sub.add_parser(
         "judge-bench",
@@ -172,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             out = study_dir(a.spec)
             print(f"appendix: {build_appendix(out)}")
             if a.keep:
-                print(
-                    f"kept {len(keep_appendix(out, a.keep, int(a.chain) if a.chain.isdigit() else a.chain))} notebooks in {resolve(a.keep)}"
-                )
+                kept = keep_appendix(out, a.keep, int(a.chain) if a.chain.isdigit() else a.chain)
+                print(f"kept {len(kept)} notebooks in {resolve(a.keep)}")
             return 0
         if a.cmd == "docs":
             print(f"docs: {build_docs(execute=not a.no_execute, workers=a.workers)}")
@@ -188,14 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         for line in s["analysis"]:
             print(line)
         print(
-            f"study finished in {s['seconds'] // 60:.0f} min {s['seconds'] % 60:.0f} s: {s['chains']} chains, "
-            f"{s['ran']} run, {s['skipped']} already done, {len(s['failed'])} failed"
-        )
+            f"study finished in {s['seconds'] // 60:.0f} min {s['seconds'] % 60:.0f} s: "
+            f"{s['chains']} chains, "
+            f"{s['ran']} run, {s['skipped']} already done, {len(s['failed'])} failed")
         if s["failed"]:
             for rd, err in s["failed"].items():
                 print(f"  failed: {rd}: {err}", file=sys.stderr)
             print(
-                f"re-run the same command to resume them; `recursive-loops status {a.spec}` shows their state",
+                f"re-run the same command to resume them; `recursive-loops status {a.spec}` shows "
+                "their state",
                 file=sys.stderr,
             )
             return 1

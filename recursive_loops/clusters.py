@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, TrainOn, Design
+from .core import log, resolve, atomic_path, write_json, make_manifest, Timer
+from .core import TrainOn, Design
 from .data import load_texts, dataset_label, MIN_TOKENS, MAX_TOKENS
 from .models import embed_texts
 
@@ -21,35 +22,41 @@ __all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'reduce_umap', 'c
 # %% ../nbs/02_clusters.ipynb #c0f88089
 METHODS = ("kmeans", "gmm", "hdbscan", "candidates")
 
-def check_cluster_params(method: str, n_clusters: int, min_cluster_size: int, umap_dim: int, min_texts: int,
-                         candidate_sizes: list = (5, 10, 20, 50)) -> None:
+def check_cluster_params(method: str, n_clusters: int, min_cluster_size: int, umap_dim: int,
+                         min_texts: int, candidate_sizes: list = (5, 10, 20, 50)) -> None:
     "One clear `ValueError` for the first bad clustering parameter."
-    if method not in METHODS: raise ValueError(f"method={method!r} is invalid; allowed: {', '.join(METHODS)}")
-    for name, v, lo in [("n_clusters", n_clusters, 1), ("min_cluster_size", min_cluster_size, 2), ("umap_dim", umap_dim, 2), ("min_texts", min_texts, 1)]:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is invalid; allowed: {', '.join(METHODS)}")
+    for name, v, lo in [("n_clusters", n_clusters, 1), ("min_cluster_size", min_cluster_size, 2),
+                        ("umap_dim", umap_dim, 2), ("min_texts", min_texts, 1)]:
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{name}={v!r} is invalid; allowed: an integer >= {lo}")
-    if not isinstance(candidate_sizes, (list, tuple)) or not candidate_sizes or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in candidate_sizes):
-        raise ValueError(f"candidate_sizes={candidate_sizes!r} is invalid; allowed: a list of integers >= 2")
+    if not isinstance(candidate_sizes, (list, tuple)) or not candidate_sizes or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in candidate_sizes):
+        raise ValueError(
+            f"candidate_sizes={candidate_sizes!r} is invalid; allowed: a list of integers >= 2")
 
 # %% ../nbs/02_clusters.ipynb #7d55f47e
 PAPER_UMAP_2D = dict(n_neighbors=5, min_dist=0.01)  # the authors' evaluation projection (cosine)
 
-def reduce_umap(emb: np.ndarray, n_components: int = 5, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.0) -> np.ndarray:
+def reduce_umap(emb: np.ndarray, n_components: int = 5, seed: int = 0, n_neighbors: int = 15,
+                min_dist: float = 0.0) -> np.ndarray:
     "UMAP projection (cosine metric), seeded."
     import umap
     n_neighbors = min(n_neighbors, len(emb) - 1)
-    return umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, metric="cosine",
-                     random_state=seed, n_jobs=1).fit_transform(emb)
+    return umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist,
+                     metric="cosine", random_state=seed, n_jobs=1).fit_transform(emb)
 
-def cluster_points(points: np.ndarray, method: str = "kmeans", n_clusters: int = 20, min_cluster_size: int = 50,
-                   seed: int = 0) -> np.ndarray:
+def cluster_points(points: np.ndarray, method: str = "kmeans", n_clusters: int = 20,
+                   min_cluster_size: int = 50, seed: int = 0) -> np.ndarray:
     "Cluster labels of one partition (HDBSCAN noise = -1)."
     if method == "kmeans":
         from sklearn.cluster import KMeans
         return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(points)
     if method == "gmm":
         from sklearn.mixture import GaussianMixture
-        return GaussianMixture(n_components=n_clusters, random_state=seed).fit(points).predict(points)
+        return GaussianMixture(n_components=n_clusters,
+                               random_state=seed).fit(points).predict(points)
     import hdbscan
     return hdbscan.HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(points)
 
@@ -59,11 +66,16 @@ def candidate_clusters(points: np.ndarray, # the projection to cluster
                        sizes: list = (5, 10, 20, 50), # k of the k-means and GMM clusterings
                        min_cluster_size: int = 50, seed: int = 0,
                       ) -> list[dict]:
-    "Candidate clusters (`members` indices, `origin`, `size`) of several clusterings and of merged neighbours, deduplicated."
+    """Candidate clusters (`members` indices, `origin`, `size`) of several clusterings and of merged
+    neighbours, deduplicated."""
     cands, seen = [], set()
     def add(idx, origin):
-        if len(idx) >= min_texts and idx.tobytes() not in seen: seen.add(idx.tobytes()); cands.append(dict(members=idx, origin=origin, size=len(idx)))
-    runs = [(f"{m}-{k}", cluster_points(points, m, k, min_cluster_size, seed)) for m in ("kmeans", "gmm") for k in sizes if k < len(points)]
+        if len(idx) >= min_texts and idx.tobytes() not in seen:
+            seen.add(idx.tobytes())
+            cands.append(dict(members=idx, origin=origin, size=len(idx)))
+
+    runs = [(f"{m}-{k}", cluster_points(points, m, k, min_cluster_size, seed))
+            for m in ("kmeans", "gmm") for k in sizes if k < len(points)]
     runs.append(("hdbscan", cluster_points(points, "hdbscan", 0, min_cluster_size, seed)))
     for name, lab in runs:
         ids = [int(l) for l in np.unique(lab) if l >= 0]
@@ -77,15 +89,22 @@ def candidate_clusters(points: np.ndarray, # the projection to cluster
     return cands
 
 def draw_candidates(cands: list[dict], k: int, seed: int = 0) -> list[dict]:
-    "K candidates drawn at random without replacement (all of them, with a warning, when there are fewer)."
+    """K candidates drawn at random without replacement (all of them, with a warning, when there are
+    fewer)."""
     import random
-    if len(cands) < k: log.warning("only %d candidate clusters hold enough texts; all are used (n_clusters=%d asked for)", len(cands), k)
-    return [cands[i] for i in sorted(random.Random(seed).sample(range(len(cands)), min(k, len(cands))))]
+    if len(cands) < k:
+        log.warning(
+            "only %d candidate clusters hold enough texts; all are used (n_clusters=%d asked for)",
+            len(cands), k)
+    return [
+        cands[i] for i in sorted(random.Random(seed).sample(range(len(cands)), min(k, len(cands))))
+    ]
 
 # %% ../nbs/02_clusters.ipynb #a3d5267e
 def eligible(labels: pd.Series, # cluster label of each row (-1: noise)
              min_texts: int) -> pd.Series:
-    "Whether each row's cluster holds at least `min_texts` rows (noise never does): the clusters a chain may train on."
+    """Whether each row's cluster holds at least `min_texts` rows (noise never does): the clusters a
+    chain may train on."""
     sizes = labels[labels >= 0].value_counts()
     return labels.isin(sizes[sizes >= min_texts].index)
 
@@ -94,9 +113,12 @@ def reference_partition(base: pd.DataFrame, # text_id, domain, x, y of every tex
                         points: np.ndarray, # the projection the candidates came from
                         n_clusters: int, min_texts: int, seed: int = 0,
                        ) -> pd.DataFrame:
-    "One k-means partition of `points` in clusters.parquet's format: what drawn clusters are compared with."
+    """One k-means partition of `points` in clusters.parquet's format: what drawn clusters are
+    compared with."""
     part = base.assign(cluster=cluster_points(points, "kmeans", n_clusters, seed=seed))
-    return part.assign(eligible=eligible(part.cluster, min_texts))[["text_id", "domain", "cluster", "x", "y", "eligible"]]
+    return part.assign(eligible=eligible(part.cluster, min_texts))[[
+        "text_id", "domain", "cluster", "x", "y", "eligible"
+    ]]
 
 # %% ../nbs/02_clusters.ipynb #db2a8a49
 def study_clusters_dir(out_dir: str | Path, # the study's out_dir, as its spec gives it
@@ -122,7 +144,9 @@ def cluster_design(t: TrainOn, # the experiment's train_on, read for one dataset
     d = Design("cluster", [], by_cluster=True)
     d.cluster_sets[t.dataset] = resolve(study_clusters_dir(t.out_dir, t.dataset))
     if ids is None:
-        d.unresolved.append(f"{t.experiment}: {what} (known after 02_clusters/04b_properties; counted as {n_guess})")
+        d.unresolved.append(
+            f"{t.experiment}: {what} (known after 02_clusters/04b_properties; counted as {n_guess})"
+        )
         ids = [f"?{i}" for i in range(n_guess)]
     d.ids = [str(i) for i in ids]
     return d
@@ -138,28 +162,36 @@ def plan_every_cluster(t: TrainOn) -> Design:
     return cluster_design(t, ids, f"every eligible cluster of {t.dataset}", n_guess)
 
 # %% ../nbs/02_clusters.ipynb #5dcf0f7d
-def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", method: str = "kmeans",
-                 n_clusters: int = 20, min_cluster_size: int = 50, umap_dim: int = 5, min_texts: int = 200,
-                 max_texts: int = 0, seed: int = 0, out_dir: str | Path = "runs/demo/clusters",
-                 min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, candidate_sizes: list = (5, 10, 20, 50)) -> Path:
-    "Embed, reduce, cluster and size-check a dataset; write `clusters.parquet` and its manifest (with `candidates`, also `candidates.csv` and `partition.parquet`)."
+def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2",
+                 method: str = "kmeans", n_clusters: int = 20, min_cluster_size: int = 50,
+                 umap_dim: int = 5, min_texts: int = 200, max_texts: int = 0, seed: int = 0,
+                 out_dir: str | Path = "runs/demo/clusters", min_tokens: int = MIN_TOKENS,
+                 max_tokens: int = MAX_TOKENS, candidate_sizes: list = (5, 10, 20, 50)) -> Path:
+    """Embed, reduce, cluster and size-check a dataset; write `clusters.parquet` and its manifest
+    (with `candidates`, also `candidates.csv` and `partition.parquet`)."""
     check_cluster_params(method, n_clusters, min_cluster_size, umap_dim, min_texts, candidate_sizes)
     t = Timer()
     df = load_texts(dataset, min_tokens, max_tokens)
-    if max_texts and len(df) > max_texts: df = df.sample(n=max_texts, random_state=seed).reset_index(drop=True)
+    if max_texts and len(df) > max_texts:
+        df = df.sample(n=max_texts, random_state=seed).reset_index(drop=True)
     with t("embed"): emb, n_new = embed_texts(df.text.tolist(), df.text_id.tolist(), embedder)
     with t("umap"):
-        red = reduce_umap(emb, umap_dim, seed); xy = reduce_umap(emb, 2, seed, **PAPER_UMAP_2D)
+        red = reduce_umap(emb, umap_dim, seed)
+        xy = reduce_umap(emb, 2, seed, **PAPER_UMAP_2D)
     base = df[["text_id", "domain"]].assign(x=xy[:, 0], y=xy[:, 1])
     drawn = None
     with t("cluster"):
         if method == "candidates":
-            cands = candidate_clusters(red, min_texts, list(candidate_sizes), min_cluster_size, seed)
+            cands = candidate_clusters(red, min_texts, list(candidate_sizes), min_cluster_size,
+                                       seed)
             drawn = draw_candidates(cands, n_clusters, seed)
             member = np.zeros(len(df), bool)
             parts = []
-            for i, c in enumerate(drawn): parts.append(base.iloc[c["members"]].assign(cluster=i)); member[c["members"]] = True
-            out = pd.concat(parts + [base[~member].assign(cluster=-1)], ignore_index=True)[["text_id", "domain", "cluster", "x", "y"]]
+            for i, c in enumerate(drawn):
+                parts.append(base.iloc[c["members"]].assign(cluster=i))
+                member[c["members"]] = True
+            out = pd.concat(parts + [base[~member].assign(cluster=-1)],
+                            ignore_index=True)[["text_id", "domain", "cluster", "x", "y"]]
             lab = out.cluster.to_numpy()
         else:
             lab = cluster_points(red, method, n_clusters, min_cluster_size, seed)
@@ -167,17 +199,31 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2", 
     sizes = out[out.cluster >= 0].cluster.value_counts().sort_index()
     small = sizes[sizes < min_texts]
     out["eligible"] = eligible(out.cluster, min_texts)
-    if len(small): log.warning("%d of %d clusters have fewer than %d texts and are excluded: %s", len(small), len(sizes),
-                               min_texts, dict(small))
+    if len(small):
+        log.warning("%d of %d clusters have fewer than %d texts and are excluded: %s", len(small),
+                    len(sizes), min_texts, dict(small))
     path = resolve(out_dir) / "clusters.parquet"
     with atomic_path(path) as tmp: out.to_parquet(tmp, index=False)
     if drawn is not None:
         with atomic_path(path.parent / "candidates.csv") as tmp:
-            pd.DataFrame([dict(cluster=i, origin=c["origin"], size=c["size"]) for i, c in enumerate(drawn)]).to_csv(tmp, index=False)
-        with atomic_path(path.parent / "partition.parquet") as tmp: reference_partition(base, red, n_clusters, min_texts, seed).to_parquet(tmp, index=False)
-    cfg = dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens, embedder=embedder, method=method, n_clusters=n_clusters, min_cluster_size=min_cluster_size,
-               umap_dim=umap_dim, min_texts=min_texts, max_texts=max_texts, **({"candidate_sizes": list(candidate_sizes)} if method == "candidates" else {}))
-    write_json(path.with_suffix(".manifest.json"), make_manifest(cfg, seed, t.times, n_texts=len(out), n_noise=int((lab < 0).sum()),
-               embedded_now=n_new, **({"n_candidates": len(cands)} if drawn is not None else {}), sizes={int(k): int(v) for k, v in sizes.items()}, excluded={int(k): int(v) for k, v in small.items()}))
-    log.info("%d clusters (%d eligible) of %d texts -> %s (%s)", len(sizes), len(sizes) - len(small), len(out), path, t.times)
+            pd.DataFrame([
+                dict(cluster=i, origin=c["origin"], size=c["size"]) for i, c in enumerate(drawn)
+            ]).to_csv(tmp, index=False)
+        with atomic_path(path.parent / "partition.parquet") as tmp:
+            reference_partition(base, red, n_clusters, min_texts, seed).to_parquet(tmp, index=False)
+    cfg = dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens, embedder=embedder,
+               method=method, n_clusters=n_clusters, min_cluster_size=min_cluster_size,
+               umap_dim=umap_dim, min_texts=min_texts, max_texts=max_texts,
+               **({"candidate_sizes": list(candidate_sizes)} if method == "candidates" else {}))
+    write_json(
+        path.with_suffix(".manifest.json"),
+        make_manifest(cfg, seed, t.times, n_texts=len(out), n_noise=int(
+            (lab < 0).sum()), embedded_now=n_new,
+                      **({"n_candidates": len(cands)} if drawn is not None else {}),
+                      sizes={int(k): int(v)
+                             for k, v in sizes.items()},
+                      excluded={int(k): int(v)
+                                for k, v in small.items()}))
+    log.info("%d clusters (%d eligible) of %d texts -> %s (%s)", len(sizes),
+             len(sizes) - len(small), len(out), path, t.times)
     return path

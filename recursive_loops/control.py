@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, atomic_path, write_jsonl, write_json, read_json, make_manifest, save_figure,
-                                  TrainOn, Design, write_stamped)
+from .core import (log, resolve, atomic_path, write_jsonl, write_json, read_json,
+                                  make_manifest, save_figure, TrainOn, Design, write_stamped)
 from .data import load_texts, dataset_label, instruction_for, MIN_TOKENS, MAX_TOKENS
 from .metrics import self_bleu_each
 from .judges import Judge, JudgeSpec, audit_judge, audit_texts, format_audit
@@ -28,117 +28,189 @@ PROPERTIES = ("fluency", "selfbleu")
 
 def text_scores(texts: list[str], # the human texts
                 prop: str | dict, # fluency, selfbleu, or a judge's settings (04a_judges)
-                audit_from: dict | None = None, # a judge's audit texts: dict(dataset=..., min_tokens=..., max_tokens=...)
+                # a judge's audit texts: dict(dataset=..., min_tokens=..., max_tokens=...)
+                audit_from: dict | None = None,
                ) -> tuple[np.ndarray, dict]:
-    "One score per text and a record of how it was computed (the judge's audit verdict where a judge scored)."
-    if prop == "selfbleu": return self_bleu_each(texts), dict(property="selfbleu", how="sentence BLEU against all the other texts (04_metrics.self_bleu_each)")
-    spec = dict(name="fluency", backend="fluency", model="smollm2-135m", audit_n=32) if prop == "fluency" else prop
-    if not isinstance(spec, dict): raise ValueError(f"property={prop!r} is invalid; allowed: {', '.join(PROPERTIES)} or a judge's settings")
+    """One score per text and a record of how it was computed (the judge's audit verdict where a
+    judge scored)."""
+    if prop == "selfbleu":
+        return self_bleu_each(texts), dict(
+            property="selfbleu",
+            how="sentence BLEU against all the other texts (04_metrics.self_bleu_each)")
+    spec = dict(name="fluency", backend="fluency", model="smollm2-135m",
+                audit_n=32) if prop == "fluency" else prop
+    if not isinstance(spec, dict):
+        raise ValueError(
+            f"property={prop!r} is invalid; allowed: {', '.join(PROPERTIES)} or a judge's settings")
     j = Judge(spec)
-    if j.spec.kind == "lean": raise ValueError(f"property {j.spec.name!r} is a lean judge; allowed: a quality judge or the fluency proxy")
+    if j.spec.kind == "lean":
+        raise ValueError(
+            f"property {j.spec.name!r} is a lean judge; allowed: a quality judge or the fluency "
+            "proxy"
+        )
     a = audit_judge(j, audit_texts(audit_from or {}, j.spec.audit_n)) if audit_from else None
-    if a is not None and not a["passed"]: raise ValueError(f"judge {a['judge']!r} failed its audit ({a['verdict']}); quartiles need a scorer that passed")
+    if a is not None and not a["passed"]:
+        raise ValueError(
+            f"judge {a['judge']!r} failed its audit ({a['verdict']}); quartiles need a scorer that "
+            "passed"
+        )
     if a: log.info("quartile scorer: %s", format_audit(a))
-    return j.score(texts, progress=True), dict(property=j.spec.name, how=f"{j.spec.backend}: {j.spec.model}, {j.spec.version}", audit=a and a["verdict"])
+    return j.score(texts,
+                   progress=True), dict(property=j.spec.name,
+                                        how=f"{j.spec.backend}: {j.spec.model}, {j.spec.version}",
+                                        audit=a and a["verdict"])
 
 # %% ../nbs/05c_control.ipynb #ff1cf16f
-def quartile_name(prop: str | dict) -> str: return prop if isinstance(prop, str) else str(prop["name"])
+def quartile_name(prop: str | dict) -> str:
+    return prop if isinstance(prop, str) else str(prop["name"])
 
 def write_quartiles(dataset: str, # registry name or file (data.load_texts)
                     prop: str | dict, # see text_scores
                     out_dir: str | Path, # where <property>-q<k>.jsonl and quartiles.json go
                     keep: list[int] = (1, 4), # the quartiles to write (1 = the lowest scores)
                     quarters: int = 4, # how many parts (4: quartiles)
-                    min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # token bounds of load_texts
+                    # token bounds of load_texts
+                    min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                    ) -> list[Path]:
-    "Rank a dataset's texts by `prop` and write the parts asked for as chain datasets (text, domain, score); return their paths."
+    """Rank a dataset's texts by `prop` and write the parts asked for as chain datasets (text,
+    domain, score); return their paths."""
     keep = [int(k) for k in keep]
-    if not keep or any(not 1 <= k <= quarters for k in keep): raise ValueError(f"keep={keep!r} is invalid; allowed: parts in 1..{quarters}")
+    if not keep or any(not 1 <= k <= quarters for k in keep):
+        raise ValueError(f"keep={keep!r} is invalid; allowed: parts in 1..{quarters}")
     df = load_texts(dataset, min_tokens, max_tokens)
-    s, rec = text_scores(df.text.tolist(), prop, dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens))
-    df = df.assign(score=s).dropna(subset=["score"]).sort_values(["score", "text_id"], kind="stable").reset_index(drop=True)
+    s, rec = text_scores(df.text.tolist(), prop,
+                         dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens))
+    df = df.assign(score=s).dropna(subset=["score"]).sort_values(
+        ["score", "text_id"], kind="stable").reset_index(drop=True)
     part = (np.arange(len(df)) * quarters) // len(df) + 1  # equal parts by rank
     name, out, paths, files = quartile_name(prop), resolve(out_dir), [], {}
     for k in keep:
         q = df[part == k]
-        paths.append(write_jsonl(out / f"{name}-q{k}.jsonl", [dict(text=t, domain=d, score=float(v)) for t, d, v in zip(q.text, q.domain, q.score)]))
-        files[paths[-1].name] = dict(part=k, n=len(q), score_min=float(q.score.min()), score_max=float(q.score.max()), score_mean=float(q.score.mean()))
-    write_json(out / "quartiles.json", make_manifest(dict(dataset=str(dataset), property=prop, keep=keep, quarters=quarters,
-               min_tokens=min_tokens, max_tokens=max_tokens), 0, scored=rec, n_texts=len(df), files=files))
-    log.info("%s: %d texts in %d parts by %s -> %s", dataset, len(df), quarters, name, ", ".join(p.name for p in paths))
+        paths.append(
+            write_jsonl(out / f"{name}-q{k}.jsonl", [
+                dict(text=t, domain=d, score=float(v))
+                for t, d, v in zip(q.text, q.domain, q.score)
+            ]))
+        files[paths[-1].name] = dict(part=k, n=len(q), score_min=float(q.score.min()),
+                                     score_max=float(q.score.max()),
+                                     score_mean=float(q.score.mean()))
+    write_json(
+        out / "quartiles.json",
+        make_manifest(
+            dict(dataset=str(dataset), property=prop, keep=keep, quarters=quarters,
+                 min_tokens=min_tokens, max_tokens=max_tokens), 0, scored=rec, n_texts=len(df),
+            files=files))
+    log.info("%s: %d texts in %d parts by %s -> %s", dataset, len(df), quarters, name,
+             ", ".join(p.name for p in paths))
     return paths
 
 # %% ../nbs/05c_control.ipynb #b4d57217
 QUARTILE_FORM = "{quartiles: fluency | selfbleu | <a judge's settings>, keep: [quartiles 1-4]}"
 
 def plan_quartiles(t: TrainOn) -> Design:
-    "`train_on: {quartiles: P, keep: [1, 4]}`: one chain per kept quartile of the dataset ranked by P."
+    """`train_on: {quartiles: P, keep: [1, 4]}`: one chain per kept quartile of the dataset ranked
+    by P."""
     v = t.value
     prop, keep = v["quartiles"], v.get("keep", [1, 4])
     if (set(v) - {"quartiles", "keep"} or not (prop in PROPERTIES or isinstance(prop, dict))
-            or not isinstance(keep, list) or not keep or not all(isinstance(k, int) and 1 <= k <= 4 for k in keep)):
+            or not isinstance(keep, list) or not keep
+            or not all(isinstance(k, int) and 1 <= k <= 4 for k in keep)):
         raise t.invalid(QUARTILE_FORM)
     folder = str(Path(t.out_dir) / "quartiles" / f"{t.experiment}-{dataset_label(t.dataset)}")
     qn = prop if isinstance(prop, str) else str(prop.get("name"))
     files = [f"{folder}/{qn}-q{k}.jsonl" for k in keep]  # the names write_quartiles gives
+    write = (write_quartiles_study, dict(out_dir=folder, dataset=t.dataset, prop=prop, keep=keep))
     return Design("quartile", files, files=True, instruction=instruction_for(t.dataset),
-                  writes={folder: (write_quartiles_study, dict(out_dir=folder, dataset=t.dataset, prop=prop, keep=keep))},
+                  writes={folder: write},
                   facts={f: dict(property=qn, quartile=k) for f, k in zip(files, keep)})
 
 def write_quartiles_study(out_dir: str, dataset: str, prop: str | dict, keep: list,
                           min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> None:
-    "`write_quartiles`, unless `quartiles.params.json` records the same arguments and every part exists."
+    """`write_quartiles`, unless `quartiles.params.json` records the same arguments and every part
+    exists."""
     made = dict(dataset=dataset, prop=prop, keep=keep, min_tokens=min_tokens, max_tokens=max_tokens)
-    write_stamped(resolve(out_dir) / "quartiles.params.json", made,
-                  [f"{out_dir}/{quartile_name(prop)}-q{k}.jsonl" for k in keep], lambda: write_quartiles(**made, out_dir=out_dir))
+    write_stamped(
+        resolve(out_dir) / "quartiles.params.json", made,
+        [f"{out_dir}/{quartile_name(prop)}-q{k}.jsonl" for k in keep],
+        lambda: write_quartiles(**made, out_dir=out_dir))
 
 # %% ../nbs/05c_control.ipynb #1d394554
 def _has_exp(col: pd.Series, name: str) -> pd.Series:
-    "Rows of experiment `name` (the results' experiment column lists a chain's experiments, comma-separated)."
+    """Rows of experiment `name` (the results' experiment column lists a chain's experiments,
+    comma-separated)."""
     return col.astype(str).str.split(",").apply(lambda xs: name in xs)
 
-def control_table(results: pd.DataFrame, # 07e_study's results.csv (04_metrics rows with the chains' parameters)
-                  experiment: str | None = None, # the curation experiment (None: every chain with a `curate` column value)
+def control_table(
+                  # 07e_study's results.csv (04_metrics rows with the chains' parameters)
+                  results: pd.DataFrame,
+                  # the curation experiment (None: every chain with a `curate` column value)
+                  experiment: str | None = None,
                  ) -> pd.DataFrame:
-    "One row per (arm, seed, run_dir, metric, generation): `model` and `kept` values and their shift relative to the chain's generation-0 model output."
-    r = results if experiment is None or "experiment" not in results else results[_has_exp(results.experiment, experiment)]
+    """One row per (arm, seed, run_dir, metric, generation): `model` and `kept` values and their
+    shift relative to the chain's generation-0 model output."""
+    r = results if experiment is None or "experiment" not in results else results[_has_exp(
+        results.experiment, experiment)]
     r = r[r.generation >= 0].assign(arm=r["curate"].fillna("none") if "curate" in r else "none")
-    if r.empty: raise ValueError(f"no chain of experiment {experiment!r} in the results; allowed: {', '.join(sorted(set(','.join(results.get('experiment', pd.Series(dtype=str)).astype(str)).split(','))))}")
+    if r.empty:
+        known = ",".join(results.get("experiment", pd.Series(dtype=str)).astype(str)).split(",")
+        raise ValueError(f"no chain of experiment {experiment!r} in the results; allowed: "
+                         + ", ".join(sorted(set(known))))
     keys = ["arm", "seed", "run_dir", "metric", "generation"]
     gen = r[r.source == "generated"].set_index(keys).value
     smp = r[r.source == "sampled"].set_index(keys).value
-    t = pd.DataFrame(dict(kept=gen, model=smp.reindex(gen.index).fillna(gen))).reset_index()  # uncurated: the kept texts are the model's output
+    # uncurated: the kept texts are the model's output
+    t = pd.DataFrame(dict(kept=gen, model=smp.reindex(gen.index).fillna(gen))).reset_index()
     base = t[t.generation == 0].set_index(["run_dir", "metric"]).model
     b = base.reindex(pd.MultiIndex.from_frame(t[["run_dir", "metric"]])).to_numpy()
     return t.assign(shift_model=t.model / b, shift_kept=t.kept / b)
 
 # %% ../nbs/05c_control.ipynb #eca72edc
-DEMO_SHIFTS = {  # arm -> {metric: the model output's shift at the last generation}; every other metric shifts as `none`
-    "none": dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
-    "random x2": dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
-    "diversity x2": dict(semantic_diversity=0.95, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
-    "score_top:fluency x2": dict(semantic_diversity=0.70, selfbleu_diversity=0.75, fluency_nll=0.80, ttr_150=0.85),
+# arm -> {metric: the model output's shift at the last generation}; every other metric shifts as
+# `none`
+DEMO_SHIFTS = {
+    "none":
+    dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
+    "random x2":
+    dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
+    "diversity x2":
+    dict(semantic_diversity=0.95, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
+    "score_top:fluency x2":
+    dict(semantic_diversity=0.70, selfbleu_diversity=0.75, fluency_nll=0.80, ttr_150=0.85),
 }
 
-def demo_control_results(seeds: int = 3, generations: int = 4, noise: float = 0.005, seed: int = 0) -> pd.DataFrame:
-    "A results table of curated chains whose shifts are `DEMO_SHIFTS` (linear in the generation), with 4-generation timings left out."
+def demo_control_results(seeds: int = 3, generations: int = 4, noise: float = 0.005,
+                         seed: int = 0) -> pd.DataFrame:
+    """A results table of curated chains whose shifts are `DEMO_SHIFTS` (linear in the generation),
+    with 4-generation timings left out."""
     rng, rows = np.random.default_rng(seed), []
     for arm, shifts in DEMO_SHIFTS.items():
         for s in range(seeds):
             rd = f"control/{arm}/seed-{s}"
             for m, last in shifts.items():
                 v0 = 1.0 + rng.normal(0, noise)
-                rows.append(dict(run_dir=rd, experiment="curation", curate=arm, seed=s, generation=-1, source="human", metric=m, value=v0))
+                rows.append(
+                    dict(run_dir=rd, experiment="curation", curate=arm, seed=s, generation=-1,
+                         source="human", metric=m, value=v0))
                 for g in range(generations):
                     v = v0 * (1 + (last - 1) * g / (generations - 1)) * (1 + rng.normal(0, noise))
-                    rows.append(dict(run_dir=rd, experiment="curation", curate=arm, seed=s, generation=g, source="generated" if arm == "none" else "sampled", metric=m, value=v))
-                    if arm != "none": rows.append(dict(rows[-1], source="generated", value=v * (1.1 if arm.startswith("diversity") and m == "semantic_diversity" else 1.0)))
+                    rows.append(
+                        dict(run_dir=rd, experiment="curation", curate=arm, seed=s, generation=g,
+                             source="generated" if arm == "none" else "sampled", metric=m, value=v))
+                    if arm != "none":
+                        rows.append(
+                            dict(
+                                rows[-1], source="generated",
+                                value=v * (1.1 if arm.startswith("diversity")
+                                           and m == "semantic_diversity" else 1.0)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05c_control.ipynb #0074b196
-def bootstrap_ci(x, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    "(mean, low, high): the mean of `x` and a percentile bootstrap CI over its values (NaNs dropped)."
-    x = np.asarray(x, float); x = x[~np.isnan(x)]
+def bootstrap_ci(x, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `x` and a percentile bootstrap CI over its values (NaNs
+    dropped)."""
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
     if len(x) == 0: return (np.nan, np.nan, np.nan)
     if len(x) == 1: return (float(x[0]),) * 3
     means = np.random.default_rng(seed).choice(x, (n_boot, len(x)), replace=True).mean(1)
@@ -147,22 +219,34 @@ def bootstrap_ci(x, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> t
 
 # %% ../nbs/05c_control.ipynb #23d0d453
 def _slope(d: pd.DataFrame) -> float:
-    return float(np.polyfit(d.generation, d.shift_model, 1)[0]) if d.generation.nunique() > 1 else np.nan
+    return float(np.polyfit(d.generation, d.shift_model,
+                            1)[0]) if d.generation.nunique() > 1 else np.nan
 
 def arm_effects(table: pd.DataFrame, # control_table
                 baseline: str = "none", # the uncurated arm
-                against: tuple = ("none", "random"), # comparisons: arm labels, or rule names (random matches "random x2")
+                # comparisons: arm labels, or rule names (random matches "random x2")
+                against: tuple = ("none", "random"),
                 metrics: list[str] | None = None, # default: every metric of the table
                ) -> pd.DataFrame:
-    "Per arm, metric and comparison: the shift reduction at the last generation (model output, and kept texts) and the slope difference, paired by seed, with bootstrap CIs over seeds (and a t interval for the reduction)."
+    """Per arm, metric and comparison: the shift reduction at the last generation (model output, and
+    kept texts) and the slope difference, paired by seed, with bootstrap CIs over seeds (and a t
+    interval for the reduction)."""
     t = table if metrics is None else table[table.metric.isin(metrics)]
-    arms = sorted(set(t.arm)); last = int(t.generation.max())
-    if baseline not in arms: raise ValueError(f"baseline={baseline!r} is not an arm of the table; allowed: {', '.join(arms)}")
+    arms = sorted(set(t.arm))
+    last = int(t.generation.max())
+    if baseline not in arms:
+        raise ValueError(
+            f"baseline={baseline!r} is not an arm of the table; allowed: {', '.join(arms)}")
     per = t.groupby(["arm", "seed"]).run_dir.nunique() if "run_dir" in t else pd.Series(dtype=int)
-    if (per > 1).any():  # several datasets (or merged datasets) in one experiment: pairing by seed alone would mix them
+    # several datasets (or merged datasets) in one experiment: pairing by seed alone would mix them
+    if (per > 1).any():
         (a, s), n = per.idxmax(), int(per.max())
-        raise ValueError(f"arm {a!r} has {n} chains with seed {s} (several datasets in one experiment); arms are paired by seed: compare one dataset at a time (control_table of its rows)")
-    def resolve_vs(v): return v if v in arms else next((a for a in arms if a.split(" ")[0] == v), None)
+        raise ValueError(
+            f"arm {a!r} has {n} chains with seed {s} (several datasets in one experiment); arms "
+            "are paired by seed: compare one dataset at a time (control_table of its rows)"
+        )
+    def resolve_vs(v):
+        return v if v in arms else next((a for a in arms if a.split(" ")[0] == v), None)
     rows = []
     for metric, tm in t.groupby("metric"):
         end = tm[tm.generation == last].set_index(["arm", "seed"])
@@ -170,145 +254,224 @@ def arm_effects(table: pd.DataFrame, # control_table
         for vs in dict.fromkeys(filter(None, map(resolve_vs, against))):
             for arm in arms:
                 if arm == vs or arm == baseline and vs != baseline: continue
-                seeds = sorted(set(end.loc[arm].index) & set(end.loc[vs].index)) if arm in end.index.get_level_values(0) and vs in end.index.get_level_values(0) else []
+                seeds = sorted(set(end.loc[arm].index)
+                               & set(end.loc[vs].index)) if arm in end.index.get_level_values(
+                                   0) and vs in end.index.get_level_values(0) else []
                 if not seeds: continue
                 a, b = end.loc[arm].loc[seeds], end.loc[vs].loc[seeds]
                 red = (b.shift_model - 1).abs().to_numpy() - (a.shift_model - 1).abs().to_numpy()
                 redk = (b.shift_kept - 1).abs().to_numpy() - (a.shift_kept - 1).abs().to_numpy()
                 sl = slopes.loc[arm].loc[seeds].to_numpy() - slopes.loc[vs].loc[seeds].to_numpy()
-                r, rlo, rhi = bootstrap_ci(red); k, klo, khi = bootstrap_ci(redk); s, slo, shi = bootstrap_ci(sl); tlo, thi = seed_ci(red)
-                rows.append(dict(arm=arm, metric=metric, vs=vs, generation=last, n_seeds=len(seeds),
-                                 shift_arm=float(a.shift_model.mean()), shift_vs=float(b.shift_model.mean()),
-                                 reduction=r, reduction_low=rlo, reduction_high=rhi, reduction_t_low=tlo, reduction_t_high=thi,
-                                 clear=bool((rlo > 0 and tlo > 0) or (rhi < 0 and thi < 0)),
-                                 reduction_kept=k, reduction_kept_low=klo, reduction_kept_high=khi,
-                                 slope_diff=s, slope_diff_low=slo, slope_diff_high=shi))
+                r, rlo, rhi = bootstrap_ci(red)
+                k, klo, khi = bootstrap_ci(redk)
+                s, slo, shi = bootstrap_ci(sl)
+                tlo, thi = seed_ci(red)
+                rows.append(
+                    dict(arm=arm, metric=metric, vs=vs, generation=last, n_seeds=len(seeds),
+                         shift_arm=float(a.shift_model.mean()),
+                         shift_vs=float(b.shift_model.mean()), reduction=r, reduction_low=rlo,
+                         reduction_high=rhi, reduction_t_low=tlo, reduction_t_high=thi, clear=bool(
+                             (rlo > 0 and tlo > 0) or (rhi < 0 and thi < 0)), reduction_kept=k,
+                         reduction_kept_low=klo, reduction_kept_high=khi, slope_diff=s,
+                         slope_diff_low=slo, slope_diff_high=shi))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05c_control.ipynb #f5692154
 def arm_costs(table: pd.DataFrame, # control_table (its run_dir column names the chains' folders)
              ) -> pd.DataFrame:
-    "Per arm: median seconds per generation (train, generate, curate, total) over generations >= 1, and candidates per kept text."
+    """Per arm: median seconds per generation (train, generate, curate, total) over generations >=
+    1, and candidates per kept text."""
     rows = []
     for (arm, rd), _ in table.groupby(["arm", "run_dir"]):
         for g in sorted(resolve(rd).glob("gen_*"))[1:]:
             try: man = read_json(g / "manifest.json")
             except (FileNotFoundError, ValueError): continue
             tm, cur = man.get("timings", {}), man.get("curation") or {}
-            rows.append(dict(arm=arm, train_s=tm.get("train", np.nan), generate_s=tm.get("generate", np.nan), curate_s=tm.get("curate", 0.0),
-                             candidates_per_kept=cur.get("n_candidates", man.get("n_generated", np.nan)) / max(1, man.get("n_generated", 1))))
-    if not rows: return pd.DataFrame(columns=["arm", "train_s", "generate_s", "curate_s", "total_s", "candidates_per_kept", "n_generations"])
-    c = pd.DataFrame(rows).assign(total_s=lambda d: d[["train_s", "generate_s", "curate_s"]].sum(axis=1))
-    return c.groupby("arm").agg(train_s=("train_s", "median"), generate_s=("generate_s", "median"), curate_s=("curate_s", "median"), total_s=("total_s", "median"),
-                                candidates_per_kept=("candidates_per_kept", "mean"), n_generations=("train_s", "size")).reset_index().round(3)
+            rows.append(
+                dict(
+                    arm=arm, train_s=tm.get("train", np.nan), generate_s=tm.get("generate", np.nan),
+                    curate_s=tm.get("curate", 0.0),
+                    candidates_per_kept=cur.get("n_candidates", man.get("n_generated", np.nan)) /
+                    max(1, man.get("n_generated", 1))))
+    if not rows:
+        return pd.DataFrame(columns=[
+            "arm", "train_s", "generate_s", "curate_s", "total_s", "candidates_per_kept",
+            "n_generations"
+        ])
+    c = pd.DataFrame(rows).assign(
+        total_s=lambda d: d[["train_s", "generate_s", "curate_s"]].sum(axis=1))
+    return c.groupby("arm").agg(train_s=("train_s", "median"), generate_s=("generate_s", "median"),
+                                curate_s=("curate_s", "median"), total_s=("total_s", "median"),
+                                candidates_per_kept=("candidates_per_kept", "mean"),
+                                n_generations=("train_s", "size")).reset_index().round(3)
 
 # %% ../nbs/05c_control.ipynb #d58f7ba0
 def quartile_rows(results: pd.DataFrame, # results.csv
-                  experiments: list[str] | None = None, # the quartile experiments (None: every quartile chain)
+                  # the quartile experiments (None: every quartile chain)
+                  experiments: list[str] | None = None,
                  ) -> pd.DataFrame:
-    "The rows of the quartile chains (their `property` and `quartile` columns, from the planner), with `prop` and `part` (empty without such chains)."
+    """The rows of the quartile chains (their `property` and `quartile` columns, from the planner),
+    with `prop` and `part` (empty without such chains)."""
     if "quartile" not in results: return results.iloc[:0]
     r = results[results.quartile.notna()]
-    if experiments and not r.empty: r = r[np.logical_or.reduce([_has_exp(r.experiment, e) for e in experiments])]
+    if experiments and not r.empty:
+        r = r[np.logical_or.reduce([_has_exp(r.experiment, e) for e in experiments])]
     return r.assign(prop=r.property, part=r.quartile.astype(int))
 
 def quartile_effects(results: pd.DataFrame, # results.csv
-                     experiments: list[str] | None = None, # the quartile experiments (None: every quartile chain)
+                     # the quartile experiments (None: every quartile chain)
+                     experiments: list[str] | None = None,
                     ) -> pd.DataFrame:
-    "Per property and metric: bottom vs top part's human value and last-generation shift (means over seeds, CIs), and the top - bottom shift difference paired by seed."
+    """Per property and metric: bottom vs top part's human value and last-generation shift (means
+    over seeds, CIs), and the top - bottom shift difference paired by seed."""
     r = quartile_rows(results, experiments)
     if r.empty: return pd.DataFrame()
-    last = int(r.generation.max()); rows = []
+    last = int(r.generation.max())
+    rows = []
     for (prop, metric), d in r[r.source.isin(["human", "generated"])].groupby(["prop", "metric"]):
         v = d.pivot_table(index=["part", "seed"], columns="generation", values="value")
         if 0 not in v or last not in v: continue
-        sh = (v[last] / v[0]).rename("shift"); hum = v[-1] if -1 in v else pd.Series(np.nan, v.index)
+        sh = (v[last] / v[0]).rename("shift")
+        hum = v[-1] if -1 in v else pd.Series(np.nan, v.index)
         lo_p, hi_p = min(sh.index.get_level_values(0)), max(sh.index.get_level_values(0))
         if lo_p == hi_p: continue
         seeds = sorted(set(sh.loc[lo_p].index) & set(sh.loc[hi_p].index))
         diff = sh.loc[hi_p].loc[seeds].to_numpy() - sh.loc[lo_p].loc[seeds].to_numpy()
         dm, dlo, dhi = bootstrap_ci(diff)
-        row = dict(property=prop, metric=metric, generation=last, n_seeds=len(seeds), low_part=lo_p, high_part=hi_p,
-                   human_low=float(hum.loc[lo_p].mean()), human_high=float(hum.loc[hi_p].mean()),
-                   diff=dm, diff_low=dlo, diff_high=dhi, clear=bool(dlo > 0 or dhi < 0))
+        row = dict(property=prop, metric=metric, generation=last, n_seeds=len(seeds), low_part=lo_p,
+                   high_part=hi_p, human_low=float(hum.loc[lo_p].mean()),
+                   human_high=float(hum.loc[hi_p].mean()), diff=dm, diff_low=dlo, diff_high=dhi,
+                   clear=bool(dlo > 0 or dhi < 0))
         for name, p in (("low", lo_p), ("high", hi_p)):
-            m, l, h = bootstrap_ci(sh.loc[p].to_numpy()); row.update({f"shift_{name}": m, f"shift_{name}_low": l, f"shift_{name}_high": h})
+            m, l, h = bootstrap_ci(sh.loc[p].to_numpy())
+            row.update({f"shift_{name}": m, f"shift_{name}_low": l, f"shift_{name}_high": h})
         rows.append(row)
     return pd.DataFrame(rows)
 
 # %% ../nbs/05c_control.ipynb #34b988f9
 def selects_on(arm: str) -> set[str]:
-    "The metrics an arm's rule selects on (by its label): the fluency scorer on fluency_nll, a judge on its own metric, embeddings on semantic_diversity."
-    rule = arm.split(" ")[0].split(":")[0]; by = arm.split(" ")[0].split(":")[1] if ":" in arm.split(" ")[0] else None
-    if rule in ("score_top", "score_bottom"): return {"fluency_nll", by} if by == "fluency" else {by}
+    """The metrics an arm's rule selects on (by its label): the fluency scorer on fluency_nll, a
+    judge on its own metric, embeddings on semantic_diversity."""
+    rule = arm.split(" ")[0].split(":")[0]
+    by = arm.split(" ")[0].split(":")[1] if ":" in arm.split(" ")[0] else None
+    if rule in ("score_top", "score_bottom"):
+        return {"fluency_nll", by} if by == "fluency" else {by}
     return {"semantic_diversity"} if rule in ("diversity", "dedup") else set()
 
 # %% ../nbs/05c_control.ipynb #d5ed2d1e
-_NICE = dict(semantic_diversity="semantic diversity", selfbleu_diversity="lexical diversity (1 - Self-BLEU)", fluency_nll="fluency NLL (lower = more fluent)",
-             ttr_150="type-token ratio (150 words)", mtld="MTLD", length_words="length (words)", positivity="positivity (VADER)")
+_NICE = dict(semantic_diversity="semantic diversity",
+             selfbleu_diversity="lexical diversity (1 - Self-BLEU)",
+             fluency_nll="fluency NLL (lower = more fluent)",
+             ttr_150="type-token ratio (150 words)", mtld="MTLD", length_words="length (words)",
+             positivity="positivity (VADER)")
 
 def plot_control(effects: pd.DataFrame, # arm_effects
                  path: str | Path, # PNG to write
                  vs: str = "none", # the comparison shown
                 ) -> Path:
-    "Each arm's shift reduction against `vs` at the last generation, per metric: the model's output (filled) and the kept texts (open), 95% bootstrap CIs over seeds."
-    import matplotlib; matplotlib.use("Agg")
+    """Each arm's shift reduction against `vs` at the last generation, per metric: the model's
+    output (filled) and the kept texts (open), 95% bootstrap CIs over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     e = effects[effects.vs == vs]
-    metrics = list(dict.fromkeys(e.metric)); arms = sorted(set(e.arm), key=lambda a: (a.split(" ")[0].split(":")[0] != "random", a))
-    ncol = min(2, len(metrics)); nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 0.55 * len(arms) * nrow + 1.6 * nrow + 0.6), squeeze=False)
+    metrics = list(dict.fromkeys(e.metric))
+    arms = sorted(set(e.arm), key=lambda a: (a.split(" ")[0].split(":")[0] != "random", a))
+    ncol = min(2, len(metrics))
+    nrow = -(-len(metrics) // ncol)
+    fig, axes = plt.subplots(nrow, ncol,
+                             figsize=(6.4 * ncol, 0.55 * len(arms) * nrow + 1.6 * nrow + 0.6),
+                             squeeze=False)
     for ax, m in zip(axes.flat, metrics):
-        d = e[e.metric == m].set_index("arm").reindex(arms); y = np.arange(len(arms))
-        ax.errorbar(d.reduction, y - 0.12, xerr=[d.reduction - d.reduction_t_low, d.reduction_t_high - d.reduction], fmt="none", lw=0.8,
-                    color="#7f7f7f", capsize=0, label="model output: t 95% CI")
-        for off, col, mfc, lab in ((-0.12, "reduction", None, "model output"), (0.12, "reduction_kept", "white", "kept texts (the pool)")):
-            ax.errorbar(d[col], y + off, xerr=[d[col] - d[f"{col}_low"], d[f"{col}_high"] - d[col]], fmt="o", ms=7, capsize=3, lw=1.8,
-                        color="#1f4e79", mfc=mfc or "#1f4e79", label=lab)
-        lo, hi = np.nanmin(d[["reduction_low", "reduction_kept_low"]].to_numpy()), np.nanmax(d[["reduction_high", "reduction_kept_high"]].to_numpy())
-        pad = 0.15 * max(hi - lo, 1e-3); ax.set_xlim(min(lo, 0) - pad, max(hi, 0) + pad)  # a t interval wider than that runs off the panel
+        d = e[e.metric == m].set_index("arm").reindex(arms)
+        y = np.arange(len(arms))
+        ax.errorbar(d.reduction, y - 0.12,
+                    xerr=[d.reduction - d.reduction_t_low, d.reduction_t_high - d.reduction],
+                    fmt="none", lw=0.8, color="#7f7f7f", capsize=0, label="model output: t 95% CI")
+        for off, col, mfc, lab in ((-0.12, "reduction", None, "model output"),
+                                   (0.12, "reduction_kept", "white", "kept texts (the pool)")):
+            ax.errorbar(d[col], y + off, xerr=[d[col] - d[f"{col}_low"],
+                                               d[f"{col}_high"] - d[col]], fmt="o", ms=7, capsize=3,
+                        lw=1.8, color="#1f4e79", mfc=mfc or "#1f4e79", label=lab)
+        lo, hi = np.nanmin(d[["reduction_low", "reduction_kept_low"
+                              ]].to_numpy()), np.nanmax(d[["reduction_high",
+                                                           "reduction_kept_high"]].to_numpy())
+        # a t interval wider than that runs off the panel
+        pad = 0.15 * max(hi - lo, 1e-3)
+        ax.set_xlim(min(lo, 0) - pad, max(hi, 0) + pad)
         ax.axvline(0, color="k", lw=1)
-        ax.set_yticks(y, [a + ("  (sel.)" if m in selects_on(a) else "") for a in arms], fontsize=10)
-        ax.invert_yaxis(); ax.set_title(_NICE.get(m, m), fontsize=11)
+        ax.set_yticks(y, [a + ("  (sel.)" if m in selects_on(a) else "") for a in arms],
+                      fontsize=10)
+        ax.invert_yaxis()
+        ax.set_title(_NICE.get(m, m), fontsize=11)
         ax.set_xlabel(f"shift reduction vs {vs}: |shift_{vs} - 1| - |shift_arm - 1|", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     for ax in axes.flat[len(metrics):]: ax.axis("off")
     axes.flat[0].legend(fontsize=9, loc="best")
-    n = sorted(set(e.n_seeds)); g = int(e.generation.max())
-    fig.suptitle(f"Curation arms against {vs} at generation {g} (> 0: the arm shifted less); mean and 95% bootstrap CI over n = "
-                 f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} seeds (grey: t interval, clipped)\n(sel.): the rule selects on this metric", fontsize=11)
+    n = sorted(set(e.n_seeds))
+    g = int(e.generation.max())
+    fig.suptitle(
+        f"Curation arms against {vs} at generation {g} (> 0: the arm shifted less); mean and 95% "
+        "bootstrap CI over n = "
+        f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} seeds (grey: t interval, clipped)\n(sel.): "
+        "the rule selects on this metric",
+        fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
 # %% ../nbs/05c_control.ipynb #9f18a595
 def plot_control_curves(table: pd.DataFrame, # control_table
                         path: str | Path, # PNG to write
-                        metrics: list[str] | None = None, # panels (default: every metric of the table)
+                        # panels (default: every metric of the table)
+                        metrics: list[str] | None = None,
                        ) -> Path:
-    "Each arm's shift of the model's output over generations (mean and 95% bootstrap CI over seeds), one panel per metric."
-    import matplotlib; matplotlib.use("Agg")
+    """Each arm's shift of the model's output over generations (mean and 95% bootstrap CI over
+    seeds), one panel per metric."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    metrics = metrics or sorted(set(table.metric)); arms = sorted(set(table.arm), key=lambda a: (a != "none", a.split(" ")[0] != "random", a))
-    ncol = min(2, len(metrics)); nrow = -(-len(metrics) // ncol)
+    metrics = metrics or sorted(set(table.metric))
+    arms = sorted(set(table.arm), key=lambda a: (a != "none", a.split(" ")[0] != "random", a))
+    ncol = min(2, len(metrics))
+    nrow = -(-len(metrics) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 3.9 * nrow), squeeze=False)
     cmap = plt.get_cmap("tab10")
-    series = {a: table[table.arm == a].sort_values(["metric", "seed", "generation"]).shift_model.to_numpy() for a in arms}
-    same = {a: next((b for b in arms[:i] if len(series[b]) == len(series[a]) and np.allclose(series[b], series[a], equal_nan=True)), None)
-            for i, a in enumerate(arms)}  # an arm that kept exactly what another kept (dedup with no duplicate = random) lies under it
+    series = {
+        a: table[table.arm == a].sort_values(["metric", "seed",
+                                              "generation"]).shift_model.to_numpy()
+        for a in arms
+    }
+    same = {
+        a:
+        next((b for b in arms[:i] if len(series[b]) == len(series[a])
+              and np.allclose(series[b], series[a], equal_nan=True)), None)
+        # an arm that kept exactly what another kept (dedup with no duplicate = random) lies
+        # under it
+        for i, a in enumerate(arms)
+    }
     for ax, m in zip(axes.flat, metrics):
         for i, a in enumerate(arms):
             d = table[(table.metric == m) & (table.arm == a)]
-            st = np.array([bootstrap_ci(x.shift_model.to_numpy()) for _, x in d.groupby("generation")])
+            st = np.array(
+                [bootstrap_ci(x.shift_model.to_numpy()) for _, x in d.groupby("generation")])
             gs = sorted(set(d.generation))
-            ax.plot(gs, st[:, 0], marker="o", color="k" if a == "none" else cmap(i % 10), lw=2.4 if a == "none" else 1.4,
-                    ls=":" if same[a] else "-", label=a + (f" (= {same[a]})" if same[a] else ""))
-            ax.fill_between(gs, st[:, 1], st[:, 2], color="k" if a == "none" else cmap(i % 10), alpha=0.12)
-        ax.axhline(1, color="grey", lw=0.8, ls="--"); ax.set_title(_NICE.get(m, m), fontsize=11)
-        ax.set_xlabel("generation"); ax.set_ylabel("shift of the model's output (gen g / gen 0)"); ax.set_xticks(gs)
+            ax.plot(gs, st[:, 0], marker="o", color="k" if a == "none" else cmap(i % 10),
+                    lw=2.4 if a == "none" else 1.4, ls=":" if same[a] else "-",
+                    label=a + (f" (= {same[a]})" if same[a] else ""))
+            ax.fill_between(gs, st[:, 1], st[:, 2], color="k" if a == "none" else cmap(i % 10),
+                            alpha=0.12)
+        ax.axhline(1, color="grey", lw=0.8, ls="--")
+        ax.set_title(_NICE.get(m, m), fontsize=11)
+        ax.set_xlabel("generation")
+        ax.set_ylabel("shift of the model's output (gen g / gen 0)")
+        ax.set_xticks(gs)
     for ax in axes.flat[len(metrics):]: ax.axis("off")
     axes.flat[0].legend(fontsize=8, ncol=2)
     n = table.groupby("arm").seed.nunique()
-    fig.suptitle(f"Shift of the model's output per curation arm (mean, 95% bootstrap CI over n = {n.min()}{'' if n.min() == n.max() else f'-{n.max()}'} seeds)", fontsize=11)
+    fig.suptitle(
+        "Shift of the model's output per curation arm (mean, 95% bootstrap CI over n = "
+        f"{n.min()}{'' if n.min() == n.max() else f'-{n.max()}'} seeds)",
+        fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -316,32 +479,48 @@ def plot_control_curves(table: pd.DataFrame, # control_table
 def plot_quartiles(results: pd.DataFrame, # results.csv
                    path: str | Path, # PNG to write
                    metrics: list[str], # panels
-                   experiments: list[str] | None = None, # the quartile experiments (None: every quartile chain)
+                   # the quartile experiments (None: every quartile chain)
+                   experiments: list[str] | None = None,
                   ) -> Path | None:
-    "The model's shift over generations for the bottom and top part of each property (mean, 95% bootstrap CI over seeds), one panel per metric; None without quartile chains."
-    import matplotlib; matplotlib.use("Agg")
+    """The model's shift over generations for the bottom and top part of each property (mean, 95%
+    bootstrap CI over seeds), one panel per metric; None without quartile chains."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     r = quartile_rows(results, experiments)
     if r.empty: return None
-    ncol = min(2, len(metrics)); nrow = -(-len(metrics) // ncol)
+    ncol = min(2, len(metrics))
+    nrow = -(-len(metrics) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 3.9 * nrow), squeeze=False)
     styles = {}
     for ax, m in zip(axes.flat, metrics):
         d = r[r.metric == m]
         for (prop, part), x in d.groupby(["prop", "part"]):
-            v = x[x.source.isin(["human", "generated"])].pivot_table(index="seed", columns="generation", values="value")
-            gs = [g for g in v.columns if g >= 0]; sh = v[gs].div(v[0], axis=0)
+            v = x[x.source.isin(["human",
+                                 "generated"])].pivot_table(index="seed", columns="generation",
+                                                            values="value")
+            gs = [g for g in v.columns if g >= 0]
+            sh = v[gs].div(v[0], axis=0)
             st = np.array([bootstrap_ci(sh[g].to_numpy()) for g in gs])
             c = styles.setdefault(prop, plt.get_cmap("tab10")(len(styles)))
             ls = "-" if part == min(d[d.prop == prop].part) else "--"
             hum = v[-1].mean() if -1 in v else np.nan
-            ax.plot(gs, st[:, 0], marker="o", color=c, ls=ls, label=f"{prop} Q{part} (human {hum:.3g}, n = {len(v)})")
+            ax.plot(gs, st[:, 0], marker="o", color=c, ls=ls,
+                    label=f"{prop} Q{part} (human {hum:.3g}, n = {len(v)})")
             ax.fill_between(gs, st[:, 1], st[:, 2], color=c, alpha=0.12)
-        ax.axhline(1, color="grey", lw=0.8, ls="--"); ax.set_title(_NICE.get(m, m), fontsize=11); ax.legend(fontsize=8)
-        ax.set_xlabel("generation"); ax.set_ylabel("shift (gen g / gen 0)"); ax.set_xticks(gs)
+        ax.axhline(1, color="grey", lw=0.8, ls="--")
+        ax.set_title(_NICE.get(m, m), fontsize=11)
+        ax.legend(fontsize=8)
+        ax.set_xlabel("generation")
+        ax.set_ylabel("shift (gen g / gen 0)")
+        ax.set_xticks(gs)
     for ax in axes.flat[len(metrics):]: ax.axis("off")
-    fig.suptitle("Chains on the bottom (Q1, solid) and top (Q4, dashed) quartile of the human texts by one property\n"
-                 "(mean, 95% bootstrap CI over seeds; the legend gives each quartile's human value of the panel's metric)", fontsize=11)
+    fig.suptitle(
+        "Chains on the bottom (Q1, solid) and top (Q4, dashed) quartile of the human texts by one "
+        "property\n"
+        "(mean, 95% bootstrap CI over seeds; the legend gives each quartile's human value of the "
+        "panel's metric)",
+        fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -351,12 +530,17 @@ CONTROL_METRICS = ("semantic_diversity", "selfbleu_diversity", "fluency_nll", "t
 def run_control(results: str | Path, # a study's results.csv
                 out_dir: str | Path, # where the tables and figures go
                 experiment: str = "curation", # the curation experiment ("": none)
-                quartiles: list[str] | None = None, # the quartile experiments (None: every quartile chain; []: none)
+                # the quartile experiments (None: every quartile chain; []: none)
+                quartiles: list[str] | None = None,
                 baseline: str = "none", # the uncurated arm
-                metrics: tuple = CONTROL_METRICS, # metrics shown (the analysis tables keep every metric)
+                # metrics shown (the analysis tables keep every metric)
+                metrics: tuple = CONTROL_METRICS,
                ) -> dict:
     "The control study's tables and figures; returns their paths."
-    res = pd.read_csv(resolve(results)); out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True); files = {}
+    res = pd.read_csv(resolve(results))
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
     metrics = [m for m in metrics if m in set(res.metric)]
     if experiment:
         tab = control_table(res, experiment)
@@ -365,15 +549,24 @@ def run_control(results: str | Path, # a study's results.csv
         with atomic_path(out / "control_costs.csv") as tmp: arm_costs(tab).to_csv(tmp, index=False)
         shown = eff[eff.metric.isin(metrics)]
         files.update(effects=out / "control_effects.csv", costs=out / "control_costs.csv",
-                     fig=plot_control(shown, out / "fig_control.png", baseline), curves=plot_control_curves(tab, out / "fig_control_curves.png", metrics))
-        rv = next((v for v in eff.vs.unique() if v.split(" ")[0] == "random"), None)  # the compute-matched control, if the study has it
+                     fig=plot_control(shown, out / "fig_control.png", baseline),
+                     curves=plot_control_curves(tab, out / "fig_control_curves.png", metrics))
+        # the compute-matched control, if the study has it
+        rv = next((v for v in eff.vs.unique() if v.split(" ")[0] == "random"), None)
         if rv: files["fig_random"] = plot_control(shown, out / "fig_control_vs_random.png", rv)
     if quartiles != []:
         qe = quartile_effects(res, quartiles)
         if not qe.empty:
             with atomic_path(out / "quartile_effects.csv") as tmp: qe.to_csv(tmp, index=False)
-            files.update(quartiles=out / "quartile_effects.csv", fig_quartiles=plot_quartiles(res, out / "fig_quartiles.png", metrics, quartiles))
-    write_json(out / "control.manifest.json", make_manifest(dict(results=str(results), experiment=experiment, quartiles=quartiles, baseline=baseline,
-               metrics=list(metrics)), 0, files={k: str(v) for k, v in files.items()}))
+            files.update(
+                quartiles=out / "quartile_effects.csv",
+                fig_quartiles=plot_quartiles(res, out / "fig_quartiles.png", metrics, quartiles))
+    write_json(
+        out / "control.manifest.json",
+        make_manifest(
+            dict(results=str(results), experiment=experiment, quartiles=quartiles,
+                 baseline=baseline, metrics=list(metrics)), 0,
+            files={k: str(v)
+                   for k, v in files.items()}))
     log.info("control -> %s", ", ".join(Path(v).name for v in files.values()))
     return files

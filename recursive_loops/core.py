@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #3bca72a7
 from __future__ import annotations
-import contextlib, hashlib, importlib.metadata, json, logging, os, platform, random, sys, tempfile, time, warnings
+import contextlib, hashlib, importlib.metadata, json, logging, os, platform, random, sys
+import tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,7 +38,8 @@ def resolve(path: str | Path, # a path from a parameter: absolute, or relative t
 
 def cache_dir(sub: str = "", # sub-folder of the cache
              ) -> Path:
-    "Per-user cache (`$RECURSIVE_LOOPS_CACHE`, default `~/.cache/recursive_loops`), created on demand."
+    """Per-user cache (`$RECURSIVE_LOOPS_CACHE`, default `~/.cache/recursive_loops`), created on
+    demand."""
     base = Path(os.environ.get("RECURSIVE_LOOPS_CACHE", Path.home() / ".cache" / "recursive_loops"))
     d = base / sub if sub else base
     d.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,8 @@ def derive_seed(seed: int, # the run's seed
 def seed_everything(seed: int, # seed for Python, NumPy and torch
                    ) -> int:
     "Seed Python's `random`, NumPy and torch (CPU and CUDA) at once."
-    random.seed(seed); np.random.seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
     try:
         import torch
         torch.manual_seed(seed)
@@ -92,12 +95,14 @@ def seed_everything(seed: int, # seed for Python, NumPy and torch
 def atomic_path(path: str | Path, # final destination
                ):
     "Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        umask = os.umask(0); os.umask(umask)
+        umask = os.umask(0)
+        os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -110,7 +115,9 @@ def write_text(path: str | Path, # destination
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
     return Path(path)
 
 def write_json(path: str | Path, # destination
@@ -134,15 +141,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f: return [json.loads(l) for l in f if l.strip()]
 
 # %% ../nbs/00_core.ipynb #efcd5206
-PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "numpy", "pandas", "lexicalrichness", "sacrebleu", "vaderSentiment")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")  # the CPU flags that decide how bf16 runs
+PACKAGES = ("torch", "transformers", "peft", "sentence-transformers", "numpy", "pandas",
+            "lexicalrichness", "sacrebleu", "vaderSentiment")
+# the CPU flags that decide how bf16 runs
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
 
 def cpu_info() -> dict:
     "The CPU's model name and which of `BF16_FLAGS` it has (from /proc/cpuinfo; empty elsewhere)."
     try: txt = Path("/proc/cpuinfo").read_text()
     except OSError: return dict(model=platform.processor() or None, flags=[])
-    model = next((l.split(":", 1)[1].strip() for l in txt.splitlines() if l.startswith("model name")), None)
-    flags = set(next((l.split(":", 1)[1].split() for l in txt.splitlines() if l.startswith("flags")), []))
+    model = next(
+        (l.split(":", 1)[1].strip() for l in txt.splitlines() if l.startswith("model name")), None)
+    flags = set(
+        next((l.split(":", 1)[1].split() for l in txt.splitlines() if l.startswith("flags")), []))
     return dict(model=model, flags=[f for f in BF16_FLAGS if f in flags])
 
 def package_versions(names: Iterable[str] = PACKAGES, # distributions to report
@@ -170,9 +181,11 @@ def make_manifest(cfg: dict, # the parameters that produced the artefact
                   **extra, # anything else worth recording
                  ) -> dict:
     "A manifest dict: config, its hash, seed, versions, machine, timings, extra fields."
-    return dict(config=cfg, config_hash=config_hash(cfg), seed=seed, versions=package_versions(),
-                machine=dict(host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(), cpu=cpu_info()),
-                timings=timings or {}, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+    return dict(
+        config=cfg, config_hash=config_hash(cfg), seed=seed, versions=package_versions(),
+        machine=dict(host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(),
+                     cpu=cpu_info()), timings=timings or {},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
 _PARAM_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
@@ -180,18 +193,27 @@ _PARAM_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
 def check_unknown_params(ns: dict, # the notebook namespace (`globals()`), passed explicitly
                          known: Iterable[str], # the stage's parameter names
                         ) -> None:
-    "Raise `ValueError` naming any parameter-like value (a literal) in `ns` that is not in `known`; turn numbers given for `str` parameters into text."
+    """Raise `ValueError` naming any parameter-like value (a literal) in `ns` that is not in
+    `known`; turn numbers given for `str` parameters into text."""
     known = set(known)
-    mods = [m for n, m in list(sys.modules.items()) if n.startswith("recursive_loops") and m is not None]
-    imported = lambda k, v: any(getattr(m, k, None) is v for m in mods)  # a constant imported from the package, not an injection
+    mods = [
+        m for n, m in list(sys.modules.items()) if n.startswith("recursive_loops") and m is not None
+    ]
+    # a constant imported from the package, not an injection
+    imported = lambda k, v: any(getattr(m, k, None) is v for m in mods)
     bad = sorted(k for k, v in ns.items()
                  if not k.startswith("_") and k not in known and k not in ("In", "Out")
                  and isinstance(v, _PARAM_TYPES) and not imported(k, v))
     if bad:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, bad))}; allowed: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(map(repr, bad))}; allowed: {', '.join(sorted(known))}"
+        )
     ann = ns.get("__annotations__") or {}
-    for k in known:  # papermill reads `-p k 256` as YAML: a str parameter that looks like a number arrives as one
-        if ann.get(k) in (str, "str") and isinstance(ns.get(k), (int, float)) and not isinstance(ns.get(k), bool): ns[k] = str(ns[k])
+    # papermill reads `-p k 256` as YAML: a str parameter that looks like a number arrives as one
+    for k in known:
+        if ann.get(k) in (str, "str") and isinstance(
+                ns.get(k), (int, float)) and not isinstance(ns.get(k), bool):
+            ns[k] = str(ns[k])
 
 # %% ../nbs/00_core.ipynb #3f8ee982
 def save_figure(fig, # a matplotlib Figure
@@ -200,14 +222,16 @@ def save_figure(fig, # a matplotlib Figure
                ) -> Path:
     "Write `fig` as PNG atomically, close it, return the path."
     import matplotlib.pyplot as plt
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp: fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
 
 # %% ../nbs/00_core.ipynb #772acd6f
 def log_stream():
-    "Where log lines and progress bars go: stdout inside a Jupyter kernel (papermill logs its stdout as INFO, its stderr as WARNING), else stderr."
+    """Where log lines and progress bars go: stdout inside a Jupyter kernel (papermill logs its
+    stdout as INFO, its stderr as WARNING), else stderr."""
     return sys.stdout if "ipykernel" in sys.modules and not sys.stderr.isatty() else sys.stderr
 
 log = logging.getLogger("recursive_loops")
@@ -222,7 +246,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 # %% ../nbs/00_core.ipynb #ddc434b6
 def n_threads() -> int:
-    "CPU threads this process should use: $RECURSIVE_LOOPS_THREADS, else $SLURM_CPUS_PER_TASK, else the CPUs it may run on."
+    """CPU threads this process should use: $RECURSIVE_LOOPS_THREADS, else $SLURM_CPUS_PER_TASK,
+    else the CPUs it may run on."""
     for k in ("RECURSIVE_LOOPS_THREADS", "SLURM_CPUS_PER_TASK"):
         v = os.environ.get(k, "")
         if v.isdigit() and int(v) > 0: return int(v)
@@ -230,7 +255,8 @@ def n_threads() -> int:
     except AttributeError: return os.cpu_count() or 1
 
 # %% ../nbs/00_core.ipynb #36de58bf
-# tqdm.auto warns "IProgress not found" when imported in a kernel without ipywidgets (transformers imports it):
+# tqdm.auto warns "IProgress not found" when imported in a kernel without ipywidgets (transformers
+# imports it):
 # our bars are text (below), so in a study's log it is a WARNING about nothing
 warnings.filterwarnings("ignore", message="IProgress not found")
 
@@ -242,7 +268,8 @@ def progress(it: Iterable | None = None, # what to iterate over
     from tqdm import tqdm
     tty = sys.stderr.isatty()
     # inner bars (leave=False) only in a terminal: in a log or notebook their redraws are noise
-    off = os.environ.get("RECURSIVE_LOOPS_PROGRESS", "1") == "0" or (not tty and kw.get("leave") is False)
+    off = os.environ.get("RECURSIVE_LOOPS_PROGRESS", "1") == "0" or (not tty
+                                                                     and kw.get("leave") is False)
     return tqdm(it, total=total, desc=desc, disable=off, mininterval=0.5 if tty else 30,
                 dynamic_ncols=tty, ascii=not tty, file=log_stream(), **kw)
 
@@ -263,7 +290,8 @@ def is_alive(pid: int) -> bool:
     return True
 
 def lock_holder(run_dir: str | Path) -> dict | None:
-    "Who holds `run_dir/.lock` (`pid`, `host`, `since`): None when unlocked, {} when the lock file is unreadable."
+    """Who holds `run_dir/.lock` (`pid`, `host`, `since`): None when unlocked, {} when the lock file
+    is unreadable."""
     p = Path(run_dir) / ".lock"
     if not p.exists(): return None
     try: return json.loads(p.read_text() or "{}")
@@ -271,7 +299,9 @@ def lock_holder(run_dir: str | Path) -> dict | None:
 
 class RunLock:
     "`with RunLock(run_dir): ...` holds `run_dir/.lock` for this process."
-    def __init__(self, run_dir: str | Path): self.path = Path(run_dir) / ".lock"; self.owned = False
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self.owned = False
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,15 +310,24 @@ class RunLock:
             except FileExistsError:
                 info = lock_holder(self.path.parent) or {}
                 pid, host = info.get("pid"), info.get("host")
-                if host == platform.node() and isinstance(pid, int) and (pid == os.getpid() or not is_alive(pid)):
-                    if pid != os.getpid(): log.warning("taking over the stale lock of dead process %s on %s", pid, self.path.parent)
+                if host == platform.node() and isinstance(pid, int) and (pid == os.getpid()
+                                                                         or not is_alive(pid)):
+                    if pid != os.getpid():
+                        log.warning("taking over the stale lock of dead process %s on %s", pid,
+                                    self.path.parent)
                     with contextlib.suppress(FileNotFoundError): self.path.unlink()
                     continue
-                raise RunLocked(f"{self.path.parent} is being written by process {pid} on {host} (since {info.get('since')}); "
-                                f"wait for it to finish or stop it (if it is gone, delete {self.path})") from None
-            with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+                raise RunLocked(
+                    f"{self.path.parent} is being written by process {pid} on {host} (since "
+                    f"{info.get('since')}); "
+                    f"wait for it to finish or stop it (if it is gone, delete {self.path})"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                since = time.strftime("%Y-%m-%dT%H:%M:%S")
+                json.dump({"pid": os.getpid(), "host": platform.node(), "since": since}, f)
             self.owned = True
-            for tmp in self.path.parent.glob(".tmp-*"):  # half-written files of a writer that was killed: never read, removed
+            # half-written files of a writer that was killed: never read, removed
+            for tmp in self.path.parent.glob(".tmp-*"):
                 with contextlib.suppress(OSError): tmp.unlink()
             return self
         raise RunLocked(f"could not take the lock {self.path}")
@@ -302,7 +341,8 @@ class RunLock:
 def study_notebook(src: str | Path, # a stage notebook
                    dst: str | Path, # where the copy without test cells goes
                   ) -> Path:
-    "Copy notebook `src` to `dst` without its test cells (code cells with no `#|` directive, except the validation cell)."
+    """Copy notebook `src` to `dst` without its test cells (code cells with no `#|` directive,
+    except the validation cell)."""
     nb = json.loads(Path(src).read_text())
     keep, after_params = [], False
     for c in nb["cells"]:
@@ -347,7 +387,8 @@ class Design:
     sources: dict = field(default_factory=dict)  # file -> (dataset, domain), written to cluster
     writes: dict = field(default_factory=dict)  # key -> (function, kwargs): derived files
     unresolved: list = field(default_factory=list)  # lines: what only clustering can tell
-    facts: dict = field(default_factory=dict)  # id -> what results.csv records of its chain (a left share, a quartile)
+    # id -> what results.csv records of its chain (a left share, a quartile)
+    facts: dict = field(default_factory=dict)
 
 # %% ../nbs/00_core.ipynb #3cf69e48
 def write_stamped(stamp: Path, # the file recording what the outputs were made from
@@ -355,7 +396,8 @@ def write_stamped(stamp: Path, # the file recording what the outputs were made f
                   outputs: list, # the files `write` makes
                   write, # write() makes them
                  ) -> bool:
-    "Call `write()`, then record `made` in `stamp`, unless `stamp` records `made` and every output exists; whether it wrote."
+    """Call `write()`, then record `made` in `stamp`, unless `stamp` records `made` and every output
+    exists; whether it wrote."""
     if stamp.exists() and read_json(stamp) == made and all(resolve(o).exists() for o in outputs):
         return False
     write()

@@ -32,7 +32,8 @@ MEASURED = dict(
     device="2-core AMD EPYC CPU, fp32 (make bench, 2026-11-25)",
 )
 BUNDLED_PARAMS = {"smollm2-135m": 134.5e6}
-# a fully fine-tuned generation's time over a LoRA one's, measured on 2 AMD EPYC cores in bf16: 17.9 / 15.7 s (scale study, N = 48, medians), 70.8 / 62.9 s (make bench, N = 256)
+# a fully fine-tuned generation's time over a LoRA one's, measured on 2 AMD EPYC cores in bf16: 17.9
+# / 15.7 s (scale study, N = 48, medians), 70.8 / 62.9 s (make bench, N = 256)
 FULL_COST = 1.15
 
 # %% ../nbs/07b_cost.ipynb #4838d5c1
@@ -75,7 +76,8 @@ def estimate_cost(plan: Plan) -> dict:
         if n_par is None:
             out["unknown_models"].add(cfg.model)
             continue
-        # a matched-fit chain trains generation 0 once per lr tried (grid + refine + the reference), at most
+        # a matched-fit chain trains generation 0 once per lr tried (grid + refine + the reference),
+        # at most
         fit = fit_spec(cfg.match_fit, cfg.finetune)
         trials = len(fit["lrs"]) + fit["refine"] + (fit["target"] in FINETUNES) if fit else 0
         out["fine_tunes"] += k * trials
@@ -109,7 +111,8 @@ def experiment_lines(
         sorted({c.config.n_train for c in mine}),
     )
     lines = [
-        f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N {ns}"
+        f"  {name}: {len(mine)} chains ({mine[0].design if mine else '-'}), generations {gens}, N "
+        f"{ns}"
     ]
     arms = sorted({CurationSpec.from_dict(c.config.curate).label for c in mine})
     if arms != ["none"] and arms:
@@ -175,12 +178,13 @@ def describe(plan: Plan) -> str:
         else ""
     )
     lines.append(
-        f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} fine-tunes "
+        f"  total: {c['chains']:,} chains, {c['generations']:,} generations, {c['fine_tunes']:,} "
+        "fine-tunes "
         f"({c['gen0_shared']:,} generation 0s shared{trials}), "
-        f"{c['train_texts']:,} training texts, {c['generated_texts']:,} generated texts"
-    )
+        f"{c['train_texts']:,} training texts, {c['generated_texts']:,} generated texts")
     lines.append(
-        f"  time: {c['seconds'] / 3600:,.1f} h on {c['device']}; {c['gpu_seconds'] / 3600:,.2f} GPU-h at {c['gpu']}"
+        f"  time: {c['seconds'] / 3600:,.1f} h on {c['device']}; {c['gpu_seconds'] / 3600:,.2f} "
+        f"GPU-h at {c['gpu']}"
     )
     if c["unknown_models"]:
         lines.append(
@@ -216,9 +220,12 @@ def check_feeding(plan: Plan) -> list[str]:
         if c.placeholder and c.design == "cluster":
             if floor < need:
                 raise SpecError(
-                    f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} human texts ({cfg.n_heldout} held out + "
-                    f"{cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) but clusters.min_texts, the least an "
-                    f"eligible cluster holds, is {floor:,}; lower n_train or generations, raise the ratio, or raise clusters.min_texts"
+                    f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} "
+                    f"human texts ({cfg.n_heldout} held out + "
+                    f"{cfg.n_train} + {cfg.generations - 1} x {cfg.n_train - cfg.n_synthetic}) but "
+                    "clusters.min_texts, the least an "
+                    f"eligible cluster holds, is {floor:,}; lower n_train or generations, raise "
+                    "the ratio, or raise clusters.min_texts"
                 )
         # each domain's cluster gives an equal share of the merged dataset
         elif c.placeholder and c.design == "merged":
@@ -226,10 +233,11 @@ def check_feeding(plan: Plan) -> list[str]:
             per = -(-need // k)
             if floor < per:
                 raise SpecError(
-                    f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} human texts, {per:,} from each of its {k} "
-                    f"domains' clusters, but clusters.min_texts, the least an eligible cluster holds, is {floor:,}; lower n_train or generations, "
-                    "raise the ratio, or raise clusters.min_texts"
-                )
+                    f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name} needs {need:,} "
+                    f"human texts, {per:,} from each of its {k} "
+                    "domains' clusters, but clusters.min_texts, the least an eligible cluster "
+                    f"holds, is {floor:,}; lower n_train or generations, "
+                    "raise the ratio, or raise clusters.min_texts")
             unchecked.add(f"{c.experiments[0]}: merged datasets not built yet")
         elif c.placeholder or not reachable_dataset(cfg.dataset):
             unchecked.add(
@@ -251,7 +259,8 @@ def check_feeding(plan: Plan) -> list[str]:
                     prepare_human(node, loaded[key])
             except ValueError as e:
                 raise SpecError(
-                    f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name}: {str(e).splitlines()[0]}"
+                    f"{sp['_path']}: experiments.{c.experiments[0]}: chain {name}: "
+                    f"{str(e).splitlines()[0]}"
                 ) from None
     return sorted(unchecked)
 
@@ -283,7 +292,8 @@ def preflight(
             raise SpecError(f"{w}: {e}") from None
         except ValueError as e:
             raise SpecError(f"{w}: {str(e).splitlines()[0]}") from None
-    # a curation rule's scorer must pass its audit before any chain runs (each chain audits it again, from the cache)
+    # a curation rule's scorer must pass its audit before any chain runs (each chain audits it
+    # again, from the cache)
     scorers = {}
     for c in plan.chains if chains is None else chains:
         cur = CurationSpec.from_dict(c.config.curate)

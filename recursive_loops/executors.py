@@ -82,7 +82,8 @@ def run_notebook(
 
 # %% ../nbs/07c_executors.ipynb #1adef070
 def chain_task(
-    task: dict,  # run_dir, chain (03_chain parameters), metrics (04_metrics parameters), notebooks, root
+    # run_dir, chain (03_chain parameters), metrics (04_metrics parameters), notebooks, root
+    task: dict,
 ) -> dict:
     """Run (or resume) one chain (or network) and its metrics as papermill executions, or one
     network node up to a generation (`node`, `upto`); what a worker or a SLURM task runs."""
@@ -106,7 +107,8 @@ def chain_task(
     with open(rd / "attempts.jsonl", "a") as f:
         f.write(json.dumps(attempt) + "\n")
     try:
-        # one node of a network up to one generation: a SLURM stage (`run_slurm_networks`), metrics later
+        # one node of a network up to one generation: a SLURM stage (`run_slurm_networks`), metrics
+        # later
         if task.get("upto") is not None:
             run_network(ChainConfig(**task["chain"]), only=[task["node"]], upto=task["upto"])
         else:
@@ -130,7 +132,8 @@ def chain_task(
         # the kernel was killed under us: scancel, preemption, OOM killer
         if type(e).__name__ == "DeadKernelError":
             e = RuntimeError(
-                "the chain's kernel died (killed, cancelled or out of memory); finished generations are kept, re-run to resume"
+                "the chain's kernel died (killed, cancelled or out of memory); finished "
+                "generations are kept, re-run to resume"
             )
         write_text(
             rd / "FAILED",
@@ -297,10 +300,9 @@ def run_slurm(
             if j.paths.result_pickle.exists():
                 failed = resolve(rd, t["root"]) / "FAILED"
                 errors[rd] = (
-                    f"{failed.read_text().splitlines()[1]} (SLURM task {j.job_id}, log {j.paths.stderr})"
-                    if failed.exists()
-                    else None
-                )
+                    f"{failed.read_text().splitlines()[1]} (SLURM task {j.job_id}, log "
+                    f"{j.paths.stderr})"
+                    if failed.exists() else None)
             elif j.job_id in queued:
                 gone.pop(rd, None)
             # not queued and no result: give the result file two polls to appear, then call it lost
@@ -308,7 +310,8 @@ def run_slurm(
                 gone[rd] = gone.get(rd, 0) + 1
                 if gone[rd] >= 3:
                     errors[rd] = (
-                        f"SLURM task {j.job_id} ended without a result (cancelled, killed or node failure); see {j.paths.stderr}"
+                        f"SLURM task {j.job_id} ended without a result (cancelled, killed or node "
+                        f"failure); see {j.paths.stderr}"
                     )
     return errors
 

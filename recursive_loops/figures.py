@@ -13,8 +13,10 @@ import pandas as pd
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
 from .judges import pool_audits
-from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci, build_regression_table, select_predictors, regress,
-                                        plot_coefficients, paper_columns, shift_label, SHIFTS, PAPER_PREDICTORS)
+from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci,
+                                        build_regression_table, select_predictors, regress,
+                                        plot_coefficients, paper_columns, shift_label, SHIFTS,
+                                        PAPER_PREDICTORS)
 
 # %% auto #0
 __all__ = ['METRICS', 'SWEEP_METRICS', 'PROP_LABELS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout',
@@ -22,30 +24,40 @@ __all__ = ['METRICS', 'SWEEP_METRICS', 'PROP_LABELS', 'plot_metric_curves', 'plo
            'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #2c1be7bd
-METRICS = {"selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity": "semantic diversity ↑",
-           "ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
-           "length_chars": "length (characters)", "length_words": "length (words)", "positivity": "positivity (VADER compound)",
-           "fluency_nll": "fluency proxy: NLL under base ↓", "heldout_nll": "held-out human NLL ↓"}
+METRICS = {
+    "selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity":
+    "semantic diversity ↑", "ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
+    "length_chars": "length (characters)", "length_words": "length (words)", "positivity":
+    "positivity (VADER compound)", "fluency_nll": "fluency proxy: NLL under base ↓", "heldout_nll":
+    "held-out human NLL ↓"
+}
 
 def plot_metric_curves(df: pd.DataFrame, # gathered metrics
                        path: str | Path, # PNG to write
                       ) -> Path:
-    "One panel per metric: value per generation, a line per dataset and ratio (mean over seeds, band: 95% CI over seeds), the human reference dashed."
-    import matplotlib; matplotlib.use("Agg")
+    """One panel per metric: value per generation, a line per dataset and ratio (mean over seeds,
+    band: 95% CI over seeds), the human reference dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
     verdicts = judge_verdicts(df)
     mets = [m for m in METRICS if m in set(df.metric)] + sorted(verdicts)
-    ncol = 3; nrow = int(np.ceil(len(mets) / ncol))
+    ncol = 3
+    nrow = int(np.ceil(len(mets) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.3 * nrow), squeeze=False)
-    ratios = sorted(df.ratio.unique()); pal = dict(zip(ratios, sns.color_palette("viridis", len(ratios))))
+    ratios = sorted(df.ratio.unique())
+    pal = dict(zip(ratios, sns.color_palette("viridis", len(ratios))))
     styles = dict(zip(sorted(df.dataset.astype(str).unique()), ["-", "--", ":", "-."] * 8))
     for ax, m in zip(axes.flat, mets):
         d = df[(df.metric == m) & (df.generation >= 0)]
         for (ds, r), dr in d.groupby([d.dataset.astype(str), "ratio"]):
             s = dr.groupby(["generation", "seed"]).value.mean().groupby("generation")
-            mean, ci, n = s.mean(), np.array([seed_ci(v.to_numpy()) for _, v in s]), int(s.size().min())
-            ax.plot(mean.index, mean, marker="o", color=pal[r], ls=styles[ds],
-                    label=(f"{ds}, " if len(styles) > 1 else "") + f"r = {r:g} ({n} seed{'s' if n != 1 else ''})")
+            mean, ci, n = s.mean(), np.array([seed_ci(v.to_numpy())
+                                              for _, v in s]), int(s.size().min())
+            ax.plot(
+                mean.index, mean, marker="o", color=pal[r], ls=styles[ds],
+                label=(f"{ds}, " if len(styles) > 1 else "") +
+                f"r = {r:g} ({n} seed{'s' if n != 1 else ''})")
             if n > 1: ax.fill_between(mean.index, ci[:, 0], ci[:, 1], color=pal[r], alpha=0.15)
         ref = df[(df.metric == m) & (df.source == "human")].value
         if m == "heldout_nll": ref, lab = df[df.metric == "heldout_nll_base"].value, "untuned base"
@@ -53,13 +65,17 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
         if len(ref): ax.axhline(ref.mean(), color="k", ls="--", lw=1, label=lab)
         if m in verdicts:  # a judge's score: its audit verdict goes with it
             ok = verdicts[m] == "passed"
-            ax.set_title(f"judge {m}\n" + ("audit passed" if ok else "FAILED its audit: not trustworthy (fig_judge_audit.png)"),
-                         fontsize=9, color="k" if ok else "red")
-            if not ok: ax.text(0.5, 0.5, "FAILED AUDIT", transform=ax.transAxes, ha="center", va="center", rotation=20,
-                               fontsize=20, color="red", alpha=0.35, weight="bold")
+            ax.set_title(
+                f"judge {m}\n" + ("audit passed" if ok else
+                                  "FAILED its audit: not trustworthy (fig_judge_audit.png)"),
+                fontsize=9, color="k" if ok else "red")
+            if not ok:
+                ax.text(0.5, 0.5, "FAILED AUDIT", transform=ax.transAxes, ha="center", va="center",
+                        rotation=20, fontsize=20, color="red", alpha=0.35, weight="bold")
         else: ax.set_title(METRICS[m], fontsize=10)
         ax.set_xlabel("generation")
-        ax.xaxis.get_major_locator().set_params(integer=True); ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(mets):]: ax.axis("off")
     ds = ", ".join(sorted(df.dataset.astype(str).unique()))
     fig.suptitle(f"Recursive chains on {ds}: {df.seed.nunique()} seed(s) per ratio", fontsize=11)
@@ -69,85 +85,127 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
 # %% ../nbs/06_figures.ipynb #6231f10a
 def plot_judge_audit(audits: list[dict], # judges.json records (of one or many chains)
                      path: str | Path) -> Path:
-    "Per judge: share of pairs the judge gets right for each corruption (or lean accuracy), pooled over chains, 95% CI, threshold."
-    import matplotlib; matplotlib.use("Agg")
+    """Per judge: share of pairs the judge gets right for each corruption (or lean accuracy), pooled
+    over chains, 95% CI, threshold."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     pooled = pool_audits(audits)
     fig, axes = plt.subplots(1, len(pooled), figsize=(3.6 * len(pooled), 3.4), squeeze=False)
     for ax, j in zip(axes.flat, pooled):
         name, ks, failed = j["judge"], list(j["tests"]), j["failed"]
-        sh = [j["tests"][k]["share"] for k in ks]; ci = [(j["tests"][k]["ci_low"], j["tests"][k]["ci_high"]) for k in ks]
-        cols = ["red" if k in failed else ("tab:green" if j["tests"][k]["claimed"] else "lightgrey") for k in ks]
-        ax.bar(ks, sh, color=cols, yerr=[[max(v - c[0], 0) for v, c in zip(sh, ci)], [max(c[1] - v, 0) for v, c in zip(sh, ci)]], capsize=3)  # (Wilson's bound at 544/544 is 1 - 1e-16)
-        ax.axhline(j["threshold"], color="k", ls="--", lw=1); ax.axhline(0.5, color="grey", ls=":", lw=1)
-        ax.set_ylim(0, 1.05); ax.set_ylabel("share right" if j["kind"] != "lean" else "accuracy")
-        ax.set_title(f"{name} ({j['backend']}: {j['model']})\n" + ("passed" if not failed else "FAILED: " + ", ".join(failed)),
-                     fontsize=9, color="k" if not failed else "red")
+        sh = [j["tests"][k]["share"] for k in ks]
+        ci = [(j["tests"][k]["ci_low"], j["tests"][k]["ci_high"]) for k in ks]
+        cols = [
+            "red" if k in failed else ("tab:green" if j["tests"][k]["claimed"] else "lightgrey")
+            for k in ks
+        ]
+        ax.bar(ks, sh, color=cols, yerr=[[max(v - c[0], 0) for v, c in zip(sh, ci)],
+                                         [max(c[1] - v, 0) for v, c in zip(sh, ci)]],
+               capsize=3)  # (Wilson's bound at 544/544 is 1 - 1e-16)
+        ax.axhline(j["threshold"], color="k", ls="--", lw=1)
+        ax.axhline(0.5, color="grey", ls=":", lw=1)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("share right" if j["kind"] != "lean" else "accuracy")
+        ax.set_title(
+            f"{name} ({j['backend']}: {j['model']})\n" +
+            ("passed" if not failed else "FAILED: " + ", ".join(failed)), fontsize=9,
+            color="k" if not failed else "red")
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Judge audits: original preferred over its corruption (grey: not claimed by the judge; dashed: threshold)", fontsize=10)
+    fig.suptitle(
+        "Judge audits: original preferred over its corruption (grey: not claimed by the judge; "
+        "dashed: threshold)",
+        fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #bfc4be4e
 def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
     "Held-out human NLL per generation, fine-tuned vs untuned base, per ratio, with the gain in %."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
     d = df[df.metric.isin(["heldout_nll", "heldout_nll_base"])]
     ratios = sorted(d.ratio.unique())
-    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 3.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 3.4), squeeze=False,
+                             sharey=True)
     for ax, r in zip(axes.flat, ratios):
         p = d[d.ratio == r].groupby(["generation", "metric"]).value.mean().unstack()
         ax.plot(p.index, p["heldout_nll"], marker="o", label="fine-tuned")
         ax.plot(p.index, p["heldout_nll_base"], ls="--", color="k", label="untuned base")
         for g, row in p.iterrows():
-            ax.annotate(f"{100 * (row.heldout_nll / row.heldout_nll_base - 1):+.0f}%", (g, row.heldout_nll),
-                        textcoords="offset points", xytext=(0, 7), ha="center", va="bottom", fontsize=8)
+            ax.annotate(f"{100 * (row.heldout_nll / row.heldout_nll_base - 1):+.0f}%",
+                        (g, row.heldout_nll), textcoords="offset points", xytext=(0, 7),
+                        ha="center", va="bottom", fontsize=8)
         ax.margins(y=0.15)
-        ax.set_title(f"r = {r:g}"); ax.set_xlabel("generation"); ax.xaxis.get_major_locator().set_params(integer=True)
-    axes.flat[0].set_ylabel("NLL of held-out human texts"); axes.flat[0].legend(fontsize=8)
+        ax.set_title(f"r = {r:g}")
+        ax.set_xlabel("generation")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes.flat[0].set_ylabel("NLL of held-out human texts")
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
 # %% ../nbs/06_figures.ipynb #ffa34623
 SWEEP_METRICS = ("semantic_diversity", "selfbleu_diversity")
 
-def _ratio_label(r: float) -> str: return "0\n(gen 0)" if r == 0 else str(Fraction(r).limit_denominator(64))
+def _ratio_label(r: float) -> str:
+    return "0\n(gen 0)" if r == 0 else str(Fraction(r).limit_denominator(64))
 
 def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole datasets
                      path: str | Path, # PNG to write
                      shift: str = "relative_to_gen0", # the shift definition (05_regression)
                      k: int = 0, # generations averaged at the end (0: min(5, G - 1))
-                     metrics: list[str] | None = None, # default: each judge that passed its audit, semantic diversity, 1 - Self-BLEU
+                     # default: each judge that passed its audit, semantic diversity, 1 - Self-BLEU
+                     metrics: list[str] | None = None,
                     ) -> Path:
-    "Late value and shift of each metric against r, one curve per dataset, r = 0 at generation 0, mean and 95% CI over seeds."
-    import matplotlib; matplotlib.use("Agg")
+    """Late value and shift of each metric against r, one curve per dataset, r = 0 at generation 0,
+    mean and 95% CI over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
     passed = sorted(m for m, v in judge_verdicts(df).items() if v == "passed")
     mets = [m for m in (metrics or passed + list(SWEEP_METRICS)) if m in set(df.metric)]
-    if not mets: raise ValueError(f"no metric to draw; the results have {', '.join(sorted(set(df.metric)))}")
+    if not mets:
+        raise ValueError(f"no metric to draw; the results have {', '.join(sorted(set(df.metric)))}")
     sh = chain_shifts(df[df.metric.isin(mets)], shift, k)
-    ks = sorted(sh.k.unique()); klab = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
-    ratios = sorted(sh.ratio.unique()); xs = [0.0] + ratios; pos = {r: i for i, r in enumerate(xs)}
+    ks = sorted(sh.k.unique())
+    klab = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+    ratios = sorted(sh.ratio.unique())
+    xs = [0.0] + ratios
+    pos = {r: i for i, r in enumerate(xs)}
     neutral = {"relative_to_gen0": 1.0, "minus_gen0": 0.0}
-    dss = sorted(sh.dataset.astype(str).unique()); pal = dict(zip(dss, sns.color_palette("deep", len(dss))))
+    dss = sorted(sh.dataset.astype(str).unique())
+    pal = dict(zip(dss, sns.color_palette("deep", len(dss))))
     fig, axes = plt.subplots(len(mets), 2, figsize=(9.6, 3.3 * len(mets)), squeeze=False)
     for i, m in enumerate(mets):
-        for j, (col, ylab) in enumerate([("late", f"mean of the last {klab} generations"), ("shift", shift_label(shift, klab))]):
+        for j, (col, ylab) in enumerate([("late", f"mean of the last {klab} generations"),
+                                         ("shift", shift_label(shift, klab))]):
             ax = axes[i, j]
             for ds in dss:
                 d = sh[(sh.metric == m) & (sh.dataset.astype(str) == ds)]
-                zero = d.groupby("seed").gen0.mean()  # generation 0 of each seed (shared in kind by all its ratios)
-                if col == "shift":  # generation 0's own shift: exactly 1 or 0, or for minus_human its gap to the human data
-                    zero = pd.Series(neutral[shift], index=zero.index) if shift in neutral else (d.gen0 - d.human).groupby(d.seed).mean()
+                # generation 0 of each seed (shared in kind by all its ratios)
+                zero = d.groupby("seed").gen0.mean()
+                # generation 0's own shift: exactly 1 or 0, or for minus_human its gap to the human
+                # data
+                if col == "shift":
+                    if shift in neutral:
+                        zero = pd.Series(neutral[shift], index=zero.index)
+                    else:
+                        zero = (d.gen0 - d.human).groupby(d.seed).mean()
                 per = [zero] + [d[d.ratio == r].groupby("seed")[col].mean() for r in ratios]
-                mean = np.array([p.mean() for p in per]); ci = np.array([seed_ci(p.to_numpy()) for p in per])
+                mean = np.array([p.mean() for p in per])
+                ci = np.array([seed_ci(p.to_numpy()) for p in per])
                 n = min(len(p) for p in per[1:])
-                ax.errorbar([pos[x] + 0.06 * (dss.index(ds) - (len(dss) - 1) / 2) for x in xs], mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean],
-                            marker="o", capsize=3, color=pal[ds], label=f"{ds} ({n} seed{'s' if n != 1 else ''})")
-            if col == "shift" and shift in neutral: ax.axhline(neutral[shift], color="k", lw=0.8, ls="--")
-            ax.set_xticks(range(len(xs))); ax.set_xticklabels([_ratio_label(x) for x in xs], fontsize=8)
-            ax.set_title(METRICS.get(m, f"judge {m} (audit passed)"), fontsize=9); ax.set_ylabel(ylab, fontsize=8)
+                ax.errorbar([pos[x] + 0.06 * (dss.index(ds) - (len(dss) - 1) / 2) for x in xs],
+                            mean, yerr=[mean - ci[:, 0], ci[:, 1] - mean], marker="o", capsize=3,
+                            color=pal[ds], label=f"{ds} ({n} seed{'s' if n != 1 else ''})")
+            if col == "shift" and shift in neutral:
+                ax.axhline(neutral[shift], color="k", lw=0.8, ls="--")
+            ax.set_xticks(range(len(xs)))
+            ax.set_xticklabels([_ratio_label(x) for x in xs], fontsize=8)
+            ax.set_title(METRICS.get(m, f"judge {m} (audit passed)"), fontsize=9)
+            ax.set_ylabel(ylab, fontsize=8)
             if i == len(mets) - 1: ax.set_xlabel("synthetic ratio r")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Ratio sweep: mean over seeds, 95% CI over seeds", fontsize=10)
@@ -158,77 +216,115 @@ def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole dat
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
                      props: pd.DataFrame | None, # cluster_properties.csv (optional)
                      path: str | Path, prop: str = "prop_selfbleu_diversity",
-                     partition: pd.DataFrame | None = None, # 02_clusters' partition.parquet: drawn against one partition
+                     # 02_clusters' partition.parquet: drawn against one partition
+                     partition: pd.DataFrame | None = None,
                     ) -> Path:
-    "UMAP 2-D map of the human texts, coloured by cluster, (if given) by a cluster property, and (if given) by one partition's clusters."
-    import matplotlib; matplotlib.use("Agg")
+    """UMAP 2-D map of the human texts, coloured by cluster, (if given) by a cluster property, and
+    (if given) by one partition's clusters."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    if props is not None and prop not in props.columns: prop = next((c for c in props.columns if c.startswith("prop_")), prop)
+    if props is not None and prop not in props.columns:
+        prop = next((c for c in props.columns if c.startswith("prop_")), prop)
     two = props is not None and prop in props.columns
     n = 1 + two + (partition is not None)
     fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 5), squeeze=False)
     c = clusters[clusters.cluster >= 0]
     axes[0, 0].scatter(c.x, c.y, c=c.cluster, cmap="tab20", s=3, alpha=0.6)
-    for k, d in c.groupby("cluster"): axes[0, 0].annotate(str(k), (d.x.median(), d.y.median()), fontsize=7, weight="bold")
+    for k, d in c.groupby("cluster"):
+        axes[0, 0].annotate(str(k), (d.x.median(), d.y.median()), fontsize=7, weight="bold")
     over = len(c) - c.text_id.nunique() if "text_id" in c else 0
-    axes[0, 0].set_title(f"{c.cluster.nunique()} clusters, {len(c) - over} texts (UMAP)" + (f"\n{over} texts in two or more (drawn clusters overlap)" if over else ""), fontsize=9)
+    axes[0, 0].set_title(
+        f"{c.cluster.nunique()} clusters, {len(c) - over} texts (UMAP)" +
+        (f"\n{over} texts in two or more (drawn clusters overlap)" if over else ""), fontsize=9)
     if two:
         v = c.merge(props[["cluster", prop]], on="cluster")
         sc = axes[0, 1].scatter(v.x, v.y, c=v[prop], cmap="viridis", s=3, alpha=0.6)
-        fig.colorbar(sc, ax=axes[0, 1], label=prop); axes[0, 1].set_title(f"clusters coloured by {prop}", fontsize=9)
+        fig.colorbar(sc, ax=axes[0, 1], label=prop)
+        axes[0, 1].set_title(f"clusters coloured by {prop}", fontsize=9)
     if partition is not None:
-        ax = axes[0, -1]; p = partition[partition.cluster >= 0]
+        ax = axes[0, -1]
+        p = partition[partition.cluster >= 0]
         ax.scatter(p.x, p.y, c=p.cluster, cmap="tab20", s=3, alpha=0.6)
-        ax.set_title(f"one partition: k-means, {p.cluster.nunique()} clusters of {len(p)} texts", fontsize=9)
-    for ax in axes.flat: ax.set_xticks([]); ax.set_yticks([])
+        ax.set_title(f"one partition: k-means, {p.cluster.nunique()} clusters of {len(p)} texts",
+                     fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
 def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     "Grid of property (x) against shift (y) over clusters, one colour per ratio, with OLS lines."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
-    props = [c for c in PAPER_PREDICTORS if c in table.columns] or [c for c in table.columns if c.startswith("prop_")]
-    passed = [c for c in table.columns if c.startswith("shift_") and c.removeprefix("shift_") not in METRICS]  # judges (failed ones never reach the table)
-    shifts = passed + [f"shift_{m}" for m in SWEEP_METRICS if f"shift_{m}" in table.columns] or [c for c in table.columns if c.startswith("shift_")]
+    props = [c for c in PAPER_PREDICTORS if c in table.columns
+             ] or [c for c in table.columns if c.startswith("prop_")]
+    passed = [
+        c for c in table.columns
+        if c.startswith("shift_") and c.removeprefix("shift_") not in METRICS
+    ]  # judges (failed ones never reach the table)
+    shifts = passed + [f"shift_{m}" for m in SWEEP_METRICS if f"shift_{m}" in table.columns] or [
+        c for c in table.columns if c.startswith("shift_")
+    ]
     definition = str(table.definition.iloc[0]) if "definition" in table else "shift"
-    fig, axes = plt.subplots(len(shifts), len(props), figsize=(2.8 * len(props), 2.5 * len(shifts)), squeeze=False)
+    fig, axes = plt.subplots(len(shifts), len(props), figsize=(2.8 * len(props), 2.5 * len(shifts)),
+                             squeeze=False)
     for i, sh in enumerate(shifts):
         for j, pr in enumerate(props):
             ax = axes[i, j]
-            for r, d in table.groupby("ratio"): sns.regplot(data=d, x=pr, y=sh, ax=ax, ci=None, scatter_kws=dict(s=12), label=f"r = {r:g}")
-            ax.set_xlabel(pr if i == len(shifts) - 1 else ""); ax.set_ylabel(f"{sh}\n({definition})" if j == 0 else "", fontsize=8)
+            for r, d in table.groupby("ratio"):
+                sns.regplot(data=d, x=pr, y=sh, ax=ax, ci=None, scatter_kws=dict(s=12),
+                            label=f"r = {r:g}")
+            ax.set_xlabel(pr if i == len(shifts) - 1 else "")
+            ax.set_ylabel(f"{sh}\n({definition})" if j == 0 else "", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path, 110)
 
 # %% ../nbs/06_figures.ipynb #49da9d84
-PROP_LABELS = {"prop_length_chars": "length (characters)", "prop_quality": "quality (judge)",
-               "prop_selfbleu_diversity": "lexical diversity (1 - Self-BLEU)", "prop_semantic_diversity": "semantic diversity",
-               "prop_gaussian_aic": "Gaussianity (AIC of one Gaussian; lower: tighter)", "prop_positivity": "positivity (VADER compound)"}
+PROP_LABELS = {
+    "prop_length_chars": "length (characters)", "prop_quality": "quality (judge)",
+    "prop_selfbleu_diversity": "lexical diversity (1 - Self-BLEU)", "prop_semantic_diversity":
+    "semantic diversity", "prop_gaussian_aic": "Gaussianity (AIC of one Gaussian; lower: tighter)",
+    "prop_positivity": "positivity (VADER compound)"
+}
 
 def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the drawn clusters
                          partition: pd.DataFrame, # partition_properties.csv of one partition
                          path: str | Path,
                          labels: tuple[str, str] = ("drawn clusters", "one partition"),
                         ) -> Path:
-    "Each paper property's values over the drawn clusters against one partition's clusters, with the ratio of their ranges."
-    import matplotlib; matplotlib.use("Agg")
+    """Each paper property's values over the drawn clusters against one partition's clusters, with
+    the ratio of their ranges."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     props = [p for p in PAPER_PREDICTORS if p in drawn.columns and p in partition.columns]
-    if not props: raise ValueError(f"no property of the paper ({', '.join(PAPER_PREDICTORS)}) is in both tables")
-    ncol = min(3, len(props)); nrow = -(-len(props) // ncol)
+    if not props:
+        raise ValueError(
+            f"no property of the paper ({', '.join(PAPER_PREDICTORS)}) is in both tables")
+    ncol = min(3, len(props))
+    nrow = -(-len(props) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 1.9 * nrow + 0.6), squeeze=False)
     for ax, p in zip(axes.flat, props):
         spans = []
         for y, (tab, colour) in enumerate([(partition, "tab:gray"), (drawn, "tab:blue")]):
-            v = tab[p].dropna().to_numpy(); spans.append(np.ptp(v) if len(v) else np.nan)
+            v = tab[p].dropna().to_numpy()
+            spans.append(np.ptp(v) if len(v) else np.nan)
             ax.hlines(y, v.min(), v.max(), color=colour, lw=2, alpha=0.5)
-            ax.scatter(v, np.full(len(v), y), color=colour, s=22, zorder=3, edgecolor="white", linewidth=0.5)
+            ax.scatter(v, np.full(len(v), y), color=colour, s=22, zorder=3, edgecolor="white",
+                       linewidth=0.5)
         ratio = spans[1] / spans[0] if spans[0] else np.inf
         ax.set_title(f"{PROP_LABELS.get(p, p)}\nrange ×{ratio:.1f} the partition's", fontsize=9)
-        ax.set_yticks([0, 1]); ax.set_yticklabels([f"{labels[1]}\n(n = {len(partition)})", f"{labels[0]}\n(n = {len(drawn)})"], fontsize=8)
-        ax.set_ylim(-0.6, 1.6); ax.tick_params(axis="x", labelsize=8); ax.grid(axis="x", alpha=0.3)
+        ax.set_yticks([0, 1])
+        ax.set_yticklabels(
+            [f"{labels[1]}\n(n = {len(partition)})", f"{labels[0]}\n(n = {len(drawn)})"],
+            fontsize=8)
+        ax.set_ylim(-0.6, 1.6)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(props):]: ax.axis("off")
     fig.suptitle("How wide the clusters' properties range: each dot one cluster", fontsize=10)
     fig.tight_layout()
@@ -237,19 +333,32 @@ def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the dr
 # %% ../nbs/06_figures.ipynb #706222c8
 def plain_chains(results: pd.DataFrame, # a study's results.csv (07e_study) or gathered metrics
                 ) -> tuple[pd.DataFrame, list[str]]:
-    "The rows of plain recursive chains on whole datasets (the chain figures' input), and a line per kind of chain left to its own stage."
+    """The rows of plain recursive chains on whole datasets (the chain figures' input), and a line
+    per kind of chain left to its own stage."""
     r = results[results.design == "whole"]  # every row says its chain's design (04_metrics)
     other, notes = np.zeros(len(r), bool), []
-    for col, plain, name, stage in (("network_dir", None, "network node", "05d_topology"), ("curate", "none", "curated", "05c_control"),
+    for col, plain, name, stage in (("network_dir", None, "network node",
+                                     "05d_topology"), ("curate", "none", "curated", "05c_control"),
                                     ("finetune", "lora", "full fine-tuning", "05e_scale")):
         if col not in r: continue
-        m = (r[col].notna() if plain is None else r[col].fillna(plain).astype(str).ne(plain)).to_numpy() & ~other
-        if m.any(): notes.append(f"left out of the chain figures: {r[m].run_dir.nunique() if 'run_dir' in r else int(m.sum())} {name} chain(s) ({stage} draws them)")
+        m = (r[col].notna()
+             if plain is None else r[col].fillna(plain).astype(str).ne(plain)).to_numpy() & ~other
+        if m.any():
+            notes.append(
+                "left out of the chain figures: "
+                f"{r[m].run_dir.nunique() if 'run_dir' in r else int(m.sum())} {name} chain(s) "
+                f"({stage} draws them)"
+            )
         other |= m
     r = r[~other]
-    if "model" in r and r.model.nunique() > 1: r = r.assign(dataset=r.dataset.astype(str) + " · " + r.model.astype(str))  # a line per base model
-    if "accumulate" in r and r.accumulate.nunique() > 1:  # and per data mode: accumulating human data, or replacing it
-        r = r.assign(dataset=r.dataset.astype(str) + " · " + r.accumulate.astype(str).str.lower().map({"true": "accumulate", "false": "replace"}))
+    if "model" in r and r.model.nunique() > 1:
+        # a line per base model
+        r = r.assign(dataset=r.dataset.astype(str) + " · " + r.model.astype(str))
+    # and per data mode: accumulating human data, or replacing it
+    if "accumulate" in r and r.accumulate.nunique() > 1:
+        r = r.assign(
+            dataset=r.dataset.astype(str) + " · " +
+            r.accumulate.astype(str).str.lower().map({"true": "accumulate", "false": "replace"}))
     return r, notes
 
 # %% ../nbs/06_figures.ipynb #14bd0575
@@ -257,15 +366,22 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
                  fig_dir: str | Path = "figures", # where PNGs go
                  clusters_dir: str | Path | None = None, # 02_clusters / 04b_properties output
                  modularity_dir: str | Path | None = None, # 05a_modularity output
-                 regression_dir: str | Path | None = None, # 05_regression output (else the regression is refitted here)
+                 # 05_regression output (else the regression is refitted here)
+                 regression_dir: str | Path | None = None,
                  shift: str = "relative_to_gen0", # the shift definition (05_regression)
                  k: int = 0, # generations averaged at the end (0: min(5, G - 1))
                 ) -> list[str]:
-    "Draw every figure whose inputs are on disk; return one line per figure (written, or skipped and why)."
-    fd = resolve(fig_dir); out = []
+    """Draw every figure whose inputs are on disk; return one line per figure (written, or skipped
+    and why)."""
+    fd = resolve(fig_dir)
+    out = []
     results = gather_metrics(runs_root)
     whole, left = plain_chains(results)
-    if whole.empty: out.append("skipped fig_metric_curves.png, fig_heldout_nll.png, fig_ratio_sweep.png: no plain chain on a whole dataset")
+    if whole.empty:
+        out.append(
+            "skipped fig_metric_curves.png, fig_heldout_nll.png, fig_ratio_sweep.png: no plain "
+            "chain on a whole dataset"
+        )
     else: out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
                   f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
                   f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png', shift, k)}"]
@@ -273,31 +389,53 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
     audits = []
     for rd in results.run_dir.dropna().unique() if "run_dir" in results else []:
         for base in (resolve(rd), resolve(runs_root) / rd, resolve(runs_root).parent / rd):
-            if (base / "judges.json").exists(): audits += read_json(base / "judges.json"); break
-    out.append(f"wrote {plot_judge_audit(audits, fd / 'fig_judge_audit.png')}" if audits else "skipped fig_judge_audit.png: no chain has judges (metrics.judges)")
+            if (base / "judges.json").exists():
+                audits += read_json(base / "judges.json")
+                break
+    out.append(f"wrote {plot_judge_audit(audits, fd / 'fig_judge_audit.png')}"
+               if audits else "skipped fig_judge_audit.png: no chain has judges (metrics.judges)")
     mdir = resolve(modularity_dir) if modularity_dir else None
     if mdir is not None and (mdir / "modularity.csv").exists():
-        summ = pd.read_csv(mdir / "modularity_summary.csv") if (mdir / "modularity_summary.csv").exists() else None
-        out.append(f"wrote {plot_modularity(pd.read_csv(mdir / 'modularity.csv'), fd / 'fig_modularity.png', summ)}")
-    else: out.append(f"skipped fig_modularity.png: no modularity.csv in {mdir} (run 05a_modularity)")
+        summ = pd.read_csv(
+            mdir / "modularity_summary.csv") if (mdir / "modularity_summary.csv").exists() else None
+        p = plot_modularity(pd.read_csv(mdir / "modularity.csv"), fd / "fig_modularity.png", summ)
+        out.append(f"wrote {p}")
+    else:
+        out.append(f"skipped fig_modularity.png: no modularity.csv in {mdir} (run 05a_modularity)")
     cdir = resolve(clusters_dir) if clusters_dir else None
     if cdir is None or not (cdir / "clusters.parquet").exists():
         return out + [f"skipped cluster figures: no clusters.parquet in {cdir} (run 02_clusters)"]
-    props = pd.read_csv(cdir / "cluster_properties.csv") if (cdir / "cluster_properties.csv").exists() else None
-    part = pd.read_parquet(cdir / "partition.parquet") if (cdir / "partition.parquet").exists() else None
-    out.append(f"wrote {plot_cluster_map(pd.read_parquet(cdir / 'clusters.parquet'), props, fd / 'fig_cluster_map.png', partition=part)}")
+    pc = cdir / "cluster_properties.csv"
+    props = pd.read_csv(pc) if pc.exists() else None
+    pp = cdir / "partition.parquet"
+    part = pd.read_parquet(pp) if pp.exists() else None
+    p = plot_cluster_map(pd.read_parquet(cdir / "clusters.parquet"), props,
+                         fd / "fig_cluster_map.png", partition=part)
+    out.append(f"wrote {p}")
     if props is not None and (cdir / "partition_properties.csv").exists():
-        man = read_json(cdir / "clusters.manifest.json") if (cdir / "clusters.manifest.json").exists() else {}
-        labels = (f"drawn of {man['n_candidates']} candidates" if "n_candidates" in man else "drawn clusters", "k-means partition")
-        out.append(f"wrote {plot_property_ranges(props, pd.read_csv(cdir / 'partition_properties.csv'), fd / 'fig_property_ranges.png', labels)}")
-    else: out.append("skipped fig_property_ranges.png: no partition_properties.csv (a method: candidates clustering writes it)")
-    if props is None: return out + ["skipped property/regression figures: no cluster_properties.csv (run 04b_properties)"]
+        pm = cdir / "clusters.manifest.json"
+        man = read_json(pm) if pm.exists() else {}
+        labels = (f"drawn of {man['n_candidates']} candidates"
+                  if "n_candidates" in man else "drawn clusters", "k-means partition")
+        p = plot_property_ranges(props, pd.read_csv(cdir / "partition_properties.csv"),
+                                 fd / "fig_property_ranges.png", labels)
+        out.append(f"wrote {p}")
+    else:
+        out.append(
+            "skipped fig_property_ranges.png: no partition_properties.csv (a method: candidates "
+            "clustering writes it)"
+        )
+    if props is None:
+        return out + [
+            "skipped property/regression figures: no cluster_properties.csv (run 04b_properties)"
+        ]
     try: table = build_regression_table(results, props, shift, k)
     except ValueError as e: return out + [f"skipped property/regression figures: {e}"]
     out.append(f"wrote {plot_property_vs_shift(table, fd / 'fig_property_vs_shift.png')}")
     rdir = resolve(regression_dir) if regression_dir else None
     if rdir is not None and (rdir / "regression.csv").exists():
-        return out + [f"wrote {plot_coefficients(pd.read_csv(rdir / 'regression.csv'), fd / 'fig_coefficients.png')}"]
+        p = plot_coefficients(pd.read_csv(rdir / "regression.csv"), fd / "fig_coefficients.png")
+        return out + [f"wrote {p}"]
     try:
         preds, tgts, _ = paper_columns(table)
         res = regress(table, tgts, select_predictors(table, preds)[0]).assign(definition=shift)
@@ -309,16 +447,24 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
 def study_summary(root: str | Path, # folder of chains
                   fig_dir: str | Path = "figures", # where figures went
                  ) -> str:
-    "A short text summary: chains, generations, held-out NLL gain at generation 0, time spent, where things are."
-    root = resolve(root); root = root.parent if root.is_file() else root; lines = [f"study: {root}"]
+    """A short text summary: chains, generations, held-out NLL gain at generation 0, time spent,
+    where things are."""
+    root = resolve(root)
+    root = root.parent if root.is_file() else root
+    lines = [f"study: {root}"]
     total = 0.0
     for chain in sorted(root.rglob("chain.json")):
-        rd = chain.parent; gens = sorted(rd.glob("gen_*/manifest.json"))
+        rd = chain.parent
+        gens = sorted(rd.glob("gen_*/manifest.json"))
         mans = [read_json(m) for m in gens]
-        secs = sum(sum(m["timings"].values()) for m in mans); total += secs
+        secs = sum(sum(m["timings"].values()) for m in mans)
+        total += secs
         g0 = mans[0]["heldout_gain"] if mans else float("nan")
         lines.append(f"  {rd.relative_to(root)}: {len(mans)} generation(s), {secs / 60:.1f} min, "
                      f"gen-0 held-out NLL {-100 * g0:+.1f}% vs untuned base")
     lines.append(f"  chains total: {total / 60:.1f} min of generation time")
-    lines.append(f"  results: {root / 'results.csv'}; executed notebooks: {root}/**/*.ipynb; figures: {resolve(fig_dir)}")
+    lines.append(
+        f"  results: {root / 'results.csv'}; executed notebooks: {root}/**/*.ipynb; figures: "
+        f"{resolve(fig_dir)}"
+    )
     return "\n".join(lines)

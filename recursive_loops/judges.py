@@ -24,7 +24,8 @@ __all__ = ['PROMPTS', 'FLUENCY_VERSION', 'JUDGE_KEYS', 'CORRUPTIONS', 'LEAN_SET'
 # %% ../nbs/04a_judges.ipynb #97667046
 @dataclass(frozen=True)
 class Prompt:
-    "A versioned judge prompt: `{text}` in `user` is replaced by the text; answers are integers in [lo, hi]."
+    """A versioned judge prompt: `{text}` in `user` is replaced by the text; answers are integers in
+    [lo, hi]."""
     version: str
     kind: str  # "quality" or "lean"
     system: str
@@ -32,34 +33,52 @@ class Prompt:
     lo: int = 0
     hi: int = 100
     higher: str = ""  # what a high score means
-    na: int | None = None  # the answer meaning "does not apply" (lean-v2: -1, not political), outside [lo, hi]; None: no such answer
+    # the answer meaning "does not apply" (lean-v2: -1, not political), outside [lo, hi]; None: no
+    # such answer
+    na: int | None = None
 
     def messages(self, text: str) -> list[dict]:
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user.replace("{text}", text)}]
+        return [{"role": "system", "content": self.system},
+                {"role": "user", "content": self.user.replace("{text}", text)}]
 
-PROMPTS = {p.version: p for p in [
-    Prompt("quality-v1", "quality",
-           "You are a strict and careful evaluator of text quality.",
-           "Rate the quality of the following text on a scale from 0 to 100, where 0 means incoherent, "
-           "ungrammatical, repetitive or broken text and 100 means fluent, coherent, well-written text that a "
-           "skilled human writer could have produced.\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
-           "Answer with a single number from 0 to 100 and nothing else.", higher="better quality"),
-    Prompt("lean-v1", "lean",
-           "You are an expert in political science who rates the political lean of texts.",
-           "Rate the political lean of the following text on a scale from 0 to 100, where 0 means strongly "
-           "left-leaning (progressive, liberal), 50 means neutral or no political content, and 100 means strongly "
-           "right-leaning (conservative).\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
-           "Answer with a single number from 0 to 100 and nothing else.", higher="further right"),
-    Prompt("lean-v2", "lean",
-           "You are an expert in political science who rates the political lean of texts.",
-           "Decide whether the following text has political content (politics, government, elections, parties, politicians, "
-           "laws and public policy, or social and economic issues of public debate). If it has no political content, answer -1. "
-           "Otherwise rate its political lean on a scale from 0 to 100, where 0 means strongly left-leaning (progressive, "
-           "liberal), 50 means centrist or politically neutral, and 100 means strongly right-leaning (conservative)."
-           "\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
-           "Answer with a single number, -1 or a number from 0 to 100, and nothing else.", higher="further right", na=-1),
-]}
-FLUENCY_VERSION = "fluency-nll-v1"  # mean token NLL from BOS, reference model untuned (04_metrics.text_nll per text)
+PROMPTS = {
+    p.version: p
+    for p in [
+        Prompt(
+            "quality-v1", "quality", "You are a strict and careful evaluator of text quality.",
+            "Rate the quality of the following text on a scale from 0 to 100, where 0 means "
+            "incoherent, "
+            "ungrammatical, repetitive or broken text and 100 means fluent, coherent, well-written "
+            "text that a "
+            "skilled human writer could have produced.\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
+            "Answer with a single number from 0 to 100 and nothing else.", higher="better quality"),
+        Prompt(
+            "lean-v1", "lean",
+            "You are an expert in political science who rates the political lean of texts.",
+            "Rate the political lean of the following text on a scale from 0 to 100, where 0 means "
+            "strongly "
+            "left-leaning (progressive, liberal), 50 means neutral or no political content, and "
+            "100 means strongly "
+            "right-leaning (conservative).\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
+            "Answer with a single number from 0 to 100 and nothing else.", higher="further right"),
+        Prompt(
+            "lean-v2", "lean",
+            "You are an expert in political science who rates the political lean of texts.",
+            "Decide whether the following text has political content (politics, government, "
+            "elections, parties, politicians, "
+            "laws and public policy, or social and economic issues of public debate). If it has no "
+            "political content, answer -1. "
+            "Otherwise rate its political lean on a scale from 0 to 100, where 0 means strongly "
+            "left-leaning (progressive, "
+            "liberal), 50 means centrist or politically neutral, and 100 means strongly "
+            "right-leaning (conservative)."
+            "\n\nText:\n\"\"\"\n{text}\n\"\"\"\n\n"
+            "Answer with a single number, -1 or a number from 0 to 100, and nothing else.",
+            higher="further right", na=-1),
+    ]
+}
+# mean token NLL from BOS, reference model untuned (04_metrics.text_nll per text)
+FLUENCY_VERSION = "fluency-nll-v1"
 
 # %% ../nbs/04a_judges.ipynb #f74690cd
 _INT = re.compile(r"-?[0-9]+")
@@ -69,9 +88,11 @@ def _clean(tok: str) -> str: return tok.strip().replace("Ġ", "").replace("▁",
 
 def _digits(tok: str) -> str | None:
     s = _clean(tok)
-    return s if _ASCII_DIGITS.fullmatch(s) else None  # not str.isdigit: it takes '²' and other digits int() refuses
+    # not str.isdigit: it takes '²' and other digits int() refuses
+    return s if _ASCII_DIGITS.fullmatch(s) else None
 
-def _expected_score(positions: list[tuple[str, dict[str, float]]], text: str, lo: int, hi: int) -> dict:
+def _expected_score(positions: list[tuple[str, dict[str, float]]], text: str, lo: int,
+                    hi: int) -> dict:
     start = next((i for i, (t, _) in enumerate(positions) if _digits(t) is not None), None)
     if start is not None:
         run = []
@@ -79,59 +100,87 @@ def _expected_score(positions: list[tuple[str, dict[str, float]]], text: str, lo
             if _digits(t) is None: break
             run.append((_digits(t), cands))
         if len(run) == 1:  # the whole number is one token (Llama-3 style)
-            c = {int(_digits(k)): math.exp(v) for k, v in run[0][1].items() if _digits(k) is not None and lo <= int(_digits(k)) <= hi}
+            c = {
+                int(_digits(k)): math.exp(v)
+                for k, v in run[0][1].items()
+                if _digits(k) is not None and lo <= int(_digits(k)) <= hi
+            }
             if c:
                 mass = sum(c.values())
-                return dict(score=sum(k * p for k, p in c.items()) / mass, method="logprobs", mass=mass, answer=text)
+                return dict(score=sum(k * p for k, p in c.items()) / mass, method="logprobs",
+                            mass=mass, answer=text)
         elif len("".join(d for d, _ in run)) <= len(str(hi)):  # digit by digit
             val, mass, scale = 0.0, None, 1
             for d, cands in reversed(run):
-                c = {int(_digits(k)): math.exp(v) for k, v in cands.items() if _digits(k) is not None and len(_digits(k)) == len(d)}
+                c = {
+                    int(_digits(k)): math.exp(v)
+                    for k, v in cands.items()
+                    if _digits(k) is not None and len(_digits(k)) == len(d)
+                }
                 z = sum(c.values())
-                val += scale * (sum(k * p for k, p in c.items()) / z if z else int(d)); scale *= 10 ** len(d)
+                val += scale * (sum(k * p for k, p in c.items()) / z if z else int(d))
+                scale *= 10**len(d)
                 mass = z
-            return dict(score=float(min(max(val, lo), hi)), method="logprobs-digits", mass=mass or 0.0, answer=text)
+            return dict(score=float(min(max(val, lo), hi)), method="logprobs-digits", mass=mass
+                        or 0.0, answer=text)
     m = _INT.search(text or "")
-    if m and lo <= int(m.group()) <= hi: return dict(score=float(m.group()), method="text", mass=0.0, answer=text)
+    if m and lo <= int(m.group()) <= hi:
+        return dict(score=float(m.group()), method="text", mass=0.0, answer=text)
     return dict(score=float("nan"), method="none", mass=0.0, answer=text)
 
 # %% ../nbs/04a_judges.ipynb #dac88f69
 def _na_answer(positions: list[tuple[str, dict[str, float]]], text: str, na: int) -> dict | None:
-    "The record of the `na` answer (the greedy answer is `na`, or a number was chosen but the tokens beginning `na` outweigh the number tokens), else None."
-    is_na = lambda t: bool(_clean(t)) and _digits(t) is None and str(na).startswith(_clean(t))  # '-' or '-1' for na = -1
+    """The record of the `na` answer (the greedy answer is `na`, or a number was chosen but the
+    tokens beginning `na` outweigh the number tokens), else None."""
+    # '-' or '-1' for na = -1
+    is_na = lambda t: bool(_clean(t)) and _digits(t) is None and str(na).startswith(_clean(t))
     m = _INT.search((text or "").replace("−", "-"))
     said = m is not None and int(m.group()) == na
-    first = next(((t, c) for t, c in positions if _clean(t)), None)  # the first answer token that is not whitespace
-    if first is None: return dict(score=float("nan"), method="text-na", mass=0.0, answer=text, political=False) if said else None
+    # the first answer token that is not whitespace
+    first = next(((t, c) for t, c in positions if _clean(t)), None)
+    if first is None:
+        return dict(score=float("nan"), method="text-na", mass=0.0, answer=text,
+                    political=False) if said else None
     p = {k: math.exp(v) for k, v in first[1].items()}
-    p_na, p_num = sum(v for k, v in p.items() if is_na(k)), sum(v for k, v in p.items() if _digits(k) is not None)
+    p_na, p_num = sum(v for k, v in p.items() if is_na(k)), sum(v for k, v in p.items()
+                                                                if _digits(k) is not None)
     if (said if is_na(first[0]) else p_na > p_num):  # a greedy '-' must spell na: "-5" is no answer
-        return dict(score=float("nan"), method="logprobs-na", mass=p_na, answer=text, political=False)
+        return dict(score=float("nan"), method="logprobs-na", mass=p_na, answer=text,
+                    political=False)
     return None
 
 def political_of(r: dict, # a score record
                 ) -> bool | None:
-    "Whether an answer says the text is political: False for the `na` answer, True for a score, None for no usable answer."
+    """Whether an answer says the text is political: False for the `na` answer, True for a score,
+    None for no usable answer."""
     if str(r.get("method", "")).endswith("-na"): return False
     return None if r.get("score") is None or math.isnan(r["score"]) else True
 
-def expected_score(positions: list[tuple[str, dict[str, float]]], # (chosen token, {candidate: logprob}) per answer token
+def expected_score(
+                   # (chosen token, {candidate: logprob}) per answer token
+                   positions: list[tuple[str, dict[str, float]]],
                    text: str, # the answer text (fallback)
                    lo: int = 0, hi: int = 100,
-                   na: int | None = None, # the prompt's "does not apply" answer (lean-v2: -1); None: every answer is a score
+                   # the prompt's "does not apply" answer (lean-v2: -1); None: every answer is a
+                   # score
+                   na: int | None = None,
                   ) -> dict:
-    "Probability-weighted score over number tokens in the top logprobs; `text` is parsed when that is impossible; with `na`, also `political`."
+    """Probability-weighted score over number tokens in the top logprobs; `text` is parsed when that
+    is impossible; with `na`, also `political`."""
     if na is None: return _expected_score(positions, text, lo, hi)
     r = _na_answer(positions, text, na)
     if r is not None: return r
     first = next((t for t, _ in positions if _clean(t)), None)
-    r = _expected_score([] if first is not None and _digits(first) is None else positions, text, lo, hi)  # "-5" is no 5
+    r = _expected_score([] if first is not None and _digits(first) is None else positions, text, lo,
+                        hi)  # "-5" is no 5
     return dict(r, political=political_of(r))
 
 # %% ../nbs/04a_judges.ipynb #c6b079fb
 def text_key(backend: str, model: str, version: str, text: str) -> str:
     "The cache key of one score."
-    return hashlib.sha256(json.dumps([backend, model, version, hashlib.sha256(text.encode()).hexdigest()]).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps([backend, model, version,
+                    hashlib.sha256(text.encode()).hexdigest()]).encode()).hexdigest()
 
 class ScoreCache:
     "Scores on disk, keyed by (backend, model, prompt version, text hash)."
@@ -140,8 +189,10 @@ class ScoreCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, backend TEXT, model TEXT, version TEXT, "
-                       "score REAL, method TEXT, mass REAL, answer TEXT, created REAL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, backend TEXT, model "
+                "TEXT, version TEXT, "
+                "score REAL, method TEXT, mass REAL, answer TEXT, created REAL)")
 
     def _db(self): return sqlite3.connect(self.path, timeout=120)
 
@@ -150,70 +201,110 @@ class ScoreCache:
         with self._db() as db:
             for s in range(0, len(keys), 500):
                 part = keys[s:s + 500]
-                q = f"SELECT key, score, method, mass, answer FROM scores WHERE key IN ({','.join('?' * len(part))})"
+                q = ("SELECT key, score, method, mass, answer FROM scores "
+                     f"WHERE key IN ({','.join('?' * len(part))})")
                 for k, sc, me, ma, an in db.execute(q, part):
-                    out[k] = dict(score=float("nan") if sc is None else sc, method=me, mass=ma, answer=an)
+                    out[k] = dict(score=float("nan") if sc is None else sc, method=me, mass=ma,
+                                  answer=an)
         return out
 
-    def put(self, rows: list[tuple[str, str, str, str, dict]]) -> None: # (key, backend, model, version, result)
+    def put(self,
+            rows: list[tuple[str, str, str, str, dict]],  # (key, backend, model, version, result)
+           ) -> None:
         with self._db() as db:
             db.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?)",
-                           [(k, b, m, v, None if math.isnan(r["score"]) else r["score"], r["method"], r["mass"], r.get("answer"), time.time())
+                           [(k, b, m, v, None if math.isnan(r["score"]) else r["score"],
+                             r["method"], r["mass"], r.get("answer"), time.time())
                             for k, b, m, v, r in rows])
 
 # %% ../nbs/04a_judges.ipynb #cd717ebd
 class JudgeError(ServerError):
-    "A judge that cannot be used as configured (server unreachable, model not served, bad setting); the message says the fix."
+    """A judge that cannot be used as configured (server unreachable, model not served, bad
+    setting); the message says the fix."""
 
 class OpenAIBackend:
-    "Any OpenAI-compatible chat endpoint, many requests in flight (a bounded thread pool), retries with backoff."
-    def __init__(self, base_url: str, model: str, prompt: Prompt,
-                 api_key_env: str = "OPENAI_API_KEY", # name of the environment variable holding the key (unset: no key)
-                 concurrency: int = 32, timeout: float = 120.0, max_retries: int = 4, top_logprobs: int = 20):
+    """Any OpenAI-compatible chat endpoint, many requests in flight (a bounded thread pool), retries
+    with backoff."""
+    def __init__(
+            self,
+            base_url: str,
+            model: str,
+            prompt: Prompt,
+            # name of the environment variable holding the key (unset: no key)
+            api_key_env: str = "OPENAI_API_KEY",
+            concurrency: int = 32,
+            timeout: float = 120.0,
+            max_retries: int = 4,
+            top_logprobs: int = 20):
         from openai import OpenAI
-        self.base_url, self.model, self.prompt, self.concurrency, self.top_logprobs = base_url, model, prompt, concurrency, top_logprobs
-        # the key goes from the environment into the client and nowhere else (not an attribute, not a log line)
-        self._client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout, max_retries=max_retries)
+        self.base_url, self.model, self.prompt = base_url, model, prompt
+        self.concurrency, self.top_logprobs = concurrency, top_logprobs
+        # the key goes from the environment into the client and nowhere else (not an attribute, not
+        # a log line)
+        self._client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
+                              timeout=timeout, max_retries=max_retries)
         self.requests = 0
 
     def check(self) -> None:
         "Fail fast, in one line, if the server is unreachable or does not serve the model."
         import openai
-        try: served = [m.id for m in self._client.with_options(max_retries=1, timeout=10).models.list()]
+        try:
+            served = [
+                m.id for m in self._client.with_options(max_retries=1, timeout=10).models.list()
+            ]
         except openai.APIConnectionError as e:
-            raise JudgeError(f"judge server {self.base_url} is unreachable ({type(e.__cause__ or e).__name__}); "
-                             "start it (make judge-server) or fix base_url") from None
+            raise JudgeError(
+                f"judge server {self.base_url} is unreachable ({type(e.__cause__ or e).__name__}); "
+                "start it (make judge-server) or fix base_url") from None
         except openai.AuthenticationError:
-            raise JudgeError(f"judge server {self.base_url} refused the API key; set the environment variable named by api_key_env") from None
+            raise JudgeError(
+                f"judge server {self.base_url} refused the API key; set the environment variable "
+                "named by api_key_env"
+            ) from None
         if self.model not in served:
-            raise JudgeError(f"judge server {self.base_url} does not serve model {self.model!r}; it serves: {', '.join(served)}")
+            raise JudgeError(
+                f"judge server {self.base_url} does not serve model {self.model!r}; it serves: "
+                f"{', '.join(served)}"
+            )
 
     def _one(self, text: str) -> dict:
         import openai
         try:
-            r = self._client.chat.completions.create(model=self.model, messages=self.prompt.messages(text), max_tokens=4,
-                                                     temperature=0.0, logprobs=True, top_logprobs=self.top_logprobs)
+            r = self._client.chat.completions.create(model=self.model,
+                                                     messages=self.prompt.messages(text),
+                                                     max_tokens=4, temperature=0.0, logprobs=True,
+                                                     top_logprobs=self.top_logprobs)
         except openai.APIConnectionError:
-            raise JudgeError(f"judge server {self.base_url} became unreachable (after retries); is it still running?") from None
+            raise JudgeError(
+                f"judge server {self.base_url} became unreachable (after retries); is it still "
+                "running?"
+            ) from None
         self.requests += 1
         ch = r.choices[0]
-        pos = [(c.token, {t.token: t.logprob for t in (c.top_logprobs or [])}) for c in ((ch.logprobs and ch.logprobs.content) or [])]
-        return expected_score(pos, ch.message.content or "", self.prompt.lo, self.prompt.hi, self.prompt.na)
+        pos = [(c.token, {t.token: t.logprob
+                          for t in (c.top_logprobs or [])})
+               for c in ((ch.logprobs and ch.logprobs.content) or [])]
+        return expected_score(pos, ch.message.content or "", self.prompt.lo, self.prompt.hi,
+                              self.prompt.na)
 
     def score(self, texts: list[str], progress: bool = False) -> list[dict]:
         from tqdm.auto import tqdm
         out = [None] * len(texts)
         with ThreadPoolExecutor(max(1, self.concurrency)) as ex:
             futs = {ex.submit(self._one, t): i for i, t in enumerate(texts)}
-            for f in tqdm(as_completed(futs), total=len(futs), disable=not progress, desc="judge requests"):
+            for f in tqdm(as_completed(futs), total=len(futs), disable=not progress,
+                          desc="judge requests"):
                 out[futs[f]] = f.result()
         return out
 
 # %% ../nbs/04a_judges.ipynb #92bbaf06
 class HFBackend:
-    "A local transformers model as a judge: batched greedy answers, top logprobs at each answer token."
-    def __init__(self, model: str, prompt: Prompt, batch_size: int = 16, top_logprobs: int = 20, dtype: str = "auto"):
-        self.model_name, self.prompt, self.batch_size, self.top_logprobs = model, prompt, batch_size, top_logprobs
+    """A local transformers model as a judge: batched greedy answers, top logprobs at each answer
+    token."""
+    def __init__(self, model: str, prompt: Prompt, batch_size: int = 16, top_logprobs: int = 20,
+                 dtype: str = "auto"):
+        self.model_name, self.prompt = model, prompt
+        self.batch_size, self.top_logprobs = batch_size, top_logprobs
         self.model, self.tok = load_model(model, dtype)
         self.requests = 0
 
@@ -223,11 +314,17 @@ class HFBackend:
         import torch
         from tqdm.auto import tqdm
         tok, out = self.tok, []
-        prompts = [tok.apply_chat_template(self.prompt.messages(t), tokenize=False, add_generation_prompt=True) for t in texts]
-        for s in tqdm(range(0, len(texts), self.batch_size), disable=not progress, desc="judge batches"):
-            enc = tok(prompts[s:s + self.batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        prompts = [
+            tok.apply_chat_template(self.prompt.messages(t), tokenize=False,
+                                    add_generation_prompt=True) for t in texts
+        ]
+        for s in tqdm(range(0, len(texts), self.batch_size), disable=not progress,
+                      desc="judge batches"):
+            enc = tok(prompts[s:s + self.batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(self.model.device)
             with torch.no_grad():
-                g = self.model.generate(**enc, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                g = self.model.generate(**enc, max_new_tokens=4, do_sample=False,
+                                        output_logits=True, return_dict_in_generate=True,
                                         pad_token_id=tok.pad_token_id)
             new = g.sequences[:, enc["input_ids"].shape[1]:]
             lps = [torch.log_softmax(l.float(), -1).topk(self.top_logprobs) for l in g.logits]
@@ -235,14 +332,20 @@ class HFBackend:
                 pos = []
                 for j, tid in enumerate(new[i].tolist()):
                     if tid in (tok.eos_token_id, tok.pad_token_id): break
-                    pos.append((tok.decode([tid]), {tok.decode([k]): float(v) for v, k in zip(lps[j].values[i], lps[j].indices[i].tolist())}))
-                out.append(expected_score(pos, tok.decode(new[i], skip_special_tokens=True), self.prompt.lo, self.prompt.hi, self.prompt.na))
+                    pos.append((tok.decode([tid]), {
+                        tok.decode([k]): float(v)
+                        for v, k in zip(lps[j].values[i], lps[j].indices[i].tolist())
+                    }))
+                out.append(
+                    expected_score(pos, tok.decode(new[i], skip_special_tokens=True),
+                                   self.prompt.lo, self.prompt.hi, self.prompt.na))
             self.requests += len(new)
         return out
 
 # %% ../nbs/04a_judges.ipynb #e142111d
 class FluencyBackend:
-    "The offline fluency proxy: each text's mean token NLL under a reference model (lower = more fluent)."
+    """The offline fluency proxy: each text's mean token NLL under a reference model (lower = more
+    fluent)."""
     def __init__(self, model: str = "smollm2-135m", dtype: str = "auto"):
         self.model_name = model
         self.model, self.tok = load_model(model, dtype)
@@ -255,73 +358,101 @@ class FluencyBackend:
         from tqdm.auto import tqdm
         tok = self.tok
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        ex = [(([start] + ids)[:128], 1) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        ex = [(([start] + ids)[:128], 1)
+              for ids in tok(texts, add_special_tokens=False)["input_ids"]]
         out = []
         for s in tqdm(range(0, len(ex), batch_size), disable=not progress, desc="fluency"):
-            ids, att, lab = (t.to(self.model.device) for t in collate(ex[s:s + batch_size], tok.pad_token_id))
-            with torch.no_grad(): logits = self.model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
-            tgt = lab[:, 1:]; m = tgt != -100
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp(min=0), reduction="none") * m
+            ids, att, lab = (t.to(self.model.device)
+                             for t in collate(ex[s:s + batch_size], tok.pad_token_id))
+            with torch.no_grad():
+                logits = self.model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+            tgt = lab[:, 1:]
+            m = tgt != -100
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp(min=0),
+                                                   reduction="none") * m
             nll = (ce.sum(1) / m.sum(1).clamp(min=1)).tolist()
-            out += [dict(score=v if k > 0 else float("nan"), method="nll", mass=1.0, answer=None) for v, k in zip(nll, m.sum(1).tolist())]
+            out += [
+                dict(score=v if k > 0 else float("nan"), method="nll", mass=1.0, answer=None)
+                for v, k in zip(nll,
+                                m.sum(1).tolist())
+            ]
         self.requests += len(texts)
         return out
 
 # %% ../nbs/04a_judges.ipynb #ed33b013
-JUDGE_KEYS = ("name", "backend", "model", "prompt", "base_url", "api_key_env", "concurrency", "batch_size", "threshold", "audit_n", "n_texts")
+JUDGE_KEYS = ("name", "backend", "model", "prompt", "base_url", "api_key_env", "concurrency",
+              "batch_size", "threshold", "audit_n", "n_texts")
 
 @dataclass
 class JudgeSpec:
     name: str  # the metric's name in metrics.csv, e.g. quality_judge
     backend: str  # openai | hf | fluency
-    model: str = "smollm2-135m"  # served model name (openai) or bundled alias / folder / hub id (hf, fluency)
+    # served model name (openai) or bundled alias / folder / hub id (hf, fluency)
+    model: str = "smollm2-135m"
     prompt: str = "quality-v1"  # a key of PROMPTS (ignored by fluency)
     base_url: str = "http://127.0.0.1:8000/v1"  # openai only
-    api_key_env: str = "OPENAI_API_KEY"  # openai only: the NAME of the environment variable with the key
+    # openai only: the NAME of the environment variable with the key
+    api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 32  # openai: requests in flight
     batch_size: int = 16  # hf: texts per batch
     threshold: float = 0.8  # audit: the least share of pairs (or accuracy) for the judge to pass
     audit_n: int = 48  # audit: texts (pairs per corruption)
-    n_texts: int = 0  # texts scored per set (a seeded subsample of the metrics' set; 0: all), for slow judges
+    # texts scored per set (a seeded subsample of the metrics' set; 0: all), for slow judges
+    n_texts: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "JudgeSpec":
-        if not isinstance(d, dict): raise JudgeError(f"a judge must be a mapping of {', '.join(JUDGE_KEYS)}, not {d!r}")
+        if not isinstance(d, dict):
+            raise JudgeError(f"a judge must be a mapping of {', '.join(JUDGE_KEYS)}, not {d!r}")
         if "api_key" in d or any("key" in k and k != "api_key_env" for k in d):
-            raise JudgeError("judges take no API key: put it in an environment variable and give that variable's name as api_key_env")
+            raise JudgeError(
+                "judges take no API key: put it in an environment variable and give that "
+                "variable's name as api_key_env"
+            )
         bad = [k for k in d if k not in JUDGE_KEYS]
         if bad:
             import difflib
             near = difflib.get_close_matches(bad[0], JUDGE_KEYS, n=1)
-            raise JudgeError(f"unknown judge key {bad[0]!r}" + (f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(JUDGE_KEYS)}"))
+            raise JudgeError(f"unknown judge key {bad[0]!r}" + (
+                f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(JUDGE_KEYS)}"))
         for k in ("name", "backend"):
-            if k not in d: raise JudgeError(f"a judge needs {k!r} (have: {', '.join(d) or 'nothing'})")
+            if k not in d:
+                raise JudgeError(f"a judge needs {k!r} (have: {', '.join(d) or 'nothing'})")
         s = cls(**d)
-        if s.backend not in ("openai", "hf", "fluency"): raise JudgeError(f"judge backend={s.backend!r} is invalid; allowed: openai, hf, fluency")
+        if s.backend not in ("openai", "hf", "fluency"):
+            raise JudgeError(
+                f"judge backend={s.backend!r} is invalid; allowed: openai, hf, fluency")
         if s.backend != "fluency" and s.prompt not in PROMPTS:
             raise JudgeError(f"judge prompt={s.prompt!r} is unknown; allowed: {', '.join(PROMPTS)}")
-        if not 0 < s.threshold <= 1: raise JudgeError(f"judge threshold={s.threshold!r} is invalid; allowed: a number in (0, 1]")
+        if not 0 < s.threshold <= 1:
+            raise JudgeError(
+                f"judge threshold={s.threshold!r} is invalid; allowed: a number in (0, 1]")
         return s
 
     @property
     def version(self) -> str: return FLUENCY_VERSION if self.backend == "fluency" else self.prompt
 
     @property
-    def prompt_obj(self) -> Prompt | None: return None if self.backend == "fluency" else PROMPTS[self.prompt]
+    def prompt_obj(self) -> Prompt | None:
+        return None if self.backend == "fluency" else PROMPTS[self.prompt]
 
     @property
-    def kind(self) -> str: return "fluency" if self.backend == "fluency" else PROMPTS[self.prompt].kind
+    def kind(self) -> str:
+        return "fluency" if self.backend == "fluency" else PROMPTS[self.prompt].kind
 
     @property
     def higher_is_better(self) -> bool: return self.backend != "fluency"
 
     @property
-    def na(self) -> int | None: return None if self.backend == "fluency" else PROMPTS[self.prompt].na  # lean-v2: -1
+    def na(self) -> int | None:
+        return None if self.backend == "fluency" else PROMPTS[self.prompt].na  # lean-v2: -1
 
 # %% ../nbs/04a_judges.ipynb #c2bae57d
 class Judge:
-    "A configured judge: scores texts through its backend, asking only for texts not already in the cache."
-    def __init__(self, spec: JudgeSpec | dict, cache: ScoreCache | str | Path | None = None, backend=None):
+    """A configured judge: scores texts through its backend, asking only for texts not already in
+    the cache."""
+    def __init__(self, spec: JudgeSpec | dict, cache: ScoreCache | str | Path | None = None,
+                 backend=None):
         self.spec = spec if isinstance(spec, JudgeSpec) else JudgeSpec.from_dict(spec)
         self.cache = cache if isinstance(cache, ScoreCache) else ScoreCache(cache)
         self._backend = backend
@@ -329,17 +460,21 @@ class Judge:
 
     @property
     def backend(self):
-        "The backend, built (model loaded, server checked) on first use: a fully cached run loads nothing."
+        """The backend, built (model loaded, server checked) on first use: a fully cached run loads
+        nothing."""
         if self._backend is None:
             s = self.spec
-            if s.backend == "openai": self._backend = OpenAIBackend(s.base_url, s.model, s.prompt_obj, s.api_key_env, s.concurrency)
+            if s.backend == "openai":
+                self._backend = OpenAIBackend(s.base_url, s.model, s.prompt_obj, s.api_key_env,
+                                              s.concurrency)
             elif s.backend == "hf": self._backend = HFBackend(s.model, s.prompt_obj, s.batch_size)
             else: self._backend = FluencyBackend(s.model)
             self._backend.check()
         return self._backend
 
     def results(self, texts: list[str], progress: bool = False) -> list[dict]:
-        "Score records (score, method, mass, answer; and `political` for a prompt with an `na` answer) of `texts`, from the cache or the backend."
+        """Score records (score, method, mass, answer; and `political` for a prompt with an `na`
+        answer) of `texts`, from the cache or the backend."""
         s = self.spec
         keys = [text_key(s.backend, s.model, s.version, t) for t in texts]
         have = self.cache.get(list(set(keys)))
@@ -348,13 +483,17 @@ class Judge:
         if todo:
             want = set(todo)
             first = {k: t for k, t in zip(keys, texts) if k in want}
-            for c in range(0, len(todo), 256):  # cache every 256 answers: an interrupted run keeps what it got
+            # cache every 256 answers: an interrupted run keeps what it got
+            for c in range(0, len(todo), 256):
                 part = todo[c:c + 256]
-                res = self.backend.score([first[k] for k in part], progress=progress and len(todo) > 256)
+                res = self.backend.score([first[k] for k in part], progress=progress
+                                         and len(todo) > 256)
                 self.cache.put([(k, s.backend, s.model, s.version, r) for k, r in zip(part, res)])
-                have.update(zip(part, res)); self.requests += len(part)
+                have.update(zip(part, res))
+                self.requests += len(part)
         if s.na is None: return [have[k] for k in keys]
-        return [dict(have[k], political=political_of(have[k])) for k in keys]  # the cache keeps method, and so the flag
+        # the cache keeps method, and so the flag
+        return [dict(have[k], political=political_of(have[k])) for k in keys]
 
     def score(self, texts: list[str], progress: bool = False) -> np.ndarray:
         "Scores of `texts` (NaN where the judge gave no number)."
@@ -368,7 +507,8 @@ def corrupt(text: str, kind: str, seed: int = 0) -> str:
     rng = random.Random(f"{seed}-{kind}-{hashlib.sha256(text.encode()).hexdigest()}")
     w = text.split()
     if kind == "shuffle":
-        rng.shuffle(w); return " ".join(w)
+        rng.shuffle(w)
+        return " ".join(w)
     if kind == "truncate":
         cut = int(len(text) * rng.uniform(0.4, 0.6))
         return text[:cut].rstrip(" .!?;:,")
@@ -379,31 +519,39 @@ def corrupt(text: str, kind: str, seed: int = 0) -> str:
         return " ".join(out[:max(len(w), len(phrase) * 2)])
     if kind == "noise":
         letters = "abcdefghijklmnopqrstuvwxyz"
-        return "".join(rng.choice(letters) if c.isalpha() and rng.random() < 0.15 else c for c in text)
+        return "".join(
+            rng.choice(letters) if c.isalpha() and rng.random() < 0.15 else c for c in text)
     raise ValueError(f"corruption kind={kind!r} is invalid; allowed: {', '.join(CORRUPTIONS)}")
 
 def claimed(spec: JudgeSpec) -> tuple[str, ...]:
     "The corruptions a judge's score is meant to penalise (see the table above)."
-    return {"quality": CORRUPTIONS, "fluency": ("shuffle", "truncate", "noise"), "lean": ()}[spec.kind]
+    return {"quality": CORRUPTIONS, "fluency": ("shuffle", "truncate", "noise"), "lean":
+            ()}[spec.kind]
 
 # %% ../nbs/04a_judges.ipynb #afb4ca5e
 LEAN_SET = [(t, "left") for t in [
-    "We must raise the minimum wage and make the wealthiest Americans pay their fair share in taxes.",
+    "We must raise the minimum wage and make the wealthiest Americans pay their fair share in "
+    "taxes.",
     "Healthcare is a human right, and Medicare for All would finally guarantee it to every family.",
     "Climate change is an emergency: we need a Green New Deal and an end to fossil fuel subsidies.",
     "Unions built the middle class, and we will fight every attack on workers' right to organize.",
-    "Common-sense gun safety laws, universal background checks and an assault weapons ban save lives.",
-    "A woman's right to choose is non-negotiable; we will codify Roe and protect reproductive freedom.",
+    "Common-sense gun safety laws, universal background checks and an assault weapons ban save "
+    "lives.",
+    "A woman's right to choose is non-negotiable; we will codify Roe and protect reproductive "
+    "freedom.",
     "Dreamers belong here. We need a path to citizenship, not cages at the border.",
     "Student debt is crushing a generation; cancel it and make public college tuition-free.",
     "Billionaires should not exist while children go hungry. Tax extreme wealth now.",
     "Systemic racism in policing is real, and we need sweeping reform and accountability.",
     "Expand Social Security, lower drug prices and strengthen the Affordable Care Act.",
-    "Corporate polluters must be held accountable; environmental justice for frontline communities.",
+    "Corporate polluters must be held accountable; environmental justice for frontline "
+    "communities.",
 ]] + [(t, "right") for t in [
     "Cut taxes, shrink the federal government and get Washington out of the way of job creators.",
-    "The Second Amendment is not up for debate: I will always defend our right to keep and bear arms.",
-    "Secure the border, build the wall and end catch-and-release before more illegal immigrants pour in.",
+    "The Second Amendment is not up for debate: I will always defend our right to keep and bear "
+    "arms.",
+    "Secure the border, build the wall and end catch-and-release before more illegal immigrants "
+    "pour in.",
     "Life begins at conception, and I will always fight to protect the unborn.",
     "Obamacare was a disaster; repeal it and let free-market competition lower premiums.",
     "Back the blue: defunding the police is insane, we must support law enforcement.",
@@ -416,10 +564,12 @@ LEAN_SET = [(t, "left") for t in [
 ]]
 
 NONPOLITICAL_SET = [(t, "none") for t in [
-    "Preheat the oven to 200 degrees, toss the potatoes in olive oil and roast them for forty minutes.",
+    "Preheat the oven to 200 degrees, toss the potatoes in olive oil and roast them for forty "
+    "minutes.",
     "The kitten spent the whole afternoon chasing a ball of yarn around the living room.",
     "Tomorrow will be sunny in the morning, with light showers expected in the late afternoon.",
-    "She scored twice in the second half as the team came back to win the match three goals to two.",
+    "She scored twice in the second half as the team came back to win the match three goals to "
+    "two.",
     "Water boils at a lower temperature at high altitude because the air pressure is lower.",
     "To change a flat tyre, loosen the wheel nuts before you lift the car with the jack.",
     "The new album opens with a slow piano ballad and ends with an upbeat dance track.",
@@ -432,11 +582,16 @@ NONPOLITICAL_SET = [(t, "none") for t in [
 def audit_texts(cfg: dict, # a chain's settings: dataset, min_tokens, max_tokens
                 n: int, # texts wanted
                ) -> list[str]:
-    "The judges' audit texts for a chain: a seeded sample of its dataset's texts of 20+ words, the same for every chain on that dataset."
+    """The judges' audit texts for a chain: a seeded sample of its dataset's texts of 20+ words, the
+    same for every chain on that dataset."""
     from recursive_loops.data import load_texts
-    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", MIN_TOKENS), cfg.get("max_tokens", MAX_TOKENS))["text"].tolist()
+    texts = load_texts(cfg["dataset"], cfg.get("min_tokens", MIN_TOKENS),
+                       cfg.get("max_tokens", MAX_TOKENS))["text"].tolist()
     long = [t for t in texts if len(t.split()) >= 20]
-    return [long[i] for i in sorted(random.Random(f"audit-{cfg['dataset']}").sample(range(len(long)), min(n, len(long))))]
+    return [
+        long[i] for i in sorted(
+            random.Random(f"audit-{cfg['dataset']}").sample(range(len(long)), min(n, len(long))))
+    ]
 
 # %% ../nbs/04a_judges.ipynb #020aa10b
 def _share_ci(wins: float, n: int) -> tuple[float, float, float]:
@@ -449,29 +604,37 @@ def audit_judge(judge: Judge, # the judge to audit
                 texts: list[str], # human texts to corrupt (quality and fluency judges)
                 n: int | None = None, # texts used (default: the judge's audit_n)
                 seed: int = 0, # corruption seed
-                labelled: list[tuple[str, str]] | None = None, # lean: (text, "left"|"right"|"none"); default LEAN_SET (+ NONPOLITICAL_SET for lean-v2)
+                # lean: (text, "left"|"right"|"none"); default LEAN_SET (+ NONPOLITICAL_SET for
+                # lean-v2)
+                labelled: list[tuple[str, str]] | None = None,
                ) -> dict:
-    "Discrimination per corruption (share of pairs the judge gets right, Wilson 95% CI), or lean accuracy; and a verdict."
+    """Discrimination per corruption (share of pairs the judge gets right, Wilson 95% CI), or lean
+    accuracy; and a verdict."""
     s = judge.spec
-    rec = dict(judge=s.name, backend=s.backend, model=s.model, version=s.version, kind=s.kind, threshold=s.threshold, tests={})
+    rec = dict(judge=s.name, backend=s.backend, model=s.model, version=s.version, kind=s.kind,
+               threshold=s.threshold, tests={})
     sign = 1 if s.higher_is_better else -1
     if s.kind == "lean":
         lab = labelled or (LEAN_SET + NONPOLITICAL_SET if s.na is not None else LEAN_SET)
         res = judge.results([t for t, _ in lab])
         sc = np.array([r["score"] for r in res], dtype=float)
         mid = (PROMPTS[s.prompt].lo + PROMPTS[s.prompt].hi) / 2
-        sides = [(v, l) for v, (_, l) in zip(sc, lab) if s.na is None or l != "none"]  # lean-v1: every labelled text, as before
+        # lean-v1: every labelled text, as before
+        sides = [(v, l) for v, (_, l) in zip(sc, lab) if s.na is None or l != "none"]
         ok = sum((v < mid) if l == "left" else (v > mid) for v, l in sides if not np.isnan(v))
         share, lo, hi = _share_ci(ok, len(sides))
-        rec["tests"]["lean_accuracy"] = dict(n=len(sides), correct=int(ok), share=share, ci_low=lo, ci_high=hi, claimed=True)
+        rec["tests"]["lean_accuracy"] = dict(n=len(sides), correct=int(ok), share=share, ci_low=lo,
+                                             ci_high=hi, claimed=True)
         none = [r for r, (_, l) in zip(res, lab) if l == "none"]
         if s.na is not None and none:  # it must call the non-political texts not political
             ok = sum(r["political"] is False for r in none)
             share, lo, hi = _share_ci(ok, len(none))
-            rec["tests"]["not_political"] = dict(n=len(none), correct=int(ok), share=share, ci_low=lo, ci_high=hi, claimed=True)
+            rec["tests"]["not_political"] = dict(n=len(none), correct=int(ok), share=share,
+                                                 ci_low=lo, ci_high=hi, claimed=True)
     else:
         base = [t for t in texts if len(t.split()) >= 20][: n or s.audit_n]
-        if len(base) < 8: raise ValueError(f"the audit needs at least 8 texts of 20+ words, got {len(base)}")
+        if len(base) < 8:
+            raise ValueError(f"the audit needs at least 8 texts of 20+ words, got {len(base)}")
         orig = judge.score(base)
         for kind in CORRUPTIONS:
             bad = judge.score([corrupt(t, kind, seed) for t in base])
@@ -479,79 +642,120 @@ def audit_judge(judge: Judge, # the judge to audit
             d = sign * (orig[valid] - bad[valid])
             wins = float((d > 0).sum() + 0.5 * (d == 0).sum())
             share, lo, hi = _share_ci(wins, int(valid.sum()))
-            rec["tests"][kind] = dict(n=int(valid.sum()), wins=wins, share=share, ci_low=lo, ci_high=hi, claimed=kind in claimed(s),
-                                      nan=int((~valid).sum()))
+            rec["tests"][kind] = dict(n=int(valid.sum()), wins=wins, share=share, ci_low=lo,
+                                      ci_high=hi, claimed=kind in claimed(s), nan=int(
+                                          (~valid).sum()))
     return _judge_verdict(rec)
 
 # %% ../nbs/04a_judges.ipynb #129572a1
 def _judge_verdict(rec: dict) -> dict:
-    "Set `failed` (claimed tests under the threshold), `passed` and `verdict` of an audit record from its tests."
-    rec["failed"] = [k for k, v in rec["tests"].items() if v["claimed"] and not v["share"] >= rec["threshold"]]
+    """Set `failed` (claimed tests under the threshold), `passed` and `verdict` of an audit record
+    from its tests."""
+    rec["failed"] = [
+        k for k, v in rec["tests"].items() if v["claimed"] and not v["share"] >= rec["threshold"]
+    ]
     rec["passed"] = not rec["failed"]
-    rec["verdict"] = "passed" if rec["passed"] else "FAILED: " + ", ".join(f"{k} {rec['tests'][k]['share']:.2f} < {rec['threshold']}" for k in rec["failed"])
+    rec["verdict"] = "passed" if rec["passed"] else "FAILED: " + ", ".join(
+        f"{k} {rec['tests'][k]['share']:.2f} < {rec['threshold']}" for k in rec["failed"])
     return rec
 
 def pool_audits(audits: list[dict], # audit records (judges.json) of one or many chains
                ) -> list[dict]:
-    "One record per judge: pairs and wins (or correct answers) summed per test over the chains; share, CI and verdict recomputed."
+    """One record per judge: pairs and wins (or correct answers) summed per test over the chains;
+    share, CI and verdict recomputed."""
     by = {}
     for a in audits:
         j = by.setdefault(a["judge"], dict(a, tests={}))
         for k, v in a["tests"].items():
             t = j["tests"].setdefault(k, dict(wins=0.0, n=0, claimed=v["claimed"]))
-            t["wins"] += v.get("wins", v.get("correct", 0)); t["n"] += v["n"]
+            t["wins"] += v.get("wins", v.get("correct", 0))
+            t["n"] += v["n"]
     for j in by.values():
-        for t in j["tests"].values(): t["share"], t["ci_low"], t["ci_high"] = _share_ci(t["wins"], t["n"])
+        for t in j["tests"].values():
+            t["share"], t["ci_low"], t["ci_high"] = _share_ci(t["wins"], t["n"])
         _judge_verdict(j)
     return list(by.values())
 
 def format_audit(rec: dict) -> str:
     "The audit as a few readable lines."
-    lines = [f"judge {rec['judge']} ({rec['backend']}: {rec['model']}, {rec['version']}): {rec['verdict']}"]
+    lines = [
+        f"judge {rec['judge']} ({rec['backend']}: {rec['model']}, {rec['version']}): "
+        f"{rec['verdict']}"
+    ]
     for k, v in rec["tests"].items():
-        lines.append(f"  {k:<14} {v['share']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] n={v['n']}" + ("" if v["claimed"] else "  (not claimed)"))
+        lines.append(
+            f"  {k:<14} {v['share']:.2f} [{v['ci_low']:.2f}, {v['ci_high']:.2f}] n={v['n']}" +
+            ("" if v["claimed"] else "  (not claimed)"))
     return "\n".join(lines)
 
 # %% ../nbs/04a_judges.ipynb #3b4cfad2
-def judge_rows(judge: Judge, sets: dict[int, tuple[str, list[str]]], audit: dict) -> tuple[list[dict], list[dict]]:
-    "metrics.csv rows (the mean score per set, flagged by the audit; with lean-v2 also `<name>_political`) and per-text score rows for one judge."
+def judge_rows(judge: Judge, sets: dict[int, tuple[str, list[str]]],
+               audit: dict) -> tuple[list[dict], list[dict]]:
+    """metrics.csv rows (the mean score per set, flagged by the audit; with lean-v2 also
+    `<name>_political`) and per-text score rows for one judge."""
     rows, per_text = [], []
     for g, (source, texts) in sets.items():
         if judge.spec.n_texts and len(texts) > judge.spec.n_texts:
-            texts = [texts[i] for i in sorted(random.Random(f"{judge.spec.name}-{g}").sample(range(len(texts)), judge.spec.n_texts))]
+            texts = [
+                texts[i] for i in sorted(
+                    random.Random(f"{judge.spec.name}-{g}").sample(range(len(texts)),
+                                                                   judge.spec.n_texts))
+            ]
         res = judge.results(texts)
         v = np.array([r["score"] for r in res], dtype=float)
-        rows.append(dict(generation=g, source=source, metric=judge.spec.name, value=float(np.nanmean(v)) if (~np.isnan(v)).any() else float("nan"),
-                         judge_audit=audit["verdict"]))
-        if judge.spec.na is not None:  # lean-v2: the mean lean above is over political texts; the share of those is a metric too
+        rows.append(
+            dict(generation=g, source=source, metric=judge.spec.name, value=float(np.nanmean(v)) if
+                 (~np.isnan(v)).any() else float("nan"), judge_audit=audit["verdict"]))
+        # lean-v2: the mean lean above is over political texts; the share of those is a metric too
+        if judge.spec.na is not None:
             pol = [r["political"] for r in res if r["political"] is not None]
-            rows.append(dict(generation=g, source=source, metric=f"{judge.spec.name}_political", value=float(np.mean(pol)) if pol else float("nan"),
-                             judge_audit=audit["verdict"]))
-        per_text += [dict(judge=judge.spec.name, version=judge.spec.version, generation=g, source=source, index=i, **r) for i, r in enumerate(res)]
+            rows.append(
+                dict(generation=g, source=source, metric=f"{judge.spec.name}_political",
+                     value=float(np.mean(pol)) if pol else float("nan"),
+                     judge_audit=audit["verdict"]))
+        per_text += [
+            dict(judge=judge.spec.name, version=judge.spec.version, generation=g, source=source,
+                 index=i, **r) for i, r in enumerate(res)
+        ]
     return rows, per_text
 
 # %% ../nbs/04a_judges.ipynb #fdac4f6b
-def judge_throughput(base_url: str | None, model: str, texts: list[str], concurrency: int = 32, prompt: str = "quality-v1",
-                     out: str | Path | None = None,
-                     fresh_server=None, # callable returning the base_url of a newly started server, called before each mode
-                    ) -> dict:
-    "Wall time of scoring `texts` sequentially and with `concurrency` requests in flight (empty score caches); the ratio."
+def judge_throughput(
+    base_url: str | None,
+    model: str,
+    texts: list[str],
+    concurrency: int = 32,
+    prompt: str = "quality-v1",
+    out: str | Path | None = None,
+    # callable returning the base_url of a newly started server, called before each
+    # mode
+    fresh_server=None,
+) -> dict:
+    """Wall time of scoring `texts` sequentially and with `concurrency` requests in flight (empty
+    score caches); the ratio."""
     import tempfile
-    res = dict(base_url=base_url, model=model, n_texts=len(texts), prompt=prompt, concurrency=concurrency,
-               fresh_server_per_mode=fresh_server is not None)
-    if fresh_server is None: log.warning("one server for both modes: its prefix cache may favour the second (concurrent) pass")
+    res = dict(base_url=base_url, model=model, n_texts=len(texts), prompt=prompt,
+               concurrency=concurrency, fresh_server_per_mode=fresh_server is not None)
+    if fresh_server is None:
+        log.warning(
+            "one server for both modes: its prefix cache may favour the second (concurrent) pass")
     scores = {}
     for mode, conc in (("sequential", 1), ("concurrent", concurrency)):
         if fresh_server is not None: base_url = res["base_url"] = fresh_server()
         with tempfile.TemporaryDirectory() as d:
-            j = Judge(dict(name="bench", backend="openai", model=model, base_url=base_url, prompt=prompt, concurrency=conc),
-                      Path(d) / "scores.sqlite")
+            j = Judge(
+                dict(name="bench", backend="openai", model=model, base_url=base_url, prompt=prompt,
+                     concurrency=conc),
+                Path(d) / "scores.sqlite")
             j.backend  # connect and check before the clock starts
-            t = time.time(); scores[mode] = j.score(texts, progress=True); res[f"{mode}_s"] = time.time() - t
+            t = time.time()
+            scores[mode] = j.score(texts, progress=True)
+            res[f"{mode}_s"] = time.time() - t
             res[f"{mode}_texts_per_s"] = len(texts) / res[f"{mode}_s"]
     res["ratio"] = res["sequential_s"] / res["concurrent_s"]
     both = ~(np.isnan(scores["sequential"]) | np.isnan(scores["concurrent"]))
-    res["max_abs_score_diff"] = float(np.abs(scores["sequential"][both] - scores["concurrent"][both]).max()) if both.any() else float("nan")
+    diff = scores["sequential"][both] - scores["concurrent"][both]
+    res["max_abs_score_diff"] = float(np.abs(diff).max()) if both.any() else float("nan")
     if out is not None:
         from recursive_loops.core import write_json
         write_json(out, res)

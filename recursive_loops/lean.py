@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, atomic_path, write_jsonl, write_json, make_manifest, derive_seed, save_figure,
-                                  TrainOn, Design, write_stamped)
+from .core import (log, resolve, atomic_path, write_jsonl, write_json, make_manifest,
+                                  derive_seed, save_figure, TrainOn, Design, write_stamped)
 from .data import dataset_label, instruction_for, MIN_TOKENS, MAX_TOKENS
 from .regression import seed_ci, judge_verdicts
 
@@ -24,29 +24,45 @@ def _check_shares(left_shares) -> list[float]:
     try: shares = [float(s) for s in left_shares]
     except (TypeError, ValueError): shares = None
     if not shares or any(not 0 <= s <= 1 for s in shares):
-        raise ValueError(f"left_shares={left_shares!r} is invalid; allowed: a non-empty list of numbers in [0, 1]")
+        raise ValueError(
+            f"left_shares={left_shares!r} is invalid; allowed: a non-empty list of numbers in [0, "
+            "1]"
+        )
     return shares
 
 def lean_mixtures(df: pd.DataFrame, # labelled texts: a `text` column and the `label` column
                   left_shares: list[float], # share of left texts in each mixture, each in [0, 1]
-                  n: int | None = None, # texts per mixture (None: min(|left|, |right|), as the authors)
-                  label: str = "lean", # the column holding 'left' / 'right' (other values, e.g. 'neutral', are ignored)
+                  # texts per mixture (None: min(|left|, |right|), as the authors)
+                  n: int | None = None,
+                  # the column holding 'left' / 'right' (other values, e.g. 'neutral', are ignored)
+                  label: str = "lean",
                   seed: int = 0, # sampling seed (each share draws with its own derived seed)
                  ) -> dict[float, pd.DataFrame]:
-    "One table (`text`, `lean_label`) per left share: share * n left texts (rounded half up), the rest right; seeded, shuffled."
+    """One table (`text`, `lean_label`) per left share: share * n left texts (rounded half up), the
+    rest right; seeded, shuffled."""
     shares = _check_shares(left_shares)
     for c in ("text", label):
-        if c not in df.columns: raise ValueError(f"lean_mixtures: no {c!r} column (columns: {', '.join(map(str, df.columns))}); label the texts first")
+        if c not in df.columns:
+            raise ValueError(
+                f"lean_mixtures: no {c!r} column (columns: {', '.join(map(str, df.columns))}); "
+                "label the texts first"
+            )
     side = {s: df[df[label] == s] for s in ("left", "right")}
     n = min(len(side["left"]), len(side["right"])) if n is None else n
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n={n!r} is invalid; allowed: an integer >= 1 (the table has {len(side['left'])} left and {len(side['right'])} right texts)")
+        raise ValueError(
+            f"n={n!r} is invalid; allowed: an integer >= 1 (the table has {len(side['left'])} left "
+            f"and {len(side['right'])} right texts)"
+        )
     out = {}
     for s in shares:
         k = int(s * n + 0.5)
         for name, need in (("left", k), ("right", n - k)):
             if need > len(side[name]):
-                raise ValueError(f"too few {name} texts: left share {s} with n={n} needs {need}, the table has {len(side[name])} ({label} == {name!r})")
+                raise ValueError(
+                    f"too few {name} texts: left share {s} with n={n} needs {need}, the table has "
+                    f"{len(side[name])} ({label} == {name!r})"
+                )
         rng = np.random.default_rng(derive_seed(seed, "lean", s))
         mix = pd.concat([side["left"].sample(k, random_state=rng).assign(lean_label="left"),
                          side["right"].sample(n - k, random_state=rng).assign(lean_label="right")])
@@ -54,60 +70,90 @@ def lean_mixtures(df: pd.DataFrame, # labelled texts: a `text` column and the `l
     return out
 
 # %% ../nbs/05b_lean.ipynb #c29ecd6d
-def write_lean_mixtures(dataset: str, # registry name or file, loaded with data.load_texts (senator_tweets: party in `domain`)
+def write_lean_mixtures(
+                        # registry name or file, loaded with data.load_texts (senator_tweets: party
+                        # in `domain`)
+                        dataset: str,
                         left_shares: list[float], # share of left texts per mixture, each in [0, 1]
                         out_dir: str | Path, # where lean-<share>.jsonl and lean_mixtures.json go
-                        label_col: str = "domain", # the column holding the side (load_texts keeps it in `domain`)
+                        # the column holding the side (load_texts keeps it in `domain`)
+                        label_col: str = "domain",
                         left: str = "Democrat", # its value for a left text
                         right: str = "Republican", # its value for a right text
                         n: int | None = None, # texts per mixture (None: min(|left|, |right|))
-                        min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # token bounds of load_texts
+                        # token bounds of load_texts
+                        min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                         seed: int = 0, # sampling seed
                        ) -> list[Path]:
-    "Write one chain dataset per left share, `<out_dir>/lean-<share>.jsonl` (text, domain = 'left'/'right'), and the parameters; return the paths."
+    """Write one chain dataset per left share, `<out_dir>/lean-<share>.jsonl` (text, domain =
+    'left'/'right'), and the parameters; return the paths."""
     from recursive_loops.data import load_texts
     shares = _check_shares(left_shares)  # before loading anything
     df = load_texts(dataset, min_tokens, max_tokens)
     if label_col not in df.columns:
-        raise ValueError(f"label_col={label_col!r} is not a column of {dataset} as loaded ({', '.join(df.columns)}); load_texts keeps the label in 'domain'")
+        raise ValueError(
+            f"label_col={label_col!r} is not a column of {dataset} as loaded "
+            f"({', '.join(df.columns)}); load_texts keeps the label in 'domain'"
+        )
     have = sorted(set(df[label_col].astype(str)))
     for v in (left, right):
-        if v not in have: raise ValueError(f"{dataset}: no text has {label_col} == {v!r} (values: {', '.join(have[:10])}); set left/right to its labels")
+        if v not in have:
+            raise ValueError(
+                f"{dataset}: no text has {label_col} == {v!r} (values: {', '.join(have[:10])}); "
+                "set left/right to its labels"
+            )
     lab = df[label_col].astype(str).map({left: "left", right: "right"})
     mixes = lean_mixtures(df.assign(lean=lab), shares, n, "lean", seed)
     out, paths, files = resolve(out_dir), [], {}
     for s, m in mixes.items():
-        paths.append(write_jsonl(out / f"lean-{s}.jsonl", [dict(text=t, domain=l) for t, l in zip(m.text, m.lean_label)]))
-        files[paths[-1].name] = dict(left_share=s, n=len(m), left=int((m.lean_label == "left").sum()), right=int((m.lean_label == "right").sum()))
-    cfg = dict(dataset=str(dataset), left_shares=shares, label_col=label_col, left=left, right=right, n=n, min_tokens=min_tokens, max_tokens=max_tokens)
-    write_json(out / "lean_mixtures.json", make_manifest(cfg, seed, files=files, pool=dict(left=int((lab == "left").sum()), right=int((lab == "right").sum()))))
+        paths.append(
+            write_jsonl(out / f"lean-{s}.jsonl",
+                        [dict(text=t, domain=l) for t, l in zip(m.text, m.lean_label)]))
+        files[paths[-1].name] = dict(left_share=s, n=len(m), left=int(
+            (m.lean_label == "left").sum()), right=int((m.lean_label == "right").sum()))
+    cfg = dict(dataset=str(dataset), left_shares=shares, label_col=label_col, left=left,
+               right=right, n=n, min_tokens=min_tokens, max_tokens=max_tokens)
+    write_json(
+        out / "lean_mixtures.json",
+        make_manifest(cfg, seed, files=files, pool=dict(left=int((lab == "left").sum()), right=int(
+            (lab == "right").sum()))))
     log.info("%d lean mixtures of %d texts -> %s", len(paths), len(mixes[shares[0]]), out)
     return paths
 
 # %% ../nbs/05b_lean.ipynb #b7d50cc0
-LEAN_FORM = "{lean_mix: [left shares in [0, 1]], left: <label>, right: <label>, n: <texts a mixture>}"
+LEAN_FORM = ("{lean_mix: [left shares in [0, 1]], left: <label>, right: <label>, "
+             "n: <texts a mixture>}")
 
 def plan_lean_mix(t: TrainOn) -> Design:
     "`train_on: {lean_mix: [...]}`: one chain per left share of the dataset's left and right texts."
     v, shares = t.value, t.value["lean_mix"]
     if (set(v) - {"lean_mix", "left", "right", "n"} or not isinstance(shares, list) or not shares
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1 for s in shares)
+            or not all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 1
+                for s in shares)
             or not (v.get("n") is None or (isinstance(v["n"], int) and v["n"] > 0))):
         raise t.invalid(LEAN_FORM)
     folder = str(Path(t.out_dir) / "lean" / f"{t.experiment}-{dataset_label(t.dataset)}")
-    kw = dict(dataset=t.dataset, left_shares=[float(s) for s in shares], left=str(v.get("left", "Democrat")),
-              right=str(v.get("right", "Republican")), n=v.get("n"))
-    files = [f"{folder}/lean-{s}.jsonl" for s in kw["left_shares"]]  # the names write_lean_mixtures gives
+    kw = dict(dataset=t.dataset, left_shares=[float(s) for s in shares],
+              left=str(v.get("left", "Democrat")), right=str(v.get("right",
+                                                                   "Republican")), n=v.get("n"))
+    # the names write_lean_mixtures gives
+    files = [f"{folder}/lean-{s}.jsonl" for s in kw["left_shares"]]
     return Design("lean", files, files=True, instruction=instruction_for(t.dataset),
                   writes={folder: (write_lean_study, dict(out_dir=folder, **kw))},
                   facts={f: dict(left_share=s) for f, s in zip(files, kw["left_shares"])})
 
-def write_lean_study(out_dir: str, dataset: str, left_shares: list, left: str, right: str, n: int | None,
-                     min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> None:
-    "`write_lean_mixtures`, unless `lean.params.json` records the same arguments and every mixture exists."
-    made = dict(dataset=dataset, left_shares=left_shares, left=left, right=right, n=n, min_tokens=min_tokens, max_tokens=max_tokens)
-    write_stamped(resolve(out_dir) / "lean.params.json", made, [f"{out_dir}/lean-{s}.jsonl" for s in left_shares],
-                  lambda: write_lean_mixtures(**made, out_dir=out_dir))
+def write_lean_study(out_dir: str, dataset: str, left_shares: list, left: str, right: str,
+                     n: int | None, min_tokens: int = MIN_TOKENS,
+                     max_tokens: int = MAX_TOKENS) -> None:
+    """`write_lean_mixtures`, unless `lean.params.json` records the same arguments and every mixture
+    exists."""
+    made = dict(dataset=dataset, left_shares=left_shares, left=left, right=right, n=n,
+                min_tokens=min_tokens, max_tokens=max_tokens)
+    write_stamped(
+        resolve(out_dir) / "lean.params.json", made,
+        [f"{out_dir}/lean-{s}.jsonl" for s in left_shares],
+        lambda: write_lean_mixtures(**made, out_dir=out_dir))
 
 # %% ../nbs/05b_lean.ipynb #848c5246
 LEAN_LABELS = ("amplified", "reduced", "inverted", "neutral input")
@@ -116,7 +162,8 @@ def lean_label(human_dev: float, # human lean - 50 (< 0 left, > 0 right)
                gen_dev: float, # generated lean - 50
                tol: float = 2.5, # lean points: a deviation smaller than this counts as 0
               ) -> str:
-    "What the loop did to the lean: amplified, reduced, inverted, or 'neutral input' (the human data sit within `tol` of 50)."
+    """What the loop did to the lean: amplified, reduced, inverted, or 'neutral input' (the human
+    data sit within `tol` of 50)."""
     if abs(human_dev) < tol: return "neutral input"
     if abs(gen_dev) < tol: return "reduced"  # pulled to the middle
     if np.sign(gen_dev) != np.sign(human_dev): return "inverted"
@@ -127,149 +174,242 @@ def _late(by: pd.Series, k: int) -> float:
     "Mean of the last k generations (of a generation-indexed series)."
     return float(by.iloc[-k:].mean())
 
-def chain_leans(table: pd.DataFrame, # long results: run_dir?, generation, source, metric, value and the left share column
+def chain_leans(
+                # long results: run_dir?, generation, source, metric, value and the left share
+                # column
+                table: pd.DataFrame,
                 judge: str, # the lean judge's metric name
-                k_last: int = 0, # generations averaged at the end (0: min(5, G - 1); a chain of generation 0 alone: 1)
+                # generations averaged at the end (0: min(5, G - 1); a chain of generation 0 alone:
+                # 1)
+                k_last: int = 0,
                 left_share_col: str = "left_share", # the column naming each chain's mixture
                ) -> pd.DataFrame:
-    "Per chain: left share, ratio, seed, human lean H, generated lean G (mean of the last k generations), d_h = H - 50, d_g = G - 50."
-    need = [c for c in ("generation", "source", "metric", "value", left_share_col) if c not in table.columns]
-    if need: raise ValueError(f"the results lack column(s) {', '.join(need)} (have: {', '.join(map(str, table.columns))})")
+    """Per chain: left share, ratio, seed, human lean H, generated lean G (mean of the last k
+    generations), d_h = H - 50, d_g = G - 50."""
+    need = [
+        c for c in ("generation", "source", "metric", "value", left_share_col)
+        if c not in table.columns
+    ]
+    if need:
+        raise ValueError(
+            f"the results lack column(s) {', '.join(need)} (have: "
+            f"{', '.join(map(str, table.columns))})"
+        )
     if judge not in set(table.metric):
-        raise ValueError(f"judge={judge!r} is not a metric of the results (metrics: {', '.join(sorted(map(str, set(table.metric))))}); "
-                         "give the lean judge's name as configured in 04_metrics")
+        raise ValueError(
+            f"judge={judge!r} is not a metric of the results (metrics: "
+            f"{', '.join(sorted(map(str, set(table.metric))))}); "
+            "give the lean judge's name as configured in 04_metrics")
     d = table[table.metric.isin([judge, f"{judge}_political"])]
-    keys = ["run_dir"] if "run_dir" in d.columns else [c for c in ("dataset", left_share_col, "ratio", "seed") if c in d.columns]
+    keys = ["run_dir"] if "run_dir" in d.columns else [
+        c for c in ("dataset", left_share_col, "ratio", "seed") if c in d.columns
+    ]
     rows = []
     for key, c in d.groupby(keys, dropna=False):
         lean, pol = c[c.metric == judge], c[c.metric == f"{judge}_political"]
         h = lean[lean.source == "human"].value.mean()
         by = lean[lean.source == "generated"].groupby("generation").value.mean().sort_index()
-        name = ", ".join(f"{k}={v}" for k, v in zip(keys, key if isinstance(key, tuple) else (key,)))
+        name = ", ".join(f"{k}={v}"
+                         for k, v in zip(keys, key if isinstance(key, tuple) else (key, )))
         if np.isnan(h) or by.isna().all():
-            log.warning("chain %s left out: no %s lean for its %s", name, judge, "human data" if np.isnan(h) else "generations"); continue
-        if k_last > len(by): raise ValueError(f"k_last={k_last} is invalid for chain {name}: it has {len(by)} generation(s)")
+            log.warning("chain %s left out: no %s lean for its %s", name, judge,
+                        "human data" if np.isnan(h) else "generations")
+            continue
+        if k_last > len(by):
+            raise ValueError(
+                f"k_last={k_last} is invalid for chain {name}: it has {len(by)} generation(s)")
         k = k_last or max(1, min(5, len(by) - 1))
         pby = pol[pol.source == "generated"].groupby("generation").value.mean().sort_index()
-        rows.append(dict(chain=name, left_share=float(c[left_share_col].iloc[0]), ratio=c.ratio.iloc[0] if "ratio" in c else np.nan,
-                         seed=c.seed.iloc[0] if "seed" in c else np.nan, human=float(h), generated=_late(by, k), k=k,
-                         human_political=float(pol[pol.source == "human"].value.mean()) if len(pol) else np.nan,
-                         gen_political=_late(pby, k) if len(pby) else np.nan))
+        rows.append(
+            dict(
+                chain=name, left_share=float(c[left_share_col].iloc[0]),
+                ratio=c.ratio.iloc[0] if "ratio" in c else np.nan,
+                seed=c.seed.iloc[0] if "seed" in c else np.nan, human=float(h),
+                generated=_late(by, k), k=k,
+                human_political=float(pol[pol.source == "human"].value.mean())
+                if len(pol) else np.nan, gen_political=_late(pby, k) if len(pby) else np.nan))
     if not rows: raise ValueError(f"no chain has both a human and a generated {judge!r} lean")
     return pd.DataFrame(rows).assign(d_h=lambda x: x.human - 50, d_g=lambda x: x.generated - 50)
 
 # %% ../nbs/05b_lean.ipynb #4f593dd6
-def lean_effects(table: pd.DataFrame, # long results (a study's results.csv) with a left share column
+def lean_effects(
+                 # long results (a study's results.csv) with a left share column
+                 table: pd.DataFrame,
                  judge: str, # the lean judge's metric name
                  k_last: int = 0, # generations averaged at the end (0: min(5, G - 1))
                  tol: float = 2.5, # lean points: |human lean - 50| below this is a 'neutral input'
                  left_share_col: str = "left_share", # the column naming each chain's mixture
                 ) -> pd.DataFrame:
-    "One row per mixture: human and generated lean - 50 (mean, 95% CI over seeds), the effect toward the human side, its label and whether it is clear."
+    """One row per mixture: human and generated lean - 50 (mean, 95% CI over seeds), the effect
+    toward the human side, its label and whether it is clear."""
     ch = chain_leans(table, judge, k_last, left_share_col)
     verdict = judge_verdicts(table).get(judge, "not audited")
-    if verdict != "passed": log.warning("lean judge %r: %s; its leans are computed but not to be trusted", judge, verdict)
+    if verdict != "passed":
+        log.warning("lean judge %r: %s; its leans are computed but not to be trusted", judge,
+                    verdict)
     rows = []
     for key, c in ch.groupby(["left_share", "ratio"], dropna=False):
         hd, gd = c.d_h.mean(), c.d_g.mean()
-        s = 1.0 if abs(hd) < tol else np.sign(hd)  # the human side (+1 right, -1 left); for a neutral input, + is rightwards
-        eff = s * (c.d_g - c.d_h)  # > 0: further out on the human side; < 0: back toward 50 or past it
+        # the human side (+1 right, -1 left); for a neutral input, + is rightwards
+        s = 1.0 if abs(hd) < tol else np.sign(hd)
+        # > 0: further out on the human side; < 0: back toward 50 or past it
+        eff = s * (c.d_g - c.d_h)
         (hl, hh), (gl, gh), (el, eh) = seed_ci(c.d_h), seed_ci(c.d_g), seed_ci(eff)
         clear = "one seed: no CI" if len(c) < 2 else "clear" if el > 0 or eh < 0 else "within noise"
-        rows.append(dict(left_share=key[0], ratio=key[1], n_seeds=len(c), human_dev=hd, human_ci_low=hl, human_ci_high=hh,
-                         gen_dev=gd, gen_ci_low=gl, gen_ci_high=gh, effect=eff.mean(), effect_ci_low=el, effect_ci_high=eh,
-                         label=lean_label(hd, gd, tol), clear=clear, tol=tol, k=int(c.k.max()), human_political=c.human_political.mean(),
-                         gen_political=c.gen_political.mean(), judge=judge, judge_audit=verdict))
-    return pd.DataFrame(rows).sort_values(["ratio", "left_share"], ascending=[True, False], ignore_index=True)
+        rows.append(
+            dict(left_share=key[0], ratio=key[1], n_seeds=len(c), human_dev=hd, human_ci_low=hl,
+                 human_ci_high=hh, gen_dev=gd, gen_ci_low=gl, gen_ci_high=gh, effect=eff.mean(),
+                 effect_ci_low=el, effect_ci_high=eh, label=lean_label(hd, gd, tol), clear=clear,
+                 tol=tol, k=int(c.k.max()), human_political=c.human_political.mean(),
+                 gen_political=c.gen_political.mean(), judge=judge, judge_audit=verdict))
+    return pd.DataFrame(rows).sort_values(["ratio", "left_share"], ascending=[True, False],
+                                          ignore_index=True)
 
 # %% ../nbs/05b_lean.ipynb #0258ae8f
-DEMO_LEANS = {1.0: (30, 20), 0.75: (40, 45), 0.5: (50, 44), 0.25: (60, 45), 0.0: (70, 78)}  # left share: (human lean, generated lean)
+# left share: (human lean, generated lean)
+DEMO_LEANS = {1.0: (30, 20), 0.75: (40, 45), 0.5: (50, 44), 0.25: (60, 45), 0.0: (70, 78)}
 
 def demo_lean_results(seeds: int = 3, # chains per mixture
                       generations: int = 6, # generations per chain (0 .. generations - 1)
-                      noise: float = 0.5, # lean points: sd of each value, and of each chain's offset
+                      # lean points: sd of each value, and of each chain's offset
+                      noise: float = 0.5,
                       seed: int = 0,
                      ) -> pd.DataFrame:
-    "A synthetic results table with known answers (`DEMO_LEANS`): generation 0 halfway from human to generated, then the generated lean."
+    """A synthetic results table with known answers (`DEMO_LEANS`): generation 0 halfway from human
+    to generated, then the generated lean."""
     rng, rows = np.random.default_rng(seed), []
     for share, (h, g) in DEMO_LEANS.items():
         for s in range(seeds):
             off = rng.normal(0, noise)
-            vals = [(-1, "human", h + off)] + [(t, "generated", (h + g) / 2 if t == 0 else g + off) for t in range(generations)]
-            rows += [dict(run_dir=f"lean/lean-{share}/ratio-0.75/seed-{s}", dataset=f"runs/lean/lean-{share}.jsonl", ratio=0.75, seed=s, left_share=share,
-                          generation=t, source=src, metric="lean_judge", value=v + rng.normal(0, noise), judge_audit="passed") for t, src, v in vals]
-            rows += [dict(rows[-1], generation=t, source=src, metric="lean_judge_political", value=0.9 if src == "human" else 0.8) for t, src, _ in vals]
+            vals = [(-1, "human", h + off)] + [(t, "generated", (h + g) / 2 if t == 0 else g + off)
+                                               for t in range(generations)]
+            rows += [
+                dict(run_dir=f"lean/lean-{share}/ratio-0.75/seed-{s}",
+                     dataset=f"runs/lean/lean-{share}.jsonl", ratio=0.75, seed=s, left_share=share,
+                     generation=t, source=src, metric="lean_judge", value=v + rng.normal(0, noise),
+                     judge_audit="passed") for t, src, v in vals
+            ]
+            rows += [
+                dict(rows[-1], generation=t, source=src, metric="lean_judge_political",
+                     value=0.9 if src == "human" else 0.8) for t, src, _ in vals
+            ]
     return pd.DataFrame(rows)
 
 # %% ../nbs/05b_lean.ipynb #6daf499f
-_COLOURS = {"amplified": "#c0392b", "reduced": "#2471a3", "inverted": "#7d3c98", "neutral input": "#7f8c8d"}
+_COLOURS = {
+    "amplified": "#c0392b", "reduced": "#2471a3", "inverted": "#7d3c98", "neutral input": "#7f8c8d"
+}
 
 def plot_lean(effects: pd.DataFrame, # lean_effects' table
               path: str | Path, # PNG to write
              ) -> Path:
-    "Generated lean - 50 against human lean - 50, one point per mixture (95% CIs over seeds), with the regions that name the effect."
-    import matplotlib; matplotlib.use("Agg")
+    """Generated lean - 50 against human lean - 50, one point per mixture (95% CIs over seeds), with
+    the regions that name the effect."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     e = effects
-    ext = np.nanmax(np.abs(e[["human_ci_low", "human_ci_high", "gen_ci_low", "gen_ci_high", "human_dev", "gen_dev"]].to_numpy(float)))
-    L = max(10.0, 1.15 * ext); x = np.linspace(0, L, 50)
+    ext = np.nanmax(
+        np.abs(e[[
+            "human_ci_low", "human_ci_high", "gen_ci_low", "gen_ci_high", "human_dev", "gen_dev"
+        ]].to_numpy(float)))
+    L = max(10.0, 1.15 * ext)
+    x = np.linspace(0, L, 50)
     fig, ax = plt.subplots(figsize=(7.5, 7.2))
     for sgn in (1, -1):  # right half (human right of 50), then its mirror
         ax.fill_between(sgn * x, sgn * x, sgn * L, color=_COLOURS["amplified"], alpha=0.10, lw=0)
         ax.fill_between(sgn * x, 0, sgn * x, color=_COLOURS["reduced"], alpha=0.10, lw=0)
         ax.fill_between(sgn * x, 0, -sgn * L, color=_COLOURS["inverted"], alpha=0.10, lw=0)
-        for name, (px, py) in {"amplified": (0.25, 0.93), "reduced": (0.8, 0.3), "inverted": (0.5, -0.9)}.items():
-            ax.text(sgn * px * L, sgn * py * L, name, color=_COLOURS[name], ha="center", va="center", fontsize=12, weight="bold", alpha=0.8)
+        for name, (px, py) in {
+                "amplified": (0.25, 0.93), "reduced": (0.8, 0.3), "inverted": (0.5, -0.9)
+        }.items():
+            ax.text(sgn * px * L, sgn * py * L, name, color=_COLOURS[name], ha="center",
+                    va="center", fontsize=12, weight="bold", alpha=0.8)
     tol = float(e.tol.iloc[0])
     ax.axvspan(-tol, tol, color=_COLOURS["neutral input"], alpha=0.18, lw=0)
-    ax.text(0, -0.55 * L, "neutral input", rotation=90, ha="center", va="center", fontsize=10, color="#444",
-            bbox=dict(boxstyle="round,pad=0.1", fc="#e5e5e5", ec="none"))
-    ax.plot([-L, L], [-L, L], ls="--", color="k", lw=1); ax.axhline(0, color="k", lw=1); ax.axvline(0, color="k", lw=0.5)
-    ax.text(0.75 * L + 0.6, 0.75 * L - 0.6, "y = x: lean unchanged", rotation=45, rotation_mode="anchor", fontsize=9, ha="center", va="top")
+    ax.text(0, -0.55 * L, "neutral input", rotation=90, ha="center", va="center", fontsize=10,
+            color="#444", bbox=dict(boxstyle="round,pad=0.1", fc="#e5e5e5", ec="none"))
+    ax.plot([-L, L], [-L, L], ls="--", color="k", lw=1)
+    ax.axhline(0, color="k", lw=1)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.text(0.75 * L + 0.6, 0.75 * L - 0.6, "y = x: lean unchanged", rotation=45,
+            rotation_mode="anchor", fontsize=9, ha="center", va="top")
     ax.text(-0.98 * L, 0.6, "y = 0: generated data neutral", fontsize=9, ha="left", va="bottom")
-    for i, (_, r) in enumerate(e.sort_values("human_dev").iterrows()):  # labels alternate above / below, so neighbours do not collide
+    # labels alternate above / below, so neighbours do not collide
+    for i, (_, r) in enumerate(e.sort_values("human_dev").iterrows()):
         c = _COLOURS[r.label]
-        ax.errorbar(r.human_dev, r.gen_dev, xerr=[[r.human_dev - r.human_ci_low], [r.human_ci_high - r.human_dev]],
-                    yerr=[[r.gen_dev - r.gen_ci_low], [r.gen_ci_high - r.gen_dev]], fmt="o", ms=8, color=c, mec="k",
+        ax.errorbar(r.human_dev, r.gen_dev, xerr=[[r.human_dev - r.human_ci_low],
+                                                  [r.human_ci_high - r.human_dev]],
+                    yerr=[[r.gen_dev - r.gen_ci_low],
+                          [r.gen_ci_high - r.gen_dev]], fmt="o", ms=8, color=c, mec="k",
                     mfc=c if r.clear == "clear" else "white", capsize=3, lw=1.3, zorder=4)
-        tag = f"left {r.left_share:.0%}\n{r.label}" + ("" if r.clear == "clear" else f"\n({r.clear})")
-        ax.annotate(tag, (r.human_dev, r.gen_dev), xytext=(7, 9 if i % 2 == 0 else -9), textcoords="offset points", fontsize=10, zorder=3,
-                    va="bottom" if i % 2 == 0 else "top", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
-    ax.set_xlim(-L, L); ax.set_ylim(-L, L); ax.set_aspect("equal")
+        tag = f"left {r.left_share:.0%}\n{r.label}" + (""
+                                                       if r.clear == "clear" else f"\n({r.clear})")
+        ax.annotate(tag, (r.human_dev, r.gen_dev), xytext=(7, 9 if i % 2 == 0 else -9),
+                    textcoords="offset points", fontsize=10, zorder=3,
+                    va="bottom" if i % 2 == 0 else "top",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
+    ax.set_xlim(-L, L)
+    ax.set_ylim(-L, L)
+    ax.set_aspect("equal")
     ax.set_xlabel("human data: lean − 50   (< 0 left, > 0 right)", fontsize=11)
-    ax.set_ylabel(f"generated: lean − 50, mean of the last {int(e.k.max())} generations", fontsize=11)
-    n = sorted(set(e.n_seeds)); ns = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    ax.set_ylabel(f"generated: lean − 50, mean of the last {int(e.k.max())} generations",
+                  fontsize=11)
+    n = sorted(set(e.n_seeds))
+    ns = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     ratios = ", ".join(f"{r:g}" for r in sorted(set(e.ratio.dropna())))
-    ax.set_title(f"Political lean: generated vs human data (judge {e.judge.iloc[0]}" + (f", ratio {ratios}" if ratios else "") +
-                 f")\nmean and 95% CI over n = {ns} seeds per mixture; open marker: within noise", fontsize=11)
+    ax.set_title(
+        f"Political lean: generated vs human data (judge {e.judge.iloc[0]}" +
+        (f", ratio {ratios}" if ratios else "") +
+        f")\nmean and 95% CI over n = {ns} seeds per mixture; open marker: within noise",
+        fontsize=11)
     bad = e.judge_audit.iloc[0]
     if bad != "passed":
-        msg = f"THE JUDGE FAILED ITS AUDIT ({bad.removeprefix('FAILED: ')}): do not trust these leans" if bad.startswith("FAILED") else f"judge not audited ({bad})"
+        if bad.startswith("FAILED"):
+            why = bad.removeprefix("FAILED: ")
+            msg = f"THE JUDGE FAILED ITS AUDIT ({why}): do not trust these leans"
+        else:
+            msg = f"judge not audited ({bad})"
         fig.text(0.5, 0.005, msg,
                  ha="center", va="bottom", color="red", fontsize=11, weight="bold", wrap=True)
     fig.tight_layout(rect=(0, 0.04 if bad != "passed" else 0, 1, 1))
     return save_figure(fig, path)
 
 # %% ../nbs/05b_lean.ipynb #4e00d43c
-def run_lean(results: str | Path, # a study's results.csv (07e_study) or gathered metrics (05_regression.gather_metrics)
+def run_lean(
+             # a study's results.csv (07e_study) or gathered metrics (05_regression.gather_metrics)
+             results: str | Path,
              judge: str, # the lean judge's metric name
              out_dir: str | Path = "runs/demo/lean", # where lean_effects.csv and fig_lean.png go
              k_last: int = 0, # generations averaged at the end (0: min(5, G - 1))
-             left_share_col: str = "left_share", # the mixture column (a study's results.csv: left_share, from plan_lean_mix)
+             # the mixture column (a study's results.csv: left_share, from plan_lean_mix)
+             left_share_col: str = "left_share",
              tol: float = 2.5, # lean points: a human lean within tol of 50 is a 'neutral input'
             ) -> Path:
-    "Read the results, write `lean_effects.csv` (one row per mixture), `fig_lean.png` and a manifest; return the table's path."
+    """Read the results, write `lean_effects.csv` (one row per mixture), `fig_lean.png` and a
+    manifest; return the table's path."""
     p = resolve(results)
-    if not p.exists(): raise ValueError(f"results={str(p)!r} does not exist; run the study (07e_study) or gather the chains' metrics first")
+    if not p.exists():
+        raise ValueError(
+            f"results={str(p)!r} does not exist; run the study (07e_study) or gather the chains' "
+            "metrics first"
+        )
     df = pd.read_csv(p)
     if left_share_col not in df.columns:
-        raise ValueError(f"the results have no {left_share_col!r} column; run the lean study (train_on: lean_mix) or set left_share_col")
+        raise ValueError(
+            f"the results have no {left_share_col!r} column; run the lean study (train_on: "
+            "lean_mix) or set left_share_col"
+        )
     df = df.dropna(subset=[left_share_col])
     eff = lean_effects(df, judge, k_last, tol, left_share_col)
     out = resolve(out_dir)
     with atomic_path(out / "lean_effects.csv") as tmp: eff.to_csv(tmp, index=False)
     plot_lean(eff, out / "fig_lean.png")
-    write_json(out / "lean_effects.manifest.json", make_manifest(dict(results=str(p), judge=judge, k_last=k_last, left_share_col=left_share_col, tol=tol),
-               seed=0, judge_audit=eff.judge_audit.iloc[0], labels=dict(zip(map(str, eff.left_share), eff.label))))
+    write_json(
+        out / "lean_effects.manifest.json",
+        make_manifest(
+            dict(results=str(p), judge=judge, k_last=k_last, left_share_col=left_share_col,
+                 tol=tol), seed=0, judge_audit=eff.judge_audit.iloc[0],
+            labels=dict(zip(map(str, eff.left_share), eff.label))))
     log.info("lean effects of %d mixtures -> %s", len(eff), out)
     return out / "lean_effects.csv"

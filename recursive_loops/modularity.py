@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import (log, resolve, atomic_path, write_jsonl, save_figure, file_sha256, SpecError, TrainOn,
-                                  Design, write_stamped)
-from .data import load_texts, instruction_for, is_file_dataset, dataset_label, MIN_TOKENS, MAX_TOKENS
+from .core import (log, resolve, atomic_path, write_jsonl, save_figure, file_sha256,
+                                  SpecError, TrainOn, Design, write_stamped)
+from .data import load_texts, instruction_for, is_file_dataset, dataset_label
+from .data import MIN_TOKENS, MAX_TOKENS
 from .clusters import study_clusters_dir, eligible_ids
 from .chain import select_cluster
-from .regression import chain_shifts, fit_ols, SHIFTS, PAPER_PREDICTORS, judge_verdicts
+from .regression import chain_shifts, fit_ols, SHIFTS, PAPER_PREDICTORS
+from .regression import judge_verdicts
 
 # %% auto #0
 __all__ = ['MERGED_FORM', 'merge_clusters', 'merged_domains', 'merged_index_file', 'plan_merged', 'write_merged_study',
@@ -22,20 +24,28 @@ __all__ = ['MERGED_FORM', 'merge_clusters', 'merged_domains', 'merged_index_file
            'run_modularity']
 
 # %% ../nbs/05a_modularity.ipynb #8b7685ef
-def merge_clusters(parts: list[dict], # one per domain: dataset, domain, instruction, and cluster + clusters_path (None: all its texts)
+def merge_clusters(
+                   # one per domain: dataset, domain, instruction, and cluster + clusters_path
+                   # (None: all its texts)
+                   parts: list[dict],
                    out_path: str | Path, # the merged dataset file (JSONL) to write
                    min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                    seed: int = 0,
                   ) -> Path:
-    "Write one merged dataset: each part's texts tagged with its `domain` and `instruction`, in equal shares (seeded)."
+    """Write one merged dataset: each part's texts tagged with its `domain` and `instruction`, in
+    equal shares (seeded)."""
     doms = [p["domain"] for p in parts]
-    if len(set(doms)) != len(doms): raise ValueError(f"domains {doms} repeat; a merged dataset takes one cluster of each domain")
+    if len(set(doms)) != len(doms):
+        raise ValueError(
+            f"domains {doms} repeat; a merged dataset takes one cluster of each domain")
     frames = []
     for p in parts:
-        df = select_cluster(load_texts(p["dataset"], min_tokens, max_tokens), p.get("cluster"), p.get("clusters_path"))
+        df = select_cluster(load_texts(p["dataset"], min_tokens, max_tokens), p.get("cluster"),
+                            p.get("clusters_path"))
         frames.append(df.assign(domain=p["domain"], instruction=p["instruction"]))
     n = min(len(f) for f in frames)
-    out = pd.concat([f.sample(n=n, random_state=seed) for f in frames]).sort_values(["domain", "text_id"])
+    out = pd.concat([f.sample(n=n, random_state=seed)
+                     for f in frames]).sort_values(["domain", "text_id"])
     write_jsonl(resolve(out_path), out[["text", "domain", "instruction"]].to_dict("records"))
     log.info("merged dataset %s: %d texts of each of %s", out_path, n, ", ".join(doms))
     return resolve(out_path)
@@ -45,11 +55,12 @@ MERGED_FORM = ("{merged: [two or more datasets or dataset:domain], clusters: <me
                "instructions: {domain: text}}")
 
 def merged_domains(t: TrainOn) -> tuple[list[dict], Design]:
-    "A merged design's domains (instruction, clusters file, eligible ids or None) and a Design clustering each."
+    """A merged design's domains (instruction, clusters file, eligible ids or None) and a Design
+    clustering each."""
     v = t.value
     srcs, K, ins = v.get("merged"), v.get("clusters"), v.get("instructions") or {}
-    if (set(v) - {"merged", "clusters", "instructions"} or not isinstance(srcs, list) or len(srcs) < 2
-            or not isinstance(K, int) or K < 1 or not isinstance(ins, dict)):
+    if (set(v) - {"merged", "clusters", "instructions"} or not isinstance(srcs, list)
+            or len(srcs) < 2 or not isinstance(K, int) or K < 1 or not isinstance(ins, dict)):
         raise t.invalid(MERGED_FORM)
     d, parts = Design("merged", [], files=True), []
     for s in map(str, srcs):
@@ -59,8 +70,10 @@ def merged_domains(t: TrainOn) -> tuple[list[dict], Design]:
         if dom: d.sources[f] = (ds, dom)
         cdir = study_clusters_dir(t.out_dir, f)
         d.cluster_sets[f] = resolve(cdir)
-        parts.append(dict(dataset=f, domain=label, instruction=str(ins.get(label) or instruction_for(ds, dom)),
-                          clusters_path=str(cdir / "clusters.parquet"), ids=eligible_ids(cdir)))
+        parts.append(
+            dict(dataset=f, domain=label,
+                 instruction=str(ins.get(label) or instruction_for(ds, dom)),
+                 clusters_path=str(cdir / "clusters.parquet"), ids=eligible_ids(cdir)))
     labels = [p["domain"] for p in parts]
     if len(set(labels)) < len(labels):
         raise SpecError(f"{t.where}: train_on: merged names a domain twice ({', '.join(labels)})")
@@ -72,67 +85,115 @@ def merged_index_file(out_dir: str, experiment: str) -> str:
     return str(Path(out_dir) / "merged" / f"{experiment}.csv")
 
 def plan_merged(t: TrainOn) -> Design:
-    "`train_on: {merged: [...], clusters: K}`: K merged datasets, the i-th of eligible cluster i of each domain."
+    """`train_on: {merged: [...], clusters: K}`: K merged datasets, the i-th of eligible cluster i
+    of each domain."""
     parts, d = merged_domains(t)
     K, labels = t.value["clusters"], [p["domain"] for p in parts]
     if any(p["ids"] is None for p in parts):
-        d.unresolved.append(f"{t.experiment}: {K} merged datasets of {', '.join(labels)} (known after 02_clusters on each)")
+        d.unresolved.append(
+            f"{t.experiment}: {K} merged datasets of {', '.join(labels)} (known after 02_clusters "
+            "on each)"
+        )
         d.ids = [f"?merged-{i}" for i in range(K)]
         return d
     short = [f"{p['domain']} ({len(p['ids'])})" for p in parts if len(p["ids"]) < K]
     if short:
-        raise SpecError(f"{t.where}: {K} merged datasets need {K} eligible clusters in each domain; "
-                        f"{', '.join(short)} have fewer: lower clusters or raise clusters.n_clusters")
+        raise SpecError(
+            f"{t.where}: {K} merged datasets need {K} eligible clusters in each domain; "
+            f"{', '.join(short)} have fewer: lower clusters or raise clusters.n_clusters")
     merged = {}
     for i in range(K):
         f = str(Path(t.out_dir) / "merged" / f"{t.experiment}-{i}.jsonl")
-        merged[f] = [dict({k: v for k, v in p.items() if k != "ids"}, cluster=str(p["ids"][i])) for p in parts]
+        merged[f] = [
+            dict({k: v
+                  for k, v in p.items() if k != "ids"}, cluster=str(p["ids"][i])) for p in parts
+        ]
     d.ids = list(merged)
-    d.writes[f"merged:{t.experiment}"] = (write_merged_study, dict(merged=merged, index=merged_index_file(t.out_dir, t.experiment)))
+    d.writes[f"merged:{t.experiment}"] = (write_merged_study,
+                                          dict(merged=merged,
+                                               index=merged_index_file(t.out_dir, t.experiment)))
     return d
 
 # %% ../nbs/05a_modularity.ipynb #37cc5768
 def write_merged_study(merged: dict, # merged dataset file -> its parts (plan_merged)
                        index: str, # the experiment's index file (merged_index_file)
-                       min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS, # the study's token bounds
+                       # the study's token bounds
+                       min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
                       ) -> None:
     "Write each merged dataset that is missing or was built from other clusters, then the index."
     tok = dict(min_tokens=min_tokens, max_tokens=max_tokens)
     for f, parts in merged.items():
-        made = dict(parts=parts, clusters=[file_sha256(resolve(p["clusters_path"])) for p in parts], **tok)
-        write_stamped(Path(f"{resolve(f)}.params.json"), made, [f], lambda: merge_clusters(parts, f, **tok))
-    rows = [dict(dataset=f, merged=i, domain=p["domain"], source=p["dataset"], cluster=p["cluster"],
-                 instruction=p["instruction"], properties=str(Path(p["clusters_path"]).parent / "cluster_properties.csv"))
-            for i, (f, parts) in enumerate(merged.items()) for p in parts]
+        made = dict(parts=parts, clusters=[file_sha256(resolve(p["clusters_path"])) for p in parts],
+                    **tok)
+        write_stamped(Path(f"{resolve(f)}.params.json"), made, [f],
+                      lambda: merge_clusters(parts, f, **tok))
+    rows = [
+        dict(dataset=f, merged=i, domain=p["domain"], source=p["dataset"], cluster=p["cluster"],
+             instruction=p["instruction"],
+             properties=str(Path(p["clusters_path"]).parent / "cluster_properties.csv"))
+        for i, (f, parts) in enumerate(merged.items()) for p in parts
+    ]
     with atomic_path(resolve(index)) as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
 
 # %% ../nbs/05a_modularity.ipynb #ec03c62f
-def modularity_table(results: pd.DataFrame, # domain_results.csv: per chain, generation, domain, metric
-                     index: pd.DataFrame, # dataset (the merged file), merged, domain, cluster, properties (its cluster_properties.csv)
+def modularity_table(
+                     # domain_results.csv: per chain, generation, domain, metric
+                     results: pd.DataFrame,
+                     # dataset (the merged file), merged, domain, cluster, properties (its
+                     # cluster_properties.csv)
+                     index: pd.DataFrame,
                      shift: str = "relative_to_gen0", k: int = 0,
                     ) -> pd.DataFrame:
-    "Seed-averaged per-domain shifts of the merged chains, with every domain's cluster properties as `<domain>:<prop>` columns."
-    for col, plain, name in (("curate", "none", "curated"), ("finetune", "lora", "full fine-tuning")):  # the paper's design: plain LoRA chains
+    """Seed-averaged per-domain shifts of the merged chains, with every domain's cluster properties
+    as `<domain>:<prop>` columns."""
+    for col, plain, name in (("curate", "none", "curated"),
+                             ("finetune", "lora",
+                              "full fine-tuning")):  # the paper's design: plain LoRA chains
         if col in results and (other := results[col].fillna(plain).astype(str).ne(plain)).any():
-            log.warning("modularity: %d %s chain(s) left out: the regression is of plain chains (05c_control and 05e_scale compare the arms)", results[other].run_dir.nunique(), name)
+            log.warning(
+                "modularity: %d %s chain(s) left out: the regression is of plain chains "
+                "(05c_control and 05e_scale compare the arms)",
+                results[other].run_dir.nunique(), name)
             results = results[~other]
-    if results.empty: raise ValueError("no plain merged chain in the results (only curated or fully fine-tuned ones): the modularity regression is of plain chains")
+    if results.empty:
+        raise ValueError(
+            "no plain merged chain in the results (only curated or fully fine-tuned ones): the "
+            "modularity regression is of plain chains"
+        )
     failed = [m for m, v in judge_verdicts(results).items() if v != "passed"]
-    for m in failed: log.warning("judge metric %r is left out of the modularity table: its judge failed the audit", m)
+    for m in failed:
+        log.warning(
+            "judge metric %r is left out of the modularity table: its judge failed the audit", m)
     res = results[~results.metric.isin(failed)].assign(dataset=lambda d: d.dataset.astype(str))
     sh = chain_shifts(res, shift, k, keys=("dataset", "ratio", "seed", "accumulate", "domain"))
-    if sh.empty: raise ValueError("no merged chain has per-domain metrics; run chains on merged datasets and 04_metrics")
-    wide = sh.pivot_table(index=["dataset", "ratio", "domain"], columns="metric", values="shift", aggfunc="mean")
+    if sh.empty:
+        raise ValueError(
+            "no merged chain has per-domain metrics; run chains on merged datasets and 04_metrics")
+    wide = sh.pivot_table(index=["dataset", "ratio", "domain"], columns="metric", values="shift",
+                          aggfunc="mean")
     wide.columns = [f"shift_{m}" for m in wide.columns]
     props, cache = [], {}
     for r in index.itertuples():
         pt = cache.setdefault(r.properties, pd.read_csv(resolve(r.properties)))
         row = pt[pt.cluster.astype(str) == str(r.cluster)]
-        if row.empty: raise ValueError(f"cluster {r.cluster} of domain {r.domain} is not in {r.properties}; rerun 04b_properties")
-        props.append({"dataset": str(r.dataset), **{f"{r.domain}:{c}": row[c].iloc[0] for c in pt.columns if c.startswith("prop_")}})
+        if row.empty:
+            raise ValueError(
+                f"cluster {r.cluster} of domain {r.domain} is not in {r.properties}; rerun "
+                "04b_properties"
+            )
+        props.append({
+            "dataset": str(r.dataset),
+            **{f"{r.domain}:{c}": row[c].iloc[0]
+               for c in pt.columns if c.startswith("prop_")}
+        })
     pw = pd.DataFrame(props).groupby("dataset").first().reset_index()
-    out = wide.reset_index().rename(columns={"domain": "shifted"}).merge(pw, on="dataset", how="inner")
-    if out.empty: raise ValueError("no merged chain's dataset is in the index; run the chains on the index's merged datasets")
+    out = wide.reset_index().rename(columns={"domain": "shifted"}).merge(
+        pw, on="dataset", how="inner")
+    if out.empty:
+        raise ValueError(
+            "no merged chain's dataset is in the index; run the chains on the index's merged "
+            "datasets"
+        )
     return out.assign(definition=shift)
 
 # %% ../nbs/05a_modularity.ipynb #32a19253
@@ -140,17 +201,23 @@ def synthetic_table(n: int = 40, # merged datasets
                     domains: tuple = ("news", "reddit", "tweets"),
                     props: tuple = ("prop_selfbleu_diversity", "prop_semantic_diversity"),
                     own: float = 0.05, # each domain's shift per SD of its own first property
-                    cross: dict | None = None, # {(shifted, "<domain>:<prop>"): coefficient per SD}, the planted cross-domain effects
+                    # {(shifted, "<domain>:<prop>"): coefficient per SD}, the planted cross-domain
+                    # effects
+                    cross: dict | None = None,
                     ratios: tuple = (0.25, 0.5), noise: float = 0.01, seed: int = 0,
                    ) -> pd.DataFrame:
     "A modularity table with planted coefficients (target `shift_semantic_diversity`)."
     rng = np.random.default_rng(seed)
-    P = pd.DataFrame(rng.normal(size=(n, len(domains) * len(props))), columns=[f"{d}:{p}" for d in domains for p in props]).assign(dataset=[f"m{i}" for i in range(n)])
+    P = pd.DataFrame(rng.normal(size=(n, len(domains) * len(props))),
+                     columns=[f"{d}:{p}" for d in domains
+                              for p in props]).assign(dataset=[f"m{i}" for i in range(n)])
     rows = []
     for r in ratios:
         for a in domains:
-            y = 1 - 0.1 * r + own * P[f"{a}:{props[0]}"] + sum(c * P[t] for (s, t), c in (cross or {}).items() if s == a)
-            rows.append(P.assign(ratio=r, shifted=a, shift_semantic_diversity=y + rng.normal(0, noise, n)))
+            y = 1 - 0.1 * r + own * P[f"{a}:{props[0]}"] + sum(
+                c * P[t] for (s, t), c in (cross or {}).items() if s == a)
+            rows.append(
+                P.assign(ratio=r, shifted=a, shift_semantic_diversity=y + rng.normal(0, noise, n)))
     return pd.concat(rows, ignore_index=True).assign(definition="relative_to_gen0")
 
 # %% ../nbs/05a_modularity.ipynb #6cdb5ee5
@@ -159,12 +226,17 @@ def modularity_regression(table: pd.DataFrame, # modularity_table (or synthetic_
                           props: list[str], # per-domain properties (prop_* names)
                           folds: int = 10, seed: int = 0,
                          ) -> pd.DataFrame:
-    "One OLS per shifted domain x target on every domain's `props` (+ ratio): tidy coefficients with `own` (the shifted domain's own property) and Holm-corrected p-values per target."
+    """One OLS per shifted domain x target on every domain's `props` (+ ratio): tidy coefficients
+    with `own` (the shifted domain's own property) and Holm-corrected p-values per target."""
     from statsmodels.stats.multitest import multipletests
     domains = sorted(table.shifted.unique())
     terms = [f"{d}:{p}" for d in domains for p in props]
     missing = [c for c in terms + targets if c not in table.columns]
-    if missing: raise ValueError(f"table lacks column(s) {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; it has {', '.join(table.columns)}")
+    if missing:
+        raise ValueError(
+            f"table lacks column(s) {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; "
+            f"it has {', '.join(table.columns)}"
+        )
     parts = []
     for t in targets:
         for a in domains:
@@ -172,27 +244,45 @@ def modularity_regression(table: pd.DataFrame, # modularity_table (or synthetic_
             ctrl = ["ratio"] if "ratio" in d and d.ratio.nunique() > 1 else []
             coefs, stats = fit_ols(d, t, terms, ctrl, folds, seed)
             coefs = coefs[coefs.role == "predictor"].assign(shifted=a, target=t, **stats)
-            coefs["domain"] = coefs.term.str.split(":").str[0]; coefs["prop"] = coefs.term.str.split(":").str[1]
-            parts.append(coefs.assign(own=coefs.domain == a, df_resid=stats["n"] - len(terms) - len(ctrl) - 1))
+            coefs["domain"] = coefs.term.str.split(":").str[0]
+            coefs["prop"] = coefs.term.str.split(":").str[1]
+            parts.append(
+                coefs.assign(own=coefs.domain == a,
+                             df_resid=stats["n"] - len(terms) - len(ctrl) - 1))
     out = pd.concat(parts, ignore_index=True)
     out["p_holm"] = out.groupby("target").p.transform(lambda p: multipletests(p, method="holm")[1])
     return out
 
 # %% ../nbs/05a_modularity.ipynb #1f2a7637
 def modularity_summary(res: pd.DataFrame, # modularity_regression's table
-                       alpha: float = 0.05, line: float = 0.20, # significance level; the seed paper's revision line
+                       # significance level; the seed paper's revision line
+                       alpha: float = 0.05, line: float = 0.20,
                       ) -> pd.DataFrame:
-    "Per target: cross-domain coefficients and domain pairs significant after Holm, their shares, and the verdict against `line`."
+    """Per target: cross-domain coefficients and domain pairs significant after Holm, their shares,
+    and the verdict against `line`."""
     rows = []
     for t, d in res.groupby("target", sort=False):
-        cross = d[~d.own]; pairs = cross.groupby(["shifted", "domain"]).p_holm.min()
-        own = d[d.own]; share = float((pairs < alpha).mean()); n_own = int((own.p_holm < alpha).sum())
-        rows.append(dict(target=t, n=int(d.n.iloc[0]), df_resid=int(d.df_resid.min()), own_coefs=len(own), own_significant=n_own,
-                         cross_coefs=len(cross), cross_significant=int((cross.p_holm < alpha).sum()),
-                         cross_share=float((cross.p_holm < alpha).mean()), pairs=len(pairs), pairs_significant=int((pairs < alpha).sum()), pairs_share=share,
-                         verdict=f"not modular: {share:.0%} of domain pairs > {line:.0%} (the seed's check: revise the claim)" if share > line
-                                 else f"modular: {share:.0%} of domain pairs <= {line:.0%}, own-domain effects found" if n_own
-                                 else f"undecided: {share:.0%} of domain pairs <= {line:.0%}, but no own-domain effect either (too little power to call it modular)"))
+        cross = d[~d.own]
+        pairs = cross.groupby(["shifted", "domain"]).p_holm.min()
+        own = d[d.own]
+        share = float((pairs < alpha).mean())
+        n_own = int((own.p_holm < alpha).sum())
+        if share > line:
+            verdict = (f"not modular: {share:.0%} of domain pairs > {line:.0%}"
+                       " (the seed's check: revise the claim)")
+        elif n_own:
+            verdict = (f"modular: {share:.0%} of domain pairs <= {line:.0%},"
+                       " own-domain effects found")
+        else:
+            verdict = (f"undecided: {share:.0%} of domain pairs <= {line:.0%}, but no own-domain"
+                       " effect either (too little power to call it modular)")
+        rows.append(dict(target=t, n=int(d.n.iloc[0]), df_resid=int(d.df_resid.min()),
+                         own_coefs=len(own), own_significant=n_own,
+                         cross_coefs=len(cross),
+                         cross_significant=int((cross.p_holm < alpha).sum()),
+                         cross_share=float((cross.p_holm < alpha).mean()),
+                         pairs=len(pairs), pairs_significant=int((pairs < alpha).sum()),
+                         pairs_share=share, verdict=verdict))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05a_modularity.ipynb #1bcf9e43
@@ -201,61 +291,98 @@ def plot_modularity(res: pd.DataFrame, # modularity_regression's table
                     summary: pd.DataFrame | None = None, # modularity_summary (titles)
                    ) -> Path:
     "Own- and cross-domain coefficients with CIs, a panel per target x shifted domain."
-    import matplotlib; matplotlib.use("Agg")
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     targets, domains = list(dict.fromkeys(res.target)), sorted(res.shifted.unique())
-    terms = list(dict.fromkeys(res.term)); y = {t: i for i, t in enumerate(terms)}
-    fig, axes = plt.subplots(len(targets), len(domains), figsize=(3.6 * len(domains) + 1.6, (0.28 * len(terms) + 1.6) * len(targets)),
-                             squeeze=False, sharey=True)
+    terms = list(dict.fromkeys(res.term))
+    y = {t: i for i, t in enumerate(terms)}
+    fig, axes = plt.subplots(
+        len(targets), len(domains),
+        figsize=(3.6 * len(domains) + 1.6, (0.28 * len(terms) + 1.6) * len(targets)), squeeze=False,
+        sharey=True)
     for r, t in enumerate(targets):
         for c, a in enumerate(domains):
             ax, d = axes[r, c], res[(res.target == t) & (res.shifted == a)]
             own = [y[x] for x in d[d.own].term]
             if own: ax.axhspan(min(own) - 0.5, max(own) + 0.5, color="0.9", zorder=0)
             col = np.where(d.own, "tab:blue", "tab:orange")
-            ax.errorbar(d.coef, d.term.map(y), xerr=[d.coef - d.ci_low, d.ci_high - d.coef], fmt="none", ecolor=col, lw=1.1)
-            ax.scatter(d.coef, d.term.map(y), s=30, color=[k if p < 0.05 else "white" for k, p in zip(col, d.p_holm)], edgecolor=col, zorder=3)
+            ax.errorbar(d.coef, d.term.map(y), xerr=[d.coef - d.ci_low, d.ci_high - d.coef],
+                        fmt="none", ecolor=col, lw=1.1)
+            ax.scatter(d.coef, d.term.map(y), s=30,
+                       color=[k if p < 0.05 else "white" for k, p in zip(col, d.p_holm)],
+                       edgecolor=col, zorder=3)
             ax.axvline(0, color="k", lw=0.7)
-            ax.set_title(f"{t.removeprefix('shift_')} of {a}\nn = {d.n.iloc[0]}, R² {d.r2.iloc[0]:.2f}", fontsize=9)
-            ax.set_yticks(range(len(terms))); ax.set_yticklabels([x.replace(":prop_", ": ") for x in terms], fontsize=8)
+            ax.set_title(
+                f"{t.removeprefix('shift_')} of {a}\nn = {d.n.iloc[0]}, R² {d.r2.iloc[0]:.2f}",
+                fontsize=9)
+            ax.set_yticks(range(len(terms)))
+            ax.set_yticklabels([x.replace(":prop_", ": ") for x in terms], fontsize=8)
             ax.tick_params(axis="x", labelsize=8)
             if r == len(targets) - 1: ax.set_xlabel("coefficient per SD", fontsize=8)
         axes[r, 0].invert_yaxis()
-    lines = [f"{s.target.removeprefix('shift_')}: {s.cross_significant}/{s.cross_coefs} cross-domain coefficients and {s.pairs_significant}/{s.pairs} "
-             f"domain pairs significant after Holm\n{s.verdict}" for s in (summary.itertuples() if summary is not None else [])]
+    lines = [
+        f"{s.target.removeprefix('shift_')}: {s.cross_significant}/{s.cross_coefs} cross-domain "
+        f"coefficients and {s.pairs_significant}/{s.pairs} "
+        f"domain pairs significant after Holm\n{s.verdict}"
+        for s in (summary.itertuples() if summary is not None else [])
+    ]
     how = f" (shift: {res.definition.iloc[0]})" if "definition" in res else ""
-    fig.suptitle("\n".join([f"Each domain's shift{how} on every domain's human properties (+ ratio), 95% CIs; grey band: its own properties, "
-                            "filled: significant after Holm (p < 0.05)"] + lines), fontsize=9)
+    fig.suptitle(
+        "\n".join([
+            f"Each domain's shift{how} on every domain's human properties (+ ratio), 95% CIs; grey "
+            "band: its own properties, "
+            "filled: significant after Holm (p < 0.05)"
+        ] + lines), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
 # %% ../nbs/05a_modularity.ipynb #aee491ae
 def _names(v, paper: list[str]) -> list[str]:
-    return paper if v == "paper" else [x.strip() for x in v.split(",")] if isinstance(v, str) else list(v)
+    return paper if v == "paper" else [x.strip()
+                                       for x in v.split(",")] if isinstance(v, str) else list(v)
 
 def run_modularity(results: str | Path | None = None, # domain_results.csv
                    index: str | Path | None = None, # the merged datasets' index CSV
                    out_dir: str | Path = "runs/modularity",
-                   table: str | Path | None = None, # instead: a prepared table (modularity_table's columns)
+                   # instead: a prepared table (modularity_table's columns)
+                   table: str | Path | None = None,
                    predictors: str | list = "paper", targets: str | list = "paper",
                    shift: str = "relative_to_gen0", k_last: int = 0,
                   ) -> Path:
-    "Build (or read) the modularity table, fit every domain x target, write `modularity_table.csv`, `modularity.csv`, `modularity_summary.csv`, `notes.txt`, `fig_modularity.png`."
-    out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
+    """Build (or read) the modularity table, fit every domain x target, write
+    `modularity_table.csv`, `modularity.csv`, `modularity_summary.csv`, `notes.txt`,
+    `fig_modularity.png`."""
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     if table: tab = pd.read_csv(resolve(table))
     else:
-        if not results or not index: raise ValueError("give results (domain_results.csv) and index (the merged datasets' index), or a table")
-        tab = modularity_table(pd.read_csv(resolve(results)), pd.read_csv(resolve(index)), shift, k_last)
+        if not results or not index:
+            raise ValueError(
+                "give results (domain_results.csv) and index (the merged datasets' index), or a "
+                "table"
+            )
+        tab = modularity_table(pd.read_csv(resolve(results)), pd.read_csv(resolve(index)), shift,
+                               k_last)
     with atomic_path(out / "modularity_table.csv") as tmp: tab.to_csv(tmp, index=False)
     have = {c.split(":", 1)[1] for c in tab.columns if ":prop_" in c}
     props = _names(predictors, [p for p in PAPER_PREDICTORS if p in have])
-    notes = [f"predictor {p} absent from the properties tables" for p in PAPER_PREDICTORS if predictors == "paper" and p not in have]
-    tg = _names(targets, [c for c in tab.columns if c.startswith("shift_quality")] + ["shift_semantic_diversity"])  # the paper's two targets
-    res = modularity_regression(tab, tg, props).assign(definition=str(tab.definition.iloc[0]) if "definition" in tab else shift)
+    notes = [
+        f"predictor {p} absent from the properties tables" for p in PAPER_PREDICTORS
+        if predictors == "paper" and p not in have
+    ]
+    tg = _names(targets, [c for c in tab.columns if c.startswith("shift_quality")] +
+                ["shift_semantic_diversity"])  # the paper's two targets
+    res = modularity_regression(
+        tab, tg,
+        props).assign(definition=str(tab.definition.iloc[0]) if "definition" in tab else shift)
     summ = modularity_summary(res)
     with atomic_path(out / "modularity.csv") as tmp: res.to_csv(tmp, index=False)
     with atomic_path(out / "modularity_summary.csv") as tmp: summ.to_csv(tmp, index=False)
-    with atomic_path(out / "notes.txt") as tmp: Path(tmp).write_text("".join(f"{n}\n" for n in notes))
+    with atomic_path(out / "notes.txt") as tmp:
+        Path(tmp).write_text("".join(f"{n}\n" for n in notes))
     plot_modularity(res, out / "fig_modularity.png", summ)
-    for s in summ.itertuples(): log.info("modularity %s: %d/%d cross-domain coefficients significant (Holm), %s", s.target, s.cross_significant, s.cross_coefs, s.verdict)
+    for s in summ.itertuples():
+        log.info("modularity %s: %d/%d cross-domain coefficients significant (Holm), %s", s.target,
+                 s.cross_significant, s.cross_coefs, s.verdict)
     return out / "modularity.csv"

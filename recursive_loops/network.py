@@ -19,7 +19,8 @@ __all__ = ['GRAPHS', 'NETWORK_KEYS', 'NetworkSpec', 'read_edges', 'adjacency', '
 
 # %% ../nbs/03d_network.ipynb #fcfd2046
 GRAPHS = ("isolated", "ring", "star", "full", "small_world", "communities", "edges")
-NETWORK_KEYS = ("nodes", "graph", "degree", "rewire", "communities", "bridge", "edges", "self_weight", "shards", "models", "cross_nll")
+NETWORK_KEYS = ("nodes", "graph", "degree", "rewire", "communities", "bridge", "edges",
+                "self_weight", "shards", "models", "cross_nll")
 
 @dataclass
 class NetworkSpec:
@@ -31,7 +32,8 @@ class NetworkSpec:
     communities: int = 2  # communities: number of groups
     bridge: float = 0.1  # communities: probability of an edge between two nodes of different groups
     edges: str | None = None  # edges: a CSV or JSON(L) file of source, target[, weight]
-    self_weight: float | None = None  # share of a node's synthetic texts from itself; None: one in-neighbour's share
+    # share of a node's synthetic texts from itself; None: one in-neighbour's share
+    self_weight: float | None = None
     shards: str | list = "split"  # split, domains, or a list of K domains / cluster ids
     models: list | None = None  # one base model per node (cycled); None: the chain's model
     cross_nll: int = 16  # texts per node for the cross-NLL matrix; 0: not measured
@@ -41,39 +43,57 @@ class NetworkSpec:
         "Check a `network` setting; raise one `ValueError` naming the first bad key or value."
         if d is None: return cls()
         if isinstance(d, NetworkSpec): return d
-        if not isinstance(d, dict): raise ValueError(f"network={d!r} is invalid; allowed: a mapping such as {{nodes: 4, graph: ring}}")
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"network={d!r} is invalid; allowed: a mapping such as {{nodes: 4, graph: ring}}")
         bad = [k for k in d if k not in NETWORK_KEYS]
-        if bad: raise ValueError(f"network: unknown key {bad[0]!r}; allowed: {', '.join(NETWORK_KEYS)}")
+        if bad:
+            raise ValueError(f"network: unknown key {bad[0]!r}; allowed: {', '.join(NETWORK_KEYS)}")
         s = cls(**d)
-        def no(k, allowed): raise ValueError(f"network.{k}={getattr(s, k)!r} is invalid; allowed: {allowed}")
+        def no(k, allowed):
+            raise ValueError(f"network.{k}={getattr(s, k)!r} is invalid; allowed: {allowed}")
         def integer(k, lo):
             v = getattr(s, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo: no(k, f"an integer >= {lo}")
         def prob(k):
             v = getattr(s, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1: no(k, "a number in [0, 1]")
-        integer("nodes", 1); integer("cross_nll", 0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                no(k, "a number in [0, 1]")
+
+        integer("nodes", 1)
+        integer("cross_nll", 0)
         if s.graph not in GRAPHS: no("graph", ", ".join(GRAPHS))
         if s.graph == "small_world":
-            integer("degree", 2); prob("rewire")
-            if s.degree % 2 or s.degree >= s.nodes: no("degree", f"an even number below nodes ({s.nodes})")
+            integer("degree", 2)
+            prob("rewire")
+            if s.degree % 2 or s.degree >= s.nodes:
+                no("degree", f"an even number below nodes ({s.nodes})")
         if s.graph == "communities":
-            integer("communities", 1); prob("bridge")
+            integer("communities", 1)
+            prob("bridge")
             if s.communities > s.nodes: no("communities", f"at most nodes ({s.nodes})")
         if s.graph == "edges" and (not isinstance(s.edges, str) or not resolve(s.edges).is_file()):
-            no("edges", "an existing CSV or JSON(L) file of source, target[, weight] rows (graph: edges)")
+            no("edges",
+               "an existing CSV or JSON(L) file of source, target[, weight] rows (graph: edges)")
         if s.edges is not None and s.graph != "edges": no("edges", "null unless graph is edges")
         if s.self_weight is not None: prob("self_weight")
         if isinstance(s.shards, list):
-            if len(s.shards) != s.nodes or len(set(map(str, s.shards))) != s.nodes: no("shards", f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
-        elif s.shards not in ("split", "domains"): no("shards", f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
-        if s.models is not None and (not isinstance(s.models, list) or not s.models or not all(isinstance(m, str) and m for m in s.models)):
+            if len(s.shards) != s.nodes or len(set(map(str, s.shards))) != s.nodes:
+                no("shards",
+                   f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
+        elif s.shards not in ("split", "domains"):
+            no("shards", f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
+        if s.models is not None and (not isinstance(s.models, list) or not s.models
+                                     or not all(isinstance(m, str) and m for m in s.models)):
             no("models", "null or a list of model names")
         return s
 
     def to_dict(self) -> dict:
-        "The settings that define the network's results (graph parameters only for the graph that uses them)."
-        d = asdict(self); used = dict(small_world=("degree", "rewire"), communities=("communities", "bridge"), edges=("edges",)).get(self.graph, ())
+        """The settings that define the network's results (graph parameters only for the graph that
+        uses them)."""
+        d = asdict(self)
+        used = dict(small_world=("degree", "rewire"), communities=("communities", "bridge"),
+                    edges=("edges", )).get(self.graph, ())
         for k in ("degree", "rewire", "communities", "bridge", "edges"):
             if k not in used: d.pop(k)
         if self.rewire is not None and "rewire" in d: d["rewire"] = float(d["rewire"])
@@ -84,22 +104,38 @@ class NetworkSpec:
     @property
     def label(self) -> str:
         "A short name: the graph and its parameters, e.g. `ring` or `small_world k2 p0.1`."
-        extra = {"small_world": f" k{self.degree} p{self.rewire:g}", "communities": f" c{self.communities} b{self.bridge:g}",
-                 "edges": f" {Path(str(self.edges)).stem}"}.get(self.graph, "")
-        return f"{self.graph}{extra}" + ("" if self.self_weight is None else f" self{self.self_weight:g}")
+        extra = {
+            "small_world": f" k{self.degree} p{self.rewire:g}", "communities":
+            f" c{self.communities} b{self.bridge:g}", "edges": f" {Path(str(self.edges)).stem}"
+        }.get(self.graph, "")
+        return f"{self.graph}{extra}" + ("" if self.self_weight is None else
+                                         f" self{self.self_weight:g}")
 
 # %% ../nbs/03d_network.ipynb #9820a0c6
 def read_edges(path: str | Path, nodes: int) -> np.ndarray:
-    "`A` from an edge-list file: CSV or JSON(L) rows of `source, target[, weight]` (node indices 0..K-1; source's texts feed target)."
+    """`A` from an edge-list file: CSV or JSON(L) rows of `source, target[, weight]` (node indices
+    0..K-1; source's texts feed target)."""
     p = resolve(path)
     df = pd.read_csv(p) if p.suffix == ".csv" else pd.read_json(p, lines=p.suffix == ".jsonl")
-    if not {"source", "target"} <= set(df.columns): raise ValueError(f"network.edges={str(path)!r} needs columns source, target (and weight); it has {', '.join(map(str, df.columns))}")
+    if not {"source", "target"} <= set(df.columns):
+        raise ValueError(
+            f"network.edges={str(path)!r} needs columns source, target (and weight); it has "
+            f"{', '.join(map(str, df.columns))}"
+        )
     w = df["weight"] if "weight" in df.columns else pd.Series(1.0, index=df.index)
     A = np.zeros((nodes, nodes))
     for s, t, x in zip(df.source, df.target, w):
-        if not (isinstance(s, (int, np.integer)) and isinstance(t, (int, np.integer)) and 0 <= s < nodes and 0 <= t < nodes and s != t):
-            raise ValueError(f"network.edges={str(path)!r}: edge {s!r} -> {t!r} is invalid; allowed: two different node indices in 0..{nodes - 1}")
-        if not x > 0: raise ValueError(f"network.edges={str(path)!r}: edge {s} -> {t} has weight {x!r}; allowed: a number > 0")
+        if not (isinstance(s, (int, np.integer)) and isinstance(t, (int, np.integer))
+                and 0 <= s < nodes and 0 <= t < nodes and s != t):
+            raise ValueError(
+                f"network.edges={str(path)!r}: edge {s!r} -> {t!r} is invalid; allowed: two "
+                f"different node indices in 0..{nodes - 1}"
+            )
+        if not x > 0:
+            raise ValueError(
+                f"network.edges={str(path)!r}: edge {s} -> {t} has weight {x!r}; allowed: a number "
+                "> 0"
+            )
         A[t, s] += float(x)
     return A
 
@@ -108,14 +144,25 @@ def adjacency(spec: NetworkSpec, # the network
              ) -> np.ndarray:
     "`A[i, j]`: how much node i reads node j's output (zero diagonal)."
     import networkx as nx
-    K = spec.nodes; A = np.zeros((K, K))
+    K = spec.nodes
+    A = np.zeros((K, K))
     if spec.graph in ("isolated",) or K == 1: return A
     if spec.graph == "edges": return read_edges(spec.edges, K)
     rs = derive_seed(seed, "graph", spec.graph)
-    g = {"ring": lambda: nx.cycle_graph(K), "star": lambda: nx.star_graph(K - 1), "full": lambda: nx.complete_graph(K),
-         "small_world": lambda: nx.watts_strogatz_graph(K, spec.degree, spec.rewire, seed=rs),
-         "communities": lambda: nx.random_partition_graph([len(c) for c in np.array_split(range(K), spec.communities)], 1.0, spec.bridge, seed=rs),
-        }[spec.graph]()
+    g = {
+        "ring":
+        lambda: nx.cycle_graph(K),
+        "star":
+        lambda: nx.star_graph(K - 1),
+        "full":
+        lambda: nx.complete_graph(K),
+        "small_world":
+        lambda: nx.watts_strogatz_graph(K, spec.degree, spec.rewire, seed=rs),
+        "communities":
+        lambda: nx.random_partition_graph(
+            [len(c)
+             for c in np.array_split(range(K), spec.communities)], 1.0, spec.bridge, seed=rs),
+    }[spec.graph]()
     for i, j in g.edges():
         if i != j: A[i, j] = A[j, i] = 1.0
     return A
@@ -125,12 +172,19 @@ def mixing_matrix(spec: NetworkSpec, # the network
                   seed: int, # the network's seed
                  ) -> np.ndarray:
     "`W[i, j]`: the share of node i's synthetic texts drawn from node j's output; rows sum to 1."
-    A = adjacency(spec, seed); K = spec.nodes; W = np.zeros((K, K))
+    A = adjacency(spec, seed)
+    K = spec.nodes
+    W = np.zeros((K, K))
     for i in range(K):
         inw = A[i].sum()
-        if inw == 0: W[i, i] = 1.0; continue  # no in-neighbours: its own output only
-        sw = spec.self_weight if spec.self_weight is not None else 1.0 / (1 + np.count_nonzero(A[i]))
-        W[i] = (1 - sw) * A[i] / inw; W[i, i] = sw
+        if inw == 0:
+            W[i, i] = 1.0
+            continue  # no in-neighbours: its own output only
+        sw = spec.self_weight
+        if sw is None:
+            sw = 1.0 / (1 + np.count_nonzero(A[i]))
+        W[i] = (1 - sw) * A[i] / inw
+        W[i, i] = sw
     return W
 
 # %% ../nbs/03d_network.ipynb #e8f969e5
@@ -140,28 +194,37 @@ def synthetic_counts(W: np.ndarray, # mixing weights, rows summing to 1
     "Whole-text counts `C[i, j]` of node i's synthetic texts from node j; each row sums to `n`."
     C = np.zeros(W.shape, dtype=int)
     for i, w in enumerate(W):
-        x = w * n; c = np.floor(x + 1e-9).astype(int); left = n - c.sum()
-        for j in sorted(range(len(w)), key=lambda j: (-round(x[j] - c[j], 9), (j - i) % len(w)))[:left]: c[j] += 1
+        x = w * n
+        c = np.floor(x + 1e-9).astype(int)
+        left = n - c.sum()
+        for j in sorted(range(len(w)), key=lambda j: (-round(x[j] - c[j], 9),
+                                                      (j - i) % len(w)))[:left]:
+            c[j] += 1
         C[i] = c
     return C
 
 # %% ../nbs/03d_network.ipynb #de00bc94
 def node_seed(seed: int, k: int) -> int:
-    "Node k's seed: the network's for node 0 (a 1-node network is the chain), else one derived from it."
+    """Node k's seed: the network's for node 0 (a 1-node network is the chain), else one derived
+    from it."""
     return seed if k == 0 else derive_seed(seed, "node", k)
 
 def node_settings(spec: NetworkSpec, # the network
                   seed: int, # the network's seed
                   domains: list[str] | None = None, # the dataset's domains (shards: domains)
                  ) -> list[dict]:
-    "Per node, the chain parameters that differ from the network's: `seed`, and `shard` (split), `cluster` (a domain or cluster id) and `model` where they apply."
+    """Per node, the chain parameters that differ from the network's: `seed`, and `shard` (split),
+    `cluster` (a domain or cluster id) and `model` where they apply."""
     out = []
     for k in range(spec.nodes):
         d = dict(seed=node_seed(seed, k))
         if spec.shards == "split": d["shard"] = None if spec.nodes == 1 else [k, spec.nodes, seed]
         elif spec.shards == "domains":
             if not domains or len(domains) < spec.nodes:
-                raise ValueError(f"network.shards=domains needs {spec.nodes} domains; the dataset has {len(domains or [])} ({', '.join(domains or [])})")
+                raise ValueError(
+                    f"network.shards=domains needs {spec.nodes} domains; the dataset has "
+                    f"{len(domains or [])} ({', '.join(domains or [])})"
+                )
             d["cluster"] = sorted(domains)[k]
         else: d["cluster"] = str(spec.shards[k])
         if spec.models: d["model"] = spec.models[k % len(spec.models)]
@@ -181,13 +244,19 @@ def shard_of(df: pd.DataFrame, # a chain's texts before its own shuffle (select_
 # %% ../nbs/03d_network.ipynb #b7e6bbdd
 def check_shard(shard) -> None:
     "Raise one `ValueError` unless `shard` is None or `[k, K, seed]` with 0 <= k < K."
-    ok = shard is None or (isinstance(shard, (list, tuple)) and len(shard) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
-                           and 0 <= shard[0] < shard[1] and shard[2] >= 0)
-    if not ok: raise ValueError(f"shard={shard!r} is invalid; allowed: None or [k, K, seed] with 0 <= k < K (node k of K, the network's seed)")
+    ok = shard is None or (isinstance(shard, (list, tuple)) and len(shard) == 3
+                           and all(isinstance(x, int) and not isinstance(x, bool)
+                                   for x in shard) and 0 <= shard[0] < shard[1] and shard[2] >= 0)
+    if not ok:
+        raise ValueError(
+            f"shard={shard!r} is invalid; allowed: None or [k, K, seed] with 0 <= k < K (node k of "
+            "K, the network's seed)"
+        )
 
 # %% ../nbs/03d_network.ipynb #d7da07b9
 def cross_nll_gap(C: np.ndarray) -> float:
     "Mean over i != j of C[i, j] / C[j, j] - 1 (nan for one node)."
-    C = np.asarray(C, float); K = len(C)
+    C = np.asarray(C, float)
+    K = len(C)
     if K < 2: return float("nan")
     return float(np.mean([C[i, j] / C[j, j] - 1 for i in range(K) for j in range(K) if i != j]))

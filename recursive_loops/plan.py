@@ -32,7 +32,8 @@ __all__ = ['DESIGNS', 'Chain', 'Plan', 'notebooks_dir', 'format_file', 'study_fo
 class Chain:
     "One chain of a study: its parameters and the experiments that asked for it."
 
-    config: ChainConfig  # run_dir and facts included; a dict only for papermill (07e_study.make_task)
+    # run_dir and facts included; a dict only for papermill (07e_study.make_task)
+    config: ChainConfig
     experiments: list  # names of the experiments that asked for it
     design: str  # results.csv's design column: whole, cluster, merged, lean or quartile
     placeholder: bool = False  # cluster not known yet (clusters not computed)
@@ -65,7 +66,8 @@ class Chain:
         )
 
     def facts_of(self, d: Path) -> dict | None:
-        "The facts the chain in `d` (one of `chain_dirs`) records: a node's are its network's, with its index."
+        """The facts the chain in `d` (one of `chain_dirs`) records: a node's are its network's,
+        with its index."""
         f = self.config.facts
         return node_facts(f, int(d.name[5:])) if self.nodes else f
 
@@ -79,7 +81,8 @@ class Plan:
     cluster_sets: dict = field(default_factory=dict)  # dataset -> its clusters folder
     sources: dict = field(default_factory=dict)  # file -> (dataset, domain), to cluster alone
     writes: dict = field(default_factory=dict)  # derived datasets: key -> (function, kwargs)
-    unresolved: list = field(default_factory=list)  # lines naming what is known only after clustering
+    # lines naming what is known only after clustering
+    unresolved: list = field(default_factory=list)
     dtype: str = "float32"  # the study's number format: `auto` resolved once (study_format)
 
     @property
@@ -111,7 +114,8 @@ class DesignKind(NamedTuple):
 
     plan: Callable  # plan(TrainOn) -> Design, defined in the design's own stage
     form: str  # how a spec writes it, for the one-line error
-    per_dataset: bool = True  # planned for each of the experiment's datasets (False: it names its own)
+    # planned for each of the experiment's datasets (False: it names its own)
+    per_dataset: bool = True
 
 
 DESIGNS = {
@@ -296,14 +300,16 @@ def check_one_format(plan: Plan) -> None:
         fmts.setdefault(c.config.dtype, []).append(c.experiments[0])
     if len(fmts) > 1 and not plan.spec.get("mixed_formats"):
         raise SpecError(
-            f"{plan.spec['_path']}: the chains would run in {len(fmts)} number formats ("
-            + "; ".join(f"{k}: {', '.join(sorted(set(v)))}" for k, v in sorted(fmts.items()))
-            + "); give every experiment one dtype, or set mixed_formats: true to compare formats on purpose"
+            f"{plan.spec['_path']}: the chains would run in {len(fmts)} number formats (" +
+            "; ".join(f"{k}: {', '.join(sorted(set(v)))}" for k, v in sorted(fmts.items())) +
+            "); give every experiment one dtype, or set mixed_formats: true to compare formats on "
+            "purpose"
         )
 
 # %% ../nbs/07a_plan.ipynb #b9583e32
 def chain_facts(plan: Plan) -> None:
-    "Set each chain's `facts`: experiments, design, the design's facts, and the study's arm columns."
+    """Set each chain's `facts`: experiments, design, the design's facts, and the study's arm
+    columns."""
     curated = any(c.config.curate for c in plan.chains)
     methods = any(c.config.finetune != "lora" for c in plan.chains)
     networked = any(c.nodes for c in plan.chains)
@@ -351,7 +357,8 @@ def expand(
                 if cfg.run_dir in chains:
                     chains[cfg.run_dir].experiments.append(name)
                 else:
-                    cfg.facts = dict(d.facts.get(cl) or {})  # the design's own (chain_facts adds the rest)
+                    # the design's own (chain_facts adds the rest)
+                    cfg.facts = dict(d.facts.get(cl) or {})
                     chains[cfg.run_dir] = Chain(cfg, [name], d.name, placeholder, d.files)
     plan.chains = list(chains.values())
     chain_facts(plan)

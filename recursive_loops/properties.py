@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, write_json, make_manifest, Timer, derive_seed, progress, TrainOn, Design
+from .core import log, resolve, atomic_path, write_json, make_manifest, Timer
+from .core import derive_seed, progress, TrainOn, Design
 from .data import load_texts, MIN_TOKENS, MAX_TOKENS
 from .clusters import study_clusters_dir, cluster_design
 from .models import load_model, resolve_dtype, embed_texts
-from .metrics import (subsample, length_chars, selfbleu_diversity, semantic_diversity, positivity, ttr_150, mtld,
-                                     length_words, text_nll)
-from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts, format_audit
+from .metrics import (subsample, length_chars, selfbleu_diversity,
+                                     semantic_diversity, positivity, ttr_150, mtld, length_words,
+                                     text_nll)
+from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts
+from .judges import format_audit
 
 # %% auto #0
 __all__ = ['gaussian_aic', 'cluster_quality', 'cluster_texts', 'measure_cluster', 'run_properties', 'select_spanning',
@@ -39,73 +42,119 @@ def cluster_quality(spec: dict, # a quality judge's settings (04a_judges)
                     cache: str | Path | None = None, # the judges' score cache
                     max_n: int = 10000, seed: int = 0,
                    ) -> tuple[dict, str]:
-    "(cluster -> (mean score, n scored), '') from a judge that passed its audit; ({}, the reason) otherwise."
+    """(cluster -> (mean score, n scored), '') from a judge that passed its audit; ({}, the reason)
+    otherwise."""
     js = JudgeSpec.from_dict(spec)
     if js.backend == "fluency" or not js.prompt.startswith("quality"):
-        return {}, f"judge {js.name!r} is not a quality judge (backend {js.backend}, prompt {js.prompt})"
+        why = f"backend {js.backend}, prompt {js.prompt}"
+        return {}, f"judge {js.name!r} is not a quality judge ({why})"
     j = Judge(js, ScoreCache(cache))
-    audit = audit_judge(j, audit_texts(dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens), js.audit_n))
+    audit = audit_judge(
+        j,
+        audit_texts(dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens),
+                    js.audit_n))
     log.info("%s", format_audit(audit))
-    if audit["verdict"] != "passed": return {}, f"quality judge {js.name!r} failed its audit ({audit['verdict']})"
+    if audit["verdict"] != "passed":
+        return {}, f"quality judge {js.name!r} failed its audit ({audit['verdict']})"
     out = {}
     for c, tx in texts.items():
-        s = np.array([r["score"] for r in j.results(subsample(tx, js.n_texts or max_n, derive_seed(seed, "quality", c)))], float)
-        out[c] = (float(np.nanmean(s)) if (~np.isnan(s)).any() else float("nan"), int((~np.isnan(s)).sum()))
+        s = np.array([
+            r["score"]
+            for r in j.results(subsample(tx, js.n_texts or max_n, derive_seed(seed, "quality", c)))
+        ], float)
+        out[c] = (float(np.nanmean(s)) if
+                  (~np.isnan(s)).any() else float("nan"), int((~np.isnan(s)).sum()))
     return out, ""
 
 # %% ../nbs/04b_properties.ipynb #0a058e18
-def cluster_texts(clusters_path: str | Path, dataset: str, min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS) -> pd.DataFrame:
+def cluster_texts(clusters_path: str | Path, dataset: str, min_tokens: int = MIN_TOKENS,
+                  max_tokens: int = MAX_TOKENS) -> pd.DataFrame:
     "The dataset's texts joined with their cluster and 2-D UMAP point (eligible clusters only)."
     cl = pd.read_parquet(resolve(clusters_path))
     cols = ["text_id", "cluster", "eligible"] + [c for c in ("x", "y") if c in cl.columns]
     df = load_texts(dataset, min_tokens, max_tokens).merge(cl[cols], on="text_id", how="inner")
-    if df.empty: raise ValueError(f"clusters_path={str(clusters_path)!r} shares no text with dataset {dataset!r}; cluster that dataset first")
+    if df.empty:
+        raise ValueError(
+            f"clusters_path={str(clusters_path)!r} shares no text with dataset {dataset!r}; "
+            "cluster that dataset first"
+        )
     return df[df.eligible].drop(columns="eligible")
 
-def measure_cluster(d: pd.DataFrame, # one cluster's rows of cluster_texts
-                    emb: np.ndarray, # their embeddings, in the same order
-                    seed: int, max_n: int = 10000, selfbleu_n: int = 500, aic_n: int = 10000, n_per_cluster: int = 64,
-                    ref=None, rtok=None, # fluency reference (skipped if None)
-                   ) -> dict:
-    "The paper's properties (but quality) and our extras of one cluster, each with the number of texts it was measured on."
+def measure_cluster(
+        d: pd.DataFrame,  # one cluster's rows of cluster_texts
+        emb: np.ndarray,  # their embeddings, in the same order
+        seed: int,
+        max_n: int = 10000,
+        selfbleu_n: int = 500,
+        aic_n: int = 10000,
+        n_per_cluster: int = 64,
+        ref=None,
+        rtok=None,  # fluency reference (skipped if None)
+) -> dict:
+    """The paper's properties (but quality) and our extras of one cluster, each with the number of
+    texts it was measured on."""
     tx, idx = d.text.tolist(), list(range(len(d)))
-    big = subsample(idx, max_n, derive_seed(seed, "props-big")); sb = subsample(idx, selfbleu_n, derive_seed(seed, "props-selfbleu"))
+    big = subsample(idx, max_n, derive_seed(seed, "props-big"))
+    sb = subsample(idx, selfbleu_n, derive_seed(seed, "props-selfbleu"))
     few = [tx[i] for i in subsample(idx, n_per_cluster, derive_seed(seed, "props"))]
     out = dict(prop_length_chars=length_chars([tx[i] for i in big]), n_length_chars=len(big),
-               prop_selfbleu_diversity=selfbleu_diversity([tx[i] for i in sb]), n_selfbleu_diversity=len(sb),
-               prop_semantic_diversity=semantic_diversity(emb[big]), n_semantic_diversity=len(big))
+               prop_selfbleu_diversity=selfbleu_diversity([tx[i] for i in sb]),
+               n_selfbleu_diversity=len(sb), prop_semantic_diversity=semantic_diversity(emb[big]),
+               n_semantic_diversity=len(big))
     if {"x", "y"} <= set(d.columns):
-        out.update(prop_gaussian_aic=gaussian_aic(d[["x", "y"]].to_numpy(), aic_n, derive_seed(seed, "props-aic")), n_gaussian_aic=aic_n)
+        out.update(
+            prop_gaussian_aic=gaussian_aic(d[["x", "y"]].to_numpy(), aic_n,
+                                           derive_seed(seed, "props-aic")), n_gaussian_aic=aic_n)
     out.update(prop_positivity=positivity([tx[i] for i in big]), n_positivity=len(big),
                prop_ttr_150=ttr_150(few), prop_mtld=mtld(few), prop_length_words=length_words(few),
                n_ttr_150=len(few), n_mtld=len(few), n_length_words=len(few))
-    if ref is not None: out.update(prop_fluency_nll=text_nll(ref, rtok, few), n_fluency_nll=len(few))
+    if ref is not None:
+        out.update(prop_fluency_nll=text_nll(ref, rtok, few), n_fluency_nll=len(few))
     return out
 
 # %% ../nbs/04b_properties.ipynb #ace96f81
-def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_cluster: int = 64,
-                   reference_model: str | None = "smollm2-135m", embedder: str = "all-MiniLM-L6-v2", seed: int = 0,
-                   out_path: str | Path = "runs/demo/clusters/cluster_properties.csv", min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
-                   quality_judge: dict | None = None, # a quality judge's settings: audited, used only if it passes
-                   judge_cache: str | Path | None = None, # the judges' score cache
-                   max_n: int = 10000, selfbleu_n: int = 500, aic_n: int = 10000, # the paper's sample sizes
-                   dtype: str = "auto", # number format of the fluency reference (resolve_dtype)
-                  ) -> Path:
-    "Measure every eligible cluster's human texts; write one row per cluster (`prop_*` and `n_*` columns)."
+def run_properties(
+        clusters_path: str | Path,
+        dataset: str = "bbc_news",
+        n_per_cluster: int = 64,
+        reference_model: str | None = "smollm2-135m",
+        embedder: str = "all-MiniLM-L6-v2",
+        seed: int = 0,
+        out_path: str | Path = "runs/demo/clusters/cluster_properties.csv",
+        min_tokens: int = MIN_TOKENS,
+        max_tokens: int = MAX_TOKENS,
+        # a quality judge's settings: audited, used only if it passes
+        quality_judge: dict | None = None,
+        judge_cache: str | Path | None = None,  # the judges' score cache
+        max_n: int = 10000,  # the paper's sample sizes: texts embedded and measured,
+        selfbleu_n: int = 500,  # texts in Self-BLEU,
+        aic_n: int = 10000,  # and points in the Gaussian AIC
+        dtype: str = "auto",  # number format of the fluency reference (resolve_dtype)
+) -> Path:
+    """Measure every eligible cluster's human texts; write one row per cluster (`prop_*` and `n_*`
+    columns)."""
     t = Timer()
     df = cluster_texts(clusters_path, dataset, min_tokens, max_tokens)
     with t("embed"): emb, _ = embed_texts(df.text.tolist(), df.text_id.tolist(), embedder)
     dtype = resolve_dtype(dtype)
-    with t("load"): ref, rtok = load_model(reference_model, dtype) if reference_model else (None, None)
+    with t("load"):
+        ref, rtok = load_model(reference_model, dtype) if reference_model else (None, None)
     rows, groups = [], list(df.groupby("cluster"))
     with t("measure"):
         for c, d in progress(groups, desc="cluster properties"):
-            rows.append(dict(cluster=int(c), n_texts=len(d), domain=d.domain.mode().iloc[0], domain_share=float((d.domain == d.domain.mode().iloc[0]).mean()),
-                             **measure_cluster(d, emb[df.index.get_indexer(d.index)], derive_seed(seed, "props", c), max_n, selfbleu_n, aic_n, n_per_cluster, ref, rtok)))
+            rows.append(
+                dict(
+                    cluster=int(c), n_texts=len(d), domain=d.domain.mode().iloc[0],
+                    domain_share=float((d.domain == d.domain.mode().iloc[0]).mean()),
+                    **measure_cluster(d, emb[df.index.get_indexer(d.index)],
+                                      derive_seed(seed, "props", c), max_n, selfbleu_n, aic_n,
+                                      n_per_cluster, ref, rtok)))
     quality = "absent: no quality judge given (quality_judge)"
     if quality_judge:
         with t("quality"):
-            q, why = cluster_quality(quality_judge, {int(c): d.text.tolist() for c, d in groups}, dataset, min_tokens, max_tokens, judge_cache, max_n, seed)
+            q, why = cluster_quality(quality_judge, {int(c): d.text.tolist()
+                                                     for c, d in groups}, dataset, min_tokens,
+                                     max_tokens, judge_cache, max_n, seed)
         if q:
             for r in rows: r["prop_quality"], r["n_quality"] = q[r["cluster"]]
             quality = f"from judge {quality_judge['name']!r}"
@@ -113,9 +162,14 @@ def run_properties(clusters_path: str | Path, dataset: str = "bbc_news", n_per_c
     if not quality.startswith("from"): log.warning("no prop_quality: %s", quality[len("absent: "):])
     out = resolve(out_path)
     with atomic_path(out) as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
-    write_json(out.with_suffix(".manifest.json"), make_manifest(dict(clusters_path=str(clusters_path), dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens,
-               n_per_cluster=n_per_cluster, reference_model=reference_model, embedder=embedder, quality_judge=quality_judge or {},
-               max_n=max_n, selfbleu_n=selfbleu_n, aic_n=aic_n, dtype=dtype), seed, t.times, n_clusters=len(rows), quality=quality))
+    write_json(
+        out.with_suffix(".manifest.json"),
+        make_manifest(
+            dict(clusters_path=str(clusters_path), dataset=dataset, min_tokens=min_tokens,
+                 max_tokens=max_tokens, n_per_cluster=n_per_cluster,
+                 reference_model=reference_model, embedder=embedder, quality_judge=quality_judge
+                 or {}, max_n=max_n, selfbleu_n=selfbleu_n, aic_n=aic_n, dtype=dtype), seed,
+            t.times, n_clusters=len(rows), quality=quality))
     log.info("properties of %d clusters -> %s (%s)", len(rows), out, t.times)
     return out
 
@@ -125,8 +179,13 @@ def select_spanning(props: pd.DataFrame, # cluster_properties table
                     k: int, # clusters wanted
                    ) -> list[int]:
     "K distinct clusters nearest to K evenly spaced quantiles of `prop` (low to high)."
-    if prop not in props.columns: raise ValueError(f"prop={prop!r} is not a column; allowed: {', '.join(c for c in props.columns if c.startswith('prop_'))}")
-    if not 1 <= k <= len(props): raise ValueError(f"k={k} is invalid; allowed: 1 to {len(props)} (the clusters available)")
+    if prop not in props.columns:
+        raise ValueError(
+            f"prop={prop!r} is not a column; allowed: "
+            f"{', '.join(c for c in props.columns if c.startswith('prop_'))}"
+        )
+    if not 1 <= k <= len(props):
+        raise ValueError(f"k={k} is invalid; allowed: 1 to {len(props)} (the clusters available)")
     s = props.set_index("cluster")[prop].sort_values()
     chosen: list[int] = []
     for q in np.linspace(0, 1, k):
@@ -150,4 +209,5 @@ def plan_spanning(t: TrainOn) -> Design:
     if set(v) - {"spanning", "k"} or not isinstance(v.get("k"), int) or v["k"] < 1:
         raise t.invalid("{spanning: <property column>, k: <clusters>}")
     ids = spanning_ids(study_clusters_dir(t.out_dir, t.dataset), v["spanning"], v["k"])
-    return cluster_design(t, ids, f"{v['k']} clusters of {t.dataset} spanning {v['spanning']}", v["k"])
+    return cluster_design(t, ids, f"{v['k']} clusters of {t.dataset} spanning {v['spanning']}",
+                          v["k"])

@@ -18,14 +18,20 @@ __all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain
            'cv_r2', 'fit_ols', 'regress', 'plot_coefficients', 'paper_columns', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
-def gather_metrics(root: str | Path, # folder searched recursively for metrics.csv, or a study's results.csv
-                   out: str | Path | None = None, # where to write the combined table (default root/results.csv)
+def gather_metrics(
+                   # folder searched recursively for metrics.csv, or a study's results.csv
+                   root: str | Path,
+                   # where to write the combined table (default root/results.csv)
+                   out: str | Path | None = None,
                   ) -> pd.DataFrame:
-    "Every chain's metrics.csv under `root` end to end (`04_metrics.gather_tables`, as a study's `results.csv` is made), written to `results.csv`; or a results.csv read."
+    """Every chain's metrics.csv under `root` end to end (`04_metrics.gather_tables`, as a study's
+    `results.csv` is made), written to `results.csv`; or a results.csv read."""
     root = resolve(root)
     if root.is_file(): return pd.read_csv(root)  # a study's results.csv (07e_study)
     files = sorted(root.rglob("metrics.csv"))
-    if not files: raise ValueError(f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
+    if not files:
+        raise ValueError(
+            f"runs_root={str(root)!r} holds no metrics.csv; run 03_chain and 04_metrics first")
     df = gather_tables(files)
     with atomic_path(Path(out) if out else root / "results.csv") as tmp: df.to_csv(tmp, index=False)
     return df
@@ -45,11 +51,15 @@ def _chain_name(keys: list, key: tuple) -> str:
 def chain_shifts(metrics: pd.DataFrame, # long metrics of one or many chains (needs run_dir if many)
                  shift: str = "relative_to_gen0", # a key of SHIFTS
                  k: int = 0, # generations averaged at the end (0: min(5, G - 1))
-                 keys: tuple = ("dataset", "cluster", "ratio", "seed", "accumulate"), # identify a chain
+                 # identify a chain
+                 keys: tuple = ("dataset", "cluster", "ratio", "seed", "accumulate"),
                 ) -> pd.DataFrame:
-    "Per chain and metric: generation 0's value, the human value, the late value, and `shift` by the named definition."
-    if shift not in SHIFTS: raise ValueError(f"shift={shift!r} is invalid; allowed: {', '.join(SHIFTS)}")
-    keys = [c for c in keys if c in metrics.columns] + (["run_dir"] if "run_dir" in metrics.columns else [])
+    """Per chain and metric: generation 0's value, the human value, the late value, and `shift` by
+    the named definition."""
+    if shift not in SHIFTS:
+        raise ValueError(f"shift={shift!r} is invalid; allowed: {', '.join(SHIFTS)}")
+    keys = [c for c in keys if c in metrics.columns
+            ] + (["run_dir"] if "run_dir" in metrics.columns else [])
     m = metrics[metrics.source.isin(["human", "generated"])]
     rows = []
     for key, d in m.groupby(keys + ["metric"], dropna=False):
@@ -57,31 +67,46 @@ def chain_shifts(metrics: pd.DataFrame, # long metrics of one or many chains (ne
         human = d[d.source == "human"].value
         h = float(human.mean()) if len(human) else np.nan
         if by.empty or (shift == "minus_human" and human.empty): continue
-        n_gen = len(by); g0 = float(by.get(0, np.nan))
-        if shift == "minus_human": kk, late = 1, float(by.iloc[-1]); value = late - h
+        n_gen = len(by)
+        g0 = float(by.get(0, np.nan))
+        if shift == "minus_human":
+            kk, late = 1, float(by.iloc[-1])
+            value = late - h
         else:
             if n_gen < 2 or 0 not in by.index:
-                raise ValueError(f"chain {_chain_name(keys, key)}: {n_gen} generation(s); shift={shift!r} needs generation 0 and at least one more "
-                                 "(run 2 or more generations, or use shift='minus_human')")
-            if k > n_gen - 1: raise ValueError(f"k={k} is invalid for chain {_chain_name(keys, key)}: it has {n_gen - 1} generation(s) after generation 0")
-            kk = k or min(5, n_gen - 1); late = float(by.iloc[-kk:].mean())
+                raise ValueError(
+                    f"chain {_chain_name(keys, key)}: {n_gen} generation(s); shift={shift!r} needs "
+                    "generation 0 and at least one more "
+                    "(run 2 or more generations, or use shift='minus_human')")
+            if k > n_gen - 1:
+                raise ValueError(
+                    f"k={k} is invalid for chain {_chain_name(keys, key)}: it has {n_gen - 1} "
+                    "generation(s) after generation 0"
+                )
+            kk = k or min(5, n_gen - 1)
+            late = float(by.iloc[-kk:].mean())
             value = late / g0 if shift == "relative_to_gen0" else late - g0
-        rows.append(dict(zip(keys + ["metric"], key), gen0=g0, human=h, late=late, k=kk, last_generation=int(by.index.max()),
-                         shift=float(value), definition=shift))
+        rows.append(
+            dict(zip(keys + ["metric"], key), gen0=g0, human=h, late=late, k=kk,
+                 last_generation=int(by.index.max()), shift=float(value), definition=shift))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_regression.ipynb #a2e97dee
 def seed_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     "Student-t interval of the mean of `x` (the mean itself when there is one value)."
     from scipy import stats
-    x = np.asarray(x, float); x = x[~np.isnan(x)]
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
     if len(x) < 2: return (float(x.mean()), float(x.mean())) if len(x) else (np.nan, np.nan)
     h = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
     return float(x.mean() - h), float(x.mean() + h)
 
 def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFrame:
     "Mean of `value` over seeds per condition, with a 95% CI over seeds and the number of seeds."
-    keys = [k for k in ("dataset", "cluster", "ratio", "accumulate", "metric", "definition") if k in shifts.columns]
+    keys = [
+        k for k in ("dataset", "cluster", "ratio", "accumulate", "metric", "definition")
+        if k in shifts.columns
+    ]
     def agg(d):
         lo, hi = seed_ci(d[value].to_numpy())
         return pd.Series({"mean": d[value].mean(), "ci_low": lo, "ci_high": hi, "n_seeds": len(d)})
@@ -89,35 +114,53 @@ def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFra
 
 # %% ../nbs/05_regression.ipynb #5649f4bf
 def paired_difference(x) -> dict:
-    "Mean of the per-seed differences `x` (NaN dropped), its 95% t CI, n seeds, and `clear`: whether the CI excludes 0."
-    x = np.asarray(x, float); x = x[~np.isnan(x)]; lo, hi = seed_ci(x)
-    return dict(diff=float(x.mean()) if len(x) else np.nan, ci_low=lo, ci_high=hi, n_seeds=len(x), clear=bool(len(x) > 1 and (lo > 0 or hi < 0)))
+    """Mean of the per-seed differences `x` (NaN dropped), its 95% t CI, n seeds, and `clear`:
+    whether the CI excludes 0."""
+    x = np.asarray(x, float)
+    x = x[~np.isnan(x)]
+    lo, hi = seed_ci(x)
+    return dict(diff=float(x.mean()) if len(x) else np.nan, ci_low=lo, ci_high=hi, n_seeds=len(x),
+                clear=bool(len(x) > 1 and (lo > 0 or hi < 0)))
 
 # %% ../nbs/05_regression.ipynb #46ac5de2
 def judge_verdicts(results: pd.DataFrame) -> dict[str, str]:
-    "Judge metric -> its audit verdict ('passed' or 'FAILED: ...'; the first failure when chains disagree)."
+    """Judge metric -> its audit verdict ('passed' or 'FAILED: ...'; the first failure when chains
+    disagree)."""
     if "judge_audit" not in results: return {}
     d = results.dropna(subset=["judge_audit"])
-    return {m: next((v for v in g if v != "passed"), "passed") for m, g in d.groupby("metric").judge_audit}
+    return {
+        m: next((v for v in g if v != "passed"), "passed")
+        for m, g in d.groupby("metric").judge_audit
+    }
 
 def build_regression_table(results: pd.DataFrame, # gathered metrics of all chains (results.csv)
                            props: pd.DataFrame, # cluster_properties.csv
                            shift: str = "relative_to_gen0", # a key of SHIFTS
                            k: int = 0, # generations averaged at the end (0: min(5, G - 1))
                           ) -> pd.DataFrame:
-    "Seed-averaged shifts per (cluster, ratio), joined with the cluster's properties; a judge that failed its audit is left out, loudly."
+    """Seed-averaged shifts per (cluster, ratio), joined with the cluster's properties; a judge that
+    failed its audit is left out, loudly."""
     failed = {m: v for m, v in judge_verdicts(results).items() if v != "passed"}
     for m, v in failed.items():
-        log.warning("judge metric %r is left out of the regression: its judge failed the audit (%s)", m, v)
+        log.warning(
+            "judge metric %r is left out of the regression: its judge failed the audit (%s)", m, v)
     res = results[~results.metric.isin(list(failed))]
     sh = chain_shifts(res[res.cluster.notna()], shift, k)
-    if sh.empty: raise ValueError("no chain ran on a cluster; run chains with clusters_path and 04b_properties on the same clusters")
+    if sh.empty:
+        raise ValueError(
+            "no chain ran on a cluster; run chains with clusters_path and 04b_properties on the "
+            "same clusters"
+        )
     sh = sh.assign(cluster=lambda d: d.cluster.astype(float).astype(int))
     idx = [c for c in ("dataset", "cluster", "ratio") if c in sh.columns]
     wide = sh.pivot_table(index=idx, columns="metric", values="shift", aggfunc="mean")
     wide.columns = [f"shift_{m}" for m in wide.columns]
     out = wide.reset_index().merge(props, on="cluster", how="inner")
-    if out.empty: raise ValueError("no chain's cluster appears in the properties table; run chains with clusters_path and 04b_properties on the same clusters")
+    if out.empty:
+        raise ValueError(
+            "no chain's cluster appears in the properties table; run chains with clusters_path and "
+            "04b_properties on the same clusters"
+        )
     return out.assign(definition=shift)
 
 # %% ../nbs/05_regression.ipynb #4e191894
@@ -127,15 +170,19 @@ def vif(X: pd.DataFrame) -> pd.Series:
     import statsmodels.api as sm
     Xc = sm.add_constant(X.astype(float), has_constant="add").to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        return pd.Series([variance_inflation_factor(Xc, i + 1) for i in range(X.shape[1])], index=X.columns)
+        return pd.Series([variance_inflation_factor(Xc, i + 1) for i in range(X.shape[1])],
+                         index=X.columns)
 
 def vif_prune(X: pd.DataFrame, vif_max: float = 5.0) -> tuple[list[str], list[tuple[str, float]]]:
-    "Drop the highest-VIF predictor until all are below `vif_max`; return (kept, [(dropped, its VIF)])."
+    """Drop the highest-VIF predictor until all are below `vif_max`; return (kept, [(dropped, its
+    VIF)])."""
     kept, dropped = list(X.columns), []
     while len(kept) > 1:
         v = vif(X[kept]).replace(np.nan, np.inf)
         if v.max() < vif_max: break
-        worst = v.idxmax(); dropped.append((worst, float(v.max()))); kept.remove(worst)
+        worst = v.idxmax()
+        dropped.append((worst, float(v.max())))
+        kept.remove(worst)
     return kept, dropped
 
 def select_predictors(table: pd.DataFrame, # the analysis's whole table (every ratio and dataset)
@@ -144,18 +191,34 @@ def select_predictors(table: pd.DataFrame, # the analysis's whole table (every r
                      ) -> tuple[list[str], pd.DataFrame]:
     "The analysis's one predictor set, chosen on the pooled predictors, and its VIF table."
     missing = [p for p in predictors if p not in table.columns]
-    if missing: raise ValueError(f"table lacks predictor column(s) {', '.join(missing)}; it has {', '.join(c for c in table.columns if c.startswith('prop_'))}")
-    ids = [c for c in ("dataset", "cluster") if c in table.columns]  # one row per cluster (a table without clusters: every row)
+    if missing:
+        raise ValueError(
+            f"table lacks predictor column(s) {', '.join(missing)}; it has "
+            f"{', '.join(c for c in table.columns if c.startswith('prop_'))}"
+        )
+    # one row per cluster (a table without clusters: every row)
+    ids = [c for c in ("dataset", "cluster") if c in table.columns]
     X = (table.drop_duplicates(ids) if ids else table)[predictors].astype(float).dropna()
     const = [p for p in predictors if X[p].std(ddof=0) == 0]
     cand = [p for p in predictors if p not in const]
     kept, dropped = vif_prune(X[cand], vif_max) if len(cand) > 1 else (cand, [])
     v_all = vif(X[cand]) if len(cand) > 1 else pd.Series(1.0, index=cand)
     v_kept = vif(X[kept]) if len(kept) > 1 else pd.Series(1.0, index=kept)
-    why = {**{p: "dropped: constant over the clusters" for p in const}, **{p: f"dropped: VIF {v:.1f} >= {vif_max:g}" for p, v in dropped}}
-    tab = pd.DataFrame([dict(predictor=p, vif_all=float(v_all.get(p, np.nan)), vif_kept=float(v_kept.get(p, np.nan)),
-                             status=why.get(p, "kept"), n_clusters=len(X)) for p in predictors])
-    if not kept: raise ValueError(f"no predictor is left of {', '.join(predictors)} ({'; '.join(f'{p} {w}' for p, w in why.items())})")
+    why = {
+        **{p: "dropped: constant over the clusters"
+           for p in const}, **{p: f"dropped: VIF {v:.1f} >= {vif_max:g}"
+                               for p, v in dropped}
+    }
+    tab = pd.DataFrame([
+        dict(predictor=p, vif_all=float(v_all.get(p, np.nan)),
+             vif_kept=float(v_kept.get(p, np.nan)), status=why.get(p, "kept"), n_clusters=len(X))
+        for p in predictors
+    ])
+    if not kept:
+        raise ValueError(
+            f"no predictor is left of {', '.join(predictors)} "
+            f"({'; '.join(f'{p} {w}' for p, w in why.items())})"
+        )
     return kept, tab
 
 # %% ../nbs/05_regression.ipynb #6fb44236
@@ -163,142 +226,213 @@ def cv_r2(X: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0) -> tuple
     "k-fold cross-validated R^2 of OLS with intercept, and how it was computed."
     from sklearn.linear_model import LinearRegression
     from sklearn.model_selection import KFold, cross_val_score, cross_val_predict
-    n = len(y); k = min(folds, n)
+    n = len(y)
+    k = min(folds, n)
     kf = KFold(n_splits=k, shuffle=True, random_state=seed)
-    if n // k >= 10: return float(np.mean(cross_val_score(LinearRegression(), X, y, cv=kf, scoring="r2"))), f"{k}-fold, mean of folds"
+    if n // k >= 10:
+        return float(np.mean(cross_val_score(LinearRegression(), X, y, cv=kf,
+                                             scoring="r2"))), f"{k}-fold, mean of folds"
     pred = cross_val_predict(LinearRegression(), X, y, cv=kf)
-    return float(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()), f"{k}-fold, out-of-fold predictions"
+    r2 = 1 - ((y - pred)**2).sum() / ((y - y.mean())**2).sum()
+    return float(r2), f"{k}-fold, out-of-fold predictions"
 
 def fit_ols(df: pd.DataFrame, # one row per cluster (x ratio)
             target: str, # shift column (raw)
             predictors: list[str], # the analysis's predictor set (standardised here)
-            controls: list[str] = (), # further columns in the fit, reported as controls (e.g. ratio, dataset dummies)
+            # further columns in the fit, reported as controls (e.g. ratio, dataset dummies)
+            controls: list[str] = (),
             folds: int = 10, seed: int = 0, # cross-validation
            ) -> tuple[pd.DataFrame, dict]:
-    "OLS of raw `target` on standardised `predictors` (+ controls): tidy coefficients and fit stats; refuses to drop a predictor."
+    """OLS of raw `target` on standardised `predictors` (+ controls): tidy coefficients and fit
+    stats; refuses to drop a predictor."""
     import statsmodels.api as sm
     cols = list(predictors) + list(controls)
     d = df[[target] + cols].dropna()
     const = [c for c in cols if d[c].astype(float).std(ddof=0) == 0]
-    if const: raise ValueError(f"{target}: {', '.join(const)} constant in this fit of {len(d)} rows; the analysis's predictor set is fixed "
-                               "(select_predictors), so remove it from the set for every fit or add clusters")
-    if len(d) <= len(cols) + 1: raise ValueError(f"{target}: {len(d)} rows cannot fit {len(cols)} terms; add clusters or drop predictors")
+    if const:
+        raise ValueError(
+            f"{target}: {', '.join(const)} constant in this fit of {len(d)} rows; the analysis's "
+            "predictor set is fixed "
+            "(select_predictors), so remove it from the set for every fit or add clusters")
+    if len(d) <= len(cols) + 1:
+        raise ValueError(
+            f"{target}: {len(d)} rows cannot fit {len(cols)} terms; add clusters or drop predictors"
+        )
     if len(d) < 10 * len(predictors):
-        log.warning("%s: %d clusters for %d predictors (fewer than 10 per predictor): the coefficients are fragile", target, len(d), len(predictors))
-    X = d[cols].astype(float); X = (X - X.mean()) / X.std(ddof=0); y = d[target].astype(float)
+        log.warning(
+            "%s: %d clusters for %d predictors (fewer than 10 per predictor): the coefficients are "
+            "fragile",
+            target, len(d), len(predictors))
+    X = d[cols].astype(float)
+    X = (X - X.mean()) / X.std(ddof=0)
+    y = d[target].astype(float)
     res = sm.OLS(y, sm.add_constant(X, has_constant="add")).fit()
-    ci = res.conf_int(0.05); cv, how = cv_r2(X.to_numpy(), y.to_numpy(), folds, seed)
-    coefs = pd.DataFrame({"term": cols, "role": ["predictor"] * len(predictors) + ["control"] * len(controls),
-                          "coef": res.params[cols].values, "ci_low": ci.loc[cols, 0].values, "ci_high": ci.loc[cols, 1].values,
+    ci = res.conf_int(0.05)
+    cv, how = cv_r2(X.to_numpy(), y.to_numpy(), folds, seed)
+    coefs = pd.DataFrame({"term": cols,
+                          "role": ["predictor"] * len(predictors) + ["control"] * len(controls),
+                          "coef": res.params[cols].values,
+                          "ci_low": ci.loc[cols, 0].values, "ci_high": ci.loc[cols, 1].values,
                           "p": res.pvalues[cols].values})
-    return coefs, dict(intercept=float(res.params["const"]), r2=float(res.rsquared), r2_adj=float(res.rsquared_adj), cv_r2=cv, cv=how, n=int(len(d)))
+    return coefs, dict(intercept=float(res.params["const"]), r2=float(res.rsquared),
+                       r2_adj=float(res.rsquared_adj), cv_r2=cv, cv=how, n=int(len(d)))
 
 # %% ../nbs/05_regression.ipynb #3dbd72f0
 def regress(df: pd.DataFrame, # one row per cluster x ratio (x dataset)
             targets: list[str], # shift columns
             predictors: list[str], # the analysis's predictor set (see select_predictors)
             group: str | None = "ratio", # separate fits per value of this column
-            pooled: bool = True, # also one fit over all rows, with group and dataset dummies as controls
+            # also one fit over all rows, with group and dataset dummies as controls
+            pooled: bool = True,
             folds: int = 10, seed: int = 0,
            ) -> pd.DataFrame:
-    "Fit every target x group (and pooled) on one predictor set; tidy table with Holm-corrected p-values over all predictor coefficients."
+    """Fit every target x group (and pooled) on one predictor set; tidy table with Holm-corrected
+    p-values over all predictor coefficients."""
     from statsmodels.stats.multitest import multipletests
     missing = [c for c in targets + predictors + ([group] if group else []) if c not in df.columns]
-    if missing: raise ValueError(f"table lacks column(s) {', '.join(missing)}; columns: {', '.join(df.columns)}")
-    fits = [(f"{group} = {g:g}" if isinstance(g, (int, float)) else f"{group} = {g}", g, d, []) for g, d in df.groupby(group)] if group else [("all", None, df, [])]
+    if missing:
+        raise ValueError(
+            f"table lacks column(s) {', '.join(missing)}; columns: {', '.join(df.columns)}")
+    fits = [(f"{group} = {g:g}" if isinstance(g, (int, float)) else f"{group} = {g}", g, d, [])
+            for g, d in df.groupby(group)] if group else [("all", None, df, [])]
     if pooled and group and df[group].nunique() > 1:
-        d = df.copy(); ctrl = [group]
+        d = df.copy()
+        ctrl = [group]
         if "dataset" in d and d.dataset.nunique() > 1:
-            dum = pd.get_dummies(d.dataset.astype(str), prefix="dataset", drop_first=True, dtype=float); d = pd.concat([d, dum], axis=1); ctrl += list(dum.columns)
+            dum = pd.get_dummies(d.dataset.astype(str), prefix="dataset", drop_first=True,
+                                 dtype=float)
+            d = pd.concat([d, dum], axis=1)
+            ctrl += list(dum.columns)
         fits.append(("pooled", np.nan, d, ctrl))
     parts = []
     for label, gval, d, ctrl in fits:
         for t in targets:
             coefs, stats = fit_ols(d, t, predictors, ctrl, folds, seed)
-            parts.append(coefs.assign(target=t, fit=label, **({group: gval} if group else {}), **stats))
+            parts.append(
+                coefs.assign(target=t, fit=label, **({group: gval} if group else {}), **stats))
     out = pd.concat(parts, ignore_index=True)
     pred = out.role == "predictor"
-    out["p_holm"] = np.nan; out.loc[pred, "p_holm"] = multipletests(out.p[pred], method="holm")[1]
+    out["p_holm"] = np.nan
+    out.loc[pred, "p_holm"] = multipletests(out.p[pred], method="holm")[1]
     return out
 
 # %% ../nbs/05_regression.ipynb #a82966b0
 def plot_coefficients(res: pd.DataFrame, # regress's table
                       path: str | Path, # PNG to write
-                      definition: str | None = None, # the shift definition (default: the table's `definition` column)
+                      # the shift definition (default: the table's `definition` column)
+                      definition: str | None = None,
                      ) -> Path:
-    "Coefficients with 95% CIs, one panel per target (three a row), one colour per fit; significant (Holm) filled."
-    import matplotlib; matplotlib.use("Agg")
+    """Coefficients with 95% CIs, one panel per target (three a row), one colour per fit;
+    significant (Holm) filled."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
     from matplotlib.lines import Line2D
     definition = definition or (str(res.definition.iloc[0]) if "definition" in res else None)
     res = res[res.role == "predictor"] if "role" in res else res
-    targets = list(dict.fromkeys(res.target)); fits = list(dict.fromkeys(res["fit"])) if "fit" in res else ["all"]
+    targets = list(dict.fromkeys(res.target))
+    fits = list(dict.fromkeys(res["fit"])) if "fit" in res else ["all"]
     pal = dict(zip(fits, sns.color_palette("deep", len(fits))))
-    terms = list(dict.fromkeys(res.term)); ypos = {t: i for i, t in enumerate(terms)}
-    ncol = min(3, len(targets)); nrow = int(np.ceil(len(targets) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(max(4.8 * ncol, 7.0), nrow * (0.42 * len(terms) + 0.3 * len(fits) + 2.6)), squeeze=False)
+    terms = list(dict.fromkeys(res.term))
+    ypos = {t: i for i, t in enumerate(terms)}
+    ncol = min(3, len(targets))
+    nrow = int(np.ceil(len(targets) / ncol))
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(max(4.8 * ncol,
+                                 7.0), nrow * (0.42 * len(terms) + 0.3 * len(fits) + 2.6)),
+        squeeze=False)
     for ax, t in zip(axes.flat, targets):
         handles, labels = [], []
         for k, f in enumerate(fits):
             d = res[(res.target == t) & ((res["fit"] == f) if "fit" in res else True)]
             if d.empty: continue
             y = np.array([ypos[x] for x in d.term]) + (k - (len(fits) - 1) / 2) * 0.18
-            ax.errorbar(d.coef, y, xerr=[d.coef - d.ci_low, d.ci_high - d.coef], fmt="none", ecolor=pal[f], lw=1.2)
-            ax.scatter(d.coef, y, s=36, color=[pal[f] if p < 0.05 else "white" for p in d.p_holm], edgecolor=pal[f], zorder=3)
+            ax.errorbar(d.coef, y, xerr=[d.coef - d.ci_low, d.ci_high - d.coef], fmt="none",
+                        ecolor=pal[f], lw=1.2)
+            ax.scatter(d.coef, y, s=36, color=[pal[f] if p < 0.05 else "white" for p in d.p_holm],
+                       edgecolor=pal[f], zorder=3)
             handles.append(Line2D([], [], marker="o", color=pal[f], lw=1.2))
-            labels.append(f"{f}: n = {d.n.iloc[0]}, R² {d.r2.iloc[0]:.2f}" + (f", CV R² {d.cv_r2.iloc[0]:.2f}" if "cv_r2" in d else ""))
+            labels.append(f"{f}: n = {d.n.iloc[0]}, R² {d.r2.iloc[0]:.2f}" +
+                          (f", CV R² {d.cv_r2.iloc[0]:.2f}" if "cv_r2" in d else ""))
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(t.removeprefix("shift_") + (f"\nshift: {definition}" if definition else ""), fontsize=10)
-        ax.set_yticks(range(len(terms))); ax.set_yticklabels([x.removeprefix("prop_") for x in terms], fontsize=9); ax.invert_yaxis()
+        ax.set_title(
+            t.removeprefix("shift_") + (f"\nshift: {definition}" if definition else ""),
+            fontsize=10)
+        ax.set_yticks(range(len(terms)))
+        ax.set_yticklabels([x.removeprefix("prop_") for x in terms], fontsize=9)
+        ax.invert_yaxis()
         ax.set_xlabel("coefficient per SD of the property", fontsize=9)
-        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                  frameon=False)
     for ax in list(axes.flat)[len(targets):]: ax.axis("off")
-    fig.suptitle("Coefficients per SD of each property, 95% CIs\nfilled: significant after Holm's correction (p < 0.05)", fontsize=10)
+    fig.suptitle(
+        "Coefficients per SD of each property, 95% CIs\nfilled: significant after Holm's "
+        "correction (p < 0.05)",
+        fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
 # %% ../nbs/05_regression.ipynb #d3378daf
-PAPER_PREDICTORS = ("prop_length_chars", "prop_quality", "prop_selfbleu_diversity", "prop_semantic_diversity", "prop_gaussian_aic", "prop_positivity")
+PAPER_PREDICTORS = ("prop_length_chars", "prop_quality", "prop_selfbleu_diversity",
+                    "prop_semantic_diversity", "prop_gaussian_aic", "prop_positivity")
 
 def paper_columns(df: pd.DataFrame, # the regression table
                   quality: str | None = None, # the quality judge's metric name
                   quality_reason: str = "", # why prop_quality is absent (the properties' manifest)
                   verdicts: dict | None = None, # judge metric -> audit verdict
                  ) -> tuple[list[str], list[str], list[str]]:
-    "(the paper's predictors present, the paper's targets present, one note per one that is absent)."
+    """(the paper's predictors present, the paper's targets present, one note per one that is
+    absent)."""
     notes, preds = [], [p for p in PAPER_PREDICTORS if p in df.columns]
     for p in PAPER_PREDICTORS:
         if p not in df.columns:
-            notes.append(f"predictor {p} absent: " + (quality_reason.removeprefix("absent: ") if p == "prop_quality" and quality_reason
-                                                      else "not in the properties table (rerun 04b_properties)"))
-    tgts = [t for t in ([f"shift_{quality}"] if quality else []) + ["shift_semantic_diversity"] if t in df.columns]
-    if not quality: notes.append("target quality absent: no quality judge named (quality); the paper's other target, semantic diversity, stays")
+            notes.append(f"predictor {p} absent: " +
+                         (quality_reason.removeprefix("absent: ") if p == "prop_quality" and
+                          quality_reason else "not in the properties table (rerun 04b_properties)"))
+    tgts = [
+        t for t in ([f"shift_{quality}"] if quality else []) + ["shift_semantic_diversity"]
+        if t in df.columns
+    ]
+    if not quality:
+        notes.append(
+            "target quality absent: no quality judge named (quality); the paper's other target, "
+            "semantic diversity, stays"
+        )
     elif f"shift_{quality}" not in df.columns:
         v = (verdicts or {}).get(quality)
-        notes.append(f"target shift_{quality} absent: " + (f"its judge failed the audit ({v})" if v and v != "passed" else "no such metric in the chains' results"))
+        notes.append(f"target shift_{quality} absent: " +
+                     (f"its judge failed the audit ({v})"
+                      if v and v != "passed" else "no such metric in the chains' results"))
     return preds, tgts, notes
 
 # %% ../nbs/05_regression.ipynb #f521d5b2
 def run_regression(table: str | Path, # CSV: one row per chain/cluster, property and shift columns
-                   predictors: str | list = "paper", # "paper", "auto" (prop_* columns), a list or comma-separated
-                   targets: str | list = "paper", # "paper", "auto" (shift_* columns), a list or comma-separated
+                   # "paper", "auto" (prop_* columns), a list or comma-separated
+                   predictors: str | list = "paper",
+                   # "paper", "auto" (shift_* columns), a list or comma-separated
+                   targets: str | list = "paper",
                    group: str = "ratio", # separate fits per value ("" for one)
                    vif_max: float = 5.0, # the predictor set's VIF threshold (chosen once, pooled)
                    out_dir: str | Path = "runs/demo/regression", # output folder
-                   results_root: str | Path | None = None, # instead of `table`: chains run on clusters ...
-                   properties: str | Path | None = None, # ... and cluster_properties.csv (table built, written to out_dir)
+                   # instead of `table`: chains run on clusters ...
+                   results_root: str | Path | None = None,
+                   # ... and cluster_properties.csv (table built, written to out_dir)
+                   properties: str | Path | None = None,
                    dataset: str | None = None, # with results_root: only the chains on this dataset
-                   shift: str = "relative_to_gen0", # the shift definition (a key of SHIFTS), when the table is built here
+                   # the shift definition (a key of SHIFTS), when the table is built here
+                   shift: str = "relative_to_gen0",
                    k_last: int = 0, # generations averaged at the end (0: min(5, G - 1))
                    quality: str | None = None, # the quality judge's metric name
                    pooled: bool = True, # also the pooled fit
                    folds: int = 10, # k of the cross-validated R^2
                   ) -> Path:
-    "Read (or build) a table, fit every target (x group, and pooled) on one predictor set; write `regression.csv`, `vif.csv`, `notes.txt`, `fig_coefficients.png`."
+    """Read (or build) a table, fit every target (x group, and pooled) on one predictor set; write
+    `regression.csv`, `vif.csv`, `notes.txt`, `fig_coefficients.png`."""
     verdicts, quality_reason = {}, ""
     if results_root:
         props = resolve(properties)
-        if not props.exists(): raise ValueError(f"properties={str(props)!r} does not exist; run 04b_properties first")
+        if not props.exists():
+            raise ValueError(f"properties={str(props)!r} does not exist; run 04b_properties first")
         man = props.with_suffix(".manifest.json")
         quality_reason = read_json(man).get("quality", "") if man.exists() else ""
         table = resolve(out_dir) / "regression_input.csv"
@@ -312,20 +446,29 @@ def run_regression(table: str | Path, # CSV: one row per chain/cluster, property
     df = pd.read_csv(p)
     shift = str(df.definition.iloc[0]) if "definition" in df and len(df) else shift
     paper_p, paper_t, notes = paper_columns(df, quality, quality_reason, verdicts)
-    pick = lambda v, pre, paper: (paper if v == "paper" else [c for c in df.columns if c.startswith(pre)] if v == "auto"
-                                  else [x.strip() for x in v.split(",")] if isinstance(v, str) else list(v))
+    pick = lambda v, pre, paper: (paper
+                                  if v == "paper" else [c for c in df.columns if c.startswith(pre)]
+                                  if v == "auto" else [x.strip() for x in v.split(",")]
+                                  if isinstance(v, str) else list(v))
     preds, tgts = pick(predictors, "prop_", paper_p), pick(targets, "shift_", paper_t)
     if predictors != "paper": notes = [n for n in notes if not n.startswith("predictor")]
     if targets != "paper": notes = [n for n in notes if not n.startswith("target")]
-    if not preds or not tgts: raise ValueError(f"table {p.name} needs predictor (prop_*) and target (shift_*) columns; it has {', '.join(df.columns)}")
+    if not preds or not tgts:
+        raise ValueError(
+            f"table {p.name} needs predictor (prop_*) and target (shift_*) columns; it has "
+            f"{', '.join(df.columns)}"
+        )
     kept, vt = select_predictors(df, preds, vif_max)
     notes += [f"predictor {r.predictor} {r.status}" for r in vt.itertuples() if r.status != "kept"]
     res = regress(df, tgts, kept, group or None, pooled, folds).assign(definition=shift)
-    out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "regression.csv") as tmp: res.to_csv(tmp, index=False)
     with atomic_path(out / "vif.csv") as tmp: vt.to_csv(tmp, index=False)
-    with atomic_path(out / "notes.txt") as tmp: Path(tmp).write_text("".join(f"{n}\n" for n in notes))
+    with atomic_path(out / "notes.txt") as tmp:
+        Path(tmp).write_text("".join(f"{n}\n" for n in notes))
     for n in notes: log.warning("regression: %s", n)
     plot_coefficients(res, out / "fig_coefficients.png", shift)
-    log.info("regression (shift %s): %d fits on %s -> %s", shift, res.groupby(["target", "fit"]).ngroups, ", ".join(kept), out)
+    log.info("regression (shift %s): %d fits on %s -> %s", shift,
+             res.groupby(["target", "fit"]).ngroups, ", ".join(kept), out)
     return out / "regression.csv"

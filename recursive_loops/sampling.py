@@ -10,7 +10,8 @@ from pathlib import Path
 from fastcore.basics import patch
 
 from .core import log, derive_seed, progress
-from .models import chat_prompt, _kv_arg, _kv_out, vllm_python, check_vllm_python, start_server, stop_server
+from .models import chat_prompt, _kv_arg, _kv_out, vllm_python, check_vllm_python
+from .models import start_server, stop_server
 
 # %% auto #0
 __all__ = ['VLLM_LORA_RANKS', 'min_p_sample', 'sample_batch', 'fill_texts', 'generate_texts', 'instruction_shares',
@@ -23,23 +24,32 @@ def min_p_sample(logits, # (batch, vocab) next-token logits
                 ):
     "One token per row from temperature + min-p sampling."
     import torch
-    # p >= min_p * max p  <=>  logit / T >= max logit / T + log(min_p): the kept tokens are found among the top k logits
+    # p >= min_p * max p  <=>  logit / T >= max logit / T + log(min_p): the kept tokens are found
+    # among the top k logits
     # (k grown until the k-th is out for every row), and only those k go through the softmax
-    cut, V = (math.log(min_p) if min_p > 0 else -math.inf), logits.shape[-1]; k = min(64, V)
+    cut, V = (math.log(min_p) if min_p > 0 else -math.inf), logits.shape[-1]
+    k = min(64, V)
     while True:
-        v, idx = logits.topk(k, dim=-1); v = v.float() / temperature; floor = v[:, :1] + cut
+        v, idx = logits.topk(k, dim=-1)
+        v = v.float() / temperature
+        floor = v[:, :1] + cut
         if k == V or bool((v[:, -1:] < floor).all()): break
         k = min(4 * k, V)
-    return idx.gather(-1, torch.multinomial(torch.softmax(v.masked_fill(v < floor, -math.inf), -1), 1)).squeeze(-1)
+    return idx.gather(-1,
+                      torch.multinomial(torch.softmax(v.masked_fill(v < floor, -math.inf), -1),
+                                        1)).squeeze(-1)
 
 # %% ../nbs/03b_sampling.ipynb #c3fdec8a
 def sample_batch(model, prompt, # (1, P) prompt ids on the model's device
-                 k: int, cfg: "ChainConfig", eos_id: int, pad_id: int): # cfg: max_new_tokens, temperature, min_p
+                 # cfg: max_new_tokens, temperature, min_p
+                 k: int, cfg: "ChainConfig", eos_id: int, pad_id: int):
     "`k` continuations of `prompt` (`k x max_new_tokens` ids, `pad_id` after the end)."
     import torch
     with torch.no_grad():
         o = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache = _kv_out(o); cache.batch_repeat_interleave(k); kv = _kv_arg(model)
+        cache = _kv_out(o)
+        cache.batch_repeat_interleave(k)
+        kv = _kv_arg(model)
         logits = o.logits[:, -1].expand(k, -1)
         alive = torch.arange(k, device=prompt.device)
         toks = torch.full((k, cfg.max_new_tokens), pad_id, dtype=torch.long, device=prompt.device)
@@ -51,49 +61,63 @@ def sample_batch(model, prompt, # (1, P) prompt ids on the model's device
             if not going.all():
                 keep = going.nonzero().squeeze(1)
                 if keep.numel() == 0: break
-                cache.batch_select_indices(keep); alive, nxt = alive[keep], nxt[keep]
+                cache.batch_select_indices(keep)
+                alive, nxt = alive[keep], nxt[keep]
             logits = model(input_ids=nxt[:, None], use_cache=True, **{kv: cache}).logits[:, -1]
     return toks
 
 # %% ../nbs/03b_sampling.ipynb #7685d516
 def fill_texts(draw, # draw(k, i): the texts of the i-th batch of k samples
                n: int, batch_size: int, desc: str = "generate") -> list[str]:
-    "`n` non-empty texts from batches of `draw`: empty samples are dropped and replaced; stops after 5 batches in a row give none."
+    """`n` non-empty texts from batches of `draw`: empty samples are dropped and replaced; stops
+    after 5 batches in a row give none."""
     out: list[str] = []
     bar = progress(total=n, desc=desc, leave=False)
     barren, i = 0, 0  # consecutive batches that gave no usable text; batches drawn
     while len(out) < n and barren < 5:
         k = min(batch_size, n - len(out) + (2 if barren else 0))
         new = [t for t in (x.strip() for x in draw(k, i)) if t][: n - len(out)]
-        out += new; bar.update(len(new)); barren = 0 if new else barren + 1; i += 1
+        out += new
+        bar.update(len(new))
+        barren = 0 if new else barren + 1
+        i += 1
     bar.close()
-    if len(out) < n: raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
+    if len(out) < n:
+        raise RuntimeError(f"the model produced only {len(out)} non-empty texts of {n} asked for")
     return out
 
 # %% ../nbs/03b_sampling.ipynb #908c1af4
-def generate_texts(model, tok, instruction: str, n: int, cfg: "ChainConfig", seed: int) -> list[str]:
+def generate_texts(model, tok, instruction: str, n: int, cfg: "ChainConfig",
+                   seed: int) -> list[str]:
     "Sample `n` non-empty texts from `instruction` with temperature + min-p."
     import torch
-    prompt = tok(chat_prompt(tok, instruction), add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+    prompt = tok(chat_prompt(tok, instruction), add_special_tokens=False,
+                 return_tensors="pt")["input_ids"].to(model.device)
     eos = tok.eos_token_id if tok.eos_token_id is not None else -1
     torch.manual_seed(seed)
-    return fill_texts(lambda k, i: tok.batch_decode(sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id), skip_special_tokens=True),
-                      n, cfg.gen_batch_size)
+    return fill_texts(
+        lambda k, i: tok.batch_decode(sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id),
+                                      skip_special_tokens=True), n, cfg.gen_batch_size)
 
 # %% ../nbs/03b_sampling.ipynb #c2c1f139
 def instruction_shares(instructions: list[str], # in the order the remainder is given out
                        n: int, # texts in all
                       ) -> dict[str, int]:
-    "`n` texts in equal shares over `instructions`, the first ones one more when `n` does not divide."
+    """`n` texts in equal shares over `instructions`, the first ones one more when `n` does not
+    divide."""
     k = len(instructions)
     return {s: n // k + (i < n % k) for i, s in enumerate(instructions)}
 
 def sample_by_instruction(sample, # sample(instruction, n, seed) -> n texts
                           domains: dict[str, str], # instruction -> domain (chain.pool_domains)
                           n: int, seed: int) -> list[dict]:
-    "`n` rows `text, instruction, domain`: each instruction's equal share, sampled with a seed of its own."
-    return [dict(text=t, instruction=s, domain=domains[s]) for s, k in instruction_shares(list(domains), n).items() if k
-            for t in sample(s, k, derive_seed(seed, "instruction", s))]
+    """`n` rows `text, instruction, domain`: each instruction's equal share, sampled with a seed of
+    its own."""
+    return [
+        dict(text=t, instruction=s, domain=domains[s])
+        for s, k in instruction_shares(list(domains), n).items() if k
+        for t in sample(s, k, derive_seed(seed, "instruction", s))
+    ]
 
 # %% ../nbs/03b_sampling.ipynb #8e08c0da
 def sample_generation(
@@ -102,7 +126,8 @@ def sample_generation(
     sample,  # sample(instruction, k, seed) -> k texts
 ) -> None:
     """The generation's `n_sample` rows (`text`; per-text instructions: each instruction's share,
-    with `instruction` and `domain`), timed; nothing when it has its rows (a shared generation 0)."""
+    with `instruction` and `domain`), timed; nothing when it has its rows (a shared generation
+    0)."""
     if g.out is not None:
         return
     seed = derive_seed(run.cfg.seed, "generate", g.gen)
@@ -116,27 +141,43 @@ def sample_generation(
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 
 class VLLMSampler:
-    "A chain's sampler on a vLLM server in its own virtualenv, started on first use and kept for the chain: each generation's LoRA adapter is loaded into it by name, so the base model is loaded and the server started once per chain."
-    def __init__(self, cfg: "ChainConfig", log_path: str | Path | None = None, python: str | None = None):
+    """A chain's sampler on a vLLM server in its own virtualenv, started on first use and kept for
+    the chain: each generation's LoRA adapter is loaded into it by name, so the base model is
+    loaded and the server started once per chain."""
+    def __init__(self, cfg: "ChainConfig", log_path: str | Path | None = None,
+                 python: str | None = None):
         self.cfg, self.log_path, self.python = cfg, log_path, python or vllm_python()
         self.proc, self.url, self.start_s, self.device, self.served = None, None, None, None, None
-        self.lora = getattr(cfg, "finetune", "lora") == "lora"  # False: full fine-tuning, a server on each generation's weights
+        # False: full fine-tuning, a server on each generation's weights
+        self.lora = getattr(cfg, "finetune", "lora") == "lora"
 
     def check(self) -> None:
-        "Raise one clear error if the server cannot be started here (no vLLM virtualenv, or a LoRA rank vLLM refuses)."
+        """Raise one clear error if the server cannot be started here (no vLLM virtualenv, or a LoRA
+        rank vLLM refuses)."""
         if self.lora and self.cfg.lora_r > VLLM_LORA_RANKS[-1]:
-            raise ValueError(f"lora_r={self.cfg.lora_r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}; use generator: hf")
+            raise ValueError(
+                f"lora_r={self.cfg.lora_r} is above vLLM's largest LoRA rank "
+                f"{VLLM_LORA_RANKS[-1]}; use generator: hf"
+            )
         check_vllm_python(self.python)
 
-    def start(self, model: str | None = None, # what to serve: the chain's base model (LoRA), or a generation's weights folder (full)
+    def start(
+              # what to serve: the chain's base model (LoRA), or a generation's weights folder
+              # (full)
+              self, model: str | None = None,
              ) -> str:
-        "Start the server on `model` (kept while it is the one asked for; another one replaces it); its base URL."
+        """Start the server on `model` (kept while it is the one asked for; another one replaces
+        it); its base URL."""
         model = str(model or self.cfg.model)
         if self.proc is not None and self.served == model: return self.url
         import torch
-        self.check(); self.close()
+        self.check()
+        self.close()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        lora = ["--enable-lora", "--max-lora-rank", str(next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)), "--max-loras", "1"] if self.lora else []
+        lora = [
+            "--enable-lora", "--max-lora-rank",
+            str(next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)), "--max-loras", "1"
+        ] if self.lora else []
         self.proc, self.url, self.start_s = start_server(
             model, python=self.python, device=self.device, log_path=self.log_path,
             env=dict(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True") if self.lora else {}, extra_args=lora)
@@ -146,38 +187,51 @@ class VLLMSampler:
 
     def _post(self, route: str, body: dict) -> None:
         import json, urllib.error, urllib.request
-        req = urllib.request.Request(self.url + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
         try: urllib.request.urlopen(req, timeout=600).read()
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"vLLM server {route}: {e.code} {e.read().decode(errors='replace')[:300]}") from None
+            raise RuntimeError(
+                f"vLLM server {route}: {e.code} {e.read().decode(errors='replace')[:300]}"
+            ) from None
 
     def load(self, adapter_dir: str | Path, name: str) -> str:
         "Load a saved peft LoRA adapter into the server under `name`."
-        self.start(); self._post("/load_lora_adapter", dict(lora_name=name, lora_path=str(adapter_dir))); return name
+        self.start()
+        self._post("/load_lora_adapter", dict(lora_name=name, lora_path=str(adapter_dir)))
+        return name
 
     def unload(self, name: str) -> None: self._post("/unload_lora_adapter", dict(lora_name=name))
 
     def close(self) -> None:
-        if self.proc is not None: stop_server(self.proc); self.proc = None
+        if self.proc is not None:
+            stop_server(self.proc)
+            self.proc = None
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
 # %% ../nbs/03b_sampling.ipynb #8e69d5a3
 @patch
-def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, n: int, seed: int) -> list[str]:
-    "Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir` (full fine-tuning: the weights there, served): temperature + min-p, `gen_batch_size` per request."
+def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, n: int,
+             seed: int) -> list[str]:
+    """Sample `n` non-empty texts from `instruction` under the adapter in `adapter_dir` (full
+    fine-tuning: the weights there, served): temperature + min-p, `gen_batch_size` per request."""
     from openai import OpenAI
-    name = self.load(adapter_dir, f"chain-{seed}") if self.lora else (self.start(adapter_dir), str(adapter_dir))[1]
+    name = self.load(adapter_dir, f"chain-{seed}") if self.lora else (self.start(adapter_dir),
+                                                                      str(adapter_dir))[1]
     try:
         client = OpenAI(base_url=self.url, api_key="EMPTY", max_retries=2, timeout=3600)
-        ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]  # the exact prompt tokens 03 samples from
+        # the exact prompt tokens 03 samples from
+        ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]
 
         def draw(k, i):
-            seeded = dict(seed=derive_seed(seed, "vllm", i)) if self.device != "cpu" else {}  # see `determinism`
-            r = client.completions.create(model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
-                                          temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0, top_k=-1),
-                                          **seeded)
+            # see `determinism`
+            seeded = dict(seed=derive_seed(seed, "vllm", i)) if self.device != "cpu" else {}
+            r = client.completions.create(
+                model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0,
+                                                                  top_k=-1), **seeded)
             return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
         return fill_texts(draw, n, self.cfg.gen_batch_size, "generate (vLLM)")
     finally:
@@ -187,10 +241,16 @@ def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, 
 def determinism(self: VLLMSampler) -> dict:
     "What a re-run can be expected to reproduce (for the manifests)."
     if self.device == "cpu":
-        return dict(mode="vllm-cpu", reproducible=False, note="vLLM 0.32's CPU backend fails on per-request seeds "
-                    "('CPU Generator does not use offset'), so none are sent: the texts are not reproducible")
-    return dict(mode=f"vllm-{self.device}", reproducible=False, note="per-request seeds, but GPU kernels and vLLM's "
-                "dynamic batching may differ in the last bits; texts can then differ")
+        return dict(
+            mode="vllm-cpu", reproducible=False,
+            note="vLLM 0.32's CPU backend fails on per-request seeds "
+            "('CPU Generator does not use offset'), so none are sent: the texts are not "
+            "reproducible"
+        )
+    return dict(
+        mode=f"vllm-{self.device}", reproducible=False,
+        note="per-request seeds, but GPU kernels and vLLM's "
+        "dynamic batching may differ in the last bits; texts can then differ")
 
 # %% ../nbs/03b_sampling.ipynb #3e7e079f
 def vllm_prepare_step(run, g) -> None:

@@ -20,29 +20,49 @@ def scale_table(results: str | Path | pd.DataFrame, # a study's results.csv
                 experiment: str = "", # its experiment ("": all chains)
                 metrics: list[str] = ("semantic_diversity",), # metrics of the generated texts
                ) -> pd.DataFrame:
-    "Long table: finetune, lr, seed, run_dir, generation, metric, value, shift (value / the chain's generation-0 value; for heldout_gain, generation 0 only)."
+    """Long table: finetune, lr, seed, run_dir, generation, metric, value, shift (value / the
+    chain's generation-0 value; for heldout_gain, generation 0 only)."""
     res = pd.read_csv(resolve(results)) if not isinstance(results, pd.DataFrame) else results
-    if "finetune" not in res.columns: raise ValueError("results hold no finetune column: run a study with finetune: [lora, full] (03a_training)")
-    if experiment: res = res[res.experiment.astype(str).str.split(",").apply(lambda xs: experiment in xs)]
+    if "finetune" not in res.columns:
+        raise ValueError(
+            "results hold no finetune column: run a study with finetune: [lora, full] "
+            "(03a_training)"
+        )
+    if experiment:
+        res = res[res.experiment.astype(str).str.split(",").apply(lambda xs: experiment in xs)]
     if res.empty: raise ValueError(f"experiment={experiment!r} has no chains in these results")
     keys = ["finetune", "lr", "seed", "run_dir"]
-    g = res[(res.source == "generated") & res.metric.isin(metrics)].groupby(keys + ["generation", "metric"], as_index=False, dropna=False).value.mean()
+    g = res[(res.source == "generated") & res.metric.isin(metrics)].groupby(
+        keys + ["generation", "metric"], as_index=False, dropna=False).value.mean()
     g0 = g[g.generation == 0].set_index(["run_dir", "metric"]).value
-    g = g.assign(shift=g.value.to_numpy() / g0.reindex(pd.MultiIndex.from_frame(g[["run_dir", "metric"]])).to_numpy())
-    m = res[(res.source == "model") & (res.generation == 0)].groupby(keys + ["metric"], dropna=False).value.mean().unstack("metric").reset_index()
-    fit = m.assign(generation=0, metric="heldout_gain", value=1 - m.heldout_nll / m.heldout_nll_base, shift=np.nan)[keys + ["generation", "metric", "value", "shift"]]
-    return pd.concat([g, fit], ignore_index=True).sort_values(["metric", "finetune", "seed", "generation"], kind="stable").reset_index(drop=True)
+    g = g.assign(shift=g.value.to_numpy() /
+                 g0.reindex(pd.MultiIndex.from_frame(g[["run_dir", "metric"]])).to_numpy())
+    m = res[(res.source == "model") & (res.generation == 0)].groupby(
+        keys + ["metric"], dropna=False).value.mean().unstack("metric").reset_index()
+    fit = m.assign(generation=0, metric="heldout_gain",
+                   value=1 - m.heldout_nll / m.heldout_nll_base,
+                   shift=np.nan)[keys + ["generation", "metric", "value", "shift"]]
+    return pd.concat([g, fit],
+                     ignore_index=True).sort_values(["metric", "finetune", "seed", "generation"],
+                                                    kind="stable").reset_index(drop=True)
 
 # %% ../nbs/05e_scale.ipynb #11f91e14
-def demo_scale_results(seeds: int = 3, generations: int = 4, noise: float = 0.004, seed: int = 0) -> pd.DataFrame:
-    "results.csv rows of a planted study: per method and seed, semantic diversity falling by 4% (lora) or 2% (full) a generation, the same held-out fit."
+def demo_scale_results(seeds: int = 3, generations: int = 4, noise: float = 0.004,
+                       seed: int = 0) -> pd.DataFrame:
+    """results.csv rows of a planted study: per method and seed, semantic diversity falling by 4%
+    (lora) or 2% (full) a generation, the same held-out fit."""
     rng, rows = np.random.default_rng(seed), []
     for ft, slope in (("lora", 0.04), ("full", 0.02)):
         for s in range(seeds):
-            rd = f"demo/{ft}/seed-{s}"; tag = dict(finetune=ft, lr=1e-3 if ft == "lora" else 1e-4, seed=s, run_dir=rd, experiment="scale")
+            rd = f"demo/{ft}/seed-{s}"
+            tag = dict(finetune=ft, lr=1e-3 if ft == "lora" else 1e-4, seed=s, run_dir=rd,
+                       experiment="scale")
             for g in range(generations):
-                rows.append(dict(tag, generation=g, source="generated", metric="semantic_diversity", value=0.6 * (1 - slope * g) + rng.normal(0, noise)))
-            rows += [dict(tag, generation=0, source="model", metric="heldout_nll", value=3.6),  # matched: the same fit
+                rows.append(
+                    dict(tag, generation=g, source="generated", metric="semantic_diversity",
+                         value=0.6 * (1 - slope * g) + rng.normal(0, noise)))
+            # matched: the same fit
+            rows += [dict(tag, generation=0, source="model", metric="heldout_nll", value=3.6),
                      dict(tag, generation=0, source="model", metric="heldout_nll_base", value=4.0)]
     return pd.DataFrame(rows)
 
@@ -54,84 +74,126 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         for q in ("value", "shift"):
             x = d[q].dropna().to_numpy()
             if not len(x): continue
-            lo, hi = seed_ci(x); rows.append(dict(finetune=ft, generation=int(g), metric=m, quantity=q, mean=float(x.mean()), ci_low=lo, ci_high=hi, n_seeds=len(x)))
+            lo, hi = seed_ci(x)
+            rows.append(
+                dict(finetune=ft, generation=int(g), metric=m, quantity=q, mean=float(x.mean()),
+                     ci_low=lo, ci_high=hi, n_seeds=len(x)))
     return pd.DataFrame(rows)
 
 def compare(table: pd.DataFrame, # scale_table
             baseline: str = "lora", # the method the others are compared with
            ) -> pd.DataFrame:
-    "Per method and metric: mean difference from `baseline` paired by seed (the shift at the last generation; the fit at generation 0), its 95% t CI, n seeds, whether the CI excludes 0."
+    """Per method and metric: mean difference from `baseline` paired by seed (the shift at the last
+    generation; the fit at generation 0), its 95% t CI, n seeds, whether the CI excludes 0."""
     rows = []
     for m, d in table.groupby("metric"):
-        q = "value" if m == "heldout_gain" else "shift"; g = 0 if m == "heldout_gain" else int(d.generation.max())
+        q = "value" if m == "heldout_gain" else "shift"
+        g = 0 if m == "heldout_gain" else int(d.generation.max())
         wide = d[d.generation == g].pivot_table(index="seed", columns="finetune", values=q)
         if baseline not in wide.columns: continue
         for ft in [c for c in wide.columns if c != baseline]:
-            rows.append(dict(finetune=ft, vs=baseline, metric=m, quantity=q, generation=g, **paired_difference((wide[ft] - wide[baseline]).to_numpy())))
+            rows.append(
+                dict(finetune=ft, vs=baseline, metric=m, quantity=q, generation=g,
+                     **paired_difference((wide[ft] - wide[baseline]).to_numpy())))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05e_scale.ipynb #ea999c21
-_NICE = dict(semantic_diversity="semantic diversity", selfbleu_diversity="Self-BLEU diversity", fluency_nll="fluency NLL (lower: more fluent)",
-             ttr_150="type-token ratio (150 words)", mtld="MTLD", positivity="positivity")
+_NICE = dict(semantic_diversity="semantic diversity", selfbleu_diversity="Self-BLEU diversity",
+             fluency_nll="fluency NLL (lower: more fluent)", ttr_150="type-token ratio (150 words)",
+             mtld="MTLD", positivity="positivity")
 _COLOURS = {"lora": "#1f77b4", "full": "#d62728"}
 
 def plot_scale(summary: pd.DataFrame, # summarise
                table: pd.DataFrame, # scale_table (the seeds' fits, as dots)
                path: str | Path, # PNG to write
                metrics: list[str] = ("semantic_diversity",), # shift panels
-               effects: pd.DataFrame | None = None, # compare: each panel then prints the paired difference at the last generation
+               # compare: each panel then prints the paired difference at the last generation
+               effects: pd.DataFrame | None = None,
               ) -> Path:
-    "The fit panel and one shift panel per metric, each method with its 95% t CI over seeds (and, given `effects`, the paired difference from the baseline)."
-    import matplotlib; matplotlib.use("Agg")
+    """The fit panel and one shift panel per metric, each method with its 95% t CI over seeds (and,
+    given `effects`, the paired difference from the baseline)."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     metrics = [m for m in metrics if m in set(summary.metric)]
     methods = sorted(set(summary.finetune), key=lambda f: (f != "lora", f))
-    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(3.2 + 4.4 * len(metrics), 3.9), squeeze=False, gridspec_kw=dict(width_ratios=[0.7] + [1] * len(metrics)))
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(3.2 + 4.4 * len(metrics), 3.9),
+                             squeeze=False,
+                             gridspec_kw=dict(width_ratios=[0.7] + [1] * len(metrics)))
     ax = axes[0, 0]
     for i, ft in enumerate(methods):
-        d = summary[(summary.metric == "heldout_gain") & (summary.finetune == ft) & (summary.quantity == "value")]
+        d = summary[(summary.metric == "heldout_gain") & (summary.finetune == ft) &
+                    (summary.quantity == "value")]
         if d.empty: continue
-        r = d.iloc[0]; c = _COLOURS.get(ft, f"C{i + 2}")
+        r = d.iloc[0]
+        c = _COLOURS.get(ft, f"C{i + 2}")
         ax.bar(i, r["mean"], color=c, alpha=0.35, width=0.6)
-        ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], color=c, capsize=5, lw=2)
+        ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], color=c,
+                    capsize=5, lw=2)
         pts = table[(table.metric == "heldout_gain") & (table.finetune == ft)]
         ax.scatter(i + np.linspace(-0.12, 0.12, len(pts)), pts.value, color=c, s=14, zorder=3)
         lr = sorted(set(pts.lr.dropna()))
-        if lr: ax.text(i, 0.002, f"lr {lr[0]:.2g}" + (f"\nto {lr[-1]:.2g}" if len(lr) > 1 else ""), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(methods))); ax.set_xticklabels(methods); ax.set_title("fit: generation-0 held-out gain", fontsize=10)
+        if lr:
+            ax.text(i, 0.002, f"lr {lr[0]:.2g}" + (f"\nto {lr[-1]:.2g}" if len(lr) > 1 else ""),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods)
+    ax.set_title("fit: generation-0 held-out gain", fontsize=10)
     for ax, m in zip(axes[0, 1:], metrics):
         for i, ft in enumerate(methods):
-            d = summary[(summary.metric == m) & (summary.finetune == ft) & (summary.quantity == "shift")].sort_values("generation")
+            d = summary[(summary.metric == m) & (summary.finetune == ft) &
+                        (summary.quantity == "shift")].sort_values("generation")
             c = _COLOURS.get(ft, f"C{i + 2}")
             ax.plot(d.generation, d["mean"], marker="o", color=c, lw=2, label=ft)
             ax.fill_between(d.generation, d.ci_low, d.ci_high, color=c, alpha=0.18)
-        ax.axhline(1, color="grey", lw=0.8, ls="--"); ax.set_xticks(sorted(set(summary[summary.metric == m].generation)))
-        ax.set_xlabel("generation"); ax.set_title(f"{_NICE.get(m, m)}: shift (value / generation 0)", fontsize=10)
+        ax.axhline(1, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(sorted(set(summary[summary.metric == m].generation)))
+        ax.set_xlabel("generation")
+        ax.set_title(f"{_NICE.get(m, m)}: shift (value / generation 0)", fontsize=10)
         e = effects[effects.metric == m] if effects is not None and len(effects) else []
         for k, r in enumerate(e.itertuples() if len(e) else []):
-            ax.text(0.98, 0.96 - 0.08 * k, f"{r.finetune} - {r.vs} at gen {r.generation}: {r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] (paired, n = {r.n_seeds})",
-                    transform=ax.transAxes, ha="right", va="top", fontsize=8, bbox=dict(facecolor="white", alpha=0.8, lw=0))
+            ax.text(
+                0.98, 0.96 - 0.08 * k,
+                f"{r.finetune} - {r.vs} at gen {r.generation}: {r.diff:+.3f} [{r.ci_low:+.3f}, "
+                f"{r.ci_high:+.3f}] (paired, n = {r.n_seeds})",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                bbox=dict(facecolor="white", alpha=0.8, lw=0))
     axes[0, 1 if metrics else 0].legend(fontsize=9, title="fine-tuning", title_fontsize=9)
     n = summary.n_seeds
-    fig.suptitle(f"LoRA against full fine-tuning (mean, 95% t CI over n = {int(n.min())}{'' if n.min() == n.max() else f'-{int(n.max())}'} seeds per method)", fontsize=11)
+    fig.suptitle(
+        "LoRA against full fine-tuning (mean, 95% t CI over n = "
+        f"{int(n.min())}{'' if n.min() == n.max() else f'-{int(n.max())}'} seeds per method)",
+        fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
 # %% ../nbs/05e_scale.ipynb #841a052d
-def run_scale(results: str | Path | pd.DataFrame, # a study's results.csv
-              out_dir: str | Path, # where the tables and the figure go
-              experiment: str = "", # the experiment ("": every chain)
-              metrics: list[str] = ("semantic_diversity", "selfbleu_diversity", "fluency_nll", "ttr_150"), # metrics whose shift is compared
-              baseline: str = "lora", # the method the others are compared with
-             ) -> dict:
-    "The scale stage: scale_table.csv (per chain), scale_summary.csv (over seeds), scale_effects.csv (each method vs the baseline) and fig_scale.png."
-    tab = scale_table(results, experiment, list(metrics)); out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
+def run_scale(
+        results: str | Path | pd.DataFrame,  # a study's results.csv
+        out_dir: str | Path,  # where the tables and the figure go
+        experiment: str = "",  # the experiment ("": every chain)
+        # metrics whose shift is compared
+        metrics: list[str] = ("semantic_diversity", "selfbleu_diversity", "fluency_nll", "ttr_150"),
+        baseline: str = "lora",  # the method the others are compared with
+) -> dict:
+    """The scale stage: scale_table.csv (per chain), scale_summary.csv (over seeds),
+    scale_effects.csv (each method vs the baseline) and fig_scale.png."""
+    tab = scale_table(results, experiment, list(metrics))
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     summ, eff = summarise(tab), compare(tab, baseline)
-    files = dict(table=out / "scale_table.csv", summary=out / "scale_summary.csv", effects=out / "scale_effects.csv")
+    files = dict(table=out / "scale_table.csv", summary=out / "scale_summary.csv",
+                 effects=out / "scale_effects.csv")
     for k, df in (("table", tab), ("summary", summ), ("effects", eff)):
         with atomic_path(files[k]) as tmp: df.to_csv(tmp, index=False)
-    files["fig"] = plot_scale(summ, tab, out / "fig_scale.png", [m for m in metrics if m in set(tab.metric)][:2], eff)
-    write_json(out / "scale.manifest.json", make_manifest(dict(results=str(results) if not isinstance(results, pd.DataFrame) else "(a table)", experiment=experiment,
-               metrics=list(metrics), baseline=baseline), 0, files={k: str(v) for k, v in files.items()}, chains=int(tab.run_dir.nunique())))
+    files["fig"] = plot_scale(summ, tab, out / "fig_scale.png",
+                              [m for m in metrics if m in set(tab.metric)][:2], eff)
+    write_json(
+        out / "scale.manifest.json",
+        make_manifest(
+            dict(results=str(results) if not isinstance(results, pd.DataFrame) else "(a table)",
+                 experiment=experiment, metrics=list(metrics), baseline=baseline), 0,
+            files={k: str(v)
+                   for k, v in files.items()}, chains=int(tab.run_dir.nunique())))
     log.info("scale -> %s", ", ".join(Path(v).name for v in files.values()))
     return files

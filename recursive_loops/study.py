@@ -71,7 +71,10 @@ def aggregate(
     """`results.csv`: every finished chain's metrics table, end to end (`04_metrics.gather_tables`;
     each row already says its chain, experiment and design), and `domain_results.csv` beside it
     (the per-domain tables of chains on merged datasets); None when no chain has metrics yet."""
-    dirs = [d for c in plan.chains if not c.placeholder for d in c.chain_dirs if (d / "metrics.csv").exists()]
+    dirs = [
+        d for c in plan.chains if not c.placeholder for d in c.chain_dirs
+        if (d / "metrics.csv").exists()
+    ]
     res = gather_tables([d / "metrics.csv" for d in dirs])
     if res is None:
         return None
@@ -88,7 +91,8 @@ def aggregate(
 def token_bounds(spec: dict) -> dict:
     "The study's token bounds: its chain defaults', else every stage's own (01_data)."
     ch = spec.get("chain") or {}
-    return dict(min_tokens=ch.get("min_tokens", MIN_TOKENS), max_tokens=ch.get("max_tokens", MAX_TOKENS))
+    return dict(min_tokens=ch.get("min_tokens", MIN_TOKENS),
+                max_tokens=ch.get("max_tokens", MAX_TOKENS))
 
 
 def write_derived(plan: Plan) -> None:
@@ -166,7 +170,8 @@ def make_sources(plan: Plan) -> None:
         df = df[df.domain == dom]
         if df.empty:
             raise SpecError(
-                f"{plan.spec['_path']}: domain {dom!r} of {ds} has no texts; allowed: {', '.join(sorted(load_texts(ds).domain.unique()))}"
+                f"{plan.spec['_path']}: domain {dom!r} of {ds} has no texts; allowed: "
+                f"{', '.join(sorted(load_texts(ds).domain.unique()))}"
             )
         rows = df[["text", "domain"]].to_dict("records")
         if resolve(f).exists() and read_jsonl(resolve(f)) == rows:
@@ -278,7 +283,8 @@ def run_chains(
         errors = {}
     elif kind == "local":
         errors = run_local(tasks, workers)
-    # networks first, generation by generation; then every chain task (a network's: its cross-NLL, metrics)
+    # networks first, generation by generation; then every chain task (a network's: its cross-NLL,
+    # metrics)
     else:
         errors = run_slurm_networks(tasks, plan.out / ".slurm", slurm)
         errors.update(

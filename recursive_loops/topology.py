@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import log, resolve, atomic_path, read_json, read_jsonl, write_json, write_jsonl, make_manifest, save_figure, text_hash, derive_seed
+from .core import log, resolve, atomic_path, read_json, read_jsonl, write_json
+from .core import write_jsonl, make_manifest, save_figure, text_hash, derive_seed
 from .models import embed_texts
 from .metrics import semantic_diversity, subsample
 from .network import cross_nll_gap
@@ -21,11 +22,14 @@ __all__ = ['FIG_METRICS', 'centroid_distance', 'alpha_gamma', 'network_rows', 'd
 
 # %% ../nbs/05d_topology.ipynb #c73e63e6
 def _unit(e: np.ndarray) -> np.ndarray:
-    e = np.asarray(e, np.float64); return e / np.linalg.norm(e, axis=1, keepdims=True)
+    e = np.asarray(e, np.float64)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 def centroid_distance(embs: list[np.ndarray]) -> float:
-    "Mean over node pairs of the cosine distance between the nodes' mean unit embeddings (nan for one node)."
-    cs = [_unit(e).mean(0) for e in embs]; k = len(cs)
+    """Mean over node pairs of the cosine distance between the nodes' mean unit embeddings (nan for
+    one node)."""
+    cs = [_unit(e).mean(0) for e in embs]
+    k = len(cs)
     if k < 2: return float("nan")
     cs = [c / np.linalg.norm(c) for c in cs]
     return float(np.mean([1 - cs[i] @ cs[j] for i in range(k) for j in range(i + 1, k)]))
@@ -34,10 +38,13 @@ def centroid_distance(embs: list[np.ndarray]) -> float:
 def alpha_gamma(embs: list[np.ndarray], # one array per node
                 seed: int = 0, # draws the equal share of each node pooled for gamma
                ) -> tuple[float, float]:
-    "(alpha, gamma): the mean of the nodes' own semantic diversities, and the semantic diversity of their texts pooled (the same number from each node)."
+    """(alpha, gamma): the mean of the nodes' own semantic diversities, and the semantic diversity
+    of their texts pooled (the same number from each node)."""
     alpha = float(np.mean([semantic_diversity(e) for e in embs]))
-    n = min(len(e) for e in embs); rng = np.random.default_rng(seed)
-    pooled = np.concatenate([np.asarray(e)[np.sort(rng.choice(len(e), n, replace=False))] for e in embs])
+    n = min(len(e) for e in embs)
+    rng = np.random.default_rng(seed)
+    pooled = np.concatenate(
+        [np.asarray(e)[np.sort(rng.choice(len(e), n, replace=False))] for e in embs])
     return alpha, semantic_diversity(pooled)
 
 # %% ../nbs/05d_topology.ipynb #6d5569bb
@@ -47,60 +54,104 @@ def network_rows(node_dirs: list[str | Path], # the network's node folders, in n
                  embed=None, # texts -> embeddings; default: embed_texts with `embedder`
                  embedder: str = "all-MiniLM-L6-v2",
                 ) -> list[dict]:
-    "Per generation (-1: the human shards): centroid distance, alpha, gamma and beta diversity, cross-NLL gap (and the cross-NLL's own and others' mean)."
+    """Per generation (-1: the human shards): centroid distance, alpha, gamma and beta diversity,
+    cross-NLL gap (and the cross-NLL's own and others' mean)."""
     embed = embed or (lambda xs: embed_texts(xs, [text_hash(x) for x in xs], embedder)[0])
-    nd = [resolve(d) for d in node_dirs]; rows = []
+    nd = [resolve(d) for d in node_dirs]
+    rows = []
     gens = sorted({int(p.name[4:]) for d in nd for p in d.glob("gen_*") if (p / "DONE").exists()})
-    sets = {-1: [[r["text"] for r in read_jsonl(d / "gen_00" / "train.jsonl") if r["source"] == "human"] for d in nd]}
-    sets.update({g: [[r["text"] for r in read_jsonl(d / f"gen_{g:02d}" / "generated.jsonl")] for d in nd] for g in gens
-                 if all((d / f"gen_{g:02d}" / "DONE").exists() for d in nd)})
+    sets = {
+        -1:
+        [[r["text"] for r in read_jsonl(d / "gen_00" / "train.jsonl") if r["source"] == "human"]
+         for d in nd]
+    }
+    sets.update({
+        g: [[r["text"] for r in read_jsonl(d / f"gen_{g:02d}" / "generated.jsonl")] for d in nd]
+        for g in gens if all((d / f"gen_{g:02d}" / "DONE").exists() for d in nd)
+    })
     for g, texts in sets.items():
         texts = [subsample(t, n_eval, derive_seed(0, "network", g, k)) for k, t in enumerate(texts)]
         embs = [embed(t) for t in texts]
         alpha, gamma = alpha_gamma(embs, derive_seed(0, "gamma", g))
-        vals = dict(centroid_distance=centroid_distance(embs), alpha_diversity=alpha, gamma_diversity=gamma, beta_diversity=gamma / alpha)
+        vals = dict(centroid_distance=centroid_distance(embs), alpha_diversity=alpha,
+                    gamma_diversity=gamma, beta_diversity=gamma / alpha)
         f = resolve(network_dir) / "cross_nll" / f"gen_{g:02d}.json"
         if g >= 0 and f.exists():
-            C = np.array(read_json(f)["matrix"]); off = ~np.eye(len(C), dtype=bool)
-            vals.update(cross_nll_gap=cross_nll_gap(C), cross_nll_own=float(np.diag(C).mean()), cross_nll_other=float(C[off].mean()))
-        rows += [dict(generation=g, source="human" if g < 0 else "generated", metric=k, value=v) for k, v in vals.items()]
+            C = np.array(read_json(f)["matrix"])
+            off = ~np.eye(len(C), dtype=bool)
+            vals.update(cross_nll_gap=cross_nll_gap(C), cross_nll_own=float(np.diag(C).mean()),
+                        cross_nll_other=float(C[off].mean()))
+        rows += [
+            dict(generation=g, source="human" if g < 0 else "generated", metric=k, value=v)
+            for k, v in vals.items()
+        ]
     return rows
 
 # %% ../nbs/05d_topology.ipynb #0cacc08b
 _TOPICS = [["market", "shares", "profit", "bank", "economy", "trade", "investors", "growth"],
            ["film", "actor", "music", "award", "festival", "album", "stage", "director"],
-           ["minister", "election", "party", "vote", "government", "policy", "parliament", "campaign"],
-           ["match", "goal", "team", "league", "coach", "season", "player", "cup"]]
+           [
+               "minister", "election", "party", "vote", "government", "policy", "parliament",
+               "campaign"
+           ], ["match", "goal", "team", "league", "coach", "season", "player", "cup"]]
 
 def demo_network_results(folder: str | Path, # where the demo's node folders and results.csv go
                          generations: int = 3, seeds: tuple = (0, 1, 2), n: int = 24,
                         ) -> Path:
-    "Write a planted network study (no model: texts made of topic words) and its results.csv; return the results.csv path."
-    folder = resolve(folder); rows = []
+    """Write a planted network study (no model: texts made of topic words) and its results.csv;
+    return the results.csv path."""
+    folder = resolve(folder)
+    rows = []
     for graph in ("isolated", "full"):
         for s in seeds:
-            net = folder / graph / f"seed-{s}"; K = len(_TOPICS); rng = np.random.default_rng(derive_seed(s, graph))
+            net = folder / graph / f"seed-{s}"
+            K = len(_TOPICS)
+            rng = np.random.default_rng(derive_seed(s, graph))
             for g in range(-1, generations):
-                mix = 0.0 if graph == "isolated" or g < 1 else min(0.9, 0.35 * g)  # the share of other topics' words
-                C = np.full((K, K), 3.0 * (1 + (1 - mix) * 0.5)); np.fill_diagonal(C, 3.0)
+                # the share of other topics' words
+                mix = 0.0 if graph == "isolated" or g < 1 else min(0.9, 0.35 * g)
+                C = np.full((K, K), 3.0 * (1 + (1 - mix) * 0.5))
+                np.fill_diagonal(C, 3.0)
                 for k in range(K):
-                    own = _TOPICS[k]; other = [w for j in range(K) if j != k for w in _TOPICS[j]]
-                    texts = [" ".join(rng.choice(other if rng.random() < mix else own, 12)) for _ in range(n)]
-                    d = net / f"node-{k}" / f"gen_{max(g, 0):02d}"; d.mkdir(parents=True, exist_ok=True)
-                    if g < 0: write_jsonl(d / "train.jsonl", [dict(text=t, source="human") for t in texts]); continue
-                    write_jsonl(d / "generated.jsonl", [dict(text=t) for t in texts]); (d / "DONE").write_text("{}")
-                    sd = float(0.6 - (0.1 * g if graph == "full" else 0.02 * g) + 0.01 * rng.standard_normal())
-                    rows += [dict(generation=g, source="generated", metric="semantic_diversity", value=sd, run_dir=str(net / f"node-{k}"),
-                                  network=graph, node=k, nodes=K, network_dir=str(net), network_seed=s, experiment="demo", seed=s, cluster=f"topic{k}")]
-                if g >= 0: write_json(net / "cross_nll" / f"gen_{g:02d}.json", dict(generation=g, matrix=C.tolist()))
-            W = np.eye(K) if graph == "isolated" else np.full((K, K), 1 / K)  # what 03_chain's network.json records: W[i, j], node i's share from node j
+                    own = _TOPICS[k]
+                    other = [w for j in range(K) if j != k for w in _TOPICS[j]]
+                    texts = [
+                        " ".join(rng.choice(other if rng.random() < mix else own, 12))
+                        for _ in range(n)
+                    ]
+                    d = net / f"node-{k}" / f"gen_{max(g, 0):02d}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    if g < 0:
+                        write_jsonl(d / "train.jsonl",
+                                    [dict(text=t, source="human") for t in texts])
+                        continue
+                    write_jsonl(d / "generated.jsonl", [dict(text=t) for t in texts])
+                    (d / "DONE").write_text("{}")
+                    sd = float(0.6 - (0.1 * g if graph == "full" else 0.02 * g) +
+                               0.01 * rng.standard_normal())
+                    rows += [
+                        dict(generation=g, source="generated", metric="semantic_diversity",
+                             value=sd, run_dir=str(net / f"node-{k}"), network=graph, node=k,
+                             nodes=K, network_dir=str(net), network_seed=s, experiment="demo",
+                             seed=s, cluster=f"topic{k}")
+                    ]
+                if g >= 0:
+                    write_json(net / "cross_nll" / f"gen_{g:02d}.json",
+                               dict(generation=g, matrix=C.tolist()))
+            # what 03_chain's network.json records: W[i, j], node i's share from node j
+            W = np.eye(K) if graph == "isolated" else np.full((K, K), 1 / K)
             write_json(net / "network.json", dict(label=graph, mixing=W.tolist()))
-    out = folder / "results.csv"; pd.DataFrame(rows).to_csv(out, index=False)
+    out = folder / "results.csv"
+    pd.DataFrame(rows).to_csv(out, index=False)
     return out
 
 # %% ../nbs/05d_topology.ipynb #0ccbb494
 def _networks(res: pd.DataFrame, experiment: str = "") -> pd.DataFrame:
-    if "network_dir" not in res.columns: raise ValueError("results hold no network (no network_dir column): run a study with a network experiment (03d_network)")
+    if "network_dir" not in res.columns:
+        raise ValueError(
+            "results hold no network (no network_dir column): run a study with a network "
+            "experiment (03d_network)"
+        )
     r = res[res.network_dir.notna()]
     if experiment: r = r[r.experiment.astype(str).str.split(",").apply(lambda xs: experiment in xs)]
     if r.empty: raise ValueError(f"experiment={experiment!r} has no network in these results")
@@ -111,30 +162,44 @@ def node_shift_table(res: pd.DataFrame, # results rows of networks (`_networks`)
                     ) -> pd.DataFrame:
     "Per node, metric and generation: the node's value / its generation-0 value."
     g = res[(res.source == "generated") & res.metric.isin(metrics)]
-    g = g.groupby(["network", "network_dir", "network_seed", "node", "metric", "generation"], as_index=False).value.mean()
+    g = g.groupby(["network", "network_dir", "network_seed", "node", "metric", "generation"],
+                  as_index=False).value.mean()
     g0 = g[g.generation == 0].set_index(["network_dir", "node", "metric"]).value
-    return g.assign(shift=g.value / g0.reindex(pd.MultiIndex.from_frame(g[["network_dir", "node", "metric"]])).to_numpy())
+    return g.assign(
+        shift=g.value /
+        g0.reindex(pd.MultiIndex.from_frame(g[["network_dir", "node", "metric"]])).to_numpy())
 
 def network_table(results: str | Path | pd.DataFrame, # a study's results.csv
                   experiment: str = "", # the network experiment ("": all)
                   metrics: list[str] = ("semantic_diversity",), # node metrics: spread and shift
                   n_eval: int = 48, embed=None, embedder: str = "all-MiniLM-L6-v2",
                  ) -> pd.DataFrame:
-    "Long table per network and generation: network, network_dir, seed, generation, source, metric, value."
-    res = _networks(pd.read_csv(resolve(results)) if not isinstance(results, pd.DataFrame) else results, experiment)
+    """Long table per network and generation: network, network_dir, seed, generation, source,
+    metric, value."""
+    res = _networks(
+        pd.read_csv(resolve(results)) if not isinstance(results, pd.DataFrame) else results,
+        experiment)
     rows = []
     for nd, d in res.groupby("network_dir", sort=True):
         tag = dict(network=d.network.iloc[0], network_dir=nd, seed=int(d.network_seed.iloc[0]))
         nodes = d.drop_duplicates("node").sort_values("node")
-        rows += [dict(tag, **r) for r in network_rows(nodes.run_dir.tolist(), nd, n_eval, embed, embedder)]
+        rows += [
+            dict(tag, **r)
+            for r in network_rows(nodes.run_dir.tolist(), nd, n_eval, embed, embedder)
+        ]
         m = d[d.metric.isin(metrics) & d.source.isin(["human", "generated"])]
         for (g, src, met), x in m.groupby(["generation", "source", "metric"]):
-            rows.append(dict(tag, generation=int(g), source=src, metric=f"spread_{met}", value=float(x.groupby("node").value.mean().std(ddof=0))))
+            rows.append(
+                dict(tag, generation=int(g), source=src, metric=f"spread_{met}",
+                     value=float(x.groupby("node").value.mean().std(ddof=0))))
     sh = node_shift_table(res, list(metrics))
     for (nd, g, met), x in sh.groupby(["network_dir", "generation", "metric"]):
         d = res[res.network_dir == nd].iloc[0]
-        rows.append(dict(network=d.network, network_dir=nd, seed=int(d.network_seed), generation=int(g), source="generated", metric=f"shift_{met}", value=float(x["shift"].mean())))
-    return pd.DataFrame(rows).sort_values(["network", "seed", "metric", "generation"], kind="stable").reset_index(drop=True)
+        rows.append(
+            dict(network=d.network, network_dir=nd, seed=int(d.network_seed), generation=int(g),
+                 source="generated", metric=f"shift_{met}", value=float(x["shift"].mean())))
+    return pd.DataFrame(rows).sort_values(["network", "seed", "metric", "generation"],
+                                          kind="stable").reset_index(drop=True)
 
 # %% ../nbs/05d_topology.ipynb #2e927eb7
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -142,25 +207,33 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     def agg(d):
         lo, hi = seed_ci(d.value.to_numpy())
         return pd.Series(dict(mean=d.value.mean(), ci_low=lo, ci_high=hi, n_seeds=d.seed.nunique()))
-    return table.groupby(["network", "generation", "metric"]).apply(agg, include_groups=False).reset_index()
+
+    return table.groupby(["network", "generation",
+                          "metric"]).apply(agg, include_groups=False).reset_index()
 
 def compare(table: pd.DataFrame, # network_table
             baseline: str = "isolated", # the graph the others are compared with
            ) -> pd.DataFrame:
-    "Per graph and metric at the last generation: mean difference from `baseline` paired by seed, its 95% t CI, n seeds, and whether the CI excludes 0."
+    """Per graph and metric at the last generation: mean difference from `baseline` paired by seed,
+    its 95% t CI, n seeds, and whether the CI excludes 0."""
     last = table[table.generation == table.generation.max()]
     wide = last.pivot_table(index=["metric", "seed"], columns="network", values="value")
     if baseline not in wide.columns: return pd.DataFrame()
     rows = []
     for net in [c for c in wide.columns if c != baseline]:
         for met, d in (wide[net] - wide[baseline]).groupby(level="metric"):
-            rows.append(dict(network=net, vs=baseline, metric=met, generation=int(last.generation.iloc[0]), **paired_difference(d.to_numpy())))
+            rows.append(
+                dict(network=net, vs=baseline, metric=met, generation=int(last.generation.iloc[0]),
+                     **paired_difference(d.to_numpy())))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05d_topology.ipynb #69b427d1
-_NICE = dict(centroid_distance="distance between the nodes' centroids", beta_diversity="beta diversity (gamma / alpha)",
-             cross_nll_gap="cross-NLL gap (another's texts vs the author's)", alpha_diversity="alpha diversity (within nodes)",
-             gamma_diversity="gamma diversity (pooled)", shift_semantic_diversity="semantic diversity shift (mean over nodes)",
+_NICE = dict(centroid_distance="distance between the nodes' centroids",
+             beta_diversity="beta diversity (gamma / alpha)",
+             cross_nll_gap="cross-NLL gap (another's texts vs the author's)",
+             alpha_diversity="alpha diversity (within nodes)",
+             gamma_diversity="gamma diversity (pooled)",
+             shift_semantic_diversity="semantic diversity shift (mean over nodes)",
              spread_semantic_diversity="spread of semantic diversity across nodes")
 FIG_METRICS = ("centroid_distance", "beta_diversity", "cross_nll_gap", "shift_semantic_diversity")
 
@@ -168,12 +241,15 @@ def plot_network(summary: pd.DataFrame, # summarise
                  path: str | Path, # PNG to write
                  metrics: tuple = FIG_METRICS, # panels
                 ) -> Path:
-    "A panel per metric: each graph's mean over seeds per generation with its 95% t CI (a band; the human shards at generation -1 as a point with a bar)."
-    import matplotlib; matplotlib.use("Agg")
+    """A panel per metric: each graph's mean over seeds per generation with its 95% t CI (a band;
+    the human shards at generation -1 as a point with a bar)."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     metrics = [m for m in metrics if m in set(summary.metric)]
     nets = sorted(set(summary.network), key=lambda n: (n != "isolated", n))
-    ncol = min(2, len(metrics)); nrow = -(-len(metrics) // ncol)
+    ncol = min(2, len(metrics))
+    nrow = -(-len(metrics) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 3.8 * nrow), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, m in zip(axes.flat, metrics):
@@ -183,16 +259,25 @@ def plot_network(summary: pd.DataFrame, # summarise
             c = "k" if net == "isolated" else cmap(i)
             ax.plot(gen.generation, gen["mean"], marker="o", color=c, lw=2, label=net)
             ax.fill_between(gen.generation, gen.ci_low, gen.ci_high, color=c, alpha=0.15)
-            if len(hum): ax.errorbar(hum.generation + 0.06 * (i - 1), hum["mean"], yerr=[hum["mean"] - hum.ci_low, hum.ci_high - hum["mean"]], fmt="s", color=c, ms=5, capsize=3)
+            if len(hum):
+                ax.errorbar(hum.generation + 0.06 * (i - 1), hum["mean"],
+                            yerr=[hum["mean"] - hum.ci_low,
+                                  hum.ci_high - hum["mean"]], fmt="s", color=c, ms=5, capsize=3)
         gs = sorted(set(summary[summary.metric == m].generation))
-        ax.set_xticks(gs); ax.set_xticklabels(["human" if g < 0 else str(g) for g in gs])
+        ax.set_xticks(gs)
+        ax.set_xticklabels(["human" if g < 0 else str(g) for g in gs])
         if m == "cross_nll_gap": ax.axhline(0, color="grey", lw=0.8, ls="--")
-        if m in ("beta_diversity",) or m.startswith("shift_"): ax.axhline(1, color="grey", lw=0.8, ls="--")
-        ax.set_title(_NICE.get(m, m), fontsize=11); ax.set_xlabel("generation")
+        if m in ("beta_diversity",) or m.startswith("shift_"):
+            ax.axhline(1, color="grey", lw=0.8, ls="--")
+        ax.set_title(_NICE.get(m, m), fontsize=11)
+        ax.set_xlabel("generation")
     for ax in axes.flat[len(metrics):]: ax.axis("off")
     axes.flat[0].legend(fontsize=9, title="graph", title_fontsize=9)
     n = summary.n_seeds
-    fig.suptitle(f"How the network homogenises, per graph (mean, 95% t CI over n = {int(n.min())}{'' if n.min() == n.max() else f'-{int(n.max())}'} seeds)", fontsize=11)
+    fig.suptitle(
+        "How the network homogenises, per graph (mean, 95% t CI over n = "
+        f"{int(n.min())}{'' if n.min() == n.max() else f'-{int(n.max())}'} seeds)",
+        fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -200,75 +285,129 @@ def plot_network(summary: pd.DataFrame, # summarise
 def network_edges(results: pd.DataFrame, # results rows of networks (`_networks`)
                   network: str, # one graph's label (the `network` column)
                  ) -> np.ndarray:
-    "`F[i, j]`: the share of this graph's seeds in which node i read node j's texts, from the mixing weights each network recorded (`network.json`)."
+    """`F[i, j]`: the share of this graph's seeds in which node i read node j's texts, from the
+    mixing weights each network recorded (`network.json`)."""
     dirs = sorted(results.loc[results.network == network, "network_dir"].dropna().unique())
-    if not dirs: raise ValueError(f"network={network!r} has no rows; the results have {', '.join(sorted(set(results.network.dropna())))}")
+    if not dirs:
+        raise ValueError(
+            f"network={network!r} has no rows; the results have "
+            f"{', '.join(sorted(set(results.network.dropna())))}"
+        )
     reads = []
     for nd in dirs:
         rec = resolve(nd) / "network.json"
-        if not rec.exists(): raise ValueError(f"{rec} is missing: the network's record, written by 03_chain's run_network next to its node folders")
-        W = np.array(read_json(rec)["mixing"], float); np.fill_diagonal(W, 0); reads.append(W > 0)
+        if not rec.exists():
+            raise ValueError(
+                f"{rec} is missing: the network's record, written by 03_chain's run_network next "
+                "to its node folders"
+            )
+        W = np.array(read_json(rec)["mixing"], float)
+        np.fill_diagonal(W, 0)
+        reads.append(W > 0)
     return np.mean(reads, axis=0)
 
 # %% ../nbs/05d_topology.ipynb #552964f0
 def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networks`)
                      path: str | Path, # PNG to write
-                     metric: str = "semantic_diversity", # the node metric whose shift colours the nodes
+                     # the node metric whose shift colours the nodes
+                     metric: str = "semantic_diversity",
                     ) -> Path:
-    "One panel per graph: the graph drawn, each node coloured by its shift at the last generation (mean over seeds) and labelled with its shard."
-    import matplotlib; matplotlib.use("Agg")
+    """One panel per graph: the graph drawn, each node coloured by its shift at the last generation
+    (mean over seeds) and labelled with its shard."""
+    import matplotlib
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sh = node_shift_table(results, [metric]); last = sh[sh.generation == sh.generation.max()]
+    sh = node_shift_table(results, [metric])
+    last = sh[sh.generation == sh.generation.max()]
     nets = sorted(set(last.network), key=lambda n: (n != "isolated", n))
     mean = last.groupby(["network", "node"])["shift"].agg(["mean", "count"])
-    lo, hi = float(mean["mean"].min()), float(mean["mean"].max()); span = max(abs(lo - 1), abs(hi - 1), 1e-3)
-    norm = plt.Normalize(1 - span, 1 + span); cmap = plt.get_cmap("RdBu")
+    lo, hi = float(mean["mean"].min()), float(mean["mean"].max())
+    span = max(abs(lo - 1), abs(hi - 1), 1e-3)
+    norm = plt.Normalize(1 - span, 1 + span)
+    cmap = plt.get_cmap("RdBu")
     fig, axes = plt.subplots(1, len(nets), figsize=(3.1 * len(nets) + 1.2, 3.6), squeeze=False)
-    shard = results.drop_duplicates(["network", "node"]).set_index(["network", "node"]).get("cluster")
+    shard = results.drop_duplicates(["network", "node"]).set_index(["network",
+                                                                    "node"]).get("cluster")
     for ax, net in zip(axes[0], nets):
-        F = network_edges(results, net); K = len(F)
-        xy = np.array([[np.sin(2 * np.pi * k / K + np.pi / K), np.cos(2 * np.pi * k / K + np.pi / K)] for k in range(K)])  # a square for 4 nodes
+        F = network_edges(results, net)
+        K = len(F)
+        xy = np.array(
+            [[np.sin(2 * np.pi * k / K + np.pi / K),
+              np.cos(2 * np.pi * k / K + np.pi / K)] for k in range(K)])  # a square for 4 nodes
         for i in range(K):
             for j in range(i + 1, K):
-                if F[i, j] == F[j, i] > 0: ax.plot(*xy[[i, j]].T, color="grey", alpha=float(F[i, j]), lw=1.2 + 1.3 * F[i, j], zorder=1)
+                if F[i, j] == F[j, i] > 0:
+                    ax.plot(*xy[[i, j]].T, color="grey", alpha=float(F[i, j]),
+                            lw=1.2 + 1.3 * F[i, j], zorder=1)
                 else:  # a directed edge: an arrow from the node whose texts are read to its reader
                     for a, b in ((i, j), (j, i)):
-                        if F[a, b] > 0: ax.annotate("", xy[a], xy[b], zorder=1, arrowprops=dict(arrowstyle="-|>", color="grey", alpha=float(F[a, b]),
-                                                    lw=1.2, shrinkA=19, shrinkB=19, connectionstyle="arc3,rad=0.12"))
+                        if F[a, b] > 0:
+                            ax.annotate(
+                                "", xy[a], xy[b], zorder=1,
+                                arrowprops=dict(arrowstyle="-|>", color="grey",
+                                                alpha=float(F[a, b]), lw=1.2, shrinkA=19,
+                                                shrinkB=19, connectionstyle="arc3,rad=0.12"))
         random = bool(((F > 0) & (F < 1)).any())
         for k in range(K):
             v = mean.loc[(net, k), "mean"] if (net, k) in mean.index else np.nan
             ax.scatter(*xy[k], s=1000, color=cmap(norm(v)), edgecolor="k", zorder=2)
-            ax.annotate(f"{v:.3f}", xy[k], ha="center", va="center", fontsize=8, zorder=3, color="w" if abs(norm(v) - 0.5) > 0.3 else "k")
+            ax.annotate(f"{v:.3f}", xy[k], ha="center", va="center", fontsize=8, zorder=3,
+                        color="w" if abs(norm(v) - 0.5) > 0.3 else "k")
             name = str(shard.get((net, k), k)) if shard is not None else str(k)
-            ax.annotate(name, xy[k] + [0, 0.5 * (np.sign(xy[k][1]) or 1)], ha="center", va="center", fontsize=9)
-        ax.set_xlim(-1.6, 1.6); ax.set_ylim(-1.7, 1.7); ax.set_aspect("equal"); ax.axis("off")
+            ax.annotate(name, xy[k] + [0, 0.5 * (np.sign(xy[k][1]) or 1)], ha="center", va="center",
+                        fontsize=9)
+        ax.set_xlim(-1.6, 1.6)
+        ax.set_ylim(-1.7, 1.7)
+        ax.set_aspect("equal")
+        ax.axis("off")
         n = int(mean.loc[net, 'count'].min())
-        ax.set_title(f"{net} (n = {n} seeds)" + ("\nedge shade: its share of the seeds" if random else ""), fontsize=10)
+        ax.set_title(
+            f"{net} (n = {n} seeds)" + ("\nedge shade: its share of the seeds" if random else ""),
+            fontsize=10)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label=f"{metric} shift, generation {int(last.generation.max())} / 0")
-    fig.suptitle(f"Each node's {metric.replace('_', ' ')} shift at the last generation" + ("\n" if len(nets) < 3 else " ")  # one or two panels: two lines fit
-                 + "(mean over seeds; < 1: it lost diversity)", fontsize=10)
+    fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8,
+                 label=f"{metric} shift, generation {int(last.generation.max())} / 0")
+    fig.suptitle(
+        f"Each node's {metric.replace('_', ' ')} shift at the last generation" +
+        ("\n" if len(nets) < 3 else " ")  # one or two panels: two lines fit
+        + "(mean over seeds; < 1: it lost diversity)",
+        fontsize=10)
     return save_figure(fig, path)
 
 # %% ../nbs/05d_topology.ipynb #50d884b7
-def run_topology(results: str | Path, # a study's results.csv
-                 out_dir: str | Path, # where the tables and figures go
-                 experiment: str = "", # the network experiment ("": every network)
-                 metrics: list[str] = ("semantic_diversity", "selfbleu_diversity", "fluency_nll", "ttr_150"), # node metrics: spread and shift
-                 n_eval: int = 48, embedder: str = "all-MiniLM-L6-v2", embed=None,
-                ) -> dict:
-    "The topology stage: network_metrics.csv (per network), topology_summary.csv (over seeds), topology_effects.csv (each graph vs isolated), node_shifts.csv, and the two figures."
-    res = _networks(pd.read_csv(resolve(results)), experiment); out = resolve(out_dir); out.mkdir(parents=True, exist_ok=True)
+def run_topology(
+    results: str | Path,  # a study's results.csv
+    out_dir: str | Path,  # where the tables and figures go
+    experiment: str = "",  # the network experiment ("": every network)
+    # node metrics: spread and shift
+    metrics: list[str] = ("semantic_diversity", "selfbleu_diversity", "fluency_nll", "ttr_150"),
+    n_eval: int = 48,
+    embedder: str = "all-MiniLM-L6-v2",
+    embed=None,
+) -> dict:
+    """The topology stage: network_metrics.csv (per network), topology_summary.csv (over seeds),
+    topology_effects.csv (each graph vs isolated), node_shifts.csv, and the two figures."""
+    res = _networks(pd.read_csv(resolve(results)), experiment)
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     metrics = [m for m in metrics if m in set(res.metric)]
-    tab = network_table(res, experiment, metrics, n_eval, embed, embedder); summ = summarise(tab)
-    eff = compare(tab, "isolated" if "isolated" in set(tab.network) else sorted(set(tab.network))[0])
-    files = dict(table=out / "network_metrics.csv", summary=out / "topology_summary.csv", effects=out / "topology_effects.csv", nodes=out / "node_shifts.csv")
-    for k, df in (("table", tab), ("summary", summ), ("effects", eff), ("nodes", node_shift_table(res, metrics))):
+    tab = network_table(res, experiment, metrics, n_eval, embed, embedder)
+    summ = summarise(tab)
+    eff = compare(tab,
+                  "isolated" if "isolated" in set(tab.network) else sorted(set(tab.network))[0])
+    files = dict(table=out / "network_metrics.csv", summary=out / "topology_summary.csv",
+                 effects=out / "topology_effects.csv", nodes=out / "node_shifts.csv")
+    for k, df in (("table", tab), ("summary", summ), ("effects", eff),
+                  ("nodes", node_shift_table(res, metrics))):
         with atomic_path(files[k]) as tmp: df.to_csv(tmp, index=False)
     files["fig"] = plot_network(summ, out / "fig_topology.png")
     files["fig_nodes"] = plot_node_shifts(res, out / "fig_topology_nodes.png")
-    write_json(out / "topology.manifest.json", make_manifest(dict(results=str(results), experiment=experiment, metrics=list(metrics), n_eval=n_eval,
-               embedder=embedder), 0, files={k: str(v) for k, v in files.items()}, networks=int(tab.network_dir.nunique())))
+    write_json(
+        out / "topology.manifest.json",
+        make_manifest(
+            dict(results=str(results), experiment=experiment, metrics=list(metrics), n_eval=n_eval,
+                 embedder=embedder), 0, files={k: str(v)
+                                               for k, v in files.items()},
+            networks=int(tab.network_dir.nunique())))
     log.info("topology -> %s", ", ".join(Path(v).name for v in files.values()))
     return files

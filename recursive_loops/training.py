@@ -18,10 +18,14 @@ __all__ = ['FAST_FAMILIES', 'FINETUNES', 'LR_DEFAULTS', 'OPTIMIZERS', 'CPU_PASS_
            'save_tuned', 'pooled_nll', 'response_nll', 'fit_spec', 'search_lr']
 
 # %% ../nbs/03a_training.ipynb #0b5eb7de
-def length_batches(lengths: list[int], batch_size: int, rng: random.Random, chunk: int = 8) -> list[list[int]]:
-    "Indices in batches of similar length: shuffle, sort within chunks of `chunk` batches, shuffle batches."
-    idx = list(range(len(lengths))); rng.shuffle(idx)
-    span = batch_size * chunk; out = []
+def length_batches(lengths: list[int], batch_size: int, rng: random.Random,
+                   chunk: int = 8) -> list[list[int]]:
+    """Indices in batches of similar length: shuffle, sort within chunks of `chunk` batches, shuffle
+    batches."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    span = batch_size * chunk
+    out = []
     for s in range(0, len(idx), span):
         part = sorted(idx[s:s + span], key=lambda i: lengths[i])
         out += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
@@ -29,17 +33,22 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random, chun
     return out
 
 # %% ../nbs/03a_training.ipynb #fde05d51
-FAST_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma")  # logits = lm_head(model(x)): nothing after the output layer
+# logits = lm_head(model(x)): nothing after the output layer
+FAST_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma")
 
 def _llama(model):
     "The causal LM under a peft wrapper (or the model itself)."
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 def _split_head(model) -> bool:
-    "Whether the fast paths are exact for `model`: a family of `FAST_FAMILIES` with its body (`.model`) and output layer (`.lm_head`) apart, and no logit capping or scaling after it."
-    lm = _llama(model); c = getattr(lm, "config", None)
-    return (hasattr(lm, "lm_head") and hasattr(lm, "model") and getattr(c, "model_type", None) in FAST_FAMILIES
-            and not getattr(c, "final_logit_softcapping", None) and getattr(c, "logit_scale", None) in (None, 1, 1.0))
+    """Whether the fast paths are exact for `model`: a family of `FAST_FAMILIES` with its body
+    (`.model`) and output layer (`.lm_head`) apart, and no logit capping or scaling after it."""
+    lm = _llama(model)
+    c = getattr(lm, "config", None)
+    return (hasattr(lm, "lm_head") and hasattr(lm, "model")
+            and getattr(c, "model_type", None) in FAST_FAMILIES
+            and not getattr(c, "final_logit_softcapping", None)
+            and getattr(c, "logit_scale", None) in (None, 1, 1.0))
 
 # %% ../nbs/03a_training.ipynb #75ea593e
 def _chunk_nll(head, h, y):  # summed cross-entropy of one block of rows
@@ -49,12 +58,15 @@ def _chunk_nll(head, h, y):  # summed cross-entropy of one block of rows
 _FUSED: dict = {}  # the autograd function ("fn") and the logits' workspaces ("ws", device, dtype)
 
 def _head_workspace(rows: int, w):
-    "A (rows, vocab) float32 block for the logits and, for a head not in float32, one in its format: allocated once and reused by every block and step (`free_head_workspace` frees them)."
+    """A (rows, vocab) float32 block for the logits and, for a head not in float32, one in its
+    format: allocated once and reused by every block and step (`free_head_workspace` frees them)."""
     import torch
-    key = ("ws", str(w.device), w.dtype); ws = _FUSED.get(key)
+    key = ("ws", str(w.device), w.dtype)
+    ws = _FUSED.get(key)
     if ws is None or ws[0].shape != (rows, w.shape[0]):
-        ws = _FUSED[key] = (torch.empty(rows, w.shape[0], dtype=torch.float32, device=w.device),
-                            None if w.dtype == torch.float32 else torch.empty(rows, w.shape[0], dtype=w.dtype, device=w.device))
+        ws = _FUSED[key] = (torch.empty(rows, w.shape[0], dtype=torch.float32,
+                                        device=w.device), None if w.dtype == torch.float32 else
+                            torch.empty(rows, w.shape[0], dtype=w.dtype, device=w.device))
     return ws
 
 def free_head_workspace() -> None:
@@ -62,26 +74,40 @@ def free_head_workspace() -> None:
     for k in [k for k in _FUSED if k != "fn"]: del _FUSED[k]
 
 def _fused_head_nll():
-    "The autograd function behind `head_nll` when training (built on first use: this module imports torch lazily)."
+    """The autograd function behind `head_nll` when training (built on first use: this module
+    imports torch lazily)."""
     if "fn" in _FUSED: return _FUSED["fn"]
     import torch
 
     class FusedHeadNLL(torch.autograd.Function):
-        "Summed cross-entropy of `y` under `h @ w.T`, block by block, for a frozen `w`: the gradient for `h` is formed in the forward pass, so the (n, vocab) logits are never held."
+        """Summed cross-entropy of `y` under `h @ w.T`, block by block, for a frozen `w`: the
+        gradient for `h` is formed in the forward pass, so the (n, vocab) logits are never held."""
         @staticmethod
         def forward(ctx, h, w, y, chunk):
-            tot = torch.zeros((), dtype=torch.float32, device=h.device); g = torch.empty_like(h)
+            tot = torch.zeros((), dtype=torch.float32, device=h.device)
+            g = torch.empty_like(h)
             zf, zw = _head_workspace(chunk, w)
             for s in range(0, len(h), chunk):
-                n = len(h[s:s + chunk]); yy = y[s:s + chunk]; rows = torch.arange(n, device=h.device); z = zf[:n]
+                n = len(h[s:s + chunk])
+                yy = y[s:s + chunk]
+                rows = torch.arange(n, device=h.device)
+                z = zf[:n]
                 if zw is None: torch.mm(h[s:s + n], w.t(), out=z)
-                else: torch.mm(h[s:s + n], w.t(), out=zw[:n]); z.copy_(zw[:n])  # logits in the head's format, then float32
-                m = z.max(-1, keepdim=True).values; tgt = z[rows, yy]
+                    # logits in the head's format, then float32
+                else:
+                    torch.mm(h[s:s + n], w.t(), out=zw[:n])
+                    z.copy_(zw[:n])
+                m = z.max(-1, keepdim=True).values
+                tgt = z[rows, yy]
                 se = z.sub_(m).exp_().sum(-1, keepdim=True)             # z is now exp(logit - max)
                 tot += (m + se.log()).sum() - tgt.sum()
-                z.div_(se); z[rows, yy] -= 1                            # softmax - one-hot: d loss / d logits
+                # softmax - one-hot: d loss / d logits
+                z.div_(se)
+                z[rows, yy] -= 1
                 if zw is None: torch.mm(z, w, out=g[s:s + n])
-                else: zw[:n].copy_(z); torch.mm(zw[:n], w, out=g[s:s + n])
+                else:
+                    zw[:n].copy_(z)
+                    torch.mm(zw[:n], w, out=g[s:s + n])
             ctx.save_for_backward(g)
             return tot
 
@@ -98,56 +124,83 @@ def head_nll(head, # the output layer
              y, # (n,) target ids
              chunk: int = 512, # rows per chunk
             ):
-    "Summed NLL of `y` under `head(h)`, in blocks of rows: when training a frozen bias-free `nn.Linear` head, with its gradient for `h` formed block by block (same FLOPs, no logits kept); else plain autograd."
+    """Summed NLL of `y` under `head(h)`, in blocks of rows: when training a frozen bias-free
+    `nn.Linear` head, with its gradient for `h` formed block by block (same FLOPs, no logits
+    kept); else plain autograd."""
     import torch
     if torch.is_grad_enabled() and h.requires_grad:
         if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
             return _fused_head_nll().apply(h, head.weight, y, chunk)
         return _chunk_nll(head, h, y)
-    return sum((_chunk_nll(head, h[s:s + chunk], y[s:s + chunk]) for s in range(0, len(h), chunk)), h.new_zeros((), dtype=torch.float32))
+    return sum((_chunk_nll(head, h[s:s + chunk], y[s:s + chunk]) for s in range(0, len(h), chunk)),
+               h.new_zeros((), dtype=torch.float32))
 
 # %% ../nbs/03a_training.ipynb #7abf6d38
-def shared_prompt_nll(model, # a causal LM (peft-wrapped or plain), Llama-like: `.model` and `.lm_head`
-                      examples: list[tuple[list[int], int]], # `(ids, prompt_len)`, all with the same prompt
+def shared_prompt_nll(
+                      # a causal LM (peft-wrapped or plain), Llama-like: `.model` and `.lm_head`
+                      model,
+                      # `(ids, prompt_len)`, all with the same prompt
+                      examples: list[tuple[list[int], int]],
                       pad_id: int, # padding token id
                      ):
-    "Summed NLL of the labelled tokens, the shared prompt computed once for the batch; returns `(sum, n_tokens, positions)`."
+    """Summed NLL of the labelled tokens, the shared prompt computed once for the batch; returns
+    `(sum, n_tokens, positions)`."""
     import torch
     lm = _llama(model)
-    p = examples[0][1]; prompt = examples[0][0][:p]; dev = lm.device; B = len(examples)
-    ids, att, _ = (t.to(dev) for t in collate([(x[p:], 0) for x, _ in examples], pad_id))  # the texts after the prompt
+    p = examples[0][1]
+    prompt = examples[0][0][:p]
+    dev = lm.device
+    B = len(examples)
+    # the texts after the prompt
+    ids, att, _ = (t.to(dev) for t in collate([(x[p:], 0) for x, _ in examples], pad_id))
     pre = lm.model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
-    cache = _kv_out(pre); cache.batch_repeat_interleave(B)   # the prompt's keys/values, shared (gradients flow back)
+    # the prompt's keys/values, shared (gradients flow back)
+    cache = _kv_out(pre)
+    cache.batch_repeat_interleave(B)
     first = lm.lm_head(pre.last_hidden_state[:, -1]).float()  # predicts every example's first token
-    h = lm.model(input_ids=ids, attention_mask=torch.cat([torch.ones((B, p), dtype=att.dtype, device=dev), att], 1),
-                 use_cache=True, **{_kv_arg(lm.model): cache}).last_hidden_state
-    tgt = ids[:, 1:].masked_fill(att[:, 1:] == 0, -100); sel = tgt != -100; has = att[:, 0] == 1
+    h = lm.model(
+        input_ids=ids,
+        attention_mask=torch.cat([torch.ones((B, p), dtype=att.dtype, device=dev), att],
+                                 1), use_cache=True, **{_kv_arg(lm.model): cache}).last_hidden_state
+    tgt = ids[:, 1:].masked_fill(att[:, 1:] == 0, -100)
+    sel = tgt != -100
+    has = att[:, 0] == 1
     tot = head_nll(lm.lm_head, h[:, :-1][sel], tgt[sel])
-    tot = tot + torch.nn.functional.cross_entropy(first.expand(B, -1)[has], ids[:, 0][has], reduction="sum")
+    tot = tot + torch.nn.functional.cross_entropy(
+        first.expand(B, -1)[has], ids[:, 0][has], reduction="sum")
     return tot, int(sel.sum()) + int(has.sum()), int(att.sum()) + p
 
 # %% ../nbs/03a_training.ipynb #2298ecca
 def shares_prompt(model, examples: list[tuple[list[int], int]]) -> bool:
-    "Whether `shared_prompt_nll` applies: a Llama-like model, one prompt for all examples, every example longer than it."
+    """Whether `shared_prompt_nll` applies: a Llama-like model, one prompt for all examples, every
+    example longer than it."""
     if not _split_head(model) or not examples: return False
-    p = examples[0][1]; head = examples[0][0][:p]
+    p = examples[0][1]
+    head = examples[0][0][:p]
     return p > 0 and all(q == p and len(x) > p and x[:p] == head for x, q in examples)
 
 # %% ../nbs/03a_training.ipynb #2d1bf01c
-def micro_batches(batch: list[tuple[list[int], int]], # `(ids, prompt_len)` examples of one optimiser step
+def micro_batches(
+                  # `(ids, prompt_len)` examples of one optimiser step
+                  batch: list[tuple[list[int], int]],
                   max_tokens: int | None, # most padded positions per pass (None: no limit)
                  ) -> list[list[tuple[list[int], int]]]:
-    "Consecutive slices of `batch`, each at most `max_tokens` padded positions (longest x count) and at least one example."
+    """Consecutive slices of `batch`, each at most `max_tokens` padded positions (longest x count)
+    and at least one example."""
     if not max_tokens: return [batch]
     out, cur, longest = [], [], 0
     for e in batch:
-        if cur and (len(cur) + 1) * max(longest, len(e[0])) > max_tokens: out.append(cur); cur, longest = [], 0
-        cur.append(e); longest = max(longest, len(e[0]))
+        if cur and (len(cur) + 1) * max(longest, len(e[0])) > max_tokens:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(e)
+        longest = max(longest, len(e[0]))
     return out + [cur]
 
 # %% ../nbs/03a_training.ipynb #c7646f55
 def n_labels(examples: list[tuple[list[int], int]]) -> int:
-    "Tokens a causal LM loss counts: every token after the prompt (after the first token when there is no prompt)."
+    """Tokens a causal LM loss counts: every token after the prompt (after the first token when
+    there is no prompt)."""
     return sum(max(len(x) - max(p, 1), 0) for x, p in examples)
 
 # %% ../nbs/03a_training.ipynb #8cc71822
@@ -163,144 +216,227 @@ def learning_rate(cfg: "ChainConfig") -> float:
 def make_optimizer(params: list, # the tensors to train
                    lr: float, name: str = "adamw", # one of OPTIMIZERS
                    device: str = "cpu"):
-    "AdamW over `params` (no weight decay), fused on a GPU; or bitsandbytes' 8-bit AdamW (`adamw_8bit`, CUDA only)."
+    """AdamW over `params` (no weight decay), fused on a GPU; or bitsandbytes' 8-bit AdamW
+    (`adamw_8bit`, CUDA only)."""
     import torch
     if name == "adamw_8bit":
         try: import bitsandbytes as bnb
-        except ImportError: raise ValueError("optimizer='adamw_8bit' needs bitsandbytes (pip install bitsandbytes) and a CUDA GPU") from None
+        except ImportError:
+            raise ValueError(
+                "optimizer='adamw_8bit' needs bitsandbytes (pip install bitsandbytes) and a CUDA "
+                "GPU"
+            ) from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=0.0)
-    if name != "adamw": raise ValueError(f"optimizer={name!r} is invalid; allowed: {', '.join(OPTIMIZERS)}")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=str(device).startswith("cuda"))  # one kernel for all tensors
+    if name != "adamw":
+        raise ValueError(f"optimizer={name!r} is invalid; allowed: {', '.join(OPTIMIZERS)}")
+    # one kernel for all tensors
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=str(device).startswith("cuda"))
 
 # %% ../nbs/03a_training.ipynb #9586e4c0
-def _train_loop(pm, tok, ex: list[tuple[list[int], int]], # the model to train (its trainable tensors have requires_grad), encoded examples
+def _train_loop(
+                # the model to train (its trainable tensors have requires_grad), encoded examples
+                pm, tok, ex: list[tuple[list[int], int]],
                 cfg: "ChainConfig", seed: int, shared_prompt: bool, pass_tokens: int | None,
                 autocast=None, # a torch dtype to run the forward in (mixed precision), or None
                ) -> dict:
-    "Train `pm` in place on `ex`: AdamW, linear warm-up then decay, one step per batch; the run's statistics."
+    """Train `pm` in place on `ex`: AdamW, linear warm-up then decay, one step per batch; the run's
+    statistics."""
     import torch
     rng = random.Random(seed)
-    plan = [b for _ in range(cfg.epochs) for b in length_batches([len(e[0]) for e in ex], cfg.batch_size, rng)]
+    plan = [
+        b for _ in range(cfg.epochs)
+        for b in length_batches([len(e[0]) for e in ex], cfg.batch_size, rng)
+    ]
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = make_optimizer(params, learning_rate(cfg), getattr(cfg, "optimizer", "adamw"), pm.device.type)
+    opt = make_optimizer(params, learning_rate(cfg), getattr(cfg, "optimizer", "adamw"),
+                         pm.device.type)
     total, warm = len(plan), min(cfg.warmup_steps, max(len(plan) - 1, 0))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    amp = (lambda: torch.autocast(pm.device.type, dtype=autocast)) if autocast is not None else contextlib.nullcontext
-    pm.train(); losses, n_tok, n_pos = [], 0, 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / (warm + 1)
+        if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    amp = (lambda: torch.autocast(pm.device.type, dtype=autocast)
+           ) if autocast is not None else contextlib.nullcontext
+    pm.train()
+    losses, n_tok, n_pos = [], 0, 0
     for b in progress(plan, desc="train", leave=False):
-        batch = [ex[i] for i in b]; N = max(n_labels(batch), 1); loss = 0.0
-        for mb in micro_batches(batch, pass_tokens):  # each slice's summed NLL / the batch's token count: the batch's mean
+        batch = [ex[i] for i in b]
+        N = max(n_labels(batch), 1)
+        loss = 0.0
+        # each slice's summed NLL / the batch's token count: the batch's mean
+        for mb in micro_batches(batch, pass_tokens):
             with amp():
-                if shared_prompt: tot, _, pos = shared_prompt_nll(pm, mb, tok.pad_token_id); part = tot / N
+                if shared_prompt:
+                    tot, _, pos = shared_prompt_nll(pm, mb, tok.pad_token_id)
+                    part = tot / N
                 else:
                     ids, att, lab = (t.to(pm.device) for t in collate(mb, tok.pad_token_id))
-                    part, pos = pm(input_ids=ids, attention_mask=att, labels=lab, num_items_in_batch=N).loss, ids.numel()
-            part.backward(); loss = loss + part.detach(); n_pos += pos
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        losses.append(loss); n_tok += sum(len(x) for x, _ in batch)
-    pm.eval(); free_head_workspace(); losses = [float(x) for x in losses]  # read once at the end: no GPU sync per step
-    return dict(steps=total, loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
+                    part, pos = pm(input_ids=ids, attention_mask=att, labels=lab,
+                                   num_items_in_batch=N).loss, ids.numel()
+            part.backward()
+            loss = loss + part.detach()
+            n_pos += pos
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss)
+        n_tok += sum(len(x) for x, _ in batch)
+    # read once at the end: no GPU sync per step
+    pm.eval()
+    free_head_workspace()
+    losses = [float(x) for x in losses]
+    return dict(steps=total, loss_first=losses[0] if losses else None,
+                loss_last=losses[-1] if losses else None,
                 loss_mean=float(np.mean(losses)) if losses else None, tokens=n_tok, positions=n_pos,
                 shared_prompt=shared_prompt, pass_tokens=pass_tokens, lr=learning_rate(cfg),
                 trainable_params=sum(p.numel() for p in params))
 
-CPU_PASS_TOKENS = {"float32": 768, "bfloat16": 1536}  # positions per pass on CPU (-1) by the forward's format: the same activation memory
+# positions per pass on CPU (-1) by the forward's format: the same activation memory
+CPU_PASS_TOKENS = {"float32": 768, "bfloat16": 1536}
 
 def _paths(pm, ex, shared_prompt, pass_tokens, fmt: str = "float32") -> tuple[bool, int | None]:
-    "The paths a run takes: the shared prompt (None: on CPU only) where it applies; slices of `CPU_PASS_TOKENS[fmt]` positions on CPU (-1), none on a GPU."
+    """The paths a run takes: the shared prompt (None: on CPU only) where it applies; slices of
+    `CPU_PASS_TOKENS[fmt]` positions on CPU (-1), none on a GPU."""
     if shared_prompt is None: shared_prompt = pm.device.type == "cpu"
-    return shared_prompt and shares_prompt(pm, ex), (CPU_PASS_TOKENS.get(fmt, CPU_PASS_TOKENS["float32"]) if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
+    return shared_prompt and shares_prompt(
+        pm, ex), (CPU_PASS_TOKENS.get(fmt, CPU_PASS_TOKENS["float32"])
+                  if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
 
 # %% ../nbs/03a_training.ipynb #6f7c06bb
-def train_lora(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
-               texts: list[str], cfg: "ChainConfig", # the chain's settings: lora_r, lora_alpha, max_length, epochs, batch_size, lr, warmup_steps
+def train_lora(
+               # one instruction for all texts, or one per text
+               model, tok, instruction: str | list[str],
+               # the chain's settings: lora_r, lora_alpha, max_length, epochs, batch_size, lr,
+               # warmup_steps
+               texts: list[str], cfg: "ChainConfig",
                seed: int,
-               shared_prompt: bool | None = None, # run the common prompt once per batch (same loss, fewer FLOPs); False: plain forward; None: on CPU only (measured: on a GPU a 135M model is launch-bound and the extra pass made steps 2x slower)
-               pass_tokens: int | None = -1, # most padded positions per forward/backward pass: a larger batch is run in slices whose gradients add up to the batch's (same step, less memory); None: no limit; -1: on CPU 768 in float32, 1536 in bfloat16 (CPU_PASS_TOKENS), no limit on a GPU
+               # run the common prompt once per batch (same loss, fewer FLOPs); False: plain
+               # forward; None: on CPU only (measured: on a GPU a 135M model is launch-bound and the
+               # extra pass made steps 2x slower)
+               shared_prompt: bool | None = None,
+               # most padded positions per forward/backward pass: a larger batch is run in slices
+               # whose gradients add up to the batch's (same step, less memory); None: no limit; -1:
+               # on CPU 768 in float32, 1536 in bfloat16 (CPU_PASS_TOKENS), no limit on a GPU
+               pass_tokens: int | None = -1,
               ) -> tuple[object, dict]:
-    "LoRA-tune `model` on `texts` (float32 adapters; a bfloat16 model's forward in bfloat16); return the peft model and training stats."
+    """LoRA-tune `model` on `texts` (float32 adapters; a bfloat16 model's forward in bfloat16);
+    return the peft model and training stats."""
     import torch
     from peft import LoraConfig, get_peft_model
     from peft.helpers import disable_input_dtype_casting
     seed_everything(seed)
     with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        pm = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                              target_modules="all-linear", task_type="CAUSAL_LM"))
+        pm = get_peft_model(
+            model,
+            LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                       target_modules="all-linear", task_type="CAUSAL_LM"))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
-    fmt = model.dtype; mixed = fmt != torch.float32  # adapters stay float32 (peft's default); their matmuls run in the model's format
+    # adapters stay float32 (peft's default); their matmuls run in the model's format
+    fmt = model.dtype
+    mixed = fmt != torch.float32
     forward = str(fmt).replace("torch.", "")
     shared_prompt, pass_tokens = _paths(pm, ex, shared_prompt, pass_tokens, forward)
     with disable_input_dtype_casting(pm, active=mixed):
-        stats = _train_loop(pm, tok, ex, cfg, seed, shared_prompt, pass_tokens, autocast=fmt if mixed else None)
+        stats = _train_loop(pm, tok, ex, cfg, seed, shared_prompt, pass_tokens,
+                            autocast=fmt if mixed else None)
     return pm, dict(stats, finetune="lora", adapters="float32", forward=forward)
 
 # %% ../nbs/03a_training.ipynb #3d44bbd0
-def train_full(model, tok, instruction: str | list[str], # one instruction for all texts, or one per text
-               texts: list[str], cfg: "ChainConfig", # the chain's settings: max_length, epochs, batch_size, lr, warmup_steps, optimizer, gradient_checkpointing
+def train_full(
+               # one instruction for all texts, or one per text
+               model, tok, instruction: str | list[str],
+               # the chain's settings: max_length, epochs, batch_size, lr, warmup_steps, optimizer,
+               # gradient_checkpointing
+               texts: list[str], cfg: "ChainConfig",
                seed: int,
-               shared_prompt: bool | None = None, # as in train_lora (off with gradient checkpointing)
+               # as in train_lora (off with gradient checkpointing)
+               shared_prompt: bool | None = None,
                pass_tokens: int | None = -1, # as in train_lora
               ) -> tuple[object, dict]:
-    "Fine-tune every weight of `model` on `texts` (float32 master weights, bfloat16 forward for a bfloat16 model); return it, in its loaded format, and training stats."
+    """Fine-tune every weight of `model` on `texts` (float32 master weights, bfloat16 forward for a
+    bfloat16 model); return it, in its loaded format, and training stats."""
     import torch
     seed_everything(seed)
-    fmt = model.dtype; mixed = fmt != torch.float32
+    fmt = model.dtype
+    mixed = fmt != torch.float32
     if mixed: model.float()
     model.requires_grad_(True)
     gc = bool(getattr(cfg, "gradient_checkpointing", False))
-    if gc: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
     ex = encode_examples(tok, instruction, texts, cfg.max_length)
-    shared_prompt, pass_tokens = _paths(model, ex, False if gc else shared_prompt, pass_tokens)  # 768 on CPU: float32 weights, gradients and moments besides
-    try: stats = _train_loop(model, tok, ex, cfg, seed, shared_prompt, pass_tokens, autocast=fmt if mixed else None)
+    # 768 on CPU: float32 weights, gradients and moments besides
+    shared_prompt, pass_tokens = _paths(model, ex, False if gc else shared_prompt, pass_tokens)
+    try:
+        stats = _train_loop(model, tok, ex, cfg, seed, shared_prompt, pass_tokens,
+                            autocast=fmt if mixed else None)
     finally:
         if gc: model.gradient_checkpointing_disable()
         model.requires_grad_(False)
         if mixed: model.to(fmt)
-    return model, dict(stats, finetune="full", master_weights="float32", forward=str(fmt).replace("torch.", ""),
-                       gradient_checkpointing=gc, optimizer=getattr(cfg, "optimizer", "adamw"))
+    return model, dict(stats, finetune="full", master_weights="float32",
+                       forward=str(fmt).replace("torch.", ""), gradient_checkpointing=gc,
+                       optimizer=getattr(cfg, "optimizer", "adamw"))
 
 # %% ../nbs/03a_training.ipynb #dec682d1
 TUNED_DIRS = {"lora": "adapter", "full": "weights"}
 
-def fine_tune(model, tok, instruction: str | list[str], texts: list[str], cfg: "ChainConfig", seed: int, **kw) -> tuple[object, dict]:
-    "Tune a fresh `model` on `texts` by the chain's method (`cfg.finetune`: `train_lora` or `train_full`); the tuned model and training stats."
+def fine_tune(model, tok, instruction: str | list[str], texts: list[str], cfg: "ChainConfig",
+              seed: int, **kw) -> tuple[object, dict]:
+    """Tune a fresh `model` on `texts` by the chain's method (`cfg.finetune`: `train_lora` or
+    `train_full`); the tuned model and training stats."""
     method = getattr(cfg, "finetune", "lora")
-    if method not in FINETUNES: raise ValueError(f"finetune={method!r} is invalid; allowed: {', '.join(FINETUNES)}")
-    return (train_lora if method == "lora" else train_full)(model, tok, instruction, texts, cfg, seed, **kw)
+    if method not in FINETUNES:
+        raise ValueError(f"finetune={method!r} is invalid; allowed: {', '.join(FINETUNES)}")
+    return (train_lora if method == "lora" else train_full)(model, tok, instruction, texts, cfg,
+                                                            seed, **kw)
 
 def merged_model(pm):
-    "The tuned model ready to sample: a peft model's adapter merged into its base, any other model as it is."
+    """The tuned model ready to sample: a peft model's adapter merged into its base, any other model
+    as it is."""
     return pm.merge_and_unload() if hasattr(pm, "merge_and_unload") else pm
 
 def save_tuned(pm, tok, folder) -> None:
-    "Save what a generation tuned: a LoRA adapter, or the whole model with its tokenizer (loadable by `load_model`)."
+    """Save what a generation tuned: a LoRA adapter, or the whole model with its tokenizer (loadable
+    by `load_model`)."""
     pm.save_pretrained(folder)
     if not hasattr(pm, "merge_and_unload"): tok.save_pretrained(folder)
 
 # %% ../nbs/03a_training.ipynb #ea7ff50b
-def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int, batch_size: int = 32) -> float:
-    "Mean NLL over the labelled tokens (after each example's prefix) of `(ids, prefix_len)` examples."
+def pooled_nll(model, examples: list[tuple[list[int], int]], pad_id: int,
+               batch_size: int = 32) -> float:
+    """Mean NLL over the labelled tokens (after each example's prefix) of `(ids, prefix_len)`
+    examples."""
     import torch
     tot, n = 0.0, 0
     examples = sorted(examples, key=lambda e: len(e[0]))  # similar lengths together: little padding
-    shared = shares_prompt(model, examples); lm = _llama(model)
+    shared = shares_prompt(model, examples)
+    lm = _llama(model)
     with torch.no_grad():
         for s in range(0, len(examples), batch_size):
             batch = examples[s:s + batch_size]
             if shared:
-                t, k, _ = shared_prompt_nll(model, batch, pad_id); tot += float(t); n += k; continue
+                t, k, _ = shared_prompt_nll(model, batch, pad_id)
+                tot += float(t)
+                n += k
+                continue
             ids, att, lab = (t.to(model.device) for t in collate(batch, pad_id))
-            tgt = lab[:, 1:]; m = tgt != -100
+            tgt = lab[:, 1:]
+            m = tgt != -100
             if _split_head(model):  # the output layer only where a label is
-                logits = lm.lm_head(lm.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][m])
+                logits = lm.lm_head(
+                    lm.model(input_ids=ids, attention_mask=att).last_hidden_state[:, :-1][m])
             else: logits = model(input_ids=ids, attention_mask=att).logits[:, :-1][m]
-            tot += float(torch.nn.functional.cross_entropy(logits.float(), tgt[m], reduction="sum")); n += int(m.sum())
+            tot += float(torch.nn.functional.cross_entropy(logits.float(), tgt[m], reduction="sum"))
+            n += int(m.sum())
     return tot / max(n, 1)
 
-def response_nll(model, tok, instruction: str | list[str], texts: list[str], max_length: int = 128, batch_size: int = 32) -> float:
-    "Mean token NLL of `texts` after their instruction prompt (one for all, or one per text; tokens pooled over all texts)."
-    return pooled_nll(model, encode_examples(tok, instruction, texts, max_length), tok.pad_token_id, batch_size)
+def response_nll(model, tok, instruction: str | list[str], texts: list[str], max_length: int = 128,
+                 batch_size: int = 32) -> float:
+    """Mean token NLL of `texts` after their instruction prompt (one for all, or one per text;
+    tokens pooled over all texts)."""
+    return pooled_nll(model, encode_examples(tok, instruction, texts, max_length), tok.pad_token_id,
+                      batch_size)
 
 # %% ../nbs/03a_training.ipynb #86d49524
 FIT_KEYS = ("target", "lrs", "lr", "refine", "tol")
@@ -309,25 +445,44 @@ FIT_GRIDS = {"lora": [1e-4, 3e-4, 1e-3, 3e-3], "full": [3e-6, 1e-5, 3e-5, 1e-4]}
 def fit_spec(d: dict | None, # a chain's match_fit setting
              finetune: str = "lora", # the chain's method (its grid is the default)
             ) -> dict | None:
-    "`match_fit` checked and completed: target, lrs, lr (a method target's), refine, tol; None stays None."
+    """`match_fit` checked and completed: target, lrs, lr (a method target's), refine, tol; None
+    stays None."""
     if d is None: return None
-    if not isinstance(d, dict): raise ValueError(f"match_fit={d!r} is invalid; allowed: None or a mapping such as {{'target': 'lora'}}")
-    if bad := [k for k in d if k not in FIT_KEYS]: raise ValueError(f"match_fit: unknown key {bad[0]!r}; allowed: {', '.join(FIT_KEYS)}")
-    target = d.get("target"); num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"match_fit={d!r} is invalid; allowed: None or a mapping such as {{'target': 'lora'}}")
+    if bad := [k for k in d if k not in FIT_KEYS]:
+        raise ValueError(f"match_fit: unknown key {bad[0]!r}; allowed: {', '.join(FIT_KEYS)}")
+    target = d.get("target")
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     if not (target in FINETUNES or (num(target) and 0 < target < 1)):
-        raise ValueError(f"match_fit.target={target!r} is invalid; allowed: {', '.join(FINETUNES)} (that method's generation-0 gain) or a gain in (0, 1)")
+        raise ValueError(
+            f"match_fit.target={target!r} is invalid; allowed: {', '.join(FINETUNES)} (that "
+            "method's generation-0 gain) or a gain in (0, 1)"
+        )
     lrs = d.get("lrs", FIT_GRIDS.get(finetune, FIT_GRIDS["lora"]))
     if not (isinstance(lrs, list) and len(lrs) >= 2 and all(num(x) and x > 0 for x in lrs)):
-        raise ValueError(f"match_fit.lrs={lrs!r} is invalid; allowed: a list of at least 2 learning rates > 0")
+        raise ValueError(
+            f"match_fit.lrs={lrs!r} is invalid; allowed: a list of at least 2 learning rates > 0")
     out = dict(target=target, lrs=sorted(float(x) for x in lrs))
     if target in FINETUNES:
         lr = d.get("lr", LR_DEFAULTS[target])
-        if not (num(lr) and lr > 0): raise ValueError(f"match_fit.lr={lr!r} is invalid; allowed: the {target} reference's learning rate, a number > 0")
+        if not (num(lr) and lr > 0):
+            raise ValueError(
+                f"match_fit.lr={lr!r} is invalid; allowed: the {target} reference's learning rate, "
+                "a number > 0"
+            )
         out["lr"] = float(lr)
-    elif "lr" in d: raise ValueError("match_fit.lr is only for a method target (the reference's learning rate); a number target needs none")
+    elif "lr" in d:
+        raise ValueError(
+            "match_fit.lr is only for a method target (the reference's learning rate); a number "
+            "target needs none"
+        )
     refine, tol = d.get("refine", 2), d.get("tol", 0.05)
-    if not (isinstance(refine, int) and not isinstance(refine, bool) and refine >= 0): raise ValueError(f"match_fit.refine={refine!r} is invalid; allowed: an integer >= 0")
-    if not (num(tol) and tol > 0): raise ValueError(f"match_fit.tol={tol!r} is invalid; allowed: a number > 0")
+    if not (isinstance(refine, int) and not isinstance(refine, bool) and refine >= 0):
+        raise ValueError(f"match_fit.refine={refine!r} is invalid; allowed: an integer >= 0")
+    if not (num(tol) and tol > 0):
+        raise ValueError(f"match_fit.tol={tol!r} is invalid; allowed: a number > 0")
     return dict(out, refine=refine, tol=float(tol))
 
 # %% ../nbs/03a_training.ipynb #4adc2b62
@@ -337,7 +492,8 @@ def search_lr(trial, # trial(lr) -> generation 0's held-out gain at that lr
               refine: int = 2, # interpolation steps inside the bracket, at most
               tol: float = 0.05, # |gain - target| <= tol * |target| counts as matched
              ) -> dict:
-    "The lr whose gain came nearest `target`: the grid first, then interpolation in log lr inside the first bracket; with every trial."
+    """The lr whose gain came nearest `target`: the grid first, then interpolation in log lr inside
+    the first bracket; with every trial."""
     tried: dict = {}
     def run(lr):
         if lr not in tried: tried[lr] = float(trial(lr))
@@ -345,16 +501,23 @@ def search_lr(trial, # trial(lr) -> generation 0's held-out gain at that lr
     for lr in sorted(lrs): run(lr)
     close = lambda g: abs(g - target) <= tol * abs(target)
     xs = sorted(tried)
-    bracket = next(((a, b) for a, b in zip(xs, xs[1:]) if (tried[a] - target) * (tried[b] - target) <= 0), None)
-    limit = bracket[1] if bracket else math.inf  # the rising part, up to the first crossing: past it the gain can fall again (an lr too high)
+    bracket = next(
+        ((a, b) for a, b in zip(xs, xs[1:]) if (tried[a] - target) * (tried[b] - target) <= 0),
+        None)
+    # the rising part, up to the first crossing: past it the gain can fall again (an lr too high)
+    limit = bracket[1] if bracket else math.inf
     near = lambda: min((x for x in tried if x <= limit), key=lambda x: abs(tried[x] - target))
     for _ in range(refine if bracket else 0):
         if close(tried[near()]): break
         (a, b), (ga, gb) = bracket, (tried[bracket[0]], tried[bracket[1]])
         if ga == gb: break
-        x = float(f"{math.exp(math.log(a) + (target - ga) / (gb - ga) * (math.log(b) - math.log(a))):.3g}")
+        x = float(
+            f"{math.exp(math.log(a) + (target - ga) / (gb - ga) * (math.log(b) - math.log(a))):.3g}"
+        )
         if x in tried: break
-        g = run(x); bracket = (a, x) if (ga - target) * (g - target) <= 0 else (x, b)
+        g = run(x)
+        bracket = (a, x) if (ga - target) * (g - target) <= 0 else (x, b)
     best = near()
-    return dict(target=target, lr=best, gain=tried[best], matched=close(tried[best]), bracketed=bracket is not None,
+    return dict(target=target, lr=best, gain=tried[best], matched=close(tried[best]),
+                bracketed=bracket is not None,
                 tried=[dict(lr=x, gain=tried[x]) for x in sorted(tried)])
