@@ -102,8 +102,12 @@ def random_weights_like(
     import shutil, torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     src, dst = Path(resolve_model(str(src))), resolve(dst)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf",
-                                                            "*.pt"), dirs_exist_ok=True)
+    shutil.copytree(
+        src,
+        dst,
+        ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.gguf", "*.pt"),
+        dirs_exist_ok=True,
+    )
     cfg = AutoConfig.from_pretrained(src)
     torch.manual_seed(seed)
     # a sentence-transformers folder: the bare encoder; else a causal LM
@@ -197,16 +201,26 @@ def baseline_generation(bc: BenchConfig) -> dict:
     emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
-    m = dict(_lexical(ev),
-             semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
-             fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1)
-                                        for x in ev])), heldout_nll=heldout_nll)
+
+    m = dict(
+        _lexical(ev),
+        semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
+        fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1) for x in ev])),
+        heldout_nll=heldout_nll,
+    )
     t["metrics"] = time.perf_counter() - t0
-    return dict(times=t, train_tokens=sum(len(x) for x, _ in ex),
-                generated_tokens=_count(tok,
-                                        texts), n_generated=len(texts), train_loss=loss, metrics=m,
-                dtype=fmt, attention=base.config._attn_implementation, allocator=allocator_state(),
-                params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
+    return dict(
+        times=t,
+        train_tokens=sum(len(x) for x, _ in ex),
+        generated_tokens=_count(tok, texts),
+        n_generated=len(texts),
+        train_loss=loss,
+        metrics=m,
+        dtype=fmt,
+        attention=base.config._attn_implementation,
+        allocator=allocator_state(),
+        params=sum(p.numel() for p in base.parameters() if not p.requires_grad),
+    )
 
 # %% ../nbs/08_bench.ipynb #6c47febd
 def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
@@ -228,13 +242,22 @@ def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
     m = dict(measure_texts(subsample(texts, bc.n_eval, bc.seed), emb, ref, rtok),
              heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
-    return dict(times=t, train_tokens=stats["tokens"], train_positions=stats["positions"],
-                generated_tokens=_count(tok, texts), n_generated=len(texts),
-                train_loss=stats["loss_mean"], metrics=m,
-                dtype=str(merged.dtype).replace("torch.",
-                                                ""), attention=merged.config._attn_implementation,
-                allocator=allocator_state(), params=sum(p.numel() for p in merged.parameters()),
-                finetune=finetune, trainable_params=stats["trainable_params"], lr=stats["lr"])
+    return dict(
+        times=t,
+        train_tokens=stats["tokens"],
+        train_positions=stats["positions"],
+        generated_tokens=_count(tok, texts),
+        n_generated=len(texts),
+        train_loss=stats["loss_mean"],
+        metrics=m,
+        dtype=str(merged.dtype).replace("torch.", ""),
+        attention=merged.config._attn_implementation,
+        allocator=allocator_state(),
+        params=sum(p.numel() for p in merged.parameters()),
+        finetune=finetune,
+        trainable_params=stats["trainable_params"],
+        lr=stats["lr"],
+    )
 
 def full_generation(bc: BenchConfig) -> dict:
     """Ours with full fine-tuning: every weight trained (float32 master weights, the forward in the
@@ -276,16 +299,20 @@ def rates(r: dict, peak: float) -> dict:
     P, t = r["params"], r["times"]
     tr, ge = r["train_tokens"] / t["train"], r["generated_tokens"] / t["generate"]
     return dict(
-        per_generation_s=round(sum(t.values()),
-                               1), train_s=round(t["train"], 1), generate_s=round(t["generate"], 1),
-        metrics_s=round(t["metrics"], 1), load_s=round(t["load"], 1), train_tok_s=round(tr, 1),
-        generate_tok_s=round(ge, 1), train_peak_share=round(
-            (6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak,
-            3), generate_peak_share=round(2 * P * ge / 1e9 / peak,
-                                          3), peak_rss_gb=r.get("peak_rss_gb"),
-        dtype=r.get("dtype", "float32"), **{k: r[k]
-                                            for k in ("attention", "allocator") if k in r},
-        **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}))
+        per_generation_s=round(sum(t.values()), 1),
+        train_s=round(t["train"], 1),
+        generate_s=round(t["generate"], 1),
+        metrics_s=round(t["metrics"], 1),
+        load_s=round(t["load"], 1),
+        train_tok_s=round(tr, 1),
+        generate_tok_s=round(ge, 1),
+        train_peak_share=round((6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak, 3),
+        generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
+        peak_rss_gb=r.get("peak_rss_gb"),
+        dtype=r.get("dtype", "float32"),
+        **{k: r[k] for k in ("attention", "allocator") if k in r},
+        **({"peak_gpu_gb": r["peak_gpu_gb"]} if "peak_gpu_gb" in r else {}),
+    )
 
 def growth_exponent(ns: list[int], times: list[float]) -> float:
     "Slope of log(time) on log(N)."
@@ -300,8 +327,12 @@ def summarise(results: dict, peak: dict) -> dict:
             for k, v in results.get("arms", {}).items()
         })
     if {"baseline", "ours"} <= set(out["arms"]):
-        stages = lambda t: dict(per_generation_s=sum(t.values()), train_s=t["train"], generate_s=t[
-            "generate"], metrics_s=t["metrics"])
+        stages = lambda t: dict(
+            per_generation_s=sum(t.values()),
+            train_s=t["train"],
+            generate_s=t["generate"],
+            metrics_s=t["metrics"],
+        )
         # measured times, not the rounded ones (a tiny run's 0.04 s is 0.0)
         b, o = (stages(results["arms"][k]["times"]) for k in ("baseline", "ours"))
         out["speedup"] = {k: round(b[k] / o[k], 2) for k in b}

@@ -405,8 +405,10 @@ def earlier_texts(run_dir: Path, # the chain's run directory
                 f"{Path(d).name} has not finished generation {gen - 1}: the nodes of generation "
                 f"{gen} wait for all of generation {gen - 1}"
             )
-    return [(label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl")
-                        for g in gens} if n else {}) for label, d, n in sources]
+    return [
+        (label, n, {g: read_jsonl(gen_dir(d, g) / "generated.jsonl") for g in gens} if n else {})
+        for label, d, n in sources
+    ]
 
 # %% ../nbs/03_chain.ipynb #dc4835dc
 def row_instructions(rows: list[dict], # training or held-out rows
@@ -990,15 +992,25 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
             write_json(
                 chain_file,
                 make_manifest(
-                    ident, cfg.seed, timer.times,
+                    ident,
+                    cfg.seed,
+                    timer.times,
                     **(dict(instructions=domains) if domains else dict(instruction=instr)),
-                    finetune=cfg.finetune, lr=calib["lr"] if calib else learning_rate(cfg),
-                    **({"calibration": calib} if calib else {}), base_heldout_nll=base_nll,
-                    dtype=str(base.dtype), device=str(base.device),
-                    attention=base.config._attn_implementation, determinism=determinism(
-                        base.device), n_human_pool=len(human), inputs=input_checksums(cfg),
-                    heldout_ids=human.text_id.iloc[:cfg.n_heldout].tolist(), facts=cfg.facts,
-                    **(extra or {})))
+                    finetune=cfg.finetune,
+                    lr=calib["lr"] if calib else learning_rate(cfg),
+                    **({"calibration": calib} if calib else {}),
+                    base_heldout_nll=base_nll,
+                    dtype=str(base.dtype),
+                    device=str(base.device),
+                    attention=base.config._attn_implementation,
+                    determinism=determinism(base.device),
+                    n_human_pool=len(human),
+                    inputs=input_checksums(cfg),
+                    heldout_ids=human.text_id.iloc[: cfg.n_heldout].tolist(),
+                    facts=cfg.facts,
+                    **(extra or {}),
+                ),
+            )
         else: record_facts(chain_file, cfg.facts)
         rec = read_json(chain_file)
         cfg = replace(cfg, lr=rec["calibration"]["lr"]
@@ -1033,8 +1045,9 @@ def network_nodes(cfg: ChainConfig, # a chain with `network` set (run_dir resolv
     domains = None
     if spec.shards == "domains":
         texts = load_texts(cfg.dataset, cfg.min_tokens, cfg.max_tokens)
-        domains = sorted(map(str,
-                             texts.domain.dropna().unique())) if "domain" in texts.columns else []
+        domains = (
+            sorted(map(str, texts.domain.dropna().unique())) if "domain" in texts.columns else []
+        )
     base = replace(cfg, network=None, run_dir="x")
     return spec, [
         replace(base, **s, run_dir=str(net_dir / f"node-{k}"), facts=node_facts(cfg.facts, k))
@@ -1049,11 +1062,22 @@ def network_record(cfg: ChainConfig, # a chain with `network` set, dtype resolve
     synthetic texts from node j) and the nodes."""
     W = mixing_matrix(spec, cfg.seed)
     return dict(
-        identity=chain_identity(cfg), label=spec.label, mixing=W.round(9).tolist(),
-        counts=synthetic_counts(W, cfg.n_synthetic).tolist(), nodes=[
-            dict(node=k, run_dir=Path(c.run_dir).name, seed=c.seed, cluster=c.cluster,
-                 shard=c.shard, model=c.model) for k, c in enumerate(nodes)
-        ])
+        identity=chain_identity(cfg),
+        label=spec.label,
+        mixing=W.round(9).tolist(),
+        counts=synthetic_counts(W, cfg.n_synthetic).tolist(),
+        nodes=[
+            dict(
+                node=k,
+                run_dir=Path(c.run_dir).name,
+                seed=c.seed,
+                cluster=c.cluster,
+                shard=c.shard,
+                model=c.model,
+            )
+            for k, c in enumerate(nodes)
+        ],
+    )
 
 def node_sources(nodes: list[ChainConfig], counts: list, k: int) -> list[tuple]:
     """Node k's sources for `ChainRun.sources`: (origin label, run_dir, count) per node, its own
@@ -1090,11 +1114,16 @@ def cross_nll_step(net_dir: Path, # the network's folder
                                            r.cfg.max_length)
         write_json(
             out,
-            dict(generation=gen, n_texts=[len(x)
-                                          for x in texts], nodes=[r.run_dir.name for r in runs],
-                 matrix=C.tolist(), gap=cross_nll_gap(C), timings=t.times,
-                 done={r.run_dir.name: read_json(d / "DONE")
-                       for r, d in zip(runs, dirs)}))
+            dict(
+                generation=gen,
+                n_texts=[len(x) for x in texts],
+                nodes=[r.run_dir.name for r in runs],
+                matrix=C.tolist(),
+                gap=cross_nll_gap(C),
+                timings=t.times,
+                done={r.run_dir.name: read_json(d / "DONE") for r, d in zip(runs, dirs)},
+            ),
+        )
     for d, r in zip(dirs, runs): shutil.rmtree(d / TUNED_DIRS[r.cfg.finetune], ignore_errors=True)
     return out
 

@@ -206,9 +206,9 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2",
     with atomic_path(path) as tmp: out.to_parquet(tmp, index=False)
     if drawn is not None:
         with atomic_path(path.parent / "candidates.csv") as tmp:
-            pd.DataFrame([
-                dict(cluster=i, origin=c["origin"], size=c["size"]) for i, c in enumerate(drawn)
-            ]).to_csv(tmp, index=False)
+            pd.DataFrame(
+                [dict(cluster=i, origin=c["origin"], size=c["size"]) for i, c in enumerate(drawn)]
+            ).to_csv(tmp, index=False)
         with atomic_path(path.parent / "partition.parquet") as tmp:
             reference_partition(base, red, n_clusters, min_texts, seed).to_parquet(tmp, index=False)
     cfg = dict(dataset=dataset, min_tokens=min_tokens, max_tokens=max_tokens, embedder=embedder,
@@ -217,13 +217,18 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2",
                **({"candidate_sizes": list(candidate_sizes)} if method == "candidates" else {}))
     write_json(
         path.with_suffix(".manifest.json"),
-        make_manifest(cfg, seed, t.times, n_texts=len(out), n_noise=int(
-            (lab < 0).sum()), embedded_now=n_new,
-                      **({"n_candidates": len(cands)} if drawn is not None else {}),
-                      sizes={int(k): int(v)
-                             for k, v in sizes.items()},
-                      excluded={int(k): int(v)
-                                for k, v in small.items()}))
+        make_manifest(
+            cfg,
+            seed,
+            t.times,
+            n_texts=len(out),
+            n_noise=int((lab < 0).sum()),
+            embedded_now=n_new,
+            **({"n_candidates": len(cands)} if drawn is not None else {}),
+            sizes={int(k): int(v) for k, v in sizes.items()},
+            excluded={int(k): int(v) for k, v in small.items()},
+        ),
+    )
     log.info("%d clusters (%d eligible) of %d texts -> %s (%s)", len(sizes),
              len(sizes) - len(small), len(out), path, t.times)
     return path

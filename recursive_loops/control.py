@@ -97,9 +97,20 @@ def write_quartiles(dataset: str, # registry name or file (data.load_texts)
     write_json(
         out / "quartiles.json",
         make_manifest(
-            dict(dataset=str(dataset), property=prop, keep=keep, quarters=quarters,
-                 min_tokens=min_tokens, max_tokens=max_tokens), 0, scored=rec, n_texts=len(df),
-            files=files))
+            dict(
+                dataset=str(dataset),
+                property=prop,
+                keep=keep,
+                quarters=quarters,
+                min_tokens=min_tokens,
+                max_tokens=max_tokens,
+            ),
+            0,
+            scored=rec,
+            n_texts=len(df),
+            files=files,
+        ),
+    )
     log.info("%s: %d texts in %d parts by %s -> %s", dataset, len(df), quarters, name,
              ", ".join(p.name for p in paths))
     return paths
@@ -219,8 +230,11 @@ def bootstrap_ci(x, n_boot: int = 2000, seed: int = 0,
 
 # %% ../nbs/05c_control.ipynb #23d0d453
 def _slope(d: pd.DataFrame) -> float:
-    return float(np.polyfit(d.generation, d.shift_model,
-                            1)[0]) if d.generation.nunique() > 1 else np.nan
+    return (
+        float(np.polyfit(d.generation, d.shift_model, 1)[0])
+        if d.generation.nunique() > 1
+        else np.nan
+    )
 
 def arm_effects(table: pd.DataFrame, # control_table
                 baseline: str = "none", # the uncurated arm
@@ -267,13 +281,28 @@ def arm_effects(table: pd.DataFrame, # control_table
                 s, slo, shi = bootstrap_ci(sl)
                 tlo, thi = seed_ci(red)
                 rows.append(
-                    dict(arm=arm, metric=metric, vs=vs, generation=last, n_seeds=len(seeds),
-                         shift_arm=float(a.shift_model.mean()),
-                         shift_vs=float(b.shift_model.mean()), reduction=r, reduction_low=rlo,
-                         reduction_high=rhi, reduction_t_low=tlo, reduction_t_high=thi, clear=bool(
-                             (rlo > 0 and tlo > 0) or (rhi < 0 and thi < 0)), reduction_kept=k,
-                         reduction_kept_low=klo, reduction_kept_high=khi, slope_diff=s,
-                         slope_diff_low=slo, slope_diff_high=shi))
+                    dict(
+                        arm=arm,
+                        metric=metric,
+                        vs=vs,
+                        generation=last,
+                        n_seeds=len(seeds),
+                        shift_arm=float(a.shift_model.mean()),
+                        shift_vs=float(b.shift_model.mean()),
+                        reduction=r,
+                        reduction_low=rlo,
+                        reduction_high=rhi,
+                        reduction_t_low=tlo,
+                        reduction_t_high=thi,
+                        clear=bool((rlo > 0 and tlo > 0) or (rhi < 0 and thi < 0)),
+                        reduction_kept=k,
+                        reduction_kept_low=klo,
+                        reduction_kept_high=khi,
+                        slope_diff=s,
+                        slope_diff_low=slo,
+                        slope_diff_high=shi,
+                    )
+                )
     return pd.DataFrame(rows)
 
 # %% ../nbs/05c_control.ipynb #f5692154
@@ -390,12 +419,22 @@ def plot_control(effects: pd.DataFrame, # arm_effects
                     fmt="none", lw=0.8, color="#7f7f7f", capsize=0, label="model output: t 95% CI")
         for off, col, mfc, lab in ((-0.12, "reduction", None, "model output"),
                                    (0.12, "reduction_kept", "white", "kept texts (the pool)")):
-            ax.errorbar(d[col], y + off, xerr=[d[col] - d[f"{col}_low"],
-                                               d[f"{col}_high"] - d[col]], fmt="o", ms=7, capsize=3,
-                        lw=1.8, color="#1f4e79", mfc=mfc or "#1f4e79", label=lab)
-        lo, hi = np.nanmin(d[["reduction_low", "reduction_kept_low"
-                              ]].to_numpy()), np.nanmax(d[["reduction_high",
-                                                           "reduction_kept_high"]].to_numpy())
+            ax.errorbar(
+                d[col],
+                y + off,
+                xerr=[d[col] - d[f"{col}_low"], d[f"{col}_high"] - d[col]],
+                fmt="o",
+                ms=7,
+                capsize=3,
+                lw=1.8,
+                color="#1f4e79",
+                mfc=mfc or "#1f4e79",
+                label=lab,
+            )
+        lo, hi = (
+            np.nanmin(d[["reduction_low", "reduction_kept_low"]].to_numpy()),
+            np.nanmax(d[["reduction_high", "reduction_kept_high"]].to_numpy()),
+        )
         # a t interval wider than that runs off the panel
         pad = 0.15 * max(hi - lo, 1e-3)
         ax.set_xlim(min(lo, 0) - pad, max(hi, 0) + pad)
@@ -437,14 +476,21 @@ def plot_control_curves(table: pd.DataFrame, # control_table
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 3.9 * nrow), squeeze=False)
     cmap = plt.get_cmap("tab10")
     series = {
-        a: table[table.arm == a].sort_values(["metric", "seed",
-                                              "generation"]).shift_model.to_numpy()
+        a: table[table.arm == a]
+        .sort_values(["metric", "seed", "generation"])
+        .shift_model.to_numpy()
         for a in arms
     }
     same = {
-        a:
-        next((b for b in arms[:i] if len(series[b]) == len(series[a])
-              and np.allclose(series[b], series[a], equal_nan=True)), None)
+        a: next(
+            (
+                b
+                for b in arms[:i]
+                if len(series[b]) == len(series[a])
+                and np.allclose(series[b], series[a], equal_nan=True)
+            ),
+            None,
+        )
         # an arm that kept exactly what another kept (dedup with no duplicate = random) lies
         # under it
         for i, a in enumerate(arms)
@@ -496,9 +542,9 @@ def plot_quartiles(results: pd.DataFrame, # results.csv
     for ax, m in zip(axes.flat, metrics):
         d = r[r.metric == m]
         for (prop, part), x in d.groupby(["prop", "part"]):
-            v = x[x.source.isin(["human",
-                                 "generated"])].pivot_table(index="seed", columns="generation",
-                                                            values="value")
+            v = x[x.source.isin(["human", "generated"])].pivot_table(
+                index="seed", columns="generation", values="value"
+            )
             gs = [g for g in v.columns if g >= 0]
             sh = v[gs].div(v[0], axis=0)
             st = np.array([bootstrap_ci(sh[g].to_numpy()) for g in gs])
@@ -564,9 +610,16 @@ def run_control(results: str | Path, # a study's results.csv
     write_json(
         out / "control.manifest.json",
         make_manifest(
-            dict(results=str(results), experiment=experiment, quartiles=quartiles,
-                 baseline=baseline, metrics=list(metrics)), 0,
-            files={k: str(v)
-                   for k, v in files.items()}))
+            dict(
+                results=str(results),
+                experiment=experiment,
+                quartiles=quartiles,
+                baseline=baseline,
+                metrics=list(metrics),
+            ),
+            0,
+            files={k: str(v) for k, v in files.items()},
+        ),
+    )
     log.info("control -> %s", ", ".join(Path(v).name for v in files.values()))
     return files

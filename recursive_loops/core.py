@@ -182,10 +182,17 @@ def make_manifest(cfg: dict, # the parameters that produced the artefact
                  ) -> dict:
     "A manifest dict: config, its hash, seed, versions, machine, timings, extra fields."
     return dict(
-        config=cfg, config_hash=config_hash(cfg), seed=seed, versions=package_versions(),
-        machine=dict(host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(),
-                     cpu=cpu_info()), timings=timings or {},
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+        config=cfg,
+        config_hash=config_hash(cfg),
+        seed=seed,
+        versions=package_versions(),
+        machine=dict(
+            host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(), cpu=cpu_info()
+        ),
+        timings=timings or {},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    )
 
 # %% ../nbs/00_core.ipynb #c5fdcc45
 _PARAM_TYPES = (type(None), bool, int, float, str, list, tuple, dict)

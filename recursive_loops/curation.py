@@ -252,16 +252,26 @@ def curate(self: Curator,
         u = _unit(emb)
         sim = u @ u.T
         np.fill_diagonal(sim, -1)
-        extra = dict(exact_duplicates=sum(bool(d) and d["kind"] == "exact" for d in dup),
-                     near_duplicates=sum(bool(d) and d["kind"] == "near"
-                                         for d in dup), unique=n_uniq, topped_up=max(0, n - n_uniq),
-                     max_similarity=round(float(sim.max()), 4) if m > 1 else None)
+        extra = dict(
+            exact_duplicates=sum(bool(d) and d["kind"] == "exact" for d in dup),
+            near_duplicates=sum(bool(d) and d["kind"] == "near" for d in dup),
+            unique=n_uniq,
+            topped_up=max(0, n - n_uniq),
+            max_similarity=round(float(sim.max()), 4) if m > 1 else None,
+        )
     kept = set(keep)
     cands = [
         dict(
-            index=i, **r, kept=i in kept,
-            **({"score": None if np.isnan(score[i]) else float(score[i])}
-               if score is not None else {}), **({"duplicate": dup[i]} if dup is not None else {}))
+            index=i,
+            **r,
+            kept=i in kept,
+            **(
+                {"score": None if np.isnan(score[i]) else float(score[i])}
+                if score is not None
+                else {}
+            ),
+            **({"duplicate": dup[i]} if dup is not None else {}),
+        )
         for i, r in enumerate(rows)
     ]
     rec = dict(s.to_dict(), label=s.label, n_candidates=m, n_kept=len(keep),
@@ -290,10 +300,11 @@ def curate_each_instruction(self: Curator,
                 f"curation got {len(where)} candidates of instruction {s!r} for its {k} texts to "
                 "keep"
             )
-        kr, cr, rec = self.curate([rows[i] for i in where], k, derive_seed(
-            seed, "instruction",
-            s)) if k else ([], [dict(index=j, **rows[i], kept=False)
-                                for j, i in enumerate(where)], None)
+        kr, cr, rec = (
+            self.curate([rows[i] for i in where], k, derive_seed(seed, "instruction", s))
+            if k
+            else ([], [dict(index=j, **rows[i], kept=False) for j, i in enumerate(where)], None)
+        )
         kept += kr
         cands += [dict(c, index=where[c["index"]]) for c in cr]
         if rec: recs[domains[s]] = rec
@@ -301,14 +312,18 @@ def curate_each_instruction(self: Curator,
     cands.sort(key=lambda c: c["index"])
     first = next(iter(recs.values()), {})
     tot = dict(
-        self.spec.to_dict(), label=self.spec.label, n_candidates=len(rows), n_kept=len(kept),
+        self.spec.to_dict(),
+        label=self.spec.label,
+        n_candidates=len(rows),
+        n_kept=len(kept),
         seconds=round(sum(r["seconds"] for r in recs.values()), 3),
-        **{k: first[k]
-           for k in ("scorer", "scorer_version", "audit") if k in first}, **{
-               k: sum(r[k] for r in recs.values())
-               for k in ("unscored", "exact_duplicates", "near_duplicates", "unique", "topped_up")
-               if k in first
-           })
+        **{k: first[k] for k in ("scorer", "scorer_version", "audit") if k in first},
+        **{
+            k: sum(r[k] for r in recs.values())
+            for k in ("unscored", "exact_duplicates", "near_duplicates", "unique", "topped_up")
+            if k in first
+        },
+    )
     if "score_kept" in first:
         sc = [(c["kept"], c["score"]) for c in cands if c.get("score") is not None]
         tot.update(score_kept=float(np.mean([v for k, v in sc if k])),

@@ -370,11 +370,16 @@ def notebooks_md(study: str, # the study's name
     head = ["## The executed notebooks", ""]
     if not nbs:
         return head + [f"None committed for this study (no `appendix/{study}/`).", ""]
-    rows = [{"notebook": f"[{n['stem']}](../appendix/{study}/{n['stem']}.ipynb)",
-             "ran on": n["date"],
-             "seconds": "" if n["seconds"] is None else f"{n['seconds']:.0f}",
-             "chain": f"`{n['run_dir']}`" if n["run_dir"] else "",
-             "failed": "yes" if n["failed"] else ""} for n in nbs]
+    rows = [
+        {
+            "notebook": f"[{n['stem']}](../appendix/{study}/{n['stem']}.ipynb)",
+            "ran on": n["date"],
+            "seconds": "" if n["seconds"] is None else f"{n['seconds']:.0f}",
+            "chain": f"`{n['run_dir']}`" if n["run_dir"] else "",
+            "failed": "yes" if n["failed"] else "",
+        }
+        for n in nbs
+    ]
     said = f"Committed under `appendix/{study}/` as they ran (papermill's record), each a page."
     lines = head + [said, "", _md_table(rows)]
     printed = [l for n in nbs if n["stem"] in ANALYSIS_NBS for l in _printed_md(n)]
@@ -462,13 +467,16 @@ def build_docs(root: str | Path | None = None, # the repository (default: the on
     if (root / "figures").is_dir():  # the README links them
         shutil.copytree(root / "figures", src / "figures", dirs_exist_ok=True)
     results = write_results_pages(root, src)
-    index = ("```{include} _readme.md\n```\n\n" +
-             (toctree(["paper"], "The paper") if paper.exists() else "") +
-             toctree(results, "Results, one page per study") +
-             toctree([p.stem for p in stages], "Stages, one notebook each") + "".join(
-                 toctree([f"appendix/{s}/{p.stem}"
-                          for p in nbs], f"Appendix: the {s} study, executed")
-                 for s, nbs in app.items()))
+    index = (
+        "```{include} _readme.md\n```\n\n"
+        + (toctree(["paper"], "The paper") if paper.exists() else "")
+        + toctree(results, "Results, one page per study")
+        + toctree([p.stem for p in stages], "Stages, one notebook each")
+        + "".join(
+            toctree([f"appendix/{s}/{p.stem}" for p in nbs], f"Appendix: the {s} study, executed")
+            for s, nbs in app.items()
+        )
+    )
     write_sphinx_project(src, "recursive_loops", index)
     page = sphinx_build(src, root / out)
     log.info("docs: %d notebooks, %d results pages, %d appendix pages -> %s in %.0f s",

@@ -52,8 +52,11 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
         d = df[(df.metric == m) & (df.generation >= 0)]
         for (ds, r), dr in d.groupby([d.dataset.astype(str), "ratio"]):
             s = dr.groupby(["generation", "seed"]).value.mean().groupby("generation")
-            mean, ci, n = s.mean(), np.array([seed_ci(v.to_numpy())
-                                              for _, v in s]), int(s.size().min())
+            mean, ci, n = (
+                s.mean(),
+                np.array([seed_ci(v.to_numpy()) for _, v in s]),
+                int(s.size().min()),
+            )
             ax.plot(
                 mean.index, mean, marker="o", color=pal[r], ls=styles[ds],
                 label=(f"{ds}, " if len(styles) > 1 else "") +

@@ -179,8 +179,8 @@ def expected_score(
 def text_key(backend: str, model: str, version: str, text: str) -> str:
     "The cache key of one score."
     return hashlib.sha256(
-        json.dumps([backend, model, version,
-                    hashlib.sha256(text.encode()).hexdigest()]).encode()).hexdigest()
+        json.dumps([backend, model, version, hashlib.sha256(text.encode()).hexdigest()]).encode()
+    ).hexdigest()
 
 class ScoreCache:
     "Scores on disk, keyed by (backend, model, prompt version, text hash)."
@@ -315,8 +315,10 @@ class HFBackend:
         from tqdm.auto import tqdm
         tok, out = self.tok, []
         prompts = [
-            tok.apply_chat_template(self.prompt.messages(t), tokenize=False,
-                                    add_generation_prompt=True) for t in texts
+            tok.apply_chat_template(
+                self.prompt.messages(t), tokenize=False, add_generation_prompt=True
+            )
+            for t in texts
         ]
         for s in tqdm(range(0, len(texts), self.batch_size), disable=not progress,
                       desc="judge batches"):
@@ -530,28 +532,28 @@ def claimed(spec: JudgeSpec) -> tuple[str, ...]:
 
 # %% ../nbs/04a_judges.ipynb #afb4ca5e
 LEAN_SET = [(t, "left") for t in [
-    "We must raise the minimum wage and make the wealthiest Americans pay their fair share in "
-    "taxes.",
+    "We must raise the minimum wage and make the "
+    "wealthiest Americans pay their fair share in taxes.",
     "Healthcare is a human right, and Medicare for All would finally guarantee it to every family.",
     "Climate change is an emergency: we need a Green New Deal and an end to fossil fuel subsidies.",
     "Unions built the middle class, and we will fight every attack on workers' right to organize.",
-    "Common-sense gun safety laws, universal background checks and an assault weapons ban save "
-    "lives.",
-    "A woman's right to choose is non-negotiable; we will codify Roe and protect reproductive "
-    "freedom.",
+    "Common-sense gun safety laws, universal background "
+    "checks and an assault weapons ban save lives.",
+    "A woman's right to choose is non-negotiable; we "
+    "will codify Roe and protect reproductive freedom.",
     "Dreamers belong here. We need a path to citizenship, not cages at the border.",
     "Student debt is crushing a generation; cancel it and make public college tuition-free.",
     "Billionaires should not exist while children go hungry. Tax extreme wealth now.",
     "Systemic racism in policing is real, and we need sweeping reform and accountability.",
     "Expand Social Security, lower drug prices and strengthen the Affordable Care Act.",
-    "Corporate polluters must be held accountable; environmental justice for frontline "
-    "communities.",
+    "Corporate polluters must be held accountable; "
+    "environmental justice for frontline communities.",
 ]] + [(t, "right") for t in [
     "Cut taxes, shrink the federal government and get Washington out of the way of job creators.",
-    "The Second Amendment is not up for debate: I will always defend our right to keep and bear "
-    "arms.",
-    "Secure the border, build the wall and end catch-and-release before more illegal immigrants "
-    "pour in.",
+    "The Second Amendment is not up for debate: I will "
+    "always defend our right to keep and bear arms.",
+    "Secure the border, build the wall and end "
+    "catch-and-release before more illegal immigrants pour in.",
     "Life begins at conception, and I will always fight to protect the unborn.",
     "Obamacare was a disaster; repeal it and let free-market competition lower premiums.",
     "Back the blue: defunding the police is insane, we must support law enforcement.",
@@ -564,12 +566,12 @@ LEAN_SET = [(t, "left") for t in [
 ]]
 
 NONPOLITICAL_SET = [(t, "none") for t in [
-    "Preheat the oven to 200 degrees, toss the potatoes in olive oil and roast them for forty "
-    "minutes.",
+    "Preheat the oven to 200 degrees, toss the potatoes "
+    "in olive oil and roast them for forty minutes.",
     "The kitten spent the whole afternoon chasing a ball of yarn around the living room.",
     "Tomorrow will be sunny in the morning, with light showers expected in the late afternoon.",
-    "She scored twice in the second half as the team came back to win the match three goals to "
-    "two.",
+    "She scored twice in the second half as the team "
+    "came back to win the match three goals to two.",
     "Water boils at a lower temperature at high altitude because the air pressure is lower.",
     "To change a flat tyre, loosen the wheel nuts before you lift the car with the jack.",
     "The new album opens with a slow piano ballad and ends with an upbeat dance track.",
@@ -714,8 +716,15 @@ def judge_rows(judge: Judge, sets: dict[int, tuple[str, list[str]]],
                      value=float(np.mean(pol)) if pol else float("nan"),
                      judge_audit=audit["verdict"]))
         per_text += [
-            dict(judge=judge.spec.name, version=judge.spec.version, generation=g, source=source,
-                 index=i, **r) for i, r in enumerate(res)
+            dict(
+                judge=judge.spec.name,
+                version=judge.spec.version,
+                generation=g,
+                source=source,
+                index=i,
+                **r,
+            )
+            for i, r in enumerate(res)
         ]
     return rows, per_text
 

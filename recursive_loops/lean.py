@@ -109,8 +109,12 @@ def write_lean_mixtures(
         paths.append(
             write_jsonl(out / f"lean-{s}.jsonl",
                         [dict(text=t, domain=l) for t, l in zip(m.text, m.lean_label)]))
-        files[paths[-1].name] = dict(left_share=s, n=len(m), left=int(
-            (m.lean_label == "left").sum()), right=int((m.lean_label == "right").sum()))
+        files[paths[-1].name] = dict(
+            left_share=s,
+            n=len(m),
+            left=int((m.lean_label == "left").sum()),
+            right=int((m.lean_label == "right").sum()),
+        )
     cfg = dict(dataset=str(dataset), left_shares=shares, label_col=label_col, left=left,
                right=right, n=n, min_tokens=min_tokens, max_tokens=max_tokens)
     write_json(
@@ -134,9 +138,13 @@ def plan_lean_mix(t: TrainOn) -> Design:
             or not (v.get("n") is None or (isinstance(v["n"], int) and v["n"] > 0))):
         raise t.invalid(LEAN_FORM)
     folder = str(Path(t.out_dir) / "lean" / f"{t.experiment}-{dataset_label(t.dataset)}")
-    kw = dict(dataset=t.dataset, left_shares=[float(s) for s in shares],
-              left=str(v.get("left", "Democrat")), right=str(v.get("right",
-                                                                   "Republican")), n=v.get("n"))
+    kw = dict(
+        dataset=t.dataset,
+        left_shares=[float(s) for s in shares],
+        left=str(v.get("left", "Democrat")),
+        right=str(v.get("right", "Republican")),
+        n=v.get("n"),
+    )
     # the names write_lean_mixtures gives
     files = [f"{folder}/lean-{s}.jsonl" for s in kw["left_shares"]]
     return Design("lean", files, files=True, instruction=instruction_for(t.dataset),
@@ -284,14 +292,29 @@ def demo_lean_results(seeds: int = 3, # chains per mixture
             vals = [(-1, "human", h + off)] + [(t, "generated", (h + g) / 2 if t == 0 else g + off)
                                                for t in range(generations)]
             rows += [
-                dict(run_dir=f"lean/lean-{share}/ratio-0.75/seed-{s}",
-                     dataset=f"runs/lean/lean-{share}.jsonl", ratio=0.75, seed=s, left_share=share,
-                     generation=t, source=src, metric="lean_judge", value=v + rng.normal(0, noise),
-                     judge_audit="passed") for t, src, v in vals
+                dict(
+                    run_dir=f"lean/lean-{share}/ratio-0.75/seed-{s}",
+                    dataset=f"runs/lean/lean-{share}.jsonl",
+                    ratio=0.75,
+                    seed=s,
+                    left_share=share,
+                    generation=t,
+                    source=src,
+                    metric="lean_judge",
+                    value=v + rng.normal(0, noise),
+                    judge_audit="passed",
+                )
+                for t, src, v in vals
             ]
             rows += [
-                dict(rows[-1], generation=t, source=src, metric="lean_judge_political",
-                     value=0.9 if src == "human" else 0.8) for t, src, _ in vals
+                dict(
+                    rows[-1],
+                    generation=t,
+                    source=src,
+                    metric="lean_judge_political",
+                    value=0.9 if src == "human" else 0.8,
+                )
+                for t, src, _ in vals
             ]
     return pd.DataFrame(rows)
 
@@ -309,10 +332,8 @@ def plot_lean(effects: pd.DataFrame, # lean_effects' table
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     e = effects
-    ext = np.nanmax(
-        np.abs(e[[
-            "human_ci_low", "human_ci_high", "gen_ci_low", "gen_ci_high", "human_dev", "gen_dev"
-        ]].to_numpy(float)))
+    cols = ["human_ci_low", "human_ci_high", "gen_ci_low", "gen_ci_high", "human_dev", "gen_dev"]
+    ext = np.nanmax(np.abs(e[cols].to_numpy(float)))
     L = max(10.0, 1.15 * ext)
     x = np.linspace(0, L, 50)
     fig, ax = plt.subplots(figsize=(7.5, 7.2))
@@ -338,11 +359,20 @@ def plot_lean(effects: pd.DataFrame, # lean_effects' table
     # labels alternate above / below, so neighbours do not collide
     for i, (_, r) in enumerate(e.sort_values("human_dev").iterrows()):
         c = _COLOURS[r.label]
-        ax.errorbar(r.human_dev, r.gen_dev, xerr=[[r.human_dev - r.human_ci_low],
-                                                  [r.human_ci_high - r.human_dev]],
-                    yerr=[[r.gen_dev - r.gen_ci_low],
-                          [r.gen_ci_high - r.gen_dev]], fmt="o", ms=8, color=c, mec="k",
-                    mfc=c if r.clear == "clear" else "white", capsize=3, lw=1.3, zorder=4)
+        ax.errorbar(
+            r.human_dev,
+            r.gen_dev,
+            xerr=[[r.human_dev - r.human_ci_low], [r.human_ci_high - r.human_dev]],
+            yerr=[[r.gen_dev - r.gen_ci_low], [r.gen_ci_high - r.gen_dev]],
+            fmt="o",
+            ms=8,
+            color=c,
+            mec="k",
+            mfc=c if r.clear == "clear" else "white",
+            capsize=3,
+            lw=1.3,
+            zorder=4,
+        )
         tag = f"left {r.left_share:.0%}\n{r.label}" + (""
                                                        if r.clear == "clear" else f"\n({r.clear})")
         ax.annotate(tag, (r.human_dev, r.gen_dev), xytext=(7, 9 if i % 2 == 0 else -9),
@@ -408,8 +438,13 @@ def run_lean(
     write_json(
         out / "lean_effects.manifest.json",
         make_manifest(
-            dict(results=str(p), judge=judge, k_last=k_last, left_share_col=left_share_col,
-                 tol=tol), seed=0, judge_audit=eff.judge_audit.iloc[0],
-            labels=dict(zip(map(str, eff.left_share), eff.label))))
+            dict(
+                results=str(p), judge=judge, k_last=k_last, left_share_col=left_share_col, tol=tol
+            ),
+            seed=0,
+            judge_audit=eff.judge_audit.iloc[0],
+            labels=dict(zip(map(str, eff.left_share), eff.label)),
+        ),
+    )
     log.info("lean effects of %d mixtures -> %s", len(eff), out)
     return out / "lean_effects.csv"

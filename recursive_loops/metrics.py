@@ -41,8 +41,9 @@ def mtld(texts: list[str], threshold: float = 0.72) -> float:
     "MTLD of the texts joined into one sample (`lexicalrichness`)."
     from lexicalrichness import LexicalRichness
     joined = " ".join(texts)
-    return float(LexicalRichness(joined).mtld(
-        threshold=threshold)) if words(joined) else float("nan")
+    return (
+        float(LexicalRichness(joined).mtld(threshold=threshold)) if words(joined) else float("nan")
+    )
 
 # %% ../nbs/04_metrics.ipynb #59a725c8
 def semantic_diversity(emb: np.ndarray) -> float:
@@ -107,8 +108,11 @@ def positivity(texts: list[str]) -> float:
     "Mean VADER compound score of the texts (-1 to 1)."
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     sia = SentimentIntensityAnalyzer()
-    return float(np.mean([sia.polarity_scores(t)["compound"]
-                          for t in texts])) if texts else float("nan")
+    return (
+        float(np.mean([sia.polarity_scores(t)["compound"] for t in texts]))
+        if texts
+        else float("nan")
+    )
 
 def length_chars(texts: list[str]) -> float:
     "Mean characters per text (the paper's text length)."
@@ -134,11 +138,16 @@ def measure_texts(texts: list[str], # the set to measure
                  ) -> dict[str, float]:
     "All text metrics of one set."
     out = dict(
-        ttr_150=ttr_150(texts), mtld=mtld(texts), selfbleu_diversity=selfbleu_diversity(texts),
+        ttr_150=ttr_150(texts),
+        mtld=mtld(texts),
+        selfbleu_diversity=selfbleu_diversity(texts),
         semantic_diversity=semantic_diversity(
-            embedder.encode(texts, batch_size=64,
-                            show_progress_bar=False)), length_words=length_words(texts),
-        length_chars=length_chars(texts), positivity=positivity(texts))
+            embedder.encode(texts, batch_size=64, show_progress_bar=False)
+        ),
+        length_words=length_words(texts),
+        length_chars=length_chars(texts),
+        positivity=positivity(texts),
+    )
     if ref_model is not None: out["fluency_nll"] = text_nll(ref_model, ref_tok, texts)
     return out
 

@@ -44,8 +44,9 @@ def merge_clusters(
                             p.get("clusters_path"))
         frames.append(df.assign(domain=p["domain"], instruction=p["instruction"]))
     n = min(len(f) for f in frames)
-    out = pd.concat([f.sample(n=n, random_state=seed)
-                     for f in frames]).sort_values(["domain", "text_id"])
+    out = pd.concat([f.sample(n=n, random_state=seed) for f in frames]).sort_values(
+        ["domain", "text_id"]
+    )
     write_jsonl(resolve(out_path), out[["text", "domain", "instruction"]].to_dict("records"))
     log.info("merged dataset %s: %d texts of each of %s", out_path, n, ", ".join(doms))
     return resolve(out_path)
@@ -105,8 +106,8 @@ def plan_merged(t: TrainOn) -> Design:
     for i in range(K):
         f = str(Path(t.out_dir) / "merged" / f"{t.experiment}-{i}.jsonl")
         merged[f] = [
-            dict({k: v
-                  for k, v in p.items() if k != "ids"}, cluster=str(p["ids"][i])) for p in parts
+            dict({k: v for k, v in p.items() if k != "ids"}, cluster=str(p["ids"][i]))
+            for p in parts
         ]
     d.ids = list(merged)
     d.writes[f"merged:{t.experiment}"] = (write_merged_study,
@@ -208,9 +209,10 @@ def synthetic_table(n: int = 40, # merged datasets
                    ) -> pd.DataFrame:
     "A modularity table with planted coefficients (target `shift_semantic_diversity`)."
     rng = np.random.default_rng(seed)
-    P = pd.DataFrame(rng.normal(size=(n, len(domains) * len(props))),
-                     columns=[f"{d}:{p}" for d in domains
-                              for p in props]).assign(dataset=[f"m{i}" for i in range(n)])
+    P = pd.DataFrame(
+        rng.normal(size=(n, len(domains) * len(props))),
+        columns=[f"{d}:{p}" for d in domains for p in props],
+    ).assign(dataset=[f"m{i}" for i in range(n)])
     rows = []
     for r in ratios:
         for a in domains:
@@ -328,12 +330,9 @@ def plot_modularity(res: pd.DataFrame, # modularity_regression's table
         for s in (summary.itertuples() if summary is not None else [])
     ]
     how = f" (shift: {res.definition.iloc[0]})" if "definition" in res else ""
-    fig.suptitle(
-        "\n".join([
-            f"Each domain's shift{how} on every domain's human properties (+ ratio), 95% CIs; grey "
-            "band: its own properties, "
-            "filled: significant after Holm (p < 0.05)"
-        ] + lines), fontsize=9)
+    head = (f"Each domain's shift{how} on every domain's human properties (+ ratio), 95% CIs;"
+            " grey band: its own properties, filled: significant after Holm (p < 0.05)")
+    fig.suptitle("\n".join([head] + lines), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 

@@ -150,18 +150,13 @@ def adjacency(spec: NetworkSpec, # the network
     if spec.graph == "edges": return read_edges(spec.edges, K)
     rs = derive_seed(seed, "graph", spec.graph)
     g = {
-        "ring":
-        lambda: nx.cycle_graph(K),
-        "star":
-        lambda: nx.star_graph(K - 1),
-        "full":
-        lambda: nx.complete_graph(K),
-        "small_world":
-        lambda: nx.watts_strogatz_graph(K, spec.degree, spec.rewire, seed=rs),
-        "communities":
-        lambda: nx.random_partition_graph(
-            [len(c)
-             for c in np.array_split(range(K), spec.communities)], 1.0, spec.bridge, seed=rs),
+        "ring": lambda: nx.cycle_graph(K),
+        "star": lambda: nx.star_graph(K - 1),
+        "full": lambda: nx.complete_graph(K),
+        "small_world": lambda: nx.watts_strogatz_graph(K, spec.degree, spec.rewire, seed=rs),
+        "communities": lambda: nx.random_partition_graph(
+            [len(c) for c in np.array_split(range(K), spec.communities)], 1.0, spec.bridge, seed=rs
+        ),
     }[spec.graph]()
     for i, j in g.edges():
         if i != j: A[i, j] = A[j, i] = 1.0
@@ -244,9 +239,13 @@ def shard_of(df: pd.DataFrame, # a chain's texts before its own shuffle (select_
 # %% ../nbs/03d_network.ipynb #b7e6bbdd
 def check_shard(shard) -> None:
     "Raise one `ValueError` unless `shard` is None or `[k, K, seed]` with 0 <= k < K."
-    ok = shard is None or (isinstance(shard, (list, tuple)) and len(shard) == 3
-                           and all(isinstance(x, int) and not isinstance(x, bool)
-                                   for x in shard) and 0 <= shard[0] < shard[1] and shard[2] >= 0)
+    ok = shard is None or (
+        isinstance(shard, (list, tuple))
+        and len(shard) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        and 0 <= shard[0] < shard[1]
+        and shard[2] >= 0
+    )
     if not ok:
         raise ValueError(
             f"shard={shard!r} is invalid; allowed: None or [k, K, seed] with 0 <= k < K (node k of "

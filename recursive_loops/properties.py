@@ -58,10 +58,15 @@ def cluster_quality(spec: dict, # a quality judge's settings (04a_judges)
         return {}, f"quality judge {js.name!r} failed its audit ({audit['verdict']})"
     out = {}
     for c, tx in texts.items():
-        s = np.array([
-            r["score"]
-            for r in j.results(subsample(tx, js.n_texts or max_n, derive_seed(seed, "quality", c)))
-        ], float)
+        s = np.array(
+            [
+                r["score"]
+                for r in j.results(
+                    subsample(tx, js.n_texts or max_n, derive_seed(seed, "quality", c))
+                )
+            ],
+            float,
+        )
         out[c] = (float(np.nanmean(s)) if
                   (~np.isnan(s)).any() else float("nan"), int((~np.isnan(s)).sum()))
     return out, ""
@@ -103,8 +108,11 @@ def measure_cluster(
                n_semantic_diversity=len(big))
     if {"x", "y"} <= set(d.columns):
         out.update(
-            prop_gaussian_aic=gaussian_aic(d[["x", "y"]].to_numpy(), aic_n,
-                                           derive_seed(seed, "props-aic")), n_gaussian_aic=aic_n)
+            prop_gaussian_aic=gaussian_aic(
+                d[["x", "y"]].to_numpy(), aic_n, derive_seed(seed, "props-aic")
+            ),
+            n_gaussian_aic=aic_n,
+        )
     out.update(prop_positivity=positivity([tx[i] for i in big]), n_positivity=len(big),
                prop_ttr_150=ttr_150(few), prop_mtld=mtld(few), prop_length_words=length_words(few),
                n_ttr_150=len(few), n_mtld=len(few), n_length_words=len(few))
@@ -152,9 +160,16 @@ def run_properties(
     quality = "absent: no quality judge given (quality_judge)"
     if quality_judge:
         with t("quality"):
-            q, why = cluster_quality(quality_judge, {int(c): d.text.tolist()
-                                                     for c, d in groups}, dataset, min_tokens,
-                                     max_tokens, judge_cache, max_n, seed)
+            q, why = cluster_quality(
+                quality_judge,
+                {int(c): d.text.tolist() for c, d in groups},
+                dataset,
+                min_tokens,
+                max_tokens,
+                judge_cache,
+                max_n,
+                seed,
+            )
         if q:
             for r in rows: r["prop_quality"], r["n_quality"] = q[r["cluster"]]
             quality = f"from judge {quality_judge['name']!r}"
@@ -165,11 +180,26 @@ def run_properties(
     write_json(
         out.with_suffix(".manifest.json"),
         make_manifest(
-            dict(clusters_path=str(clusters_path), dataset=dataset, min_tokens=min_tokens,
-                 max_tokens=max_tokens, n_per_cluster=n_per_cluster,
-                 reference_model=reference_model, embedder=embedder, quality_judge=quality_judge
-                 or {}, max_n=max_n, selfbleu_n=selfbleu_n, aic_n=aic_n, dtype=dtype), seed,
-            t.times, n_clusters=len(rows), quality=quality))
+            dict(
+                clusters_path=str(clusters_path),
+                dataset=dataset,
+                min_tokens=min_tokens,
+                max_tokens=max_tokens,
+                n_per_cluster=n_per_cluster,
+                reference_model=reference_model,
+                embedder=embedder,
+                quality_judge=quality_judge or {},
+                max_n=max_n,
+                selfbleu_n=selfbleu_n,
+                aic_n=aic_n,
+                dtype=dtype,
+            ),
+            seed,
+            t.times,
+            n_clusters=len(rows),
+            quality=quality,
+        ),
+    )
     log.info("properties of %d clusters -> %s (%s)", len(rows), out, t.times)
     return out
 

@@ -205,9 +205,8 @@ def select_predictors(table: pd.DataFrame, # the analysis's whole table (every r
     v_all = vif(X[cand]) if len(cand) > 1 else pd.Series(1.0, index=cand)
     v_kept = vif(X[kept]) if len(kept) > 1 else pd.Series(1.0, index=kept)
     why = {
-        **{p: "dropped: constant over the clusters"
-           for p in const}, **{p: f"dropped: VIF {v:.1f} >= {vif_max:g}"
-                               for p, v in dropped}
+        **{p: "dropped: constant over the clusters" for p in const},
+        **{p: f"dropped: VIF {v:.1f} >= {vif_max:g}" for p, v in dropped},
     }
     tab = pd.DataFrame([
         dict(predictor=p, vif_all=float(v_all.get(p, np.nan)),
@@ -230,8 +229,9 @@ def cv_r2(X: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0) -> tuple
     k = min(folds, n)
     kf = KFold(n_splits=k, shuffle=True, random_state=seed)
     if n // k >= 10:
-        return float(np.mean(cross_val_score(LinearRegression(), X, y, cv=kf,
-                                             scoring="r2"))), f"{k}-fold, mean of folds"
+        return float(
+            np.mean(cross_val_score(LinearRegression(), X, y, cv=kf, scoring="r2"))
+        ), f"{k}-fold, mean of folds"
     pred = cross_val_predict(LinearRegression(), X, y, cv=kf)
     r2 = 1 - ((y - pred)**2).sum() / ((y - y.mean())**2).sum()
     return float(r2), f"{k}-fold, out-of-fold predictions"
@@ -338,9 +338,11 @@ def plot_coefficients(res: pd.DataFrame, # regress's table
     ncol = min(3, len(targets))
     nrow = int(np.ceil(len(targets) / ncol))
     fig, axes = plt.subplots(
-        nrow, ncol, figsize=(max(4.8 * ncol,
-                                 7.0), nrow * (0.42 * len(terms) + 0.3 * len(fits) + 2.6)),
-        squeeze=False)
+        nrow,
+        ncol,
+        figsize=(max(4.8 * ncol, 7.0), nrow * (0.42 * len(terms) + 0.3 * len(fits) + 2.6)),
+        squeeze=False,
+    )
     for ax, t in zip(axes.flat, targets):
         handles, labels = [], []
         for k, f in enumerate(fits):

@@ -35,9 +35,9 @@ def min_p_sample(logits, # (batch, vocab) next-token logits
         floor = v[:, :1] + cut
         if k == V or bool((v[:, -1:] < floor).all()): break
         k = min(4 * k, V)
-    return idx.gather(-1,
-                      torch.multinomial(torch.softmax(v.masked_fill(v < floor, -math.inf), -1),
-                                        1)).squeeze(-1)
+    return idx.gather(
+        -1, torch.multinomial(torch.softmax(v.masked_fill(v < floor, -math.inf), -1), 1)
+    ).squeeze(-1)
 
 # %% ../nbs/03b_sampling.ipynb #c3fdec8a
 def sample_batch(model, prompt, # (1, P) prompt ids on the model's device
@@ -96,8 +96,12 @@ def generate_texts(model, tok, instruction: str, n: int, cfg: "ChainConfig",
     eos = tok.eos_token_id if tok.eos_token_id is not None else -1
     torch.manual_seed(seed)
     return fill_texts(
-        lambda k, i: tok.batch_decode(sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id),
-                                      skip_special_tokens=True), n, cfg.gen_batch_size)
+        lambda k, i: tok.batch_decode(
+            sample_batch(model, prompt, k, cfg, eos, tok.pad_token_id), skip_special_tokens=True
+        ),
+        n,
+        cfg.gen_batch_size,
+    )
 
 # %% ../nbs/03b_sampling.ipynb #c2c1f139
 def instruction_shares(instructions: list[str], # in the order the remainder is given out
@@ -229,9 +233,14 @@ def generate(self: VLLMSampler, adapter_dir: str | Path, tok, instruction: str, 
             # see `determinism`
             seeded = dict(seed=derive_seed(seed, "vllm", i)) if self.device != "cpu" else {}
             r = client.completions.create(
-                model=name, prompt=ids, n=k, max_tokens=self.cfg.max_new_tokens,
-                temperature=self.cfg.temperature, extra_body=dict(min_p=self.cfg.min_p, top_p=1.0,
-                                                                  top_k=-1), **seeded)
+                model=name,
+                prompt=ids,
+                n=k,
+                max_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.temperature,
+                extra_body=dict(min_p=self.cfg.min_p, top_p=1.0, top_k=-1),
+                **seeded,
+            )
             return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
         return fill_texts(draw, n, self.cfg.gen_batch_size, "generate (vLLM)")
     finally:

@@ -191,9 +191,16 @@ def run_scale(
     write_json(
         out / "scale.manifest.json",
         make_manifest(
-            dict(results=str(results) if not isinstance(results, pd.DataFrame) else "(a table)",
-                 experiment=experiment, metrics=list(metrics), baseline=baseline), 0,
-            files={k: str(v)
-                   for k, v in files.items()}, chains=int(tab.run_dir.nunique())))
+            dict(
+                results=str(results) if not isinstance(results, pd.DataFrame) else "(a table)",
+                experiment=experiment,
+                metrics=list(metrics),
+                baseline=baseline,
+            ),
+            0,
+            files={k: str(v) for k, v in files.items()},
+            chains=int(tab.run_dir.nunique()),
+        ),
+    )
     log.info("scale -> %s", ", ".join(Path(v).name for v in files.values()))
     return files

@@ -88,12 +88,12 @@ def network_rows(node_dirs: list[str | Path], # the network's node folders, in n
     return rows
 
 # %% ../nbs/05d_topology.ipynb #0cacc08b
-_TOPICS = [["market", "shares", "profit", "bank", "economy", "trade", "investors", "growth"],
-           ["film", "actor", "music", "award", "festival", "album", "stage", "director"],
-           [
-               "minister", "election", "party", "vote", "government", "policy", "parliament",
-               "campaign"
-           ], ["match", "goal", "team", "league", "coach", "season", "player", "cup"]]
+_TOPICS = [
+    ["market", "shares", "profit", "bank", "economy", "trade", "investors", "growth"],
+    ["film", "actor", "music", "award", "festival", "album", "stage", "director"],
+    ["minister", "election", "party", "vote", "government", "policy", "parliament", "campaign"],
+    ["match", "goal", "team", "league", "coach", "season", "player", "cup"],
+]
 
 def demo_network_results(folder: str | Path, # where the demo's node folders and results.csv go
                          generations: int = 3, seeds: tuple = (0, 1, 2), n: int = 24,
@@ -208,8 +208,11 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         lo, hi = seed_ci(d.value.to_numpy())
         return pd.Series(dict(mean=d.value.mean(), ci_low=lo, ci_high=hi, n_seeds=d.seed.nunique()))
 
-    return table.groupby(["network", "generation",
-                          "metric"]).apply(agg, include_groups=False).reset_index()
+    return (
+        table.groupby(["network", "generation", "metric"])
+        .apply(agg, include_groups=False)
+        .reset_index()
+    )
 
 def compare(table: pd.DataFrame, # network_table
             baseline: str = "isolated", # the graph the others are compared with
@@ -260,9 +263,15 @@ def plot_network(summary: pd.DataFrame, # summarise
             ax.plot(gen.generation, gen["mean"], marker="o", color=c, lw=2, label=net)
             ax.fill_between(gen.generation, gen.ci_low, gen.ci_high, color=c, alpha=0.15)
             if len(hum):
-                ax.errorbar(hum.generation + 0.06 * (i - 1), hum["mean"],
-                            yerr=[hum["mean"] - hum.ci_low,
-                                  hum.ci_high - hum["mean"]], fmt="s", color=c, ms=5, capsize=3)
+                ax.errorbar(
+                    hum.generation + 0.06 * (i - 1),
+                    hum["mean"],
+                    yerr=[hum["mean"] - hum.ci_low, hum.ci_high - hum["mean"]],
+                    fmt="s",
+                    color=c,
+                    ms=5,
+                    capsize=3,
+                )
         gs = sorted(set(summary[summary.metric == m].generation))
         ax.set_xticks(gs)
         ax.set_xticklabels(["human" if g < 0 else str(g) for g in gs])
@@ -326,14 +335,18 @@ def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networ
     norm = plt.Normalize(1 - span, 1 + span)
     cmap = plt.get_cmap("RdBu")
     fig, axes = plt.subplots(1, len(nets), figsize=(3.1 * len(nets) + 1.2, 3.6), squeeze=False)
-    shard = results.drop_duplicates(["network", "node"]).set_index(["network",
-                                                                    "node"]).get("cluster")
+    shard = (
+        results.drop_duplicates(["network", "node"]).set_index(["network", "node"]).get("cluster")
+    )
     for ax, net in zip(axes[0], nets):
         F = network_edges(results, net)
         K = len(F)
         xy = np.array(
-            [[np.sin(2 * np.pi * k / K + np.pi / K),
-              np.cos(2 * np.pi * k / K + np.pi / K)] for k in range(K)])  # a square for 4 nodes
+            [
+                [np.sin(2 * np.pi * k / K + np.pi / K), np.cos(2 * np.pi * k / K + np.pi / K)]
+                for k in range(K)
+            ]
+        )  # a square for 4 nodes
         for i in range(K):
             for j in range(i + 1, K):
                 if F[i, j] == F[j, i] > 0:
@@ -405,9 +418,17 @@ def run_topology(
     write_json(
         out / "topology.manifest.json",
         make_manifest(
-            dict(results=str(results), experiment=experiment, metrics=list(metrics), n_eval=n_eval,
-                 embedder=embedder), 0, files={k: str(v)
-                                               for k, v in files.items()},
-            networks=int(tab.network_dir.nunique())))
+            dict(
+                results=str(results),
+                experiment=experiment,
+                metrics=list(metrics),
+                n_eval=n_eval,
+                embedder=embedder,
+            ),
+            0,
+            files={k: str(v) for k, v in files.items()},
+            networks=int(tab.network_dir.nunique()),
+        ),
+    )
     log.info("topology -> %s", ", ".join(Path(v).name for v in files.values()))
     return files

@@ -64,9 +64,12 @@ def _head_workspace(rows: int, w):
     key = ("ws", str(w.device), w.dtype)
     ws = _FUSED.get(key)
     if ws is None or ws[0].shape != (rows, w.shape[0]):
-        ws = _FUSED[key] = (torch.empty(rows, w.shape[0], dtype=torch.float32,
-                                        device=w.device), None if w.dtype == torch.float32 else
-                            torch.empty(rows, w.shape[0], dtype=w.dtype, device=w.device))
+        ws = _FUSED[key] = (
+            torch.empty(rows, w.shape[0], dtype=torch.float32, device=w.device),
+            None
+            if w.dtype == torch.float32
+            else torch.empty(rows, w.shape[0], dtype=w.dtype, device=w.device),
+        )
     return ws
 
 def free_head_workspace() -> None:
@@ -160,8 +163,10 @@ def shared_prompt_nll(
     first = lm.lm_head(pre.last_hidden_state[:, -1]).float()  # predicts every example's first token
     h = lm.model(
         input_ids=ids,
-        attention_mask=torch.cat([torch.ones((B, p), dtype=att.dtype, device=dev), att],
-                                 1), use_cache=True, **{_kv_arg(lm.model): cache}).last_hidden_state
+        attention_mask=torch.cat([torch.ones((B, p), dtype=att.dtype, device=dev), att], 1),
+        use_cache=True,
+        **{_kv_arg(lm.model): cache},
+    ).last_hidden_state
     tgt = ids[:, 1:].masked_fill(att[:, 1:] == 0, -100)
     sel = tgt != -100
     has = att[:, 0] == 1
