@@ -110,7 +110,7 @@ def modularity_runs(plan: Plan, settings: dict, made: dict) -> list:
     )
     return [(folder, params, folder)]
 
-
+# %% ../nbs/07d_analysis.ipynb #5e490436
 def lean_runs(plan: Plan, settings: dict, made: dict) -> list:
     """05b_lean on the lean experiment, scored by the lean judge (the spec's, else the first of
     metrics.judges)."""

@@ -144,6 +144,7 @@ def _prepare(bc: BenchConfig, dtype: str, attention: str | None = "auto", alloca
         "load": time.perf_counter() - t0
     }
 
+# %% ../nbs/08_bench.ipynb #cf3a8f74
 def baseline_generation(bc: BenchConfig) -> dict:
     """One chain generation the anchor's way: HF Trainer, unmerged adapter, generate in batches of
     16, one text per pass; in ours' number format with the Trainer's mixed precision (the
@@ -189,9 +190,8 @@ def baseline_generation(bc: BenchConfig) -> dict:
                                attention_mask=torch.ones_like(prompt).expand(k, -1), do_sample=True,
                                temperature=cfg.temperature, min_p=cfg.min_p, top_k=0, top_p=1.0,
                                max_new_tokens=bc.max_new_tokens, pad_token_id=tok.pad_token_id)
-        texts += [
-            x.strip() for x in tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)
-        ]
+        new = tok.batch_decode(seqs[:, prompt.shape[1]:], skip_special_tokens=True)
+        texts += [x.strip() for x in new]
     t["generate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     heldout_nll = float(
@@ -201,26 +201,16 @@ def baseline_generation(bc: BenchConfig) -> dict:
     emb = load_embedder(bc.embedder)
     ev = subsample(texts, bc.n_eval, bc.seed)
     from recursive_loops.metrics import text_nll
-
-    m = dict(
-        _lexical(ev),
-        semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
-        fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1) for x in ev])),
-        heldout_nll=heldout_nll,
-    )
+    m = dict(_lexical(ev),
+             semantic_diversity=semantic_diversity(emb.encode(ev, show_progress_bar=False)),
+             fluency_nll=float(np.mean([text_nll(ref, rtok, [x], 1) for x in ev])),
+             heldout_nll=heldout_nll)
     t["metrics"] = time.perf_counter() - t0
-    return dict(
-        times=t,
-        train_tokens=sum(len(x) for x, _ in ex),
-        generated_tokens=_count(tok, texts),
-        n_generated=len(texts),
-        train_loss=loss,
-        metrics=m,
-        dtype=fmt,
-        attention=base.config._attn_implementation,
-        allocator=allocator_state(),
-        params=sum(p.numel() for p in base.parameters() if not p.requires_grad),
-    )
+    return dict(times=t, train_tokens=sum(len(x) for x, _ in ex),
+                generated_tokens=_count(tok, texts), n_generated=len(texts), train_loss=loss,
+                metrics=m, dtype=fmt, attention=base.config._attn_implementation,
+                allocator=allocator_state(),
+                params=sum(p.numel() for p in base.parameters() if not p.requires_grad))
 
 # %% ../nbs/08_bench.ipynb #6c47febd
 def ours_generation(bc: BenchConfig, finetune: str = "lora") -> dict:
@@ -318,14 +308,13 @@ def growth_exponent(ns: list[int], times: list[float]) -> float:
     "Slope of log(time) on log(N)."
     return float(np.polyfit(np.log(ns), np.log(times), 1)[0])
 
+# %% ../nbs/08_bench.ipynb #244c1322
 def summarise(results: dict, peak: dict) -> dict:
     "The benchmark's figures: per-arm rates, ours/baseline ratios, the scaling line."
     best = max(peak.values())  # each arm's shares are of the peak of its own number format
-    out = dict(
-        peak_gflops=peak, peak_used=best, arms={
-            k: rates(v, peak.get(v.get("dtype", "float32"), best))
-            for k, v in results.get("arms", {}).items()
-        })
+    arms = {k: rates(v, peak.get(v.get("dtype", "float32"), best))
+            for k, v in results.get("arms", {}).items()}
+    out = dict(peak_gflops=peak, peak_used=best, arms=arms)
     if {"baseline", "ours"} <= set(out["arms"]):
         stages = lambda t: dict(
             per_generation_s=sum(t.values()),
@@ -339,12 +328,12 @@ def summarise(results: dict, peak: dict) -> dict:
     # what training every weight costs over LoRA, time and memory
     if {"ours", "full"} <= set(out["arms"]):
         f, o = (results["arms"][k] for k in ("full", "ours"))
+        memory = {k: round(f[k] / o[k], 2) for k in ("peak_rss_gb", "peak_gpu_gb")
+                  if f.get(k) and o.get(k)}
         out["full_vs_lora"] = dict(
             train_s=round(f["times"]["train"] / o["times"]["train"], 2),
-            per_generation_s=round(sum(f["times"].values()) / sum(o["times"].values()), 2), **{
-                k: round(f[k] / o[k], 2)
-                for k in ("peak_rss_gb", "peak_gpu_gb") if f.get(k) and o.get(k)
-            })
+            per_generation_s=round(sum(f["times"].values()) / sum(o["times"].values()), 2),
+            **memory)
     sc = results.get("scaling", {})
     if sc:
         ns = sorted(int(n) for n in sc)
@@ -353,6 +342,7 @@ def summarise(results: dict, peak: dict) -> dict:
             out["growth_exponent"] = round(growth_exponent(ns, [out["scaling"][n] for n in ns]), 3)
     return out
 
+# %% ../nbs/08_bench.ipynb #d6c38e18
 def format_summary(s: dict) -> str:
     "The summary as a few readable lines."
     lines = [

@@ -35,8 +35,8 @@ __all__ = ['DRAWS', 'GEN_FILES', 'EXTRA_FILES', 'STEP_SLOTS', 'SAMPLING_FIELDS',
            'run_generation', 'gen0_identity', 'load_adapter', 'generation_model', 'load_tuned', 'Gen0Share',
            'gen0_read_step', 'gen0_adapter_step', 'gen0_write_step', 'gen0_keep_step', 'mixed_base_step',
            'recorded_format', 'input_checksums', 'stale_inputs', 'record_facts', 'node_facts', 'calibrate',
-           'open_chain', 'run_chain', 'network_nodes', 'network_record', 'node_sources', 'cross_nll_step',
-           'run_network']
+           'chain_inputs', 'previous_record', 'first_record', 'open_chain', 'run_chain', 'network_nodes',
+           'network_record', 'node_sources', 'cross_nll_step', 'run_network']
 
 # %% ../nbs/03_chain.ipynb #8767475a
 # how a mixed-model chain picks each generation's base model
@@ -700,10 +700,8 @@ class Gen0Share:
     def texts_file(self) -> Path:
         "The texts sampled with this chain's sampling settings and count."
         c = self.cfg
-        key = dict(gen0_identity(c), n=n_candidates(c.n_to_generate,
-                                                    CurationSpec.from_dict(c.curate).oversample),
-                   **{k: getattr(c, k)
-                      for k in SAMPLING_FIELDS})
+        n = n_candidates(c.n_to_generate, CurationSpec.from_dict(c.curate).oversample)
+        key = dict(gen0_identity(c), n=n, **{k: getattr(c, k) for k in SAMPLING_FIELDS})
         return self.folder / f"texts-{config_hash(key, 12)}.jsonl"
 
     def read(self) -> dict | None:
@@ -731,29 +729,27 @@ class Gen0Share:
             return load_model(str(self.folder / TUNED_DIRS["full"]), self.cfg.dtype)[0]
         return load_adapter(base, self.folder / "adapter")
 
-    def write(self, adapter_dir: Path | None, record: dict | None, rows: list[dict]) -> bool:
-        """Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype,
-        device) and/or the sampled `rows`; False when another process holds the folder."""
-        try:
-            with RunLock(self.folder):
-                if adapter_dir is not None:
-                    dst = self.folder / TUNED_DIRS[self.cfg.finetune]
-                    shutil.rmtree(dst, ignore_errors=True)
-                    shutil.copytree(adapter_dir, dst)
-                    write_json(
-                        self.folder / "gen0.json",
-                        dict(
-                            record, identity=gen0_identity(self.cfg), adapter={
-                                f.name: file_sha256(f)
-                                for f in sorted(dst.iterdir()) if f.is_file()
-                            }))
-                write_jsonl(self.texts_file, rows)
-            return True
-        except RunLocked:
-            log.info(
-                "generation 0 is being shared by another process (%s): computed here, not kept",
-                self.folder)
-            return False
+# %% ../nbs/03_chain.ipynb #6b00cf3b
+@patch
+def write(self: Gen0Share, adapter_dir: Path | None, record: dict | None,
+          rows: list[dict]) -> bool:
+    """Keep a freshly computed adapter (`adapter_dir`, with `record`: train, heldout_nll, dtype,
+    device) and/or the sampled `rows`; False when another process holds the folder."""
+    try:
+        with RunLock(self.folder):
+            if adapter_dir is not None:
+                dst = self.folder / TUNED_DIRS[self.cfg.finetune]
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(adapter_dir, dst)
+                sums = {f.name: file_sha256(f) for f in sorted(dst.iterdir()) if f.is_file()}
+                write_json(self.folder / "gen0.json",
+                           dict(record, identity=gen0_identity(self.cfg), adapter=sums))
+            write_jsonl(self.texts_file, rows)
+        return True
+    except RunLocked:
+        log.info("generation 0 is being shared by another process (%s): computed here, not kept",
+                 self.folder)
+        return False
 
 # %% ../nbs/03_chain.ipynb #73cc4353
 def gen0_read_step(run: ChainRun, g: Generation) -> None:
@@ -913,6 +909,92 @@ def calibrate(cfg: ChainConfig, # a chain with match_fit (dtype resolved)
     return dict(rec, finetune=cfg.finetune, base_model=mname, spec=spec, reference=ref,
                 timings=t.times)
 
+# %% ../nbs/03_chain.ipynb #fe0646ca
+def chain_inputs(
+    cfg: ChainConfig,  # the chain, its format resolved
+    loaded: tuple | None,  # (base, tok) already loaded, or None
+    timer: Timer,  # times the step as `prepare`
+) -> tuple:
+    "`(human, domains, instruction, curator, base, tok)`, each checked; nothing is written."
+    import torch
+    with timer("prepare"):
+        human = prepare_human(cfg)
+        domains = pool_domains(human)
+        if domains and cfg.instruction:
+            raise ValueError(
+                f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry "
+                "their own instructions; give one or the other"
+            )
+        instr = cfg.instruction or instruction_for(cfg.dataset)
+        cspec = CurationSpec.from_dict(cfg.curate)
+        curator = None
+        if cspec.rule != "none":
+            curator = Curator(cspec, cfg.dataset, cfg.min_tokens, cfg.max_tokens)
+            curator.check()  # a scorer that fails its audit stops the chain here
+        base, tok = loaded or load_model(cfg.model, cfg.dtype)
+        # a mixed chain's other bases: each loadable here
+        for m in dict.fromkeys(cfg.models or []): check_model(m)
+        has_8bit = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")
+        if cfg.optimizer == "adamw_8bit" and not has_8bit:
+            raise ValueError("optimizer='adamw_8bit' needs bitsandbytes and a CUDA GPU;"
+                             " use optimizer: adamw here")
+    return human, domains, instr, curator, base, tok
+
+# %% ../nbs/03_chain.ipynb #a4ddfc6f
+def previous_record(cfg: ChainConfig, run_dir: Path) -> dict | None:
+    "The `chain.json` of an earlier run: None when there is none, `{}` when it is damaged."
+    chain_file = run_dir / "chain.json"
+    try: prev = read_json(chain_file) if chain_file.exists() else None
+    except ValueError: prev = {}  # truncated or damaged: never read, rewritten by open_chain
+    if prev and prev.get("config_hash") != config_hash(chain_identity(cfg)):
+        raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters;"
+                         " use another run_dir or delete it")
+    if prev and (why := stale_inputs(run_dir, cfg)):
+        raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain computed from other data ({why});"
+                         " use another run_dir or delete it")
+    return prev
+
+# %% ../nbs/03_chain.ipynb #ea1c40fc
+def first_record(
+    cfg: ChainConfig,  # the chain, its format resolved
+    human: pd.DataFrame,  # its pool (chain_inputs), with
+    domains: dict | None,  # per-text instructions' domains,
+    instr: str,  # and the instruction
+    heldout: list[dict],  # the held-out rows
+    base, tok,  # the base model and its tokenizer
+    timer: Timer,  # times `base_nll` and `calibrate`
+    extra: dict | None,  # more to record (a network node: its network)
+) -> dict:
+    """A chain's `chain.json` on its first run: its identity, the instruction, the base model's
+    held-out NLL, the learning rate (a matched fit's calibration), the format and device, the
+    input files' checksums and the held-out ids, and the study's facts."""
+    with timer("base_nll"):
+        base_nll = response_nll(base, tok, row_instructions(heldout, domains, instr),
+                                [r["text"] for r in heldout], cfg.max_length)
+    calib = None
+    if cfg.match_fit is not None:
+        with timer("calibrate"):
+            calib = calibrate(cfg, human, domains, instr, heldout, base_nll)
+    return make_manifest(
+        chain_identity(cfg),
+        cfg.seed,
+        timer.times,
+        **(dict(instructions=domains) if domains else dict(instruction=instr)),
+        finetune=cfg.finetune,
+        lr=calib["lr"] if calib else learning_rate(cfg),
+        **({"calibration": calib} if calib else {}),
+        base_heldout_nll=base_nll,
+        dtype=str(base.dtype),
+        device=str(base.device),
+        attention=base.config._attn_implementation,
+        determinism=determinism(base.device),
+        n_human_pool=len(human),
+        inputs=input_checksums(cfg),
+        heldout_ids=human.text_id.iloc[: cfg.n_heldout].tolist(),
+        facts=cfg.facts,
+        **(extra or {}),
+    )
+
 # %% ../nbs/03_chain.ipynb #42eacc49
 @contextlib.contextmanager
 def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's settings)
@@ -930,91 +1012,30 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
     import torch
     cfg.validate()
     timer = Timer()
-    # `auto` resumes in the format its chain.json recorded, whatever the rule says now
     run_dir = cfg.resolved_run_dir()
-    cfg = replace(
-        cfg, dtype=(recorded_format(run_dir) if cfg.dtype == "auto" else None)
-        or resolve_dtype(cfg.dtype), run_dir=str(run_dir))
-    with timer("prepare"):
-        human = prepare_human(cfg)
-        domains = pool_domains(human)
-        if domains and cfg.instruction:
-            raise ValueError(
-                f"instruction={cfg.instruction!r} with dataset {cfg.dataset!r}, whose texts carry "
-                "their own instructions; give one or the other"
-            )
-        instr = cfg.instruction or instruction_for(cfg.dataset)
-        cspec = CurationSpec.from_dict(cfg.curate)
-        curator = Curator(cspec, cfg.dataset, cfg.min_tokens,
-                          cfg.max_tokens) if cspec.rule != "none" else None
-        if curator: curator.check()  # a scorer that fails its audit stops the chain here
-        # fails before anything is written
-        base, tok = loaded or load_model(cfg.model, cfg.dtype)
-        # a mixed chain's other bases: each loadable here
-        for m in dict.fromkeys(cfg.models or []): check_model(m)
-        if cfg.optimizer == "adamw_8bit" and not (torch.cuda.is_available()
-                                                  and importlib.util.find_spec("bitsandbytes")):
-            raise ValueError(
-                "optimizer='adamw_8bit' needs bitsandbytes and a CUDA GPU; use optimizer: adamw "
-                "here"
-            )
+    fmt = (recorded_format(run_dir) if cfg.dtype == "auto" else None) or resolve_dtype(cfg.dtype)
+    cfg = replace(cfg, dtype=fmt, run_dir=str(run_dir))
+    human, domains, instr, curator, base, tok = chain_inputs(cfg, loaded, timer)
     # all cores, or the share a sweep worker / SLURM task was given
     torch.set_num_threads(n_threads())
     ident = chain_identity(cfg)
     sampler = VLLMSampler(cfg, run_dir / "vllm_server.log") if cfg.generator == "vllm" else None
     if sampler: sampler.check()  # before anything is written
     chain_file = run_dir / "chain.json"
-    try: prev = read_json(chain_file) if chain_file.exists() else None
-    except ValueError: prev = {}  # truncated or damaged: never read, rewritten below
-    if prev and prev.get("config_hash") != config_hash(ident):
-        raise ValueError(
-            f"run_dir={cfg.run_dir!r} holds a chain with other parameters; use another run_dir or "
-            "delete it"
-        )
-    if prev and (why := stale_inputs(run_dir, cfg)):
-        raise ValueError(
-            f"run_dir={cfg.run_dir!r} holds a chain computed from other data ({why}); use another "
-            "run_dir or delete it"
-        )
+    prev = previous_record(cfg, run_dir)
     with RunLock(run_dir):  # one writer per run directory
-        heldout = human.iloc[:cfg.n_heldout][
-            ["text"] + (["instruction"] if domains else [])].to_dict("records")
+        cols = ["text"] + (["instruction"] if domains else [])
+        heldout = human.iloc[:cfg.n_heldout][cols].to_dict("records")
         if not prev:
             if prev is not None:
                 log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
-            with timer("base_nll"):
-                base_nll = response_nll(base, tok, row_instructions(heldout, domains, instr),
-                                        [r["text"] for r in heldout], cfg.max_length)
-            calib = None
-            if cfg.match_fit is not None:
-                with timer("calibrate"):
-                    calib = calibrate(cfg, human, domains, instr, heldout, base_nll)
-            write_json(
-                chain_file,
-                make_manifest(
-                    ident,
-                    cfg.seed,
-                    timer.times,
-                    **(dict(instructions=domains) if domains else dict(instruction=instr)),
-                    finetune=cfg.finetune,
-                    lr=calib["lr"] if calib else learning_rate(cfg),
-                    **({"calibration": calib} if calib else {}),
-                    base_heldout_nll=base_nll,
-                    dtype=str(base.dtype),
-                    device=str(base.device),
-                    attention=base.config._attn_implementation,
-                    determinism=determinism(base.device),
-                    n_human_pool=len(human),
-                    inputs=input_checksums(cfg),
-                    heldout_ids=human.text_id.iloc[: cfg.n_heldout].tolist(),
-                    facts=cfg.facts,
-                    **(extra or {}),
-                ),
-            )
+            rec = first_record(cfg, human, domains, instr, heldout, base, tok, timer, extra)
+            write_json(chain_file, rec)
         else: record_facts(chain_file, cfg.facts)
         rec = read_json(chain_file)
-        cfg = replace(cfg, lr=rec["calibration"]["lr"]
-                      if cfg.match_fit is not None else learning_rate(cfg))  # a number from here on
+        # the learning rate, a number from here on
+        lr = rec["calibration"]["lr"] if cfg.match_fit is not None else learning_rate(cfg)
+        cfg = replace(cfg, lr=lr)
         run = ChainRun(cfg, run_dir, human, instr, tok, None if loaded else base, heldout,
                        rec["base_heldout_nll"], ident, sampler, domains, curator, sources,
                        keep_adapter)
@@ -1139,10 +1160,9 @@ def run_network(cfg: ChainConfig, # a chain with `network` set
     rec_file = net_dir / "network.json"
     try: prev = read_json(rec_file)
     except (FileNotFoundError, ValueError): prev = None
-    cfg = replace(cfg,
-                  dtype=(recorded_format(net_dir, "network.json") if cfg.dtype == "auto" else None)
-                  or resolve_dtype(cfg.dtype),
-                  run_dir=str(net_dir))  # resumes in its recorded format
+    # it resumes in its recorded format
+    fmt = recorded_format(net_dir, "network.json") if cfg.dtype == "auto" else None
+    cfg = replace(cfg, dtype=fmt or resolve_dtype(cfg.dtype), run_dir=str(net_dir))
     spec, nodes = network_nodes(cfg)
     rec = network_record(cfg, spec, nodes)
     if prev and prev.get("config_hash") != config_hash(rec["identity"]):
@@ -1165,17 +1185,14 @@ def run_network(cfg: ChainConfig, # a chain with `network` set
         return loaded[m]
     todo = range(spec.nodes) if only is None else sorted(set(only))
     with contextlib.ExitStack() as stack:  # every node's lock, held while the network runs
-        runs = {
-            k:
-            stack.enter_context(
-                open_chain(
-                    nodes[k], node_sources(nodes, rec["counts"], k), base(nodes[k].model),
-                    keep_adapter=spec.cross_nll > 0 and spec.nodes > 1, extra=dict(network=dict(
-                        folder=net_dir.name, node=k, nodes=spec.nodes, graph=spec.label,
-                        reads={f"node-{j}": n
-                               for j, n in enumerate(rec["counts"][k]) if n}))))
-            for k in todo
-        }
+        runs = {}
+        for k in todo:
+            reads = {f"node-{j}": n for j, n in enumerate(rec["counts"][k]) if n}
+            info = dict(folder=net_dir.name, node=k, nodes=spec.nodes, graph=spec.label,
+                        reads=reads)
+            runs[k] = stack.enter_context(open_chain(
+                nodes[k], node_sources(nodes, rec["counts"], k), base(nodes[k].model),
+                keep_adapter=spec.cross_nll > 0 and spec.nodes > 1, extra=dict(network=info)))
         loaded.clear()  # the bases served the checks and base NLLs; each generation loads its own
         for g in progress(range(cfg.generations if upto is None else upto + 1),
                           desc=f"network {spec.label} x{spec.nodes} r={cfg.ratio}"):

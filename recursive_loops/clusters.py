@@ -17,7 +17,7 @@ from .models import embed_texts
 # %% auto #0
 __all__ = ['METHODS', 'PAPER_UMAP_2D', 'check_cluster_params', 'reduce_umap', 'cluster_points', 'candidate_clusters',
            'draw_candidates', 'eligible', 'reference_partition', 'study_clusters_dir', 'eligible_ids', 'cluster_design',
-           'plan_cluster_ids', 'plan_every_cluster', 'run_clusters']
+           'plan_cluster_ids', 'plan_every_cluster', 'drawn_clusters', 'run_clusters']
 
 # %% ../nbs/02_clusters.ipynb #c0f88089
 METHODS = ("kmeans", "gmm", "hdbscan", "candidates")
@@ -161,6 +161,24 @@ def plan_every_cluster(t: TrainOn) -> Design:
     n_guess = int(t.clusters.get("n_clusters", 20))
     return cluster_design(t, ids, f"every eligible cluster of {t.dataset}", n_guess)
 
+# %% ../nbs/02_clusters.ipynb #3d2a6c59
+def drawn_clusters(base: pd.DataFrame, # text_id, domain, x, y per text
+                   red: np.ndarray, # the texts' reduced embeddings
+                   n_clusters: int, min_texts: int, candidate_sizes: list, min_cluster_size: int,
+                   seed: int,
+                  ) -> tuple[pd.DataFrame, list[dict], int]:
+    """The `candidates` method: each text's drawn cluster (-1: in none), the drawn candidates, and
+    how many candidates there were to draw from."""
+    cands = candidate_clusters(red, min_texts, list(candidate_sizes), min_cluster_size, seed)
+    drawn = draw_candidates(cands, n_clusters, seed)
+    member = np.zeros(len(base), bool)
+    parts = []
+    for i, c in enumerate(drawn):
+        parts.append(base.iloc[c["members"]].assign(cluster=i))
+        member[c["members"]] = True
+    out = pd.concat(parts + [base[~member].assign(cluster=-1)], ignore_index=True)
+    return out[["text_id", "domain", "cluster", "x", "y"]], drawn, len(cands)
+
 # %% ../nbs/02_clusters.ipynb #5dcf0f7d
 def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2",
                  method: str = "kmeans", n_clusters: int = 20, min_cluster_size: int = 50,
@@ -182,16 +200,8 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2",
     drawn = None
     with t("cluster"):
         if method == "candidates":
-            cands = candidate_clusters(red, min_texts, list(candidate_sizes), min_cluster_size,
-                                       seed)
-            drawn = draw_candidates(cands, n_clusters, seed)
-            member = np.zeros(len(df), bool)
-            parts = []
-            for i, c in enumerate(drawn):
-                parts.append(base.iloc[c["members"]].assign(cluster=i))
-                member[c["members"]] = True
-            out = pd.concat(parts + [base[~member].assign(cluster=-1)],
-                            ignore_index=True)[["text_id", "domain", "cluster", "x", "y"]]
+            out, drawn, n_cands = drawn_clusters(base, red, n_clusters, min_texts,
+                                                 candidate_sizes, min_cluster_size, seed)
             lab = out.cluster.to_numpy()
         else:
             lab = cluster_points(red, method, n_clusters, min_cluster_size, seed)
@@ -215,20 +225,12 @@ def run_clusters(dataset: str = "bbc_news", embedder: str = "all-MiniLM-L6-v2",
                method=method, n_clusters=n_clusters, min_cluster_size=min_cluster_size,
                umap_dim=umap_dim, min_texts=min_texts, max_texts=max_texts,
                **({"candidate_sizes": list(candidate_sizes)} if method == "candidates" else {}))
-    write_json(
-        path.with_suffix(".manifest.json"),
-        make_manifest(
-            cfg,
-            seed,
-            t.times,
-            n_texts=len(out),
-            n_noise=int((lab < 0).sum()),
-            embedded_now=n_new,
-            **({"n_candidates": len(cands)} if drawn is not None else {}),
-            sizes={int(k): int(v) for k, v in sizes.items()},
-            excluded={int(k): int(v) for k, v in small.items()},
-        ),
-    )
+    man = make_manifest(cfg, seed, t.times, n_texts=len(out), n_noise=int((lab < 0).sum()),
+                        embedded_now=n_new,
+                        **({"n_candidates": n_cands} if drawn is not None else {}),
+                        sizes={int(k): int(v) for k, v in sizes.items()},
+                        excluded={int(k): int(v) for k, v in small.items()})
+    write_json(path.with_suffix(".manifest.json"), man)
     log.info("%d clusters (%d eligible) of %d texts -> %s (%s)", len(sizes),
              len(sizes) - len(small), len(out), path, t.times)
     return path

@@ -179,14 +179,16 @@ def control_table(
 # arm -> {metric: the model output's shift at the last generation}; every other metric shifts as
 # `none`
 DEMO_SHIFTS = {
-    "none":
-    dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
-    "random x2":
-    dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
-    "diversity x2":
-    dict(semantic_diversity=0.95, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
-    "score_top:fluency x2":
-    dict(semantic_diversity=0.70, selfbleu_diversity=0.75, fluency_nll=0.80, ttr_150=0.85),
+    "none": dict(semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85),
+    "random x2": dict(
+        semantic_diversity=0.80, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85
+    ),
+    "diversity x2": dict(
+        semantic_diversity=0.95, selfbleu_diversity=0.85, fluency_nll=0.90, ttr_150=0.85
+    ),
+    "score_top:fluency x2": dict(
+        semantic_diversity=0.70, selfbleu_diversity=0.75, fluency_nll=0.80, ttr_150=0.85
+    ),
 }
 
 def demo_control_results(seeds: int = 3, generations: int = 4, noise: float = 0.005,
@@ -230,12 +232,10 @@ def bootstrap_ci(x, n_boot: int = 2000, seed: int = 0,
 
 # %% ../nbs/05c_control.ipynb #23d0d453
 def _slope(d: pd.DataFrame) -> float:
-    return (
-        float(np.polyfit(d.generation, d.shift_model, 1)[0])
-        if d.generation.nunique() > 1
-        else np.nan
-    )
+    if d.generation.nunique() < 2: return np.nan
+    return float(np.polyfit(d.generation, d.shift_model, 1)[0])
 
+# %% ../nbs/05c_control.ipynb #809f6c46
 def arm_effects(table: pd.DataFrame, # control_table
                 baseline: str = "none", # the uncurated arm
                 # comparisons: arm labels, or rule names (random matches "random x2")
@@ -268,9 +268,9 @@ def arm_effects(table: pd.DataFrame, # control_table
         for vs in dict.fromkeys(filter(None, map(resolve_vs, against))):
             for arm in arms:
                 if arm == vs or arm == baseline and vs != baseline: continue
-                seeds = sorted(set(end.loc[arm].index)
-                               & set(end.loc[vs].index)) if arm in end.index.get_level_values(
-                                   0) and vs in end.index.get_level_values(0) else []
+                have = end.index.get_level_values(0)
+                if arm not in have or vs not in have: continue
+                seeds = sorted(set(end.loc[arm].index) & set(end.loc[vs].index))
                 if not seeds: continue
                 a, b = end.loc[arm].loc[seeds], end.loc[vs].loc[seeds]
                 red = (b.shift_model - 1).abs().to_numpy() - (a.shift_model - 1).abs().to_numpy()
@@ -280,29 +280,14 @@ def arm_effects(table: pd.DataFrame, # control_table
                 k, klo, khi = bootstrap_ci(redk)
                 s, slo, shi = bootstrap_ci(sl)
                 tlo, thi = seed_ci(red)
-                rows.append(
-                    dict(
-                        arm=arm,
-                        metric=metric,
-                        vs=vs,
-                        generation=last,
-                        n_seeds=len(seeds),
-                        shift_arm=float(a.shift_model.mean()),
-                        shift_vs=float(b.shift_model.mean()),
-                        reduction=r,
-                        reduction_low=rlo,
-                        reduction_high=rhi,
-                        reduction_t_low=tlo,
-                        reduction_t_high=thi,
-                        clear=bool((rlo > 0 and tlo > 0) or (rhi < 0 and thi < 0)),
-                        reduction_kept=k,
-                        reduction_kept_low=klo,
-                        reduction_kept_high=khi,
-                        slope_diff=s,
-                        slope_diff_low=slo,
-                        slope_diff_high=shi,
-                    )
-                )
+                rows.append(dict(
+                    arm=arm, metric=metric, vs=vs, generation=last, n_seeds=len(seeds),
+                    shift_arm=float(a.shift_model.mean()), shift_vs=float(b.shift_model.mean()),
+                    reduction=r, reduction_low=rlo, reduction_high=rhi,
+                    reduction_t_low=tlo, reduction_t_high=thi,
+                    clear=bool((rlo > 0 and tlo > 0) or (rhi < 0 and thi < 0)),
+                    reduction_kept=k, reduction_kept_low=klo, reduction_kept_high=khi,
+                    slope_diff=s, slope_diff_low=slo, slope_diff_high=shi))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05c_control.ipynb #f5692154
@@ -419,22 +404,11 @@ def plot_control(effects: pd.DataFrame, # arm_effects
                     fmt="none", lw=0.8, color="#7f7f7f", capsize=0, label="model output: t 95% CI")
         for off, col, mfc, lab in ((-0.12, "reduction", None, "model output"),
                                    (0.12, "reduction_kept", "white", "kept texts (the pool)")):
-            ax.errorbar(
-                d[col],
-                y + off,
-                xerr=[d[col] - d[f"{col}_low"], d[f"{col}_high"] - d[col]],
-                fmt="o",
-                ms=7,
-                capsize=3,
-                lw=1.8,
-                color="#1f4e79",
-                mfc=mfc or "#1f4e79",
-                label=lab,
-            )
-        lo, hi = (
-            np.nanmin(d[["reduction_low", "reduction_kept_low"]].to_numpy()),
-            np.nanmax(d[["reduction_high", "reduction_kept_high"]].to_numpy()),
-        )
+            ax.errorbar(d[col], y + off, xerr=[d[col] - d[f"{col}_low"], d[f"{col}_high"] - d[col]],
+                        fmt="o", ms=7, capsize=3, lw=1.8, color="#1f4e79", mfc=mfc or "#1f4e79",
+                        label=lab)
+        lo = np.nanmin(d[["reduction_low", "reduction_kept_low"]].to_numpy())
+        hi = np.nanmax(d[["reduction_high", "reduction_kept_high"]].to_numpy())
         # a t interval wider than that runs off the panel
         pad = 0.15 * max(hi - lo, 1e-3)
         ax.set_xlim(min(lo, 0) - pad, max(hi, 0) + pad)
@@ -449,12 +423,10 @@ def plot_control(effects: pd.DataFrame, # arm_effects
     axes.flat[0].legend(fontsize=9, loc="best")
     n = sorted(set(e.n_seeds))
     g = int(e.generation.max())
-    fig.suptitle(
-        f"Curation arms against {vs} at generation {g} (> 0: the arm shifted less); mean and 95% "
-        "bootstrap CI over n = "
-        f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} seeds (grey: t interval, clipped)\n(sel.): "
-        "the rule selects on this metric",
-        fontsize=11)
+    ns = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+    fig.suptitle(f"Curation arms against {vs} at generation {g} (> 0: the arm shifted less); mean"
+                 f" and 95% bootstrap CI over n = {ns} seeds (grey: t interval, clipped)\n"
+                 "(sel.): the rule selects on this metric", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -8,6 +8,7 @@ import math, random, time
 from dataclasses import dataclass, asdict
 
 import numpy as np
+from fastcore.basics import patch
 
 from .core import log, derive_seed
 from .data import MIN_TOKENS, MAX_TOKENS
@@ -34,57 +35,6 @@ class CurationSpec:
     near: float = 0.95  # dedup: cosine similarity at or above which two texts are near duplicates
     embedder: str = "all-MiniLM-L6-v2"  # diversity, dedup: a sentence-transformers model
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "CurationSpec":
-        "A checked spec from a chain's `curate` mapping (None: `none`)."
-        if d is None: return cls()
-        if not isinstance(d, dict):
-            raise ValueError(
-                f"curate={d!r} is invalid; allowed: None or a mapping of {', '.join(CURATE_KEYS)}")
-        bad = [k for k in d if k not in CURATE_KEYS]
-        if bad:
-            raise ValueError(f"curate: unknown key {bad[0]!r}; allowed: {', '.join(CURATE_KEYS)}")
-        s = cls(**d)
-        if s.rule not in RULES:
-            raise ValueError(f"curate.rule={s.rule!r} is invalid; allowed: {', '.join(RULES)}")
-        o = s.oversample
-        if isinstance(o, bool) or not isinstance(o, (int, float)) or not 1 <= o <= 100:
-            raise ValueError(
-                f"curate.oversample={o!r} is invalid; allowed: a number in [1, 100] (candidates "
-                "per kept text)"
-            )
-        if s.rule == "none" and o != 1:
-            raise ValueError(
-                f"curate.oversample={o!r} with rule none; oversampling with a random keep is the "
-                "rule random"
-            )
-        if s.rule in ("score_top", "score_bottom"):
-            if s.scorer is None:
-                raise ValueError(
-                    f"curate.rule={s.rule} needs a scorer: a judge's settings (04a_judges), e.g. "
-                    f"{{name: fluency, backend: fluency}}"
-                )
-            try: js = JudgeSpec.from_dict(s.scorer)
-            except JudgeError as e: raise ValueError(f"curate.scorer: {e}") from None
-            if js.kind == "lean":
-                raise ValueError(
-                    f"curate.scorer {js.name!r} is a lean judge; allowed: a quality judge or the "
-                    "fluency proxy"
-                )
-        elif s.scorer is not None:
-            raise ValueError(
-                f"curate.scorer is given but rule {s.rule} scores nothing; allowed with score_top "
-                "or score_bottom"
-            )
-        if isinstance(s.near, bool) or not isinstance(s.near, (int, float)) or not 0 < s.near <= 1:
-            raise ValueError(
-                f"curate.near={s.near!r} is invalid; allowed: a cosine similarity in (0, 1]")
-        if not isinstance(s.embedder, str) or not s.embedder:
-            raise ValueError(
-                f"curate.embedder={s.embedder!r} is invalid; allowed: a sentence-transformers model"
-            )
-        return s
-
     def to_dict(self) -> dict:
         """The settings that define the rule's result (what a chain's identity holds): only those
         the rule uses."""
@@ -101,6 +51,58 @@ class CurationSpec:
         if self.rule == "none": return "none"
         by = f":{self.scorer['name']}" if self.scorer else ""
         return f"{self.rule}{by} x{self.oversample:g}"
+
+# %% ../nbs/03c_curation.ipynb #8b7fb58a
+@patch(cls_method=True)
+def from_dict(cls: CurationSpec, d: dict | None) -> "CurationSpec":
+    "A checked spec from a chain's `curate` mapping (None: `none`)."
+    if d is None: return cls()
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"curate={d!r} is invalid; allowed: None or a mapping of {', '.join(CURATE_KEYS)}")
+    bad = [k for k in d if k not in CURATE_KEYS]
+    if bad:
+        raise ValueError(f"curate: unknown key {bad[0]!r}; allowed: {', '.join(CURATE_KEYS)}")
+    s = cls(**d)
+    if s.rule not in RULES:
+        raise ValueError(f"curate.rule={s.rule!r} is invalid; allowed: {', '.join(RULES)}")
+    o = s.oversample
+    if isinstance(o, bool) or not isinstance(o, (int, float)) or not 1 <= o <= 100:
+        raise ValueError(
+            f"curate.oversample={o!r} is invalid; allowed: a number in [1, 100] (candidates "
+            "per kept text)"
+        )
+    if s.rule == "none" and o != 1:
+        raise ValueError(
+            f"curate.oversample={o!r} with rule none; oversampling with a random keep is the "
+            "rule random"
+        )
+    if s.rule in ("score_top", "score_bottom"):
+        if s.scorer is None:
+            raise ValueError(
+                f"curate.rule={s.rule} needs a scorer: a judge's settings (04a_judges), e.g. "
+                f"{{name: fluency, backend: fluency}}"
+            )
+        try: js = JudgeSpec.from_dict(s.scorer)
+        except JudgeError as e: raise ValueError(f"curate.scorer: {e}") from None
+        if js.kind == "lean":
+            raise ValueError(
+                f"curate.scorer {js.name!r} is a lean judge; allowed: a quality judge or the "
+                "fluency proxy"
+            )
+    elif s.scorer is not None:
+        raise ValueError(
+            f"curate.scorer is given but rule {s.rule} scores nothing; allowed with score_top "
+            "or score_bottom"
+        )
+    if isinstance(s.near, bool) or not isinstance(s.near, (int, float)) or not 0 < s.near <= 1:
+        raise ValueError(
+            f"curate.near={s.near!r} is invalid; allowed: a cosine similarity in (0, 1]")
+    if not isinstance(s.embedder, str) or not s.embedder:
+        raise ValueError(
+            f"curate.embedder={s.embedder!r} is invalid; allowed: a sentence-transformers model"
+        )
+    return s
 
 # %% ../nbs/03c_curation.ipynb #2df79dfb
 def n_candidates(n: int, # texts to keep

@@ -136,6 +136,7 @@ def _before(df: pd.DataFrame, col: str, cutoff: str) -> pd.DataFrame:
     d = pd.to_datetime(df[col], errors="coerce", utc=True)
     return df[d < pd.Timestamp(cutoff, tz="UTC")]
 
+# %% ../nbs/01_data.ipynb #be3a2d57
 def load_twitter_100m(n: int = 200_000) -> pd.DataFrame:
     "English tweets from before 2020-06-01 (`enryu43/twitter100m_tweets`), first `n` rows."
     ds = _hub_load("enryu43/twitter100m_tweets", split=f"train[:{n}]")
@@ -151,12 +152,8 @@ def load_reddit(subreddits: tuple = ("AskHistorians", "changemyview", "Fitness",
         df = _hub_load("HuggingFaceGECLM/REDDIT_submissions", split=f"{sub}[:{n}]").to_pandas()
         df["created"] = pd.to_datetime(df["created_utc"], unit="s", errors="coerce", utc=True)
         df = _before(df, "created", "2022-11-30")
-        frames.append(
-            pd.DataFrame({
-                "text": (df["title"].fillna("") + "\n" + df["selftext"].fillna("")).str.strip(),
-                "domain":
-                sub
-            }))
+        text = (df["title"].fillna("") + "\n" + df["selftext"].fillna("")).str.strip()
+        frames.append(pd.DataFrame({"text": text, "domain": sub}))
     return pd.concat(frames, ignore_index=True)
 
 def load_wikipedia(n: int = 100_000) -> pd.DataFrame:
@@ -209,6 +206,7 @@ def is_file_dataset(name: str) -> bool:
     "Whether `name` names a file rather than a registry entry."
     return str(name).endswith(FILE_SUFFIXES)
 
+# %% ../nbs/01_data.ipynb #78a61bce
 def check_dataset_name(name: str) -> None:
     "Raise one clear `ValueError` unless `name` is a registry name or an existing data file."
     if is_file_dataset(name):

@@ -21,17 +21,22 @@ from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci,
 # %% auto #0
 __all__ = ['METRICS', 'SWEEP_METRICS', 'PROP_LABELS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout',
            'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift', 'plot_property_ranges', 'plain_chains',
-           'draw_figures', 'study_summary']
+           'chain_figures', 'cluster_figures', 'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #2c1be7bd
 METRICS = {
-    "selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse", "semantic_diversity":
-    "semantic diversity ↑", "ttr_150": "TTR (first 150 chars) ↑ diverse", "mtld": "MTLD ↑ diverse",
-    "length_chars": "length (characters)", "length_words": "length (words)", "positivity":
-    "positivity (VADER compound)", "fluency_nll": "fluency proxy: NLL under base ↓", "heldout_nll":
-    "held-out human NLL ↓"
+    "selfbleu_diversity": "1 - Self-BLEU (between texts) ↑ diverse",
+    "semantic_diversity": "semantic diversity ↑",
+    "ttr_150": "TTR (first 150 chars) ↑ diverse",
+    "mtld": "MTLD ↑ diverse",
+    "length_chars": "length (characters)",
+    "length_words": "length (words)",
+    "positivity": "positivity (VADER compound)",
+    "fluency_nll": "fluency proxy: NLL under base ↓",
+    "heldout_nll": "held-out human NLL ↓",
 }
 
+# %% ../nbs/06_figures.ipynb #a2638f3a
 def plot_metric_curves(df: pd.DataFrame, # gathered metrics
                        path: str | Path, # PNG to write
                       ) -> Path:
@@ -155,6 +160,7 @@ SWEEP_METRICS = ("semantic_diversity", "selfbleu_diversity")
 def _ratio_label(r: float) -> str:
     return "0\n(gen 0)" if r == 0 else str(Fraction(r).limit_denominator(64))
 
+# %% ../nbs/06_figures.ipynb #f169c9d5
 def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole datasets
                      path: str | Path, # PNG to write
                      shift: str = "relative_to_gen0", # the shift definition (05_regression)
@@ -257,6 +263,7 @@ def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
+# %% ../nbs/06_figures.ipynb #f5c56615
 def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
     "Grid of property (x) against shift (y) over clusters, one colour per ratio, with OLS lines."
     import matplotlib
@@ -288,10 +295,12 @@ def plot_property_vs_shift(table: pd.DataFrame, path: str | Path) -> Path:
 
 # %% ../nbs/06_figures.ipynb #49da9d84
 PROP_LABELS = {
-    "prop_length_chars": "length (characters)", "prop_quality": "quality (judge)",
-    "prop_selfbleu_diversity": "lexical diversity (1 - Self-BLEU)", "prop_semantic_diversity":
-    "semantic diversity", "prop_gaussian_aic": "Gaussianity (AIC of one Gaussian; lower: tighter)",
-    "prop_positivity": "positivity (VADER compound)"
+    "prop_length_chars": "length (characters)",
+    "prop_quality": "quality (judge)",
+    "prop_selfbleu_diversity": "lexical diversity (1 - Self-BLEU)",
+    "prop_semantic_diversity": "semantic diversity",
+    "prop_gaussian_aic": "Gaussianity (AIC of one Gaussian; lower: tighter)",
+    "prop_positivity": "positivity (VADER compound)",
 }
 
 def plot_property_ranges(drawn: pd.DataFrame, # cluster_properties.csv of the drawn clusters
@@ -340,18 +349,17 @@ def plain_chains(results: pd.DataFrame, # a study's results.csv (07e_study) or g
     per kind of chain left to its own stage."""
     r = results[results.design == "whole"]  # every row says its chain's design (04_metrics)
     other, notes = np.zeros(len(r), bool), []
-    for col, plain, name, stage in (("network_dir", None, "network node",
-                                     "05d_topology"), ("curate", "none", "curated", "05c_control"),
-                                    ("finetune", "lora", "full fine-tuning", "05e_scale")):
+    kinds = (("network_dir", None, "network node", "05d_topology"),
+             ("curate", "none", "curated", "05c_control"),
+             ("finetune", "lora", "full fine-tuning", "05e_scale"))
+    for col, plain, name, stage in kinds:
         if col not in r: continue
-        m = (r[col].notna()
-             if plain is None else r[col].fillna(plain).astype(str).ne(plain)).to_numpy() & ~other
+        if plain is None: m = r[col].notna()
+        else: m = r[col].fillna(plain).astype(str).ne(plain)
+        m = m.to_numpy() & ~other
         if m.any():
-            notes.append(
-                "left out of the chain figures: "
-                f"{r[m].run_dir.nunique() if 'run_dir' in r else int(m.sum())} {name} chain(s) "
-                f"({stage} draws them)"
-            )
+            n = r[m].run_dir.nunique() if "run_dir" in r else int(m.sum())
+            notes.append(f"left out of the chain figures: {n} {name} chain(s) ({stage} draws them)")
         other |= m
     r = r[~other]
     if "model" in r and r.model.nunique() > 1:
@@ -359,27 +367,20 @@ def plain_chains(results: pd.DataFrame, # a study's results.csv (07e_study) or g
         r = r.assign(dataset=r.dataset.astype(str) + " · " + r.model.astype(str))
     # and per data mode: accumulating human data, or replacing it
     if "accumulate" in r and r.accumulate.nunique() > 1:
-        r = r.assign(
-            dataset=r.dataset.astype(str) + " · " +
-            r.accumulate.astype(str).str.lower().map({"true": "accumulate", "false": "replace"}))
+        mode = r.accumulate.astype(str).str.lower().map({"true": "accumulate", "false": "replace"})
+        r = r.assign(dataset=r.dataset.astype(str) + " · " + mode)
     return r, notes
 
-# %% ../nbs/06_figures.ipynb #14bd0575
-def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without clusters
-                 fig_dir: str | Path = "figures", # where PNGs go
-                 clusters_dir: str | Path | None = None, # 02_clusters / 04b_properties output
-                 modularity_dir: str | Path | None = None, # 05a_modularity output
-                 # 05_regression output (else the regression is refitted here)
-                 regression_dir: str | Path | None = None,
-                 shift: str = "relative_to_gen0", # the shift definition (05_regression)
-                 k: int = 0, # generations averaged at the end (0: min(5, G - 1))
-                ) -> list[str]:
-    """Draw every figure whose inputs are on disk; return one line per figure (written, or skipped
-    and why)."""
-    fd = resolve(fig_dir)
-    out = []
-    results = gather_metrics(runs_root)
+# %% ../nbs/06_figures.ipynb #e826583f
+def chain_figures(results: pd.DataFrame, # the chains' rows (gather_metrics)
+                  runs_root: str | Path,  # as draw_figures, and
+                  fd: Path, shift: str, k: int,  # its figure folder, resolved
+                  modularity_dir: str | Path | None,
+                 ) -> list[str]:
+    """The figures of the chains' own results: metric curves, held-out NLL and ratio sweep of the
+    plain chains, the judges' audits, modularity; one line per figure."""
     whole, left = plain_chains(results)
+    out = []
     if whole.empty:
         out.append(
             "skipped fig_metric_curves.png, fig_heldout_nll.png, fig_ratio_sweep.png: no plain "
@@ -399,12 +400,23 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
                if audits else "skipped fig_judge_audit.png: no chain has judges (metrics.judges)")
     mdir = resolve(modularity_dir) if modularity_dir else None
     if mdir is not None and (mdir / "modularity.csv").exists():
-        summ = pd.read_csv(
-            mdir / "modularity_summary.csv") if (mdir / "modularity_summary.csv").exists() else None
+        ps = mdir / "modularity_summary.csv"
+        summ = pd.read_csv(ps) if ps.exists() else None
         p = plot_modularity(pd.read_csv(mdir / "modularity.csv"), fd / "fig_modularity.png", summ)
         out.append(f"wrote {p}")
     else:
         out.append(f"skipped fig_modularity.png: no modularity.csv in {mdir} (run 05a_modularity)")
+    return out
+
+# %% ../nbs/06_figures.ipynb #aabadd40
+def cluster_figures(results: pd.DataFrame, # the chains' rows (gather_metrics)
+                    clusters_dir: str | Path | None,  # as draw_figures, and
+                    fd: Path, shift: str, k: int,  # its figure folder, resolved
+                    regression_dir: str | Path | None,
+                   ) -> list[str]:
+    """The figures of the clusters: the map, the property ranges against one partition, properties
+    against shifts, the regression's coefficients; one line per figure."""
+    out = []
     cdir = resolve(clusters_dir) if clusters_dir else None
     if cdir is None or not (cdir / "clusters.parquet").exists():
         return out + [f"skipped cluster figures: no clusters.parquet in {cdir} (run 02_clusters)"]
@@ -445,6 +457,23 @@ def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without
         out.append(f"wrote {plot_coefficients(res, fd / 'fig_coefficients.png')}")
     except ValueError as e: out.append(f"skipped fig_coefficients.png: {e}")
     return out
+
+# %% ../nbs/06_figures.ipynb #14bd0575
+def draw_figures(runs_root: str | Path, # chains (metrics.csv), with and without clusters
+                 fig_dir: str | Path = "figures", # where PNGs go
+                 clusters_dir: str | Path | None = None, # 02_clusters / 04b_properties output
+                 modularity_dir: str | Path | None = None, # 05a_modularity output
+                 # 05_regression output (else the regression is refitted here)
+                 regression_dir: str | Path | None = None,
+                 shift: str = "relative_to_gen0", # the shift definition (05_regression)
+                 k: int = 0, # generations averaged at the end (0: min(5, G - 1))
+                ) -> list[str]:
+    """Draw every figure whose inputs are on disk; return one line per figure (written, or skipped
+    and why)."""
+    fd = resolve(fig_dir)
+    results = gather_metrics(runs_root)
+    return (chain_figures(results, runs_root, fd, shift, k, modularity_dir)
+            + cluster_figures(results, clusters_dir, fd, shift, k, regression_dir))
 
 # %% ../nbs/06_figures.ipynb #c03290bf
 def study_summary(root: str | Path, # folder of chains

@@ -10,6 +10,7 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from .core import log, cache_dir
 from .data import MIN_TOKENS, MAX_TOKENS
@@ -222,6 +223,7 @@ class JudgeError(ServerError):
     """A judge that cannot be used as configured (server unreachable, model not served, bad
     setting); the message says the fix."""
 
+# %% ../nbs/04a_judges.ipynb #3aeddebd
 class OpenAIBackend:
     """Any OpenAI-compatible chat endpoint, many requests in flight (a bounded thread pool), retries
     with backoff."""
@@ -244,28 +246,6 @@ class OpenAIBackend:
         self._client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
                               timeout=timeout, max_retries=max_retries)
         self.requests = 0
-
-    def check(self) -> None:
-        "Fail fast, in one line, if the server is unreachable or does not serve the model."
-        import openai
-        try:
-            served = [
-                m.id for m in self._client.with_options(max_retries=1, timeout=10).models.list()
-            ]
-        except openai.APIConnectionError as e:
-            raise JudgeError(
-                f"judge server {self.base_url} is unreachable ({type(e.__cause__ or e).__name__}); "
-                "start it (make judge-server) or fix base_url") from None
-        except openai.AuthenticationError:
-            raise JudgeError(
-                f"judge server {self.base_url} refused the API key; set the environment variable "
-                "named by api_key_env"
-            ) from None
-        if self.model not in served:
-            raise JudgeError(
-                f"judge server {self.base_url} does not serve model {self.model!r}; it serves: "
-                f"{', '.join(served)}"
-            )
 
     def _one(self, text: str) -> dict:
         import openai
@@ -296,6 +276,30 @@ class OpenAIBackend:
                           desc="judge requests"):
                 out[futs[f]] = f.result()
         return out
+
+# %% ../nbs/04a_judges.ipynb #70c1a94b
+@patch
+def check(self: OpenAIBackend) -> None:
+    "Fail fast, in one line, if the server is unreachable or does not serve the model."
+    import openai
+    try:
+        served = [
+            m.id for m in self._client.with_options(max_retries=1, timeout=10).models.list()
+        ]
+    except openai.APIConnectionError as e:
+        raise JudgeError(
+            f"judge server {self.base_url} is unreachable ({type(e.__cause__ or e).__name__}); "
+            "start it (make judge-server) or fix base_url") from None
+    except openai.AuthenticationError:
+        raise JudgeError(
+            f"judge server {self.base_url} refused the API key; set the environment variable "
+            "named by api_key_env"
+        ) from None
+    if self.model not in served:
+        raise JudgeError(
+            f"judge server {self.base_url} does not serve model {self.model!r}; it serves: "
+            f"{', '.join(served)}"
+        )
 
 # %% ../nbs/04a_judges.ipynb #92bbaf06
 class HFBackend:
@@ -402,35 +406,6 @@ class JudgeSpec:
     # texts scored per set (a seeded subsample of the metrics' set; 0: all), for slow judges
     n_texts: int = 0
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "JudgeSpec":
-        if not isinstance(d, dict):
-            raise JudgeError(f"a judge must be a mapping of {', '.join(JUDGE_KEYS)}, not {d!r}")
-        if "api_key" in d or any("key" in k and k != "api_key_env" for k in d):
-            raise JudgeError(
-                "judges take no API key: put it in an environment variable and give that "
-                "variable's name as api_key_env"
-            )
-        bad = [k for k in d if k not in JUDGE_KEYS]
-        if bad:
-            import difflib
-            near = difflib.get_close_matches(bad[0], JUDGE_KEYS, n=1)
-            raise JudgeError(f"unknown judge key {bad[0]!r}" + (
-                f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(JUDGE_KEYS)}"))
-        for k in ("name", "backend"):
-            if k not in d:
-                raise JudgeError(f"a judge needs {k!r} (have: {', '.join(d) or 'nothing'})")
-        s = cls(**d)
-        if s.backend not in ("openai", "hf", "fluency"):
-            raise JudgeError(
-                f"judge backend={s.backend!r} is invalid; allowed: openai, hf, fluency")
-        if s.backend != "fluency" and s.prompt not in PROMPTS:
-            raise JudgeError(f"judge prompt={s.prompt!r} is unknown; allowed: {', '.join(PROMPTS)}")
-        if not 0 < s.threshold <= 1:
-            raise JudgeError(
-                f"judge threshold={s.threshold!r} is invalid; allowed: a number in (0, 1]")
-        return s
-
     @property
     def version(self) -> str: return FLUENCY_VERSION if self.backend == "fluency" else self.prompt
 
@@ -448,6 +423,36 @@ class JudgeSpec:
     @property
     def na(self) -> int | None:
         return None if self.backend == "fluency" else PROMPTS[self.prompt].na  # lean-v2: -1
+
+# %% ../nbs/04a_judges.ipynb #220350cc
+@patch(cls_method=True)
+def from_dict(cls: JudgeSpec, d: dict) -> "JudgeSpec":
+    if not isinstance(d, dict):
+        raise JudgeError(f"a judge must be a mapping of {', '.join(JUDGE_KEYS)}, not {d!r}")
+    if "api_key" in d or any("key" in k and k != "api_key_env" for k in d):
+        raise JudgeError(
+            "judges take no API key: put it in an environment variable and give that "
+            "variable's name as api_key_env"
+        )
+    bad = [k for k in d if k not in JUDGE_KEYS]
+    if bad:
+        import difflib
+        near = difflib.get_close_matches(bad[0], JUDGE_KEYS, n=1)
+        raise JudgeError(f"unknown judge key {bad[0]!r}" + (
+            f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(JUDGE_KEYS)}"))
+    for k in ("name", "backend"):
+        if k not in d:
+            raise JudgeError(f"a judge needs {k!r} (have: {', '.join(d) or 'nothing'})")
+    s = cls(**d)
+    if s.backend not in ("openai", "hf", "fluency"):
+        raise JudgeError(
+            f"judge backend={s.backend!r} is invalid; allowed: openai, hf, fluency")
+    if s.backend != "fluency" and s.prompt not in PROMPTS:
+        raise JudgeError(f"judge prompt={s.prompt!r} is unknown; allowed: {', '.join(PROMPTS)}")
+    if not 0 < s.threshold <= 1:
+        raise JudgeError(
+            f"judge threshold={s.threshold!r} is invalid; allowed: a number in (0, 1]")
+    return s
 
 # %% ../nbs/04a_judges.ipynb #c2bae57d
 class Judge:
@@ -527,8 +532,9 @@ def corrupt(text: str, kind: str, seed: int = 0) -> str:
 
 def claimed(spec: JudgeSpec) -> tuple[str, ...]:
     "The corruptions a judge's score is meant to penalise (see the table above)."
-    return {"quality": CORRUPTIONS, "fluency": ("shuffle", "truncate", "noise"), "lean":
-            ()}[spec.kind]
+    return {"quality": CORRUPTIONS, "fluency": ("shuffle", "truncate", "noise"), "lean": ()}[
+        spec.kind
+    ]
 
 # %% ../nbs/04a_judges.ipynb #afb4ca5e
 LEAN_SET = [(t, "left") for t in [

@@ -182,6 +182,7 @@ def _late(by: pd.Series, k: int) -> float:
     "Mean of the last k generations (of a generation-indexed series)."
     return float(by.iloc[-k:].mean())
 
+# %% ../nbs/05b_lean.ipynb #b9046f3b
 def chain_leans(
                 # long results: run_dir?, generation, source, metric, value and the left share
                 # column
@@ -318,11 +319,33 @@ def demo_lean_results(seeds: int = 3, # chains per mixture
             ]
     return pd.DataFrame(rows)
 
-# %% ../nbs/05b_lean.ipynb #6daf499f
+# %% ../nbs/05b_lean.ipynb #173caffc
 _COLOURS = {
     "amplified": "#c0392b", "reduced": "#2471a3", "inverted": "#7d3c98", "neutral input": "#7f8c8d"
 }
 
+def _lean_regions(ax, L: float, tol: float) -> None:
+    "The regions that name a lean effect, the neutral-input band and the two reference lines."
+    x = np.linspace(0, L, 50)
+    for sgn in (1, -1):  # right half (human right of 50), then its mirror
+        ax.fill_between(sgn * x, sgn * x, sgn * L, color=_COLOURS["amplified"], alpha=0.10, lw=0)
+        ax.fill_between(sgn * x, 0, sgn * x, color=_COLOURS["reduced"], alpha=0.10, lw=0)
+        ax.fill_between(sgn * x, 0, -sgn * L, color=_COLOURS["inverted"], alpha=0.10, lw=0)
+        places = {"amplified": (0.25, 0.93), "reduced": (0.8, 0.3), "inverted": (0.5, -0.9)}
+        for name, (px, py) in places.items():
+            ax.text(sgn * px * L, sgn * py * L, name, color=_COLOURS[name], ha="center",
+                    va="center", fontsize=12, weight="bold", alpha=0.8)
+    ax.axvspan(-tol, tol, color=_COLOURS["neutral input"], alpha=0.18, lw=0)
+    ax.text(0, -0.55 * L, "neutral input", rotation=90, ha="center", va="center", fontsize=10,
+            color="#444", bbox=dict(boxstyle="round,pad=0.1", fc="#e5e5e5", ec="none"))
+    ax.plot([-L, L], [-L, L], ls="--", color="k", lw=1)
+    ax.axhline(0, color="k", lw=1)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.text(0.75 * L + 0.6, 0.75 * L - 0.6, "y = x: lean unchanged", rotation=45,
+            rotation_mode="anchor", fontsize=9, ha="center", va="top")
+    ax.text(-0.98 * L, 0.6, "y = 0: generated data neutral", fontsize=9, ha="left", va="bottom")
+
+# %% ../nbs/05b_lean.ipynb #6daf499f
 def plot_lean(effects: pd.DataFrame, # lean_effects' table
               path: str | Path, # PNG to write
              ) -> Path:
@@ -335,46 +358,18 @@ def plot_lean(effects: pd.DataFrame, # lean_effects' table
     cols = ["human_ci_low", "human_ci_high", "gen_ci_low", "gen_ci_high", "human_dev", "gen_dev"]
     ext = np.nanmax(np.abs(e[cols].to_numpy(float)))
     L = max(10.0, 1.15 * ext)
-    x = np.linspace(0, L, 50)
     fig, ax = plt.subplots(figsize=(7.5, 7.2))
-    for sgn in (1, -1):  # right half (human right of 50), then its mirror
-        ax.fill_between(sgn * x, sgn * x, sgn * L, color=_COLOURS["amplified"], alpha=0.10, lw=0)
-        ax.fill_between(sgn * x, 0, sgn * x, color=_COLOURS["reduced"], alpha=0.10, lw=0)
-        ax.fill_between(sgn * x, 0, -sgn * L, color=_COLOURS["inverted"], alpha=0.10, lw=0)
-        for name, (px, py) in {
-                "amplified": (0.25, 0.93), "reduced": (0.8, 0.3), "inverted": (0.5, -0.9)
-        }.items():
-            ax.text(sgn * px * L, sgn * py * L, name, color=_COLOURS[name], ha="center",
-                    va="center", fontsize=12, weight="bold", alpha=0.8)
-    tol = float(e.tol.iloc[0])
-    ax.axvspan(-tol, tol, color=_COLOURS["neutral input"], alpha=0.18, lw=0)
-    ax.text(0, -0.55 * L, "neutral input", rotation=90, ha="center", va="center", fontsize=10,
-            color="#444", bbox=dict(boxstyle="round,pad=0.1", fc="#e5e5e5", ec="none"))
-    ax.plot([-L, L], [-L, L], ls="--", color="k", lw=1)
-    ax.axhline(0, color="k", lw=1)
-    ax.axvline(0, color="k", lw=0.5)
-    ax.text(0.75 * L + 0.6, 0.75 * L - 0.6, "y = x: lean unchanged", rotation=45,
-            rotation_mode="anchor", fontsize=9, ha="center", va="top")
-    ax.text(-0.98 * L, 0.6, "y = 0: generated data neutral", fontsize=9, ha="left", va="bottom")
+    _lean_regions(ax, L, float(e.tol.iloc[0]))
     # labels alternate above / below, so neighbours do not collide
     for i, (_, r) in enumerate(e.sort_values("human_dev").iterrows()):
         c = _COLOURS[r.label]
-        ax.errorbar(
-            r.human_dev,
-            r.gen_dev,
-            xerr=[[r.human_dev - r.human_ci_low], [r.human_ci_high - r.human_dev]],
-            yerr=[[r.gen_dev - r.gen_ci_low], [r.gen_ci_high - r.gen_dev]],
-            fmt="o",
-            ms=8,
-            color=c,
-            mec="k",
-            mfc=c if r.clear == "clear" else "white",
-            capsize=3,
-            lw=1.3,
-            zorder=4,
-        )
-        tag = f"left {r.left_share:.0%}\n{r.label}" + (""
-                                                       if r.clear == "clear" else f"\n({r.clear})")
+        ax.errorbar(r.human_dev, r.gen_dev,
+                    xerr=[[r.human_dev - r.human_ci_low], [r.human_ci_high - r.human_dev]],
+                    yerr=[[r.gen_dev - r.gen_ci_low], [r.gen_ci_high - r.gen_dev]],
+                    fmt="o", ms=8, color=c, mec="k", mfc=c if r.clear == "clear" else "white",
+                    capsize=3, lw=1.3, zorder=4)
+        tag = f"left {r.left_share:.0%}\n{r.label}"
+        if r.clear != "clear": tag += f"\n({r.clear})"
         ax.annotate(tag, (r.human_dev, r.gen_dev), xytext=(7, 9 if i % 2 == 0 else -9),
                     textcoords="offset points", fontsize=10, zorder=3,
                     va="bottom" if i % 2 == 0 else "top",
@@ -388,11 +383,10 @@ def plot_lean(effects: pd.DataFrame, # lean_effects' table
     n = sorted(set(e.n_seeds))
     ns = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
     ratios = ", ".join(f"{r:g}" for r in sorted(set(e.ratio.dropna())))
-    ax.set_title(
-        f"Political lean: generated vs human data (judge {e.judge.iloc[0]}" +
-        (f", ratio {ratios}" if ratios else "") +
-        f")\nmean and 95% CI over n = {ns} seeds per mixture; open marker: within noise",
-        fontsize=11)
+    at = f", ratio {ratios}" if ratios else ""
+    ax.set_title(f"Political lean: generated vs human data (judge {e.judge.iloc[0]}{at})\n"
+                 f"mean and 95% CI over n = {ns} seeds per mixture; open marker: within noise",
+                 fontsize=11)
     bad = e.judge_audit.iloc[0]
     if bad != "passed":
         if bad.startswith("FAILED"):

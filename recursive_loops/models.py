@@ -110,8 +110,8 @@ def bundled_model_dir(name: str = "smollm2-135m", # key of BUNDLED_MODELS
     if out.exists() and not (out / "model.safetensors").exists():
         shutil.rmtree(out, ignore_errors=True)
     try: os.replace(tmp, out)
-        # another process finished first: keep its copy
-    except OSError: shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 # %% ../nbs/00a_models.ipynb #3ecc2ee5

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .core import derive_seed, resolve
 
@@ -38,56 +39,6 @@ class NetworkSpec:
     models: list | None = None  # one base model per node (cycled); None: the chain's model
     cross_nll: int = 16  # texts per node for the cross-NLL matrix; 0: not measured
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> NetworkSpec:
-        "Check a `network` setting; raise one `ValueError` naming the first bad key or value."
-        if d is None: return cls()
-        if isinstance(d, NetworkSpec): return d
-        if not isinstance(d, dict):
-            raise ValueError(
-                f"network={d!r} is invalid; allowed: a mapping such as {{nodes: 4, graph: ring}}")
-        bad = [k for k in d if k not in NETWORK_KEYS]
-        if bad:
-            raise ValueError(f"network: unknown key {bad[0]!r}; allowed: {', '.join(NETWORK_KEYS)}")
-        s = cls(**d)
-        def no(k, allowed):
-            raise ValueError(f"network.{k}={getattr(s, k)!r} is invalid; allowed: {allowed}")
-        def integer(k, lo):
-            v = getattr(s, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo: no(k, f"an integer >= {lo}")
-        def prob(k):
-            v = getattr(s, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                no(k, "a number in [0, 1]")
-
-        integer("nodes", 1)
-        integer("cross_nll", 0)
-        if s.graph not in GRAPHS: no("graph", ", ".join(GRAPHS))
-        if s.graph == "small_world":
-            integer("degree", 2)
-            prob("rewire")
-            if s.degree % 2 or s.degree >= s.nodes:
-                no("degree", f"an even number below nodes ({s.nodes})")
-        if s.graph == "communities":
-            integer("communities", 1)
-            prob("bridge")
-            if s.communities > s.nodes: no("communities", f"at most nodes ({s.nodes})")
-        if s.graph == "edges" and (not isinstance(s.edges, str) or not resolve(s.edges).is_file()):
-            no("edges",
-               "an existing CSV or JSON(L) file of source, target[, weight] rows (graph: edges)")
-        if s.edges is not None and s.graph != "edges": no("edges", "null unless graph is edges")
-        if s.self_weight is not None: prob("self_weight")
-        if isinstance(s.shards, list):
-            if len(s.shards) != s.nodes or len(set(map(str, s.shards))) != s.nodes:
-                no("shards",
-                   f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
-        elif s.shards not in ("split", "domains"):
-            no("shards", f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
-        if s.models is not None and (not isinstance(s.models, list) or not s.models
-                                     or not all(isinstance(m, str) and m for m in s.models)):
-            no("models", "null or a list of model names")
-        return s
-
     def to_dict(self) -> dict:
         """The settings that define the network's results (graph parameters only for the graph that
         uses them)."""
@@ -105,11 +56,63 @@ class NetworkSpec:
     def label(self) -> str:
         "A short name: the graph and its parameters, e.g. `ring` or `small_world k2 p0.1`."
         extra = {
-            "small_world": f" k{self.degree} p{self.rewire:g}", "communities":
-            f" c{self.communities} b{self.bridge:g}", "edges": f" {Path(str(self.edges)).stem}"
+            "small_world": f" k{self.degree} p{self.rewire:g}",
+            "communities": f" c{self.communities} b{self.bridge:g}",
+            "edges": f" {Path(str(self.edges)).stem}",
         }.get(self.graph, "")
         return f"{self.graph}{extra}" + ("" if self.self_weight is None else
                                          f" self{self.self_weight:g}")
+
+# %% ../nbs/03d_network.ipynb #13af91c6
+@patch(cls_method=True)
+def from_dict(cls: NetworkSpec, d: dict | None) -> NetworkSpec:
+    "Check a `network` setting; raise one `ValueError` naming the first bad key or value."
+    if d is None: return cls()
+    if isinstance(d, NetworkSpec): return d
+    if not isinstance(d, dict):
+        raise ValueError(
+            f"network={d!r} is invalid; allowed: a mapping such as {{nodes: 4, graph: ring}}")
+    bad = [k for k in d if k not in NETWORK_KEYS]
+    if bad:
+        raise ValueError(f"network: unknown key {bad[0]!r}; allowed: {', '.join(NETWORK_KEYS)}")
+    s = cls(**d)
+    def no(k, allowed):
+        raise ValueError(f"network.{k}={getattr(s, k)!r} is invalid; allowed: {allowed}")
+    def integer(k, lo):
+        v = getattr(s, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo: no(k, f"an integer >= {lo}")
+    def prob(k):
+        v = getattr(s, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            no(k, "a number in [0, 1]")
+
+    integer("nodes", 1)
+    integer("cross_nll", 0)
+    if s.graph not in GRAPHS: no("graph", ", ".join(GRAPHS))
+    if s.graph == "small_world":
+        integer("degree", 2)
+        prob("rewire")
+        if s.degree % 2 or s.degree >= s.nodes:
+            no("degree", f"an even number below nodes ({s.nodes})")
+    if s.graph == "communities":
+        integer("communities", 1)
+        prob("bridge")
+        if s.communities > s.nodes: no("communities", f"at most nodes ({s.nodes})")
+    if s.graph == "edges" and (not isinstance(s.edges, str) or not resolve(s.edges).is_file()):
+        no("edges",
+           "an existing CSV or JSON(L) file of source, target[, weight] rows (graph: edges)")
+    if s.edges is not None and s.graph != "edges": no("edges", "null unless graph is edges")
+    if s.self_weight is not None: prob("self_weight")
+    if isinstance(s.shards, list):
+        if len(s.shards) != s.nodes or len(set(map(str, s.shards))) != s.nodes:
+            no("shards",
+               f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
+    elif s.shards not in ("split", "domains"):
+        no("shards", f"split, domains, or a list of {s.nodes} distinct domains or cluster ids")
+    if s.models is not None and (not isinstance(s.models, list) or not s.models
+                                 or not all(isinstance(m, str) and m for m in s.models)):
+        no("models", "null or a list of model names")
+    return s
 
 # %% ../nbs/03d_network.ipynb #9820a0c6
 def read_edges(path: str | Path, nodes: int) -> np.ndarray:

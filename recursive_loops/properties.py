@@ -122,15 +122,10 @@ def measure_cluster(
 
 # %% ../nbs/04b_properties.ipynb #ace96f81
 def run_properties(
-        clusters_path: str | Path,
-        dataset: str = "bbc_news",
-        n_per_cluster: int = 64,
-        reference_model: str | None = "smollm2-135m",
-        embedder: str = "all-MiniLM-L6-v2",
-        seed: int = 0,
-        out_path: str | Path = "runs/demo/clusters/cluster_properties.csv",
-        min_tokens: int = MIN_TOKENS,
-        max_tokens: int = MAX_TOKENS,
+        clusters_path: str | Path, dataset: str = "bbc_news", n_per_cluster: int = 64,
+        reference_model: str | None = "smollm2-135m", embedder: str = "all-MiniLM-L6-v2",
+        seed: int = 0, out_path: str | Path = "runs/demo/clusters/cluster_properties.csv",
+        min_tokens: int = MIN_TOKENS, max_tokens: int = MAX_TOKENS,
         # a quality judge's settings: audited, used only if it passes
         quality_judge: dict | None = None,
         judge_cache: str | Path | None = None,  # the judges' score cache
@@ -150,26 +145,18 @@ def run_properties(
     rows, groups = [], list(df.groupby("cluster"))
     with t("measure"):
         for c, d in progress(groups, desc="cluster properties"):
-            rows.append(
-                dict(
-                    cluster=int(c), n_texts=len(d), domain=d.domain.mode().iloc[0],
-                    domain_share=float((d.domain == d.domain.mode().iloc[0]).mean()),
-                    **measure_cluster(d, emb[df.index.get_indexer(d.index)],
-                                      derive_seed(seed, "props", c), max_n, selfbleu_n, aic_n,
-                                      n_per_cluster, ref, rtok)))
+            top = d.domain.mode().iloc[0]
+            props = measure_cluster(d, emb[df.index.get_indexer(d.index)],
+                                    derive_seed(seed, "props", c), max_n, selfbleu_n, aic_n,
+                                    n_per_cluster, ref, rtok)
+            rows.append(dict(cluster=int(c), n_texts=len(d), domain=top,
+                             domain_share=float((d.domain == top).mean()), **props))
     quality = "absent: no quality judge given (quality_judge)"
     if quality_judge:
         with t("quality"):
-            q, why = cluster_quality(
-                quality_judge,
-                {int(c): d.text.tolist() for c, d in groups},
-                dataset,
-                min_tokens,
-                max_tokens,
-                judge_cache,
-                max_n,
-                seed,
-            )
+            texts = {int(c): d.text.tolist() for c, d in groups}
+            q, why = cluster_quality(quality_judge, texts, dataset, min_tokens, max_tokens,
+                                     judge_cache, max_n, seed)
         if q:
             for r in rows: r["prop_quality"], r["n_quality"] = q[r["cluster"]]
             quality = f"from judge {quality_judge['name']!r}"
@@ -177,29 +164,12 @@ def run_properties(
     if not quality.startswith("from"): log.warning("no prop_quality: %s", quality[len("absent: "):])
     out = resolve(out_path)
     with atomic_path(out) as tmp: pd.DataFrame(rows).to_csv(tmp, index=False)
-    write_json(
-        out.with_suffix(".manifest.json"),
-        make_manifest(
-            dict(
-                clusters_path=str(clusters_path),
-                dataset=dataset,
-                min_tokens=min_tokens,
-                max_tokens=max_tokens,
-                n_per_cluster=n_per_cluster,
-                reference_model=reference_model,
-                embedder=embedder,
-                quality_judge=quality_judge or {},
-                max_n=max_n,
-                selfbleu_n=selfbleu_n,
-                aic_n=aic_n,
-                dtype=dtype,
-            ),
-            seed,
-            t.times,
-            n_clusters=len(rows),
-            quality=quality,
-        ),
-    )
+    cfg = dict(clusters_path=str(clusters_path), dataset=dataset, min_tokens=min_tokens,
+               max_tokens=max_tokens, n_per_cluster=n_per_cluster, reference_model=reference_model,
+               embedder=embedder, quality_judge=quality_judge or {}, max_n=max_n,
+               selfbleu_n=selfbleu_n, aic_n=aic_n, dtype=dtype)
+    write_json(out.with_suffix(".manifest.json"),
+               make_manifest(cfg, seed, t.times, n_clusters=len(rows), quality=quality))
     log.info("properties of %d clusters -> %s (%s)", len(rows), out, t.times)
     return out
 

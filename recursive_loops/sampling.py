@@ -165,30 +165,6 @@ class VLLMSampler:
             )
         check_vllm_python(self.python)
 
-    def start(
-              # what to serve: the chain's base model (LoRA), or a generation's weights folder
-              # (full)
-              self, model: str | None = None,
-             ) -> str:
-        """Start the server on `model` (kept while it is the one asked for; another one replaces
-        it); its base URL."""
-        model = str(model or self.cfg.model)
-        if self.proc is not None and self.served == model: return self.url
-        import torch
-        self.check()
-        self.close()
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        lora = [
-            "--enable-lora", "--max-lora-rank",
-            str(next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)), "--max-loras", "1"
-        ] if self.lora else []
-        self.proc, self.url, self.start_s = start_server(
-            model, python=self.python, device=self.device, log_path=self.log_path,
-            env=dict(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True") if self.lora else {}, extra_args=lora)
-        self.served = model
-        log.info("vLLM sampler up in %.0f s at %s (%s)", self.start_s, self.url, model)
-        return self.url
-
     def _post(self, route: str, body: dict) -> None:
         import json, urllib.error, urllib.request
         req = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
@@ -214,6 +190,32 @@ class VLLMSampler:
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
+
+# %% ../nbs/03b_sampling.ipynb #cd49559d
+@patch
+def start(
+    self: VLLMSampler,
+    # what to serve: the chain's base model (LoRA), or a generation's weights folder (full)
+    model: str | None = None,
+) -> str:
+    """Start the server on `model` (kept while it is the one asked for; another one replaces
+    it); its base URL."""
+    model = str(model or self.cfg.model)
+    if self.proc is not None and self.served == model: return self.url
+    import torch
+    self.check()
+    self.close()
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    lora = []
+    if self.lora:
+        rank = next(r for r in VLLM_LORA_RANKS if r >= self.cfg.lora_r)
+        lora = ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", "1"]
+    self.proc, self.url, self.start_s = start_server(
+        model, python=self.python, device=self.device, log_path=self.log_path,
+        env=dict(VLLM_ALLOW_RUNTIME_LORA_UPDATING="True") if self.lora else {}, extra_args=lora)
+    self.served = model
+    log.info("vLLM sampler up in %.0f s at %s (%s)", self.start_s, self.url, model)
+    return self.url
 
 # %% ../nbs/03b_sampling.ipynb #8e69d5a3
 @patch

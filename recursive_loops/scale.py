@@ -97,6 +97,28 @@ def compare(table: pd.DataFrame, # scale_table
                      **paired_difference((wide[ft] - wide[baseline]).to_numpy())))
     return pd.DataFrame(rows)
 
+# %% ../nbs/05e_scale.ipynb #e292ab31
+def _fit_panel(ax, summary: pd.DataFrame, table: pd.DataFrame, methods: list[str]) -> None:
+    "Each method's generation-0 held-out gain: mean and 95% t CI, its seeds as dots, its lr range."
+    for i, ft in enumerate(methods):
+        d = summary[(summary.metric == "heldout_gain") & (summary.finetune == ft) &
+                    (summary.quantity == "value")]
+        if d.empty: continue
+        r = d.iloc[0]
+        c = _COLOURS.get(ft, f"C{i + 2}")
+        ax.bar(i, r["mean"], color=c, alpha=0.35, width=0.6)
+        ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], color=c,
+                    capsize=5, lw=2)
+        pts = table[(table.metric == "heldout_gain") & (table.finetune == ft)]
+        ax.scatter(i + np.linspace(-0.12, 0.12, len(pts)), pts.value, color=c, s=14, zorder=3)
+        lr = sorted(set(pts.lr.dropna()))
+        if lr:
+            ax.text(i, 0.002, f"lr {lr[0]:.2g}" + (f"\nto {lr[-1]:.2g}" if len(lr) > 1 else ""),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods)
+    ax.set_title("fit: generation-0 held-out gain", fontsize=10)
+
 # %% ../nbs/05e_scale.ipynb #ea999c21
 _NICE = dict(semantic_diversity="semantic diversity", selfbleu_diversity="Self-BLEU diversity",
              fluency_nll="fluency NLL (lower: more fluent)", ttr_150="type-token ratio (150 words)",
@@ -120,25 +142,7 @@ def plot_scale(summary: pd.DataFrame, # summarise
     fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(3.2 + 4.4 * len(metrics), 3.9),
                              squeeze=False,
                              gridspec_kw=dict(width_ratios=[0.7] + [1] * len(metrics)))
-    ax = axes[0, 0]
-    for i, ft in enumerate(methods):
-        d = summary[(summary.metric == "heldout_gain") & (summary.finetune == ft) &
-                    (summary.quantity == "value")]
-        if d.empty: continue
-        r = d.iloc[0]
-        c = _COLOURS.get(ft, f"C{i + 2}")
-        ax.bar(i, r["mean"], color=c, alpha=0.35, width=0.6)
-        ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r.ci_low], [r.ci_high - r["mean"]]], color=c,
-                    capsize=5, lw=2)
-        pts = table[(table.metric == "heldout_gain") & (table.finetune == ft)]
-        ax.scatter(i + np.linspace(-0.12, 0.12, len(pts)), pts.value, color=c, s=14, zorder=3)
-        lr = sorted(set(pts.lr.dropna()))
-        if lr:
-            ax.text(i, 0.002, f"lr {lr[0]:.2g}" + (f"\nto {lr[-1]:.2g}" if len(lr) > 1 else ""),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(methods)))
-    ax.set_xticklabels(methods)
-    ax.set_title("fit: generation-0 held-out gain", fontsize=10)
+    _fit_panel(axes[0, 0], summary, table, methods)
     for ax, m in zip(axes[0, 1:], metrics):
         for i, ft in enumerate(methods):
             d = summary[(summary.metric == m) & (summary.finetune == ft) &
@@ -160,10 +164,9 @@ def plot_scale(summary: pd.DataFrame, # summarise
                 bbox=dict(facecolor="white", alpha=0.8, lw=0))
     axes[0, 1 if metrics else 0].legend(fontsize=9, title="fine-tuning", title_fontsize=9)
     n = summary.n_seeds
-    fig.suptitle(
-        "LoRA against full fine-tuning (mean, 95% t CI over n = "
-        f"{int(n.min())}{'' if n.min() == n.max() else f'-{int(n.max())}'} seeds per method)",
-        fontsize=11)
+    ns = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
+    fig.suptitle(f"LoRA against full fine-tuning (mean, 95% t CI over n = {ns} seeds per method)",
+                 fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -44,43 +44,33 @@ ANALYSES = dict(
 _names = lambda s: tuple(s.split())  # the allowed keys of a section, written as one string
 
 ALLOWED = {
-    "":
-    _names(
+    "": _names(
         "name out_dir datasets chain metrics clusters experiments analysis executor cost "
         "mixed_formats"
     ),
-    "chain":
-    PER_CHAIN + ("model", "accumulate"),
-    "metrics":
-    _names("n_eval reference_model embedder judges judge_cache"),
-    "clusters":
-    _names(
+    "chain": PER_CHAIN + ("model", "accumulate"),
+    "metrics": _names("n_eval reference_model embedder judges judge_cache"),
+    "clusters": _names(
         "embedder method n_clusters min_cluster_size umap_dim min_texts max_texts seed "
         "n_per_cluster "
-        "reference_model max_n selfbleu_n aic_n candidate_sizes"),
-    "experiment":
-    AXES + ("train_on", ) + PER_CHAIN,
+        "reference_model max_n selfbleu_n aic_n candidate_sizes"
+    ),
+    "experiment": AXES + ("train_on",) + PER_CHAIN,
     "analysis": ("shift", "k_last", *ANALYSES),
-    "analysis.regression":
-    _names("experiment predictors targets group vif_max quality pooled folds"),
-    "analysis.modularity":
-    _names("experiment predictors targets"),
-    "analysis.lean":
-    _names("experiment judge tol"),
-    "analysis.control":
-    _names("experiment quartiles baseline metrics"),
-    "analysis.network":
-    _names("experiment metrics n_eval embedder"),
-    "analysis.scale":
-    _names("experiment metrics baseline"),
-    "analysis.figures":
-    _names("fig_dir"),
-    "executor":
-    _names("kind workers slurm"),
-    "executor.slurm":
-    _names("partition account qos time_min cpus_per_task gres mem_gb array_parallelism additional"),
-    "cost":
-    _names(
+    "analysis.regression": _names(
+        "experiment predictors targets group vif_max quality pooled folds"
+    ),
+    "analysis.modularity": _names("experiment predictors targets"),
+    "analysis.lean": _names("experiment judge tol"),
+    "analysis.control": _names("experiment quartiles baseline metrics"),
+    "analysis.network": _names("experiment metrics n_eval embedder"),
+    "analysis.scale": _names("experiment metrics baseline"),
+    "analysis.figures": _names("fig_dir"),
+    "executor": _names("kind workers slurm"),
+    "executor.slurm": _names(
+        "partition account qos time_min cpus_per_task gres mem_gb array_parallelism additional"
+    ),
+    "cost": _names(
         "seconds_per_generation n_train exponent model_params device params gpu_tflops "
         "gpu_efficiency"
     ),

@@ -61,9 +61,10 @@ def network_rows(node_dirs: list[str | Path], # the network's node folders, in n
     rows = []
     gens = sorted({int(p.name[4:]) for d in nd for p in d.glob("gen_*") if (p / "DONE").exists()})
     sets = {
-        -1:
-        [[r["text"] for r in read_jsonl(d / "gen_00" / "train.jsonl") if r["source"] == "human"]
-         for d in nd]
+        -1: [
+            [r["text"] for r in read_jsonl(d / "gen_00" / "train.jsonl") if r["source"] == "human"]
+            for d in nd
+        ]
     }
     sets.update({
         g: [[r["text"] for r in read_jsonl(d / f"gen_{g:02d}" / "generated.jsonl")] for d in nd]
@@ -315,6 +316,23 @@ def network_edges(results: pd.DataFrame, # results rows of networks (`_networks`
         reads.append(W > 0)
     return np.mean(reads, axis=0)
 
+# %% ../nbs/05d_topology.ipynb #24bc3202
+def _draw_edges(ax, F: np.ndarray, xy: np.ndarray) -> None:
+    """A graph's edges between nodes at `xy`: a line for a tie both ways, else an arrow from the
+    node whose texts are read to its reader; shade: the tie's share of the seeds (`F`)."""
+    K = len(F)
+    for i in range(K):
+        for j in range(i + 1, K):
+            if F[i, j] == F[j, i] > 0:
+                ax.plot(*xy[[i, j]].T, color="grey", alpha=float(F[i, j]),
+                        lw=1.2 + 1.3 * F[i, j], zorder=1)
+                continue
+            for a, b in ((i, j), (j, i)):
+                if F[a, b] > 0:
+                    arrow = dict(arrowstyle="-|>", color="grey", alpha=float(F[a, b]), lw=1.2,
+                                 shrinkA=19, shrinkB=19, connectionstyle="arc3,rad=0.12")
+                    ax.annotate("", xy[a], xy[b], zorder=1, arrowprops=arrow)
+
 # %% ../nbs/05d_topology.ipynb #552964f0
 def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networks`)
                      path: str | Path, # PNG to write
@@ -335,31 +353,14 @@ def plot_node_shifts(results: pd.DataFrame, # results rows of networks (`_networ
     norm = plt.Normalize(1 - span, 1 + span)
     cmap = plt.get_cmap("RdBu")
     fig, axes = plt.subplots(1, len(nets), figsize=(3.1 * len(nets) + 1.2, 3.6), squeeze=False)
-    shard = (
-        results.drop_duplicates(["network", "node"]).set_index(["network", "node"]).get("cluster")
-    )
+    nodes = results.drop_duplicates(["network", "node"]).set_index(["network", "node"])
+    shard = nodes.get("cluster")
     for ax, net in zip(axes[0], nets):
         F = network_edges(results, net)
         K = len(F)
-        xy = np.array(
-            [
-                [np.sin(2 * np.pi * k / K + np.pi / K), np.cos(2 * np.pi * k / K + np.pi / K)]
-                for k in range(K)
-            ]
-        )  # a square for 4 nodes
-        for i in range(K):
-            for j in range(i + 1, K):
-                if F[i, j] == F[j, i] > 0:
-                    ax.plot(*xy[[i, j]].T, color="grey", alpha=float(F[i, j]),
-                            lw=1.2 + 1.3 * F[i, j], zorder=1)
-                else:  # a directed edge: an arrow from the node whose texts are read to its reader
-                    for a, b in ((i, j), (j, i)):
-                        if F[a, b] > 0:
-                            ax.annotate(
-                                "", xy[a], xy[b], zorder=1,
-                                arrowprops=dict(arrowstyle="-|>", color="grey",
-                                                alpha=float(F[a, b]), lw=1.2, shrinkA=19,
-                                                shrinkB=19, connectionstyle="arc3,rad=0.12"))
+        angle = 2 * np.pi * np.arange(K) / K + np.pi / K
+        xy = np.stack([np.sin(angle), np.cos(angle)], 1)  # a square for 4 nodes
+        _draw_edges(ax, F, xy)
         random = bool(((F > 0) & (F < 1)).any())
         for k in range(K):
             v = mean.loc[(net, k), "mean"] if (net, k) in mean.index else np.nan

@@ -76,6 +76,7 @@ def free_head_workspace() -> None:
     "Free the logits' workspaces (at the end of a training run)."
     for k in [k for k in _FUSED if k != "fn"]: del _FUSED[k]
 
+# %% ../nbs/03a_training.ipynb #760c37c0
 def _fused_head_nll():
     """The autograd function behind `head_nll` when training (built on first use: this module
     imports torch lazily)."""
@@ -96,13 +97,12 @@ def _fused_head_nll():
                 rows = torch.arange(n, device=h.device)
                 z = zf[:n]
                 if zw is None: torch.mm(h[s:s + n], w.t(), out=z)
-                    # logits in the head's format, then float32
-                else:
+                else:  # logits in the head's format, then float32
                     torch.mm(h[s:s + n], w.t(), out=zw[:n])
                     z.copy_(zw[:n])
                 m = z.max(-1, keepdim=True).values
                 tgt = z[rows, yy]
-                se = z.sub_(m).exp_().sum(-1, keepdim=True)             # z is now exp(logit - max)
+                se = z.sub_(m).exp_().sum(-1, keepdim=True)  # z is now exp(logit - max)
                 tot += (m + se.log()).sum() - tgt.sum()
                 # softmax - one-hot: d loss / d logits
                 z.div_(se)
@@ -122,6 +122,7 @@ def _fused_head_nll():
     _FUSED["fn"] = FusedHeadNLL
     return FusedHeadNLL
 
+# %% ../nbs/03a_training.ipynb #8143eb84
 def head_nll(head, # the output layer
              h, # (n, hidden) hidden states
              y, # (n,) target ids
@@ -298,13 +299,15 @@ def _train_loop(
 # positions per pass on CPU (-1) by the forward's format: the same activation memory
 CPU_PASS_TOKENS = {"float32": 768, "bfloat16": 1536}
 
+# %% ../nbs/03a_training.ipynb #7e336e4d
 def _paths(pm, ex, shared_prompt, pass_tokens, fmt: str = "float32") -> tuple[bool, int | None]:
     """The paths a run takes: the shared prompt (None: on CPU only) where it applies; slices of
     `CPU_PASS_TOKENS[fmt]` positions on CPU (-1), none on a GPU."""
     if shared_prompt is None: shared_prompt = pm.device.type == "cpu"
-    return shared_prompt and shares_prompt(
-        pm, ex), (CPU_PASS_TOKENS.get(fmt, CPU_PASS_TOKENS["float32"])
-                  if pm.device.type == "cpu" else None) if pass_tokens == -1 else pass_tokens
+    if pass_tokens == -1:
+        on_cpu = pm.device.type == "cpu"
+        pass_tokens = CPU_PASS_TOKENS.get(fmt, CPU_PASS_TOKENS["float32"]) if on_cpu else None
+    return shared_prompt and shares_prompt(pm, ex), pass_tokens
 
 # %% ../nbs/03a_training.ipynb #6f7c06bb
 def train_lora(
