@@ -205,12 +205,12 @@ def figures_runs(plan: Plan, settings: dict, made: dict) -> list:
     return [(out, params, params["fig_dir"])]
 
 # %% ../nbs/07d_analysis.ipynb #57b65b05
+# spec key -> its runs, in ANALYSES' order
 ANALYSIS_RUNS = dict(
     regression=regression_runs,
     modularity=modularity_runs,
     lean=lean_runs,
     control=control_runs,
-    # spec key -> its runs, in ANALYSES' order
     network=network_runs,
     scale=scale_runs,
     figures=figures_runs,
