@@ -848,10 +848,11 @@ def stale_inputs(run_dir: Path, cfg: ChainConfig) -> str | None:
         changed = [
             k for k in sorted(set(rec["inputs"]) | set(now)) if rec["inputs"].get(k) != now.get(k)
         ]
-    # recorded before checksums were
-    else: changed = [k for k in now if resolve(getattr(cfg, k)).stat().st_mtime > p.stat().st_mtime]
-    return ", ".join(f"{k}={getattr(cfg, k)!r}"
-                     for k in changed) + " changed since the chain began" if changed else None
+    else:
+        # recorded before checksums were
+        changed = [k for k in now if resolve(getattr(cfg, k)).stat().st_mtime > p.stat().st_mtime]
+    if not changed: return None
+    return ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changed) + " changed since the chain began"
 
 # %% ../nbs/03_chain.ipynb #9d49bc90
 def record_facts(
@@ -941,12 +942,12 @@ def chain_inputs(
     return human, domains, instr, curator, base, tok
 
 # %% ../nbs/03_chain.ipynb #a4ddfc6f
-def previous_record(cfg: ChainConfig, run_dir: Path) -> dict | None:
+def previous_record(cfg: ChainConfig, run_dir: Path, ident: dict) -> dict | None:
     "The `chain.json` of an earlier run: None when there is none, `{}` when it is damaged."
     chain_file = run_dir / "chain.json"
     try: prev = read_json(chain_file) if chain_file.exists() else None
     except ValueError: prev = {}  # truncated or damaged: never read, rewritten by open_chain
-    if prev and prev.get("config_hash") != config_hash(chain_identity(cfg)):
+    if prev and prev.get("config_hash") != config_hash(ident):
         raise ValueError(f"run_dir={cfg.run_dir!r} holds a chain with other parameters;"
                          " use another run_dir or delete it")
     if prev and (why := stale_inputs(run_dir, cfg)):
@@ -957,6 +958,7 @@ def previous_record(cfg: ChainConfig, run_dir: Path) -> dict | None:
 # %% ../nbs/03_chain.ipynb #ea1c40fc
 def first_record(
     cfg: ChainConfig,  # the chain, its format resolved
+    ident: dict,  # its identity (chain_identity)
     human: pd.DataFrame,  # its pool (chain_inputs), with
     domains: dict | None,  # per-text instructions' domains,
     instr: str,  # and the instruction
@@ -976,7 +978,7 @@ def first_record(
         with timer("calibrate"):
             calib = calibrate(cfg, human, domains, instr, heldout, base_nll)
     return make_manifest(
-        chain_identity(cfg),
+        ident,
         cfg.seed,
         timer.times,
         **(dict(instructions=domains) if domains else dict(instruction=instr)),
@@ -1022,14 +1024,14 @@ def open_chain(cfg: ChainConfig, # the chain (a network's node: its node's setti
     sampler = VLLMSampler(cfg, run_dir / "vllm_server.log") if cfg.generator == "vllm" else None
     if sampler: sampler.check()  # before anything is written
     chain_file = run_dir / "chain.json"
-    prev = previous_record(cfg, run_dir)
+    prev = previous_record(cfg, run_dir, ident)
     with RunLock(run_dir):  # one writer per run directory
         cols = ["text"] + (["instruction"] if domains else [])
         heldout = human.iloc[:cfg.n_heldout][cols].to_dict("records")
         if not prev:
             if prev is not None:
                 log.warning("%s was damaged (not valid JSON): recomputed", chain_file)
-            rec = first_record(cfg, human, domains, instr, heldout, base, tok, timer, extra)
+            rec = first_record(cfg, ident, human, domains, instr, heldout, base, tok, timer, extra)
             write_json(chain_file, rec)
         else: record_facts(chain_file, cfg.facts)
         rec = read_json(chain_file)

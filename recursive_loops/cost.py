@@ -227,8 +227,8 @@ def check_feeding(plan: Plan) -> list[str]:
                     f"eligible cluster holds, is {floor:,}; lower n_train or generations, raise "
                     "the ratio, or raise clusters.min_texts"
                 )
-        # each domain's cluster gives an equal share of the merged dataset
         elif c.placeholder and c.design == "merged":
+            # each domain's cluster gives an equal share of the merged dataset
             k = len(plan.spec["experiments"][c.experiments[0]]["train_on"]["merged"])
             per = -(-need // k)
             if floor < per:

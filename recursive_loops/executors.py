@@ -126,8 +126,8 @@ def chain_task(
                     {"run_dir": d, **task["metrics"]},
                     root,
                 )
-    # (an interrupt or a kill of this process leaves no FAILED: the chain is just unfinished)
     except Exception as e:
+        # (an interrupt or a kill of this process leaves no FAILED: the chain is just unfinished)
         msg = str(e).strip() or type(e).__name__
         # the kernel was killed under us: scancel, preemption, OOM killer
         if type(e).__name__ == "DeadKernelError":
@@ -305,8 +305,9 @@ def run_slurm(
                     if failed.exists() else None)
             elif j.job_id in queued:
                 gone.pop(rd, None)
-            # not queued and no result: give the result file two polls to appear, then call it lost
             else:
+                # not queued and no result: give the result file two polls to appear, then
+                # call it lost
                 gone[rd] = gone.get(rd, 0) + 1
                 if gone[rd] >= 3:
                     errors[rd] = (

@@ -464,8 +464,9 @@ def wait_for_server(base_url: str, timeout: float = 600.0, proc=None) -> float:
         try:
             with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5):
                 return time.time() - t0
-        # it answers (401 when it wants a key)
-        except urllib.error.HTTPError: return time.time() - t0
+        except urllib.error.HTTPError:
+            # it answers (401 when it wants a key)
+            return time.time() - t0
         except OSError: time.sleep(2)
     raise ServerError(f"the server at {base_url} did not answer within {timeout:.0f} s")
 

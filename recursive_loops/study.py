@@ -283,9 +283,9 @@ def run_chains(
         errors = {}
     elif kind == "local":
         errors = run_local(tasks, workers)
-    # networks first, generation by generation; then every chain task (a network's: its cross-NLL,
-    # metrics)
     else:
+        # networks first, generation by generation; then every chain task (a network's:
+        # its cross-NLL, metrics)
         errors = run_slurm_networks(tasks, plan.out / ".slurm", slurm)
         errors.update(
             run_slurm([t for t in tasks if t["run_dir"] not in errors], plan.out / ".slurm", slurm)
