@@ -15,7 +15,7 @@ from .data import load_texts, dataset_label, instruction_for, MIN_TOKENS, MAX_TO
 from .metrics import self_bleu_each
 from .judges import Judge, JudgeSpec, audit_judge, audit_texts, format_audit
 from .curation import CurationSpec
-from .regression import seed_ci
+from .inference import seed_ci
 
 # %% auto #0
 __all__ = ['PROPERTIES', 'QUARTILE_FORM', 'DEMO_SHIFTS', 'CONTROL_METRICS', 'text_scores', 'quartile_name', 'write_quartiles',

@@ -13,7 +13,8 @@ import pandas as pd
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
 from .judges import pool_audits
-from .regression import (judge_verdicts, gather_metrics, chain_shifts, seed_ci,
+from .inference import seed_ci
+from .regression import (judge_verdicts, gather_metrics, chain_shifts,
                                         build_regression_table, select_predictors, regress,
                                         plot_coefficients, paper_columns, shift_label, SHIFTS,
                                         PAPER_PREDICTORS)

@@ -12,7 +12,8 @@ import pandas as pd
 from .core import (log, resolve, atomic_path, write_jsonl, write_json, make_manifest,
                                   derive_seed, save_figure, TrainOn, Design, write_stamped)
 from .data import dataset_label, instruction_for, MIN_TOKENS, MAX_TOKENS
-from .regression import seed_ci, judge_verdicts
+from .regression import judge_verdicts
+from .inference import seed_ci
 
 # %% auto #0
 __all__ = ['LEAN_FORM', 'LEAN_LABELS', 'DEMO_LEANS', 'lean_mixtures', 'write_lean_mixtures', 'plan_lean_mix', 'write_lean_study',

@@ -11,11 +11,12 @@ import pandas as pd
 
 from .core import log, resolve, atomic_path, save_figure, read_json
 from .metrics import gather_tables
+from .inference import seed_ci
 
 # %% auto #0
-__all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'seed_ci', 'average_over_seeds',
-           'paired_difference', 'judge_verdicts', 'build_regression_table', 'vif', 'vif_prune', 'select_predictors',
-           'cv_r2', 'fit_ols', 'regress', 'plot_coefficients', 'paper_columns', 'run_regression']
+__all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'average_over_seeds', 'judge_verdicts',
+           'build_regression_table', 'vif', 'vif_prune', 'select_predictors', 'cv_r2', 'fit_ols', 'regress',
+           'plot_coefficients', 'paper_columns', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
 def gather_metrics(
@@ -92,15 +93,6 @@ def chain_shifts(metrics: pd.DataFrame, # long metrics of one or many chains (ne
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_regression.ipynb #a2e97dee
-def seed_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    "Student-t interval of the mean of `x` (the mean itself when there is one value)."
-    from scipy import stats
-    x = np.asarray(x, float)
-    x = x[~np.isnan(x)]
-    if len(x) < 2: return (float(x.mean()), float(x.mean())) if len(x) else (np.nan, np.nan)
-    h = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean() - h), float(x.mean() + h)
-
 def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFrame:
     "Mean of `value` over seeds per condition, with a 95% CI over seeds and the number of seeds."
     keys = [
@@ -111,16 +103,6 @@ def average_over_seeds(shifts: pd.DataFrame, value: str = "shift") -> pd.DataFra
         lo, hi = seed_ci(d[value].to_numpy())
         return pd.Series({"mean": d[value].mean(), "ci_low": lo, "ci_high": hi, "n_seeds": len(d)})
     return shifts.groupby(keys, dropna=False).apply(agg, include_groups=False).reset_index()
-
-# %% ../nbs/05_regression.ipynb #5649f4bf
-def paired_difference(x) -> dict:
-    """Mean of the per-seed differences `x` (NaN dropped), its 95% t CI, n seeds, and `clear`:
-    whether the CI excludes 0."""
-    x = np.asarray(x, float)
-    x = x[~np.isnan(x)]
-    lo, hi = seed_ci(x)
-    return dict(diff=float(x.mean()) if len(x) else np.nan, ci_low=lo, ci_high=hi, n_seeds=len(x),
-                clear=bool(len(x) > 1 and (lo > 0 or hi < 0)))
 
 # %% ../nbs/05_regression.ipynb #46ac5de2
 def judge_verdicts(results: pd.DataFrame) -> dict[str, str]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, atomic_path, write_json, make_manifest, save_figure
-from .regression import seed_ci, paired_difference
+from .inference import seed_ci, paired_difference
 
 # %% auto #0
 __all__ = ['scale_table', 'demo_scale_results', 'summarise', 'compare', 'plot_scale', 'run_scale']

@@ -14,7 +14,7 @@ from .core import write_jsonl, make_manifest, save_figure, text_hash, derive_see
 from .models import embed_texts
 from .metrics import semantic_diversity, subsample
 from .network import cross_nll_gap
-from .regression import seed_ci, paired_difference
+from .inference import seed_ci, paired_difference
 
 # %% auto #0
 __all__ = ['FIG_METRICS', 'centroid_distance', 'alpha_gamma', 'network_rows', 'demo_network_results', 'node_shift_table',

@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "recursive_loops"
 # lowest first: a module may import only modules of lower layers (the notebooks' order, except that the
 # judges (04a) sit below the curation step (03c) that selects with them, the chain that curates, and the
 # metrics (04) and properties (04b) that score texts with them)
-LAYERS = ["core", "models", "data", "clusters", "training", "sampling", "judges", "curation", "network", "chain", "metrics", "properties",
+LAYERS = ["core", "models", "inference", "data", "clusters", "training", "sampling", "judges", "curation", "network", "chain", "metrics", "properties",
           "regression", "modularity", "lean", "control", "topology", "scale", "figures", "docs", "spec", "plan", "cost", "executors", "analysis", "study", "cli", "bench"]
 MODULES = sorted(p.stem for p in PKG.glob("*.py") if not p.stem.startswith("_"))
 
