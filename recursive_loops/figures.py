@@ -178,7 +178,7 @@ def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole dat
     mets = [m for m in (metrics or passed + list(SWEEP_METRICS)) if m in set(df.metric)]
     if not mets:
         raise ValueError(f"no metric to draw; the results have {', '.join(sorted(set(df.metric)))}")
-    sh = chain_shifts(df[df.metric.isin(mets)], shift, k)
+    sh = chain_shifts(df[df.metric.isin(mets)], shift, k, signed="skip")
     ks = sorted(sh.k.unique())
     klab = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
     ratios = sorted(sh.ratio.unique())

@@ -166,7 +166,8 @@ def modularity_table(
         log.warning(
             "judge metric %r is left out of the modularity table: its judge failed the audit", m)
     res = results[~results.metric.isin(failed)].assign(dataset=lambda d: d.dataset.astype(str))
-    sh = chain_shifts(res, shift, k, keys=("dataset", "ratio", "seed", "accumulate", "domain"))
+    sh = chain_shifts(res, shift, k, keys=("dataset", "ratio", "seed", "accumulate", "domain"),
+                      signed="skip")
     if sh.empty:
         raise ValueError(
             "no merged chain has per-domain metrics; run chains on merged datasets and 04_metrics")

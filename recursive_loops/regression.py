@@ -14,9 +14,9 @@ from .metrics import gather_tables
 from .inference import seed_ci
 
 # %% auto #0
-__all__ = ['SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'average_over_seeds', 'judge_verdicts',
-           'build_regression_table', 'vif', 'vif_prune', 'select_predictors', 'cv_r2', 'fit_ols', 'regress',
-           'plot_coefficients', 'paper_columns', 'run_regression']
+__all__ = ['SIGNED_METRICS', 'SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'average_over_seeds',
+           'judge_verdicts', 'build_regression_table', 'vif', 'vif_prune', 'select_predictors', 'cv_r2', 'fit_ols',
+           'regress', 'plot_coefficients', 'paper_columns', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
 def gather_metrics(
@@ -37,6 +37,19 @@ def gather_metrics(
     with atomic_path(Path(out) if out else root / "results.csv") as tmp: df.to_csv(tmp, index=False)
     return df
 
+# %% ../nbs/05_regression.ipynb #3888360d
+# metrics that can be 0 or negative (VADER's compound score): only differences mean something
+SIGNED_METRICS = ("positivity",)
+
+def _ratio_refusal(metric: str, # the metric's name
+                   by: pd.Series, # its generated value per generation (generation 0 first)
+                  ) -> str | None:
+    "Why `by` cannot be divided by its generation-0 value (None when it can)."
+    if metric in SIGNED_METRICS: return "it can be 0 or negative"
+    if (by <= 0).any(): return f"it is {float(by.min()):.3g} at some generation (0 or negative)"
+    if by.iloc[0] < 0.01 * by.max(): return f"its generation-0 value {by.iloc[0]:.3g} is near 0"
+    return None
+
 # %% ../nbs/05_regression.ipynb #6abb1a00
 SHIFTS = {"relative_to_gen0": "mean of the last {k} generations / generation 0",
           "minus_gen0": "mean of the last {k} generations - generation 0",
@@ -54,15 +67,19 @@ def chain_shifts(metrics: pd.DataFrame, # long metrics of one or many chains (ne
                  k: int = 0, # generations averaged at the end (0: min(5, G - 1))
                  # identify a chain
                  keys: tuple = ("dataset", "cluster", "ratio", "seed", "accumulate"),
+                 # a metric a ratio cannot describe (see _ratio_refusal): "refuse" or "skip" it
+                 signed: str = "refuse",
                 ) -> pd.DataFrame:
     """Per chain and metric: generation 0's value, the human value, the late value, and `shift` by
     the named definition."""
     if shift not in SHIFTS:
         raise ValueError(f"shift={shift!r} is invalid; allowed: {', '.join(SHIFTS)}")
+    if signed not in ("refuse", "skip"):
+        raise ValueError(f"signed={signed!r} is invalid; allowed: refuse, skip")
     keys = [c for c in keys if c in metrics.columns
             ] + (["run_dir"] if "run_dir" in metrics.columns else [])
     m = metrics[metrics.source.isin(["human", "generated"])]
-    rows = []
+    rows, skipped = [], set()
     for key, d in m.groupby(keys + ["metric"], dropna=False):
         by = d[d.source == "generated"].groupby("generation").value.mean().sort_index()
         human = d[d.source == "human"].value
@@ -84,12 +101,23 @@ def chain_shifts(metrics: pd.DataFrame, # long metrics of one or many chains (ne
                     f"k={k} is invalid for chain {_chain_name(keys, key)}: it has {n_gen - 1} "
                     "generation(s) after generation 0"
                 )
+            why = _ratio_refusal(key[-1], by) if shift == "relative_to_gen0" else None
+            if why and signed == "skip":
+                skipped.add(key[-1])
+                continue
+            if why:
+                raise ValueError(
+                    f"shift='relative_to_gen0' is invalid for metric {key[-1]!r}: {why}; use "
+                    "shift='minus_gen0'")
             kk = k or min(5, n_gen - 1)
             late = float(by.iloc[-kk:].mean())
             value = late / g0 if shift == "relative_to_gen0" else late - g0
         rows.append(
             dict(zip(keys + ["metric"], key), gen0=g0, human=h, late=late, k=kk,
                  last_generation=int(by.index.max()), shift=float(value), definition=shift))
+    if skipped:
+        log.info("left out of the relative_to_gen0 shifts (a ratio cannot describe them): %s; "
+                 "shift='minus_gen0' includes them", ", ".join(sorted(skipped)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05_regression.ipynb #a2e97dee
@@ -127,7 +155,7 @@ def build_regression_table(results: pd.DataFrame, # gathered metrics of all chai
         log.warning(
             "judge metric %r is left out of the regression: its judge failed the audit (%s)", m, v)
     res = results[~results.metric.isin(list(failed))]
-    sh = chain_shifts(res[res.cluster.notna()], shift, k)
+    sh = chain_shifts(res[res.cluster.notna()], shift, k, signed="skip")
     if sh.empty:
         raise ValueError(
             "no chain ran on a cluster; run chains with clusters_path and 04b_properties on the "
