@@ -15,7 +15,7 @@ from .data import load_texts, instruction_for, is_file_dataset, dataset_label
 from .data import MIN_TOKENS, MAX_TOKENS
 from .clusters import study_clusters_dir, eligible_ids
 from .chain import select_cluster
-from .regression import chain_shifts, fit_ols, SHIFTS, PAPER_PREDICTORS
+from .regression import chain_shifts, fit_ols, vif, SHIFTS, PAPER_PREDICTORS
 from .regression import judge_verdicts
 
 # %% auto #0
@@ -229,9 +229,10 @@ def modularity_regression(table: pd.DataFrame, # modularity_table (or synthetic_
                           props: list[str], # per-domain properties (prop_* names)
                           folds: int = 10, seed: int = 0,
                          ) -> pd.DataFrame:
-    """One OLS per shifted domain x target on every domain's `props` (+ ratio): tidy coefficients
-    with `own` (the shifted domain's own property) and Holm-corrected p-values per target."""
-    from statsmodels.stats.multitest import multipletests
+    """One OLS per shifted domain x target on every domain's `props`, over merged datasets (ratios
+    averaged): tidy coefficients with `own`, `vif` and p-values Holm-corrected within each family
+    (a target's own-domain coefficients; its cross-domain ones)."""
+    from recursive_loops.inference import holm_within
     domains = sorted(table.shifted.unique())
     terms = [f"{d}:{p}" for d in domains for p in props]
     missing = [c for c in terms + targets if c not in table.columns]
@@ -240,21 +241,23 @@ def modularity_regression(table: pd.DataFrame, # modularity_table (or synthetic_
             f"table lacks column(s) {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; "
             f"it has {', '.join(table.columns)}"
         )
+    vifs = vif(table.drop_duplicates("dataset")[terms].astype(float))
+    if (high := vifs[vifs >= 5]).size:
+        log.warning("modularity: VIF >= 5 for %s: these properties are collinear across the "
+                    "merged datasets, so their coefficients are unstable",
+                    ", ".join(f"{t} ({v:.1f})" for t, v in high.items()))
     parts = []
     for t in targets:
         for a in domains:
-            d = table[table.shifted == a]
-            ctrl = ["ratio"] if "ratio" in d and d.ratio.nunique() > 1 else []
-            coefs, stats = fit_ols(d, t, terms, ctrl, folds, seed)
+            coefs, stats = fit_ols(table[table.shifted == a], t, terms, (), folds, seed,
+                                   unit="dataset")
             coefs = coefs[coefs.role == "predictor"].assign(shifted=a, target=t, **stats)
             coefs["domain"] = coefs.term.str.split(":").str[0]
             coefs["prop"] = coefs.term.str.split(":").str[1]
-            parts.append(
-                coefs.assign(own=coefs.domain == a,
-                             df_resid=stats["n"] - len(terms) - len(ctrl) - 1))
-    out = pd.concat(parts, ignore_index=True)
-    out["p_holm"] = out.groupby("target").p.transform(lambda p: multipletests(p, method="holm")[1])
-    return out
+            own = coefs.domain == a
+            parts.append(coefs.assign(own=own, vif=coefs.term.map(vifs),
+                                      family=t + np.where(own, ": own-domain", ": cross-domain")))
+    return holm_within(pd.concat(parts, ignore_index=True), "family")
 
 # %% ../nbs/05a_modularity.ipynb #1f2a7637
 def modularity_summary(res: pd.DataFrame, # modularity_regression's table
@@ -279,7 +282,7 @@ def modularity_summary(res: pd.DataFrame, # modularity_regression's table
         else:
             verdict = (f"undecided: {share:.0%} of domain pairs <= {line:.0%}, but no own-domain"
                        " effect either (too little power to call it modular)")
-        rows.append(dict(target=t, n=int(d.n.iloc[0]), df_resid=int(d.df_resid.min()),
+        rows.append(dict(target=t, n_datasets=int(d.n_units.iloc[0]), df_resid=int(d.df_resid.min()),
                          own_coefs=len(own), own_significant=n_own,
                          cross_coefs=len(cross),
                          cross_significant=int((cross.p_holm < alpha).sum()),
@@ -317,7 +320,8 @@ def plot_modularity(res: pd.DataFrame, # modularity_regression's table
                        edgecolor=col, zorder=3)
             ax.axvline(0, color="k", lw=0.7)
             ax.set_title(
-                f"{t.removeprefix('shift_')} of {a}\nn = {d.n.iloc[0]}, R² {d.r2.iloc[0]:.2f}",
+                f"{t.removeprefix('shift_')} of {a}\nn = {d.n_units.iloc[0]} merged datasets, "
+                f"R² {d.r2.iloc[0]:.2f}",
                 fontsize=9)
             ax.set_yticks(range(len(terms)))
             ax.set_yticklabels([x.replace(":prop_", ": ") for x in terms], fontsize=8)
@@ -331,8 +335,9 @@ def plot_modularity(res: pd.DataFrame, # modularity_regression's table
         for s in (summary.itertuples() if summary is not None else [])
     ]
     how = f" (shift: {res.definition.iloc[0]})" if "definition" in res else ""
-    head = (f"Each domain's shift{how} on every domain's human properties (+ ratio), 95% CIs;"
-            " grey band: its own properties, filled: significant after Holm (p < 0.05)")
+    head = (f"Each domain's shift{how} on every domain's human properties (a merged dataset's "
+            "ratios averaged), 95% CIs;\ngrey band: its own properties; filled: p < 0.05 after Holm "
+            "within its family (own-domain, cross-domain)")
     fig.suptitle("\n".join([head] + lines), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, 120)

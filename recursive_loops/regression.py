@@ -231,99 +231,139 @@ def select_predictors(table: pd.DataFrame, # the analysis's whole table (every r
     return kept, tab
 
 # %% ../nbs/05_regression.ipynb #6fb44236
-def cv_r2(X: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0) -> tuple[float, str]:
+def cv_r2(X: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0,
+          groups: np.ndarray | None = None, # each row's unit: its rows stay in one fold
+         ) -> tuple[float, str]:
     "k-fold cross-validated R^2 of OLS with intercept, and how it was computed."
     from sklearn.linear_model import LinearRegression
-    from sklearn.model_selection import KFold, cross_val_score, cross_val_predict
-    n = len(y)
+    from sklearn.model_selection import GroupKFold, KFold, cross_val_score, cross_val_predict
+    n = len(y) if groups is None else len(np.unique(groups))
     k = min(folds, n)
-    kf = KFold(n_splits=k, shuffle=True, random_state=seed)
+    if groups is None: kf, by = KFold(n_splits=k, shuffle=True, random_state=seed), ""
+    else: kf, by = GroupKFold(n_splits=k, shuffle=True, random_state=seed), " grouped by unit"
     if n // k >= 10:
         return float(
-            np.mean(cross_val_score(LinearRegression(), X, y, cv=kf, scoring="r2"))
-        ), f"{k}-fold, mean of folds"
-    pred = cross_val_predict(LinearRegression(), X, y, cv=kf)
+            np.mean(cross_val_score(LinearRegression(), X, y, cv=kf, groups=groups, scoring="r2"))
+        ), f"{k}-fold{by}, mean of folds"
+    pred = cross_val_predict(LinearRegression(), X, y, cv=kf, groups=groups)
     r2 = 1 - ((y - pred)**2).sum() / ((y - y.mean())**2).sum()
-    return float(r2), f"{k}-fold, out-of-fold predictions"
+    return float(r2), f"{k}-fold{by}, out-of-fold predictions"
 
-def fit_ols(df: pd.DataFrame, # one row per cluster (x ratio)
+# %% ../nbs/05_regression.ipynb #f0a1b2c2
+def _unit_key(d: pd.DataFrame, unit: list[str]) -> pd.Series:
+    "Each row's unit as one string (each row its own unit when `unit` is empty)."
+    if not unit: return pd.Series(np.arange(len(d)).astype(str), index=d.index)
+    return d[unit].astype(str).agg("|".join, axis=1)
+
+def _unit_means(d: pd.DataFrame, key: pd.Series, target: str, predictors: list[str],
+                cols: list[str], label: str) -> pd.DataFrame:
+    "One row per unit: the mean of its rows; refuses a predictor that varies within a unit."
+    varying = [c for c in predictors if (d.groupby(key)[c].nunique() > 1).any()]
+    if varying:
+        raise ValueError(
+            f"{target}: {', '.join(varying)} vary within a {label}; a unit's rows can be averaged "
+            "only when its predictors are its own (use within='cluster')")
+    return d.groupby(key)[[target] + cols].mean()
+
+# %% ../nbs/05_regression.ipynb #f0a1b2c4
+def fit_ols(df: pd.DataFrame, # one row per unit, or several (see unit and within)
             target: str, # shift column (raw)
             predictors: list[str], # the analysis's predictor set (standardised here)
             # further columns in the fit, reported as controls (e.g. ratio, dataset dummies)
             controls: list[str] = (),
             folds: int = 10, seed: int = 0, # cross-validation
+            unit: str | list[str] | None = None, # the independent unit's column(s); None: rows
+            within: str = "mean", # rows sharing a unit: "mean" (averaged) or "cluster" (robust SEs)
            ) -> tuple[pd.DataFrame, dict]:
-    """OLS of raw `target` on standardised `predictors` (+ controls): tidy coefficients and fit
-    stats; refuses to drop a predictor."""
+    """OLS of raw `target` on standardised `predictors` (+ controls) over independent units: tidy
+    coefficients and fit stats; refuses to drop a predictor."""
     import statsmodels.api as sm
+    if within not in ("cluster", "mean"):
+        raise ValueError(f"within={within!r} is invalid; allowed: cluster, mean")
+    ucols = [unit] if isinstance(unit, str) else list(unit or [])
+    label = ucols[-1] if ucols else "row"
     cols = list(predictors) + list(controls)
-    d = df[[target] + cols].dropna()
+    d = df[list(dict.fromkeys([target] + cols + ucols))].dropna()
+    key = _unit_key(d, ucols)
+    if ucols and within == "mean" and key.nunique() < len(d):
+        d = _unit_means(d, key, target, list(predictors), cols, label)
+        key = pd.Series(d.index, index=d.index)
+    n_units = int(key.nunique())
+    clustered = n_units < len(d)
     const = [c for c in cols if d[c].astype(float).std(ddof=0) == 0]
     if const:
         raise ValueError(
             f"{target}: {', '.join(const)} constant in this fit of {len(d)} rows; the analysis's "
             "predictor set is fixed "
             "(select_predictors), so remove it from the set for every fit or add clusters")
-    if len(d) <= len(cols) + 1:
+    if len(d) <= len(cols) + 1 or (clustered and n_units <= len(cols) + 1):
         raise ValueError(
-            f"{target}: {len(d)} rows cannot fit {len(cols)} terms; add clusters or drop predictors"
-        )
-    if len(d) < 10 * len(predictors):
+            f"{target}: {n_units} {label}s ({len(d)} rows) cannot fit {len(cols)} terms; add "
+            "clusters or drop predictors")
+    if n_units < 10 * len(predictors):
         log.warning(
-            "%s: %d clusters for %d predictors (fewer than 10 per predictor): the coefficients are "
+            "%s: %d %ss for %d predictors (fewer than 10 per predictor): the coefficients are "
             "fragile",
-            target, len(d), len(predictors))
+            target, n_units, label, len(predictors))
     X = d[cols].astype(float)
     X = (X - X.mean()) / X.std(ddof=0)
     y = d[target].astype(float)
-    res = sm.OLS(y, sm.add_constant(X, has_constant="add")).fit()
+    codes = pd.factorize(key)[0]
+    robust = dict(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True) if clustered else {}
+    res = sm.OLS(y, sm.add_constant(X, has_constant="add")).fit(**robust)
     ci = res.conf_int(0.05)
-    cv, how = cv_r2(X.to_numpy(), y.to_numpy(), folds, seed)
+    cv, how = cv_r2(X.to_numpy(), y.to_numpy(), folds, seed, codes if clustered else None)
     coefs = pd.DataFrame({"term": cols,
                           "role": ["predictor"] * len(predictors) + ["control"] * len(controls),
                           "coef": res.params[cols].values,
                           "ci_low": ci.loc[cols, 0].values, "ci_high": ci.loc[cols, 1].values,
                           "p": res.pvalues[cols].values})
     return coefs, dict(intercept=float(res.params["const"]), r2=float(res.rsquared),
-                       r2_adj=float(res.rsquared_adj), cv_r2=cv, cv=how, n=int(len(d)))
+                       r2_adj=float(res.rsquared_adj), cv_r2=cv, cv=how, n=int(len(d)),
+                       unit=label, n_units=n_units,
+                       df_resid=n_units - 1 if clustered else int(res.df_resid),
+                       se="cluster-robust by " + label if clustered else "OLS")
 
 # %% ../nbs/05_regression.ipynb #3dbd72f0
 def regress(df: pd.DataFrame, # one row per cluster x ratio (x dataset)
             targets: list[str], # shift columns
             predictors: list[str], # the analysis's predictor set (see select_predictors)
             group: str | None = "ratio", # separate fits per value of this column
-            # also one fit over all rows, with group and dataset dummies as controls
+            # also one fit over every group, each cluster's rows averaged
             pooled: bool = True,
             folds: int = 10, seed: int = 0,
            ) -> pd.DataFrame:
-    """Fit every target x group (and pooled) on one predictor set; tidy table with Holm-corrected
-    p-values over all predictor coefficients."""
-    from statsmodels.stats.multitest import multipletests
+    """Fit every target x group (and pooled) on one predictor set, over clusters; tidy table with
+    p-values Holm-corrected within each family (the per-group fits; the pooled fit)."""
+    from recursive_loops.inference import holm_within
     missing = [c for c in targets + predictors + ([group] if group else []) if c not in df.columns]
     if missing:
         raise ValueError(
             f"table lacks column(s) {', '.join(missing)}; columns: {', '.join(df.columns)}")
-    fits = [(f"{group} = {g:g}" if isinstance(g, (int, float)) else f"{group} = {g}", g, d, [])
-            for g, d in df.groupby(group)] if group else [("all", None, df, [])]
+    unit = [c for c in ("dataset", "cluster") if c in df.columns] or None
+    fam = f"per-{group} fits" if group else "one fit"
+    fits = [(f"{group} = {g:g}" if isinstance(g, (int, float)) else f"{group} = {g}", g, d, [], fam)
+            for g, d in df.groupby(group)] if group else [("all", None, df, [], fam)]
     if pooled and group and df[group].nunique() > 1:
-        d = df.copy()
-        ctrl = [group]
+        d, ctrl = df, []
         if "dataset" in d and d.dataset.nunique() > 1:
             dum = pd.get_dummies(d.dataset.astype(str), prefix="dataset", drop_first=True,
                                  dtype=float)
             d = pd.concat([d, dum], axis=1)
             ctrl += list(dum.columns)
-        fits.append(("pooled", np.nan, d, ctrl))
+        if unit and (d.groupby(unit)[group].nunique() != d[group].nunique()).any():
+            log.warning("pooled fit: some clusters lack some %ss, so their means average "
+                        "different %ss", group, group)
+        fits.append(("pooled", np.nan, d, ctrl, "pooled"))
     parts = []
-    for label, gval, d, ctrl in fits:
+    for label, gval, d, ctrl, family in fits:
         for t in targets:
-            coefs, stats = fit_ols(d, t, predictors, ctrl, folds, seed)
-            parts.append(
-                coefs.assign(target=t, fit=label, **({group: gval} if group else {}), **stats))
+            coefs, stats = fit_ols(d, t, predictors, ctrl, folds, seed, unit=unit)
+            parts.append(coefs.assign(target=t, fit=label, family=family,
+                                      **({group: gval} if group else {}), **stats))
     out = pd.concat(parts, ignore_index=True)
     pred = out.role == "predictor"
-    out["p_holm"] = np.nan
-    out.loc[pred, "p_holm"] = multipletests(out.p[pred], method="holm")[1]
+    out = pd.concat([holm_within(out[pred], "family"), out[~pred]]).sort_index()
     return out
 
 # %% ../nbs/05_regression.ipynb #a82966b0
@@ -364,7 +404,8 @@ def plot_coefficients(res: pd.DataFrame, # regress's table
             ax.scatter(d.coef, y, s=36, color=[pal[f] if p < 0.05 else "white" for p in d.p_holm],
                        edgecolor=pal[f], zorder=3)
             handles.append(Line2D([], [], marker="o", color=pal[f], lw=1.2))
-            labels.append(f"{f}: n = {d.n.iloc[0]}, R² {d.r2.iloc[0]:.2f}" +
+            n = (f"{d.n_units.iloc[0]} {d.unit.iloc[0]}s" if "n_units" in d else d.n.iloc[0])
+            labels.append(f"{f}: n = {n}, R² {d.r2.iloc[0]:.2f}" +
                           (f", CV R² {d.cv_r2.iloc[0]:.2f}" if "cv_r2" in d else ""))
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(
@@ -378,8 +419,8 @@ def plot_coefficients(res: pd.DataFrame, # regress's table
                   frameon=False)
     for ax in list(axes.flat)[len(targets):]: ax.axis("off")
     fig.suptitle(
-        "Coefficients per SD of each property, 95% CIs\nfilled: significant after Holm's "
-        "correction (p < 0.05)",
+        "Coefficients per SD of each property, 95% CIs\nfilled: p < 0.05 after Holm's "
+        "correction within its family (the per-ratio fits; the pooled fit)",
         fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 120)
