@@ -16,7 +16,7 @@ from .inference import seed_ci
 # %% auto #0
 __all__ = ['SIGNED_METRICS', 'SHIFTS', 'PAPER_PREDICTORS', 'gather_metrics', 'shift_label', 'chain_shifts', 'average_over_seeds',
            'judge_verdicts', 'build_regression_table', 'vif', 'vif_prune', 'select_predictors', 'cv_r2', 'fit_ols',
-           'regress', 'plot_coefficients', 'paper_columns', 'run_regression']
+           'regress', 'plot_coefficients', 'paper_columns', 'fit_notes', 'run_regression']
 
 # %% ../nbs/05_regression.ipynb #c7ca239b
 def gather_metrics(
@@ -284,7 +284,7 @@ def fit_ols(df: pd.DataFrame, # one row per unit, or several (see unit and withi
     label = ucols[-1] if ucols else "row"
     cols = list(predictors) + list(controls)
     d = df[list(dict.fromkeys([target] + cols + ucols))].dropna()
-    key = _unit_key(d, ucols)
+    key, n_rows = _unit_key(d, ucols), len(d)
     if ucols and within == "mean" and key.nunique() < len(d):
         d = _unit_means(d, key, target, list(predictors), cols, label)
         key = pd.Series(d.index, index=d.index)
@@ -320,7 +320,7 @@ def fit_ols(df: pd.DataFrame, # one row per unit, or several (see unit and withi
                           "p": res.pvalues[cols].values})
     return coefs, dict(intercept=float(res.params["const"]), r2=float(res.rsquared),
                        r2_adj=float(res.rsquared_adj), cv_r2=cv, cv=how, n=int(len(d)),
-                       unit=label, n_units=n_units,
+                       n_rows=n_rows, unit=label, n_units=n_units,
                        df_resid=n_units - 1 if clustered else int(res.df_resid),
                        se="cluster-robust by " + label if clustered else "OLS")
 
@@ -458,6 +458,17 @@ def paper_columns(df: pd.DataFrame, # the regression table
                       if v and v != "passed" else "no such metric in the chains' results"))
     return preds, tgts, notes
 
+# %% ../nbs/05_regression.ipynb #8cfdc8bc
+def fit_notes(res: pd.DataFrame) -> list[str]:
+    "One line per fit of `regress`'s table: n in units (and rows), df, SE and Holm family."
+    out = []
+    for (t, f), d in res[res.role == "predictor"].groupby(["target", "fit"], sort=False):
+        r = d.iloc[0]
+        rows = f" from {int(r.n_rows)} rows" if r.n_rows != r.n_units else ""
+        out.append(f"{t}, {f}: n = {int(r.n_units)} {r.unit}s{rows}, {int(r.df_resid)} residual "
+                   f"df, {r.se} SEs, Holm within '{r.family}' ({int(r.family_size)} tests)")
+    return out
+
 # %% ../nbs/05_regression.ipynb #f521d5b2
 def run_regression(table: str | Path, # CSV: one row per chain/cluster, property and shift columns
                    # "paper", "auto" (prop_* columns), a list or comma-separated
@@ -518,9 +529,10 @@ def run_regression(table: str | Path, # CSV: one row per chain/cluster, property
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "regression.csv") as tmp: res.to_csv(tmp, index=False)
     with atomic_path(out / "vif.csv") as tmp: vt.to_csv(tmp, index=False)
+    for n in notes: log.warning("regression: %s", n)
+    notes += fit_notes(res)
     with atomic_path(out / "notes.txt") as tmp:
         Path(tmp).write_text("".join(f"{n}\n" for n in notes))
-    for n in notes: log.warning("regression: %s", n)
     plot_coefficients(res, out / "fig_coefficients.png", shift)
     log.info("regression (shift %s): %d fits on %s -> %s", shift,
              res.groupby(["target", "fit"]).ngroups, ", ".join(kept), out)
