@@ -11,13 +11,14 @@ from pathlib import Path
 import yaml
 
 from .core import resolve, SpecError
-from .regression import SHIFTS
+from .regression import SHIFTS, SIGNED_METRICS, PAPER_PREDICTORS
 from .chain import ChainConfig
 from .judges import JudgeSpec, JudgeError
 from .docs import ANALYSIS_NBS
 
 # %% auto #0
-__all__ = ['CHAIN_FIELDS', 'AXES', 'SET_BY_AXES', 'PER_CHAIN', 'ANALYSES', 'ALLOWED', 'load_spec']
+__all__ = ['CHAIN_FIELDS', 'AXES', 'SET_BY_AXES', 'PER_CHAIN', 'ANALYSES', 'ALLOWED', 'DIRECTIONS', 'PRIMARY_NEEDS', 'load_spec',
+           'check_hypotheses']
 
 # %% ../nbs/07_spec.ipynb #5275892d
 CHAIN_FIELDS = tuple(f.name for f in fields(ChainConfig))
@@ -46,7 +47,7 @@ _names = lambda s: tuple(s.split())  # the allowed keys of a section, written as
 ALLOWED = {
     "": _names(
         "name out_dir datasets chain metrics clusters experiments analysis executor cost "
-        "mixed_formats"
+        "mixed_formats hypotheses"
     ),
     "chain": PER_CHAIN + ("model", "accumulate"),
     "metrics": _names("n_eval reference_model embedder judges judge_cache"),
@@ -74,6 +75,13 @@ ALLOWED = {
         "seconds_per_generation n_train exponent model_params device params gpu_tflops "
         "gpu_efficiency"
     ),
+    "hypotheses": _names("primary secondary robustness pilot power predictors vif"),
+    "hypotheses.primary": _names(
+        "experiment dataset target predictor direction effect alpha ratio generations shift k"
+    ),
+    "hypotheses.secondary": _names("name claim target predictor direction"),
+    "hypotheses.robustness": _names("name claim shift"),
+    "hypotheses.pilot": _names("sd_seed sd_between"),
 }
 
 # %% ../nbs/07_spec.ipynb #3360659b
@@ -132,7 +140,127 @@ def load_spec(
         raise SpecError(f"{path}: 'experiments' must map experiment names to their settings")
     for name, e in exps.items():
         _check_keys(e or {}, f"experiments.{name}", "experiment", str(path))
+    if spec.get("hypotheses") is not None:
+        spec["hypotheses"] = check_hypotheses(spec, str(path))
     spec.setdefault("name", p.stem)
     spec.setdefault("out_dir", f"runs/{spec['name']}")
     spec["_path"] = str(path)
     return spec
+
+# %% ../nbs/07_spec.ipynb #81401ce7
+DIRECTIONS = ("positive", "negative")  # the sign of the coefficient a hypothesis expects
+PRIMARY_NEEDS = ("target", "predictor", "direction", "effect", "ratio", "generations")
+_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+
+
+def _regression_predictors(spec: dict) -> list | None:
+    "The predictors `analysis.regression` fits, where the spec says (None: not knowable here)."
+    reg = (spec.get("analysis") or {}).get("regression")
+    if not isinstance(reg, dict):
+        return None
+    v = reg.get("predictors", "paper")
+    if v == "paper":
+        return list(PAPER_PREDICTORS)
+    if isinstance(v, str) and v != "auto":
+        return [x.strip() for x in v.split(",")]
+    return list(v) if isinstance(v, list) else None
+
+# %% ../nbs/07_spec.ipynb #19335848
+def _check_variants(v, where: str, path: str) -> list:
+    "A secondary family or robustness list: each entry a sentence, or a mapping with a name."
+    if not isinstance(v, list):
+        raise SpecError(f"{path}: {where} must be a list, not {type(v).__name__}")
+    for i, e in enumerate(v):
+        w = f"{where}[{i}]"
+        if isinstance(e, str) and e.strip():
+            continue
+        _check_keys(e, w, where, path)
+        if not isinstance(e.get("name"), str) or not e["name"]:
+            raise SpecError(f"{path}: {w} needs a name (or write it as one sentence)")
+        if e.get("direction", DIRECTIONS[0]) not in DIRECTIONS:
+            raise SpecError(
+                f"{path}: {w}.direction={e['direction']!r} is invalid; allowed: "
+                f"{', '.join(DIRECTIONS)}")
+        if e.get("shift", "relative_to_gen0") not in SHIFTS:
+            raise SpecError(
+                f"{path}: {w}.shift={e['shift']!r} is invalid; allowed: {', '.join(SHIFTS)}")
+    return v
+
+
+def check_hypotheses(
+    spec: dict,  # the spec (its experiments and analysis already checked)
+    path: str,  # the spec's path, for error lines
+) -> dict:
+    "The spec's `hypotheses` checked, its defaults filled in; `SpecError` (one line) if wrong."
+    h = spec["hypotheses"]
+    _check_keys(h, "hypotheses", "hypotheses", path)
+    if h.get("primary") is None:
+        raise SpecError(
+            f"{path}: hypotheses needs a primary hypothesis (hypotheses.primary: "
+            f"{', '.join(PRIMARY_NEEDS)})")
+    _check_keys(h["primary"], "hypotheses.primary", "hypotheses.primary", path)
+    lack = [k for k in PRIMARY_NEEDS if k not in h["primary"]]
+    if lack:
+        raise SpecError(f"{path}: hypotheses.primary lacks {', '.join(lack)}")
+    an = spec.get("analysis") or {}
+    p = dict(alpha=0.05, shift=an.get("shift", "relative_to_gen0"), k=an.get("k_last", 0))
+    p.update(h["primary"])
+    preds = _regression_predictors(spec)
+    rules = [  # in order: a rule may rely on the keys checked above it
+        ("target", lambda v: isinstance(v, str) and v and not v.startswith("prop_"),
+         "a metric's name, e.g. semantic_diversity"),
+        ("predictor", lambda v: isinstance(v, str) and v.startswith("prop_"),
+         "a property's column (prop_*), e.g. prop_selfbleu_diversity"),
+        ("direction", lambda v: v in DIRECTIONS, ", ".join(DIRECTIONS)),
+        ("effect", lambda v: _num(v) and v > 0,
+         "a number > 0 (the coefficient per SD in shift units; direction gives its sign)"),
+        ("alpha", lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
+        ("ratio", lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        ("generations", lambda v: _int(v) and v >= 2, "an integer >= 2"),
+        ("shift", lambda v: v in SHIFTS, ", ".join(SHIFTS)),
+        ("k", lambda v: _int(v) and 0 <= v < p["generations"],
+         "an integer in [0, generations - 1] (0: min(5, generations - 1))"),
+        ("experiment", lambda v: v is None or v in spec["experiments"],
+         ", ".join(map(str, spec["experiments"]))),
+        ("dataset", lambda v: v is None or isinstance(v, str), "a dataset's name"),
+        ("predictor", lambda v: preds is None or v in preds,
+         f"one of analysis.regression.predictors ({', '.join(map(str, preds or []))})"),
+    ]
+    for k, ok, allowed in rules:
+        if not ok(p.get(k)):
+            raise SpecError(
+                f"{path}: hypotheses.primary.{k}={p.get(k)!r} is invalid; allowed: {allowed}")
+    if p["shift"] == "relative_to_gen0" and p["target"] in SIGNED_METRICS:
+        raise SpecError(
+            f"{path}: hypotheses.primary: shift='relative_to_gen0' is invalid for metric "
+            f"{p['target']!r}: it can be 0 or negative; use shift: minus_gen0")
+    listed = preds is not None and "predictors" in (an.get("regression") or {})
+    out = dict(h, primary=p, power=h.get("power", 0.8), vif=h.get("vif", 1.0),
+               predictors=h.get("predictors", len(preds) if listed else 1))
+    for k in ("secondary", "robustness"):
+        out[k] = _check_variants(h.get(k) or [], f"hypotheses.{k}", path)
+    for k, ok, allowed in [
+        ("power", _num(out["power"]) and 0 < out["power"] < 1, "a number in (0, 1)"),
+        ("predictors", _int(out["predictors"]) and out["predictors"] >= 1, "an integer >= 1"),
+        ("vif", _num(out["vif"]) and out["vif"] >= 1, "a number >= 1"),
+    ]:
+        if not ok:
+            raise SpecError(f"{path}: hypotheses.{k}={out[k]!r} is invalid; allowed: {allowed}")
+    pilot = h.get("pilot")
+    if isinstance(pilot, str):
+        if not resolve(pilot).is_file():
+            raise SpecError(
+                f"{path}: hypotheses.pilot={pilot!r} does not exist; give a pilot study's "
+                "results.csv, or {sd_seed: ..., sd_between: ...}")
+    elif pilot is not None:
+        _check_keys(pilot, "hypotheses.pilot", "hypotheses.pilot", path)
+        for k in ("sd_seed", "sd_between"):
+            v = pilot.get(k)
+            if not (_num(v) and v >= 0):
+                raise SpecError(
+                    f"{path}: hypotheses.pilot.{k}={v!r} is invalid; allowed: a number >= 0 "
+                    "(the pilot's SD of the shift)")
+        if pilot["sd_seed"] + pilot["sd_between"] == 0:
+            raise SpecError(f"{path}: hypotheses.pilot: sd_seed and sd_between are both 0")
+    return out

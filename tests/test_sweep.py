@@ -49,6 +49,8 @@ def test_demo_spec_expands_and_status_reads_it():
     ("name: t\nexperiments:\n  a: {train_on: {pool: 2, of: b}}\n", "train_on: {'pool': 2, 'of': 'b'} is invalid"),
     ("name: t\nexperiments: [\n", "not valid YAML"),
     ("name: t\nanalysis: {shift: last_minus_human}\nexperiments:\n  a: {}\n", "analysis.shift='last_minus_human' is invalid; allowed: relative_to_gen0"),
+    ("name: t\nexperiments:\n  a: {}\nhypotheses: {primary: {target: semantic_diversity, predictor: prop_ttr_150, direction: negative, effect: 0.01, alpha: 1.5, ratio: 0.5, generations: 3}}\n",
+     "hypotheses.primary.alpha=1.5 is invalid; allowed: a number in (0, 1)"),
 ])
 def test_bad_spec_is_one_line_exit_2(tmp_path, body, message):
     (tmp_path / "s.yaml").write_text(body)
@@ -57,6 +59,34 @@ def test_bad_spec_is_one_line_exit_2(tmp_path, body, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (ROOT / "runs" / "t").exists()
+
+
+def test_dry_run_prints_the_power_of_a_declared_primary_hypothesis(tmp_path):
+    "A spec declaring hypotheses.primary: the dry run prints coefficient_power's power for the planned design and design_for_power's fewest clusters."
+    import pandas as pd
+    from recursive_loops.inference import coefficient_power, design_for_power
+    (tmp_path / "h.yaml").write_text(f"""
+name: h
+out_dir: {tmp_path}/out
+chain: {{n_train: 8, n_heldout: 4, n_generate: 4, generations: 3}}
+clusters: {{n_clusters: 20, min_texts: 64}}
+experiments:
+  clusters: {{train_on: every_cluster, ratios: [0.5], seeds: [0, 1]}}
+hypotheses:
+  primary: {{target: semantic_diversity, predictor: prop_selfbleu_diversity, direction: negative, effect: 0.005, ratio: 0.5, generations: 3}}
+  pilot: {{sd_seed: 0.013, sd_between: 0.005}}
+  vif: 1.5
+""")
+    r = cli("study", str(tmp_path / "h.yaml"), "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    pw = coefficient_power(0.005, 0.005, 0.013, units=20, seeds=2, predictors=1, vif=1.5)
+    assert (f"planned (experiments.clusters): 20 clusters (placeholders until clustered) x 2 seeds x 3 generations = 40 chains; "
+            f"power {pw:.2f} for -0.005 per SD (1 predictor, VIF 1.5, 18 residual df)") in r.stdout, r.stdout
+    one = design_for_power(pd.DataFrame([dict(sd_seed=0.013, sd_between=0.005, generations=3)]), 0.005, vif=1.5).iloc[0]
+    assert f"fewest clusters for power 0.8: 1 seed each: {one.units:.0f} clusters ({one.chains:.0f} chains, {one.chain_generations:.0f} chain-generations)" in r.stdout
+    assert f"underpowered: power {pw:.2f} < 0.8 at 20 clusters" in r.stdout and not (tmp_path / "out").exists()
+    plain = cli("study", "studies/demo.yaml", "--dry-run")  # no hypotheses: nothing new
+    assert plain.returncode == 0 and "hypothesis" not in plain.stdout and "power" not in plain.stdout
 
 
 def _spec(path: Path, out: Path, model: str, executor: str = "local", generations: int = 4) -> Path:
