@@ -352,8 +352,8 @@ def power_lines(plan: Plan) -> list[str]:
         mde = min_detectable(se, df, p["alpha"], h["power"])
         lines.append(
             "  underpowered: "
-            + (f"power {pw:.2f} < {h['power']:g} at {_n(d['units'], 'cluster')} (at that power "
-               f"they detect {mde:.2g} per SD); " if df >= 1
+            + (f"power {pw:.2f} < {h['power']:g} at {_n(d['units'], 'cluster')} (the smallest "
+               f"effect they detect with power {h['power']:g}: {mde:.2g} per SD); " if df >= 1
                else f"no residual degrees of freedom at {_n(d['units'], 'cluster')}; ")
             + (f"the cheapest design that reaches it: {_n(int(best.units.iloc[0]), 'cluster')} x "
                f"{_n(int(best.seeds.iloc[0]), 'seed')}" if len(best) else "no design of 5,000 "
