@@ -382,6 +382,11 @@ def run_modularity(results: str | Path | None = None, # domain_results.csv
         tab, tg,
         props).assign(definition=str(tab.definition.iloc[0]) if "definition" in tab else shift)
     summ = modularity_summary(res)
+    r = res.iloc[0]
+    notes.append(f"each fit: n = {int(r.n_units)} merged datasets from {int(r.n_rows)} rows (a "
+                 f"dataset's ratios averaged), {int(r.df_resid)} residual df; Holm within "
+                 + ", ".join(f"'{f}' ({n} tests)"
+                             for f, n in res.groupby("family").family_size.first().items()))
     with atomic_path(out / "modularity.csv") as tmp: res.to_csv(tmp, index=False)
     with atomic_path(out / "modularity_summary.csv") as tmp: summ.to_csv(tmp, index=False)
     with atomic_path(out / "notes.txt") as tmp:
