@@ -13,7 +13,7 @@ import pandas as pd
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
 from .judges import pool_audits
-from .inference import seed_ci
+from .inference import seed_ci, paired_difference, holm_within
 from .regression import (judge_verdicts, gather_metrics, chain_shifts,
                                         build_regression_table, select_predictors, regress,
                                         plot_coefficients, paper_columns, shift_label, SHIFTS,
@@ -21,8 +21,8 @@ from .regression import (judge_verdicts, gather_metrics, chain_shifts,
 
 # %% auto #0
 __all__ = ['METRICS', 'SWEEP_METRICS', 'PROP_LABELS', 'plot_metric_curves', 'plot_judge_audit', 'plot_heldout',
-           'plot_ratio_sweep', 'plot_cluster_map', 'plot_property_vs_shift', 'plot_property_ranges', 'plain_chains',
-           'chain_figures', 'cluster_figures', 'draw_figures', 'study_summary']
+           'plot_ratio_sweep', 'ratio_comparisons', 'plot_cluster_map', 'plot_property_vs_shift',
+           'plot_property_ranges', 'plain_chains', 'chain_figures', 'cluster_figures', 'draw_figures', 'study_summary']
 
 # %% ../nbs/06_figures.ipynb #2c1be7bd
 METRICS = {
@@ -158,6 +158,14 @@ def plot_heldout(df: pd.DataFrame, path: str | Path) -> Path:
 # %% ../nbs/06_figures.ipynb #ffa34623
 SWEEP_METRICS = ("semantic_diversity", "selfbleu_diversity")
 
+def _sweep_metrics(df: pd.DataFrame, metrics: list[str] | None = None) -> list[str]:
+    "`metrics`, or each judge that passed its audit then SWEEP_METRICS: those `df` has."
+    passed = sorted(m for m, v in judge_verdicts(df).items() if v == "passed")
+    mets = [m for m in (metrics or passed + list(SWEEP_METRICS)) if m in set(df.metric)]
+    if not mets:
+        raise ValueError(f"no metric to draw; the results have {', '.join(sorted(set(df.metric)))}")
+    return mets
+
 def _ratio_label(r: float) -> str:
     return "0\n(gen 0)" if r == 0 else str(Fraction(r).limit_denominator(64))
 
@@ -170,14 +178,11 @@ def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole dat
                      metrics: list[str] | None = None,
                     ) -> Path:
     """Late value and shift of each metric against r, one curve per dataset, r = 0 at generation 0,
-    mean and 95% CI over seeds."""
+    mean and 95% t CI over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt, seaborn as sns
-    passed = sorted(m for m, v in judge_verdicts(df).items() if v == "passed")
-    mets = [m for m in (metrics or passed + list(SWEEP_METRICS)) if m in set(df.metric)]
-    if not mets:
-        raise ValueError(f"no metric to draw; the results have {', '.join(sorted(set(df.metric)))}")
+    mets = _sweep_metrics(df, metrics)
     sh = chain_shifts(df[df.metric.isin(mets)], shift, k, signed="skip")
     ks = sorted(sh.k.unique())
     klab = ks[0] if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
@@ -218,9 +223,49 @@ def plot_ratio_sweep(df: pd.DataFrame, # gathered metrics of chains on whole dat
             ax.set_ylabel(ylab, fontsize=8)
             if i == len(mets) - 1: ax.set_xlabel("synthetic ratio r")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Ratio sweep: mean over seeds, 95% CI over seeds", fontsize=10)
+    fig.suptitle(
+        "Ratio sweep: mean and 95% t CI over seeds (n in the legend). Each interval is one ratio's "
+        "own:\nratios are compared paired by seed (they share generation 0), in "
+        "ratio_comparisons.csv", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 120)
+
+# %% ../nbs/06_figures.ipynb #9a6686bf
+def ratio_comparisons(shifts: pd.DataFrame, # chain_shifts' table: one row per chain and metric
+                      reference: float | None = None, # the ratio compared with (None: the largest)
+                      family: str | list[str] = "dataset", # the column(s) naming a Holm family
+                      margin: float | None = None, # an equivalence margin (tost_p); None: no test
+                      value: str = "shift", # the column compared
+                     ) -> pd.DataFrame:
+    """Per dataset and metric: each ratio's `value` minus the reference ratio's, paired by seed,
+    with its 95% t CI, p and p_holm within its family."""
+    fam = [family] if isinstance(family, str) else list(family)
+    need = ["dataset", "ratio", "seed", "metric", value] + fam
+    missing = [c for c in dict.fromkeys(need) if c not in shifts.columns]
+    if missing: raise ValueError(f"ratio_comparisons: table lacks column(s) {', '.join(missing)}")
+    keys = ["dataset", "metric"] + [c for c in fam if c not in ("dataset", "metric")]
+    rows = []
+    for key, d in shifts.assign(dataset=shifts.dataset.astype(str)).groupby(keys):
+        tag = dict(zip(keys, key))
+        if "definition" in d: tag["definition"] = d.definition.iloc[0]
+        wide = d.pivot_table(index="seed", columns="ratio", values=value, aggfunc="mean")
+        ref = max(wide.columns) if reference is None else reference
+        if ref not in wide.columns:
+            raise ValueError(f"reference={ref!r} is not a ratio of {key[0]} ({key[1]}); it has "
+                             f"{', '.join(f'{r:g}' for r in wide.columns)}")
+        for r in [c for c in wide.columns if c != ref]:
+            both = wide[[r, ref]].dropna()  # the seeds that ran both ratios
+            rows.append(dict(tag, ratio=r, reference=ref, mean=both[r].mean(),
+                             mean_reference=both[ref].mean(),
+                             **paired_difference((both[r] - both[ref]).to_numpy(), margin)))
+    if not rows: return pd.DataFrame()
+    t = pd.DataFrame(rows)
+    t["family"] = t[fam].astype(str).agg(" · ".join, axis=1) if fam else "all"
+    t = holm_within(t, "family")
+    ok = (t.p_holm < 0.05) & ((t.ci_low > 0) | (t.ci_high < 0))
+    lost = t.clear & ~ok  # the interval excludes 0, the family's correction does not
+    words = "undecided after Holm, minimum detectable effect " + t.mde.map("{:.2g}".format)
+    return t.assign(clear=ok, verdict=t.verdict.where(~lost, words))
 
 # %% ../nbs/06_figures.ipynb #e3e6c715
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet
@@ -378,8 +423,8 @@ def chain_figures(results: pd.DataFrame, # the chains' rows (gather_metrics)
                   fd: Path, shift: str, k: int,  # its figure folder, resolved
                   modularity_dir: str | Path | None,
                  ) -> list[str]:
-    """The figures of the chains' own results: metric curves, held-out NLL and ratio sweep of the
-    plain chains, the judges' audits, modularity; one line per figure."""
+    """The figures of the chains' own results: metric curves, held-out NLL and ratio sweep (with
+    its paired comparisons) of the plain chains, the judges' audits, modularity; a line each."""
     whole, left = plain_chains(results)
     out = []
     if whole.empty:
@@ -387,9 +432,14 @@ def chain_figures(results: pd.DataFrame, # the chains' rows (gather_metrics)
             "skipped fig_metric_curves.png, fig_heldout_nll.png, fig_ratio_sweep.png: no plain "
             "chain on a whole dataset"
         )
-    else: out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
-                  f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}",
-                  f"wrote {plot_ratio_sweep(whole, fd / 'fig_ratio_sweep.png', shift, k)}"]
+    else:
+        out += [f"wrote {plot_metric_curves(whole, fd / 'fig_metric_curves.png')}",
+                f"wrote {plot_heldout(whole, fd / 'fig_heldout_nll.png')}"]
+        fig = plot_ratio_sweep(whole, fd / "fig_ratio_sweep.png", shift, k)
+        sh = chain_shifts(whole[whole.metric.isin(_sweep_metrics(whole))], shift, k, signed="skip")
+        with atomic_path(fd / "ratio_comparisons.csv") as tmp:
+            ratio_comparisons(sh).to_csv(tmp, index=False)
+        out.append(f"wrote {fig} and its paired comparisons, {fd / 'ratio_comparisons.csv'}")
     out += left
     audits = []
     for rd in results.run_dir.dropna().unique() if "run_dir" in results else []:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, atomic_path, write_json, make_manifest, save_figure
-from .inference import seed_ci, paired_difference
+from .inference import seed_ci, paired_difference, holm_within
 
 # %% auto #0
 __all__ = ['scale_table', 'demo_scale_results', 'summarise', 'compare', 'plot_scale', 'run_scale']
@@ -47,10 +47,10 @@ def scale_table(results: str | Path | pd.DataFrame, # a study's results.csv
                                                     kind="stable").reset_index(drop=True)
 
 # %% ../nbs/05e_scale.ipynb #11f91e14
-def demo_scale_results(seeds: int = 3, generations: int = 4, noise: float = 0.004,
+def demo_scale_results(seeds: int = 5, generations: int = 4, noise: float = 0.004,
                        seed: int = 0) -> pd.DataFrame:
     """results.csv rows of a planted study: per method and seed, semantic diversity falling by 4%
-    (lora) or 2% (full) a generation, the same held-out fit."""
+    (lora) or 2% (full) a generation, the type-token ratio by 3% in both, the same held-out fit."""
     rng, rows = np.random.default_rng(seed), []
     for ft, slope in (("lora", 0.04), ("full", 0.02)):
         for s in range(seeds):
@@ -61,6 +61,9 @@ def demo_scale_results(seeds: int = 3, generations: int = 4, noise: float = 0.00
                 rows.append(
                     dict(tag, generation=g, source="generated", metric="semantic_diversity",
                          value=0.6 * (1 - slope * g) + rng.normal(0, noise)))
+                rows.append(  # the null: one slope for both methods
+                    dict(tag, generation=g, source="generated", metric="ttr_150",
+                         value=0.7 * (1 - 0.03 * g) + rng.normal(0, noise)))
             # matched: the same fit
             rows += [dict(tag, generation=0, source="model", metric="heldout_nll", value=3.6),
                      dict(tag, generation=0, source="model", metric="heldout_nll_base", value=4.0)]
@@ -82,20 +85,29 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 def compare(table: pd.DataFrame, # scale_table
             baseline: str = "lora", # the method the others are compared with
+            # the fit's equivalence margin: this share of the baseline's mean gain (match_fit's tol)
+            fit_tol: float = 0.05,
            ) -> pd.DataFrame:
-    """Per method and metric: mean difference from `baseline` paired by seed (the shift at the last
-    generation; the fit at generation 0), its 95% t CI, n seeds, whether the CI excludes 0."""
+    """Per method and metric: difference from `baseline` paired by seed (the shift at the last
+    generation; the fit at generation 0), its 95% t CI, p, and p_holm within its family."""
     rows = []
     for m, d in table.groupby("metric"):
         q = "value" if m == "heldout_gain" else "shift"
         g = 0 if m == "heldout_gain" else int(d.generation.max())
         wide = d[d.generation == g].pivot_table(index="seed", columns="finetune", values=q)
         if baseline not in wide.columns: continue
+        margin = fit_tol * abs(wide[baseline].mean()) if m == "heldout_gain" else None
         for ft in [c for c in wide.columns if c != baseline]:
             rows.append(
                 dict(finetune=ft, vs=baseline, metric=m, quantity=q, generation=g,
-                     **paired_difference((wide[ft] - wide[baseline]).to_numpy())))
-    return pd.DataFrame(rows)
+                     family="fit" if m == "heldout_gain" else "shift",
+                     **paired_difference((wide[ft] - wide[baseline]).to_numpy(), margin or None)))
+    if not rows: return pd.DataFrame()
+    eff = holm_within(pd.DataFrame(rows), "family")
+    ok = (eff.p_holm < 0.05) & ((eff.ci_low > 0) | (eff.ci_high < 0))
+    lost = eff.clear & ~ok  # the interval excludes 0, the family's correction does not
+    words = "undecided after Holm, minimum detectable effect " + eff.mde.map("{:.2g}".format)
+    return eff.assign(clear=ok, verdict=eff.verdict.where(~lost, words))
 
 # %% ../nbs/05e_scale.ipynb #e292ab31
 def _fit_panel(ax, summary: pd.DataFrame, table: pd.DataFrame, methods: list[str]) -> None:
@@ -133,7 +145,7 @@ def plot_scale(summary: pd.DataFrame, # summarise
                effects: pd.DataFrame | None = None,
               ) -> Path:
     """The fit panel and one shift panel per metric, each method with its 95% t CI over seeds (and,
-    given `effects`, the paired difference from the baseline)."""
+    given `effects`, the paired difference from the baseline with its Holm p)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,9 +169,10 @@ def plot_scale(summary: pd.DataFrame, # summarise
         e = effects[effects.metric == m] if effects is not None and len(effects) else []
         for k, r in enumerate(e.itertuples() if len(e) else []):
             ax.text(
-                0.98, 0.96 - 0.08 * k,
+                0.98, 0.96 - 0.14 * k,
                 f"{r.finetune} - {r.vs} at gen {r.generation}: {r.diff:+.3f} [{r.ci_low:+.3f}, "
-                f"{r.ci_high:+.3f}] (paired, n = {r.n_seeds})",
+                f"{r.ci_high:+.3f}]\n(paired, n = {r.n_seeds}; Holm p = {r.p_holm:.2g} over "
+                f"{r.family_size} shifts)",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8,
                 bbox=dict(facecolor="white", alpha=0.8, lw=0))
     axes[0, 1 if metrics else 0].legend(fontsize=9, title="fine-tuning", title_fontsize=9)

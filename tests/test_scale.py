@@ -114,6 +114,7 @@ def test_tiny_scale_study(tiny_model, tmp_path):
     assert set(res.finetune) == {"lora", "full"} and res[res.finetune == "full"].matched.notna().all()
     eff = pd.read_csv(tmp_path / "study" / "scale" / "scale" / "scale_effects.csv")
     assert set(eff.metric) >= {"semantic_diversity", "heldout_gain"} and (eff.n_seeds == 2).all()
+    assert set(eff.family) == {"fit", "shift"} and (eff[eff.family == "shift"].family_size <= 2).all() and "p_equiv" in eff  # Holm within the shifts; the fit's equivalence test
     assert (tmp_path / "study" / "scale" / "scale" / "fig_scale.png").stat().st_size > 10_000
 
 

@@ -114,6 +114,10 @@ def test_a_network_study_runs_measures_and_compares(tmp_path, tiny_model):
     assert (top / "fig_topology.png").stat().st_size > 10_000 and (top / "fig_topology_nodes.png").stat().st_size > 10_000
     eff = pd.read_csv(top / "topology_effects.csv")
     assert set(eff.network) == {"full"} and set(eff.vs) == {"isolated"} and (eff.n_seeds == 2).all()
+    prim = eff[eff.family == "primary"]  # Holm within declared families
+    assert set(prim.metric) == {"centroid_distance", "beta_diversity", "cross_nll_gap"} and set(eff.family) == {"primary", "secondary"}
+    has_p = eff.dropna(subset=["p"])
+    assert (has_p.p_holm >= has_p.p).all() and not (eff.clear & ~(eff.p_holm < 0.05)).any()
     st = cli("status", str(spec))
     assert st.returncode == 0 and "4 done" in st.stdout and "(3 nodes)" in st.stdout, st.stdout
 
