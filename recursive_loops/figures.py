@@ -13,7 +13,7 @@ import pandas as pd
 from .core import log, resolve, read_json, atomic_path, save_figure
 from .modularity import plot_modularity
 from .judges import pool_audits
-from .inference import seed_ci, paired_difference, holm_within
+from .inference import seed_ci, paired_difference, holm_verdicts
 from .regression import (judge_verdicts, gather_metrics, chain_shifts,
                                         build_regression_table, select_predictors, regress,
                                         plot_coefficients, paper_columns, shift_label, SHIFTS,
@@ -261,11 +261,7 @@ def ratio_comparisons(shifts: pd.DataFrame, # chain_shifts' table: one row per c
     if not rows: return pd.DataFrame()
     t = pd.DataFrame(rows)
     t["family"] = t[fam].astype(str).agg(" · ".join, axis=1) if fam else "all"
-    t = holm_within(t, "family")
-    ok = (t.p_holm < 0.05) & ((t.ci_low > 0) | (t.ci_high < 0))
-    lost = t.clear & ~ok  # the interval excludes 0, the family's correction does not
-    words = "undecided after Holm, minimum detectable effect " + t.mde.map("{:.2g}".format)
-    return t.assign(clear=ok, verdict=t.verdict.where(~lost, words))
+    return holm_verdicts(t, "family")
 
 # %% ../nbs/06_figures.ipynb #e3e6c715
 def plot_cluster_map(clusters: pd.DataFrame, # clusters.parquet

@@ -11,7 +11,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['seed_ci', 'percentile_bootstrap', 'coverage', 'sign_flip_p', 'holm', 'holm_within', 'tost_p', 'min_detectable',
-           'verdict', 'paired_difference', 'pilot_spread', 'coefficient_power', 'simulate_power', 'design_for_power']
+           'verdict', 'paired_difference', 'holm_verdicts', 'pilot_spread', 'coefficient_power', 'simulate_power',
+           'design_for_power']
 
 # %% ../nbs/00b_inference.ipynb #d2321e5f
 def _clean(x) -> np.ndarray:
@@ -164,6 +165,18 @@ def paired_difference(x, # per-unit differences (NaN dropped)
                 clear=bool(n > 1 and (lo > 0 or hi < 0)),
                 **({"p_equiv": peq, "margin": margin} if margin else {}),
                 verdict=verdict(diff, lo, hi, mde, peq, margin or np.nan))
+
+# %% ../nbs/00b_inference.ipynb #c5d8d61e
+def holm_verdicts(effects: pd.DataFrame, # rows of paired_difference (and the family column)
+                  family: str | list[str] = "family", # the column(s) naming each row's family
+                  alpha: float = 0.05,
+                 ) -> pd.DataFrame:
+    "`effects` with `p_holm` and `family_size`, `clear` and `verdict` after Holm within families."
+    eff = holm_within(effects, family)
+    ok = (eff.p_holm < alpha) & ((eff.ci_low > 0) | (eff.ci_high < 0))
+    lost = eff.clear & ~ok  # the interval excludes 0, the family's correction does not
+    words = "undecided after Holm, minimum detectable effect " + eff.mde.map("{:.2g}".format)
+    return eff.assign(clear=ok, verdict=eff.verdict.where(~lost, words))
 
 # %% ../nbs/00b_inference.ipynb #8339047c
 def _spread(d: pd.DataFrame, unit: str, value: str) -> dict:

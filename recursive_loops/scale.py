@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .core import log, resolve, atomic_path, write_json, make_manifest, save_figure
-from .inference import seed_ci, paired_difference, holm_within
+from .inference import seed_ci, paired_difference, holm_verdicts
 
 # %% auto #0
 __all__ = ['scale_table', 'demo_scale_results', 'summarise', 'compare', 'plot_scale', 'run_scale']
@@ -103,11 +103,7 @@ def compare(table: pd.DataFrame, # scale_table
                      family="fit" if m == "heldout_gain" else "shift",
                      **paired_difference((wide[ft] - wide[baseline]).to_numpy(), margin or None)))
     if not rows: return pd.DataFrame()
-    eff = holm_within(pd.DataFrame(rows), "family")
-    ok = (eff.p_holm < 0.05) & ((eff.ci_low > 0) | (eff.ci_high < 0))
-    lost = eff.clear & ~ok  # the interval excludes 0, the family's correction does not
-    words = "undecided after Holm, minimum detectable effect " + eff.mde.map("{:.2g}".format)
-    return eff.assign(clear=ok, verdict=eff.verdict.where(~lost, words))
+    return holm_verdicts(pd.DataFrame(rows), "family")
 
 # %% ../nbs/05e_scale.ipynb #e292ab31
 def _fit_panel(ax, summary: pd.DataFrame, table: pd.DataFrame, methods: list[str]) -> None:

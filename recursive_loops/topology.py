@@ -14,7 +14,7 @@ from .core import write_jsonl, make_manifest, save_figure, text_hash, derive_see
 from .models import embed_texts
 from .metrics import semantic_diversity, subsample
 from .network import cross_nll_gap
-from .inference import seed_ci, paired_difference, holm_within
+from .inference import seed_ci, paired_difference, holm_verdicts
 
 # %% auto #0
 __all__ = ['HOMOGENISATION', 'FIG_METRICS', 'centroid_distance', 'alpha_gamma', 'network_rows', 'demo_network_results',
@@ -236,11 +236,7 @@ def compare(table: pd.DataFrame, # network_table
                      family="primary" if met in primary else "secondary",
                      **paired_difference(d.to_numpy())))
     if not rows: return pd.DataFrame()
-    eff = holm_within(pd.DataFrame(rows), "family")
-    ok = (eff.p_holm < 0.05) & ((eff.ci_low > 0) | (eff.ci_high < 0))
-    lost = eff.clear & ~ok  # the interval excludes 0, the family's correction does not
-    words = "undecided after Holm, minimum detectable effect " + eff.mde.map("{:.2g}".format)
-    return eff.assign(clear=ok, verdict=eff.verdict.where(~lost, words))
+    return holm_verdicts(pd.DataFrame(rows), "family")
 
 # %% ../nbs/05d_topology.ipynb #69b427d1
 _NICE = dict(centroid_distance="distance between the nodes' centroids",
