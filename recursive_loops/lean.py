@@ -189,8 +189,8 @@ def chain_leans(
                 # column
                 table: pd.DataFrame,
                 judge: str, # the lean judge's metric name
-                # generations averaged at the end (0: min(5, G - 1); a chain of generation 0 alone:
-                # 1)
+                # generations averaged at the end, at most those after generation 0
+                # (0: min(5, G - 1); a chain of generation 0 alone: 1)
                 k_last: int = 0,
                 left_share_col: str = "left_share", # the column naming each chain's mixture
                ) -> pd.DataFrame:
@@ -225,9 +225,13 @@ def chain_leans(
             log.warning("chain %s left out: no %s lean for its %s", name, judge,
                         "human data" if np.isnan(h) else "generations")
             continue
-        if k_last > len(by):
+        after = int((by.index > 0).sum())  # generations after generation 0
+        if k_last > after:  # the late mean would take in generation 0 (or run past the chain)
             raise ValueError(
-                f"k_last={k_last} is invalid for chain {name}: it has {len(by)} generation(s)")
+                f"k_last={k_last} is invalid for chain {name}: it has {after} generation(s) after "
+                f"generation 0, and the late mean must not reach generation 0; allowed: "
+                + (f"1 to {after}, or 0 (min(5, G - 1))" if after else
+                   "0 (a chain of generation 0 alone uses it)"))
         k = k_last or max(1, min(5, len(by) - 1))
         pby = pol[pol.source == "generated"].groupby("generation").value.mean().sort_index()
         rows.append(
@@ -386,7 +390,8 @@ def plot_lean(effects: pd.DataFrame, # lean_effects' table
     ratios = ", ".join(f"{r:g}" for r in sorted(set(e.ratio.dropna())))
     at = f", ratio {ratios}" if ratios else ""
     ax.set_title(f"Political lean: generated vs human data (judge {e.judge.iloc[0]}{at})\n"
-                 f"mean and 95% CI over n = {ns} seeds per mixture; open marker: within noise",
+                 f"mean and Student-t 95% interval over n = {ns} seeds per mixture\n"
+                 "(one chain a seed); open marker: within noise",
                  fontsize=11)
     bad = e.judge_audit.iloc[0]
     if bad != "passed":

@@ -53,6 +53,13 @@ def test_the_interval_over_seeds_decides_clear():
     assert lean_effects(t2, "lean").clear[0] == "clear"
 
 
+def test_k_last_never_reaches_generation_0():
+    t = pd.DataFrame(chains(1.0, 30, 20, gens=4))  # generations 0-3: 3 after generation 0 (at 50)
+    assert np.isclose(by_share(lean_effects(t, "lean", k_last=3)).loc[1.0, "gen_dev"], -30)
+    with pytest.raises(ValueError, match=r"k_last=4 is invalid for chain run_dir=m1.0/s0: it has 3 generation\(s\) after generation 0"):
+        lean_effects(t, "lean", k_last=4)  # would average generation 0 in
+
+
 def test_failed_judge_is_flagged_and_missing_metric_refused(tmp_path):
     t = pd.DataFrame(chains(1.0, 30, 20, audit="FAILED: lean_accuracy 0.40 < 0.8"))
     t.to_csv(tmp_path / "results.csv", index=False)
