@@ -86,11 +86,16 @@ def sign_flip_p(d, # paired differences, one per unit; NaN dropped
 # %% ../nbs/00b_inference.ipynb #d52e2d7a
 def holm(p) -> np.ndarray:
     "Holm-adjusted p-values of one family; NaN stays NaN and is not counted."
-    from statsmodels.stats.multitest import multipletests
     p = np.asarray(p, float)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
-    if ok.any(): out[ok] = multipletests(p[ok], method="holm")[1]
+    q, m = p[ok], int(ok.sum())
+    order = np.argsort(q, kind="stable")
+    # the k-th smallest p times the tests left, never below the one before it, at most 1
+    adj = np.minimum(np.maximum.accumulate((m - np.arange(m)) * q[order]), 1.0)
+    res = np.empty(m)
+    res[order] = adj
+    out[ok] = res
     return out
 
 def holm_within(df: pd.DataFrame, # one row per test
