@@ -87,7 +87,8 @@ def plot_metric_curves(df: pd.DataFrame, # gathered metrics
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(mets):]: ax.axis("off")
     ds = ", ".join(sorted(df.dataset.astype(str).unique()))
-    fig.suptitle(f"Recursive chains on {ds}: {df.seed.nunique()} seed(s) per ratio", fontsize=11)
+    fig.suptitle(f"Recursive chains on {ds}: mean and 95% t CI band over {df.seed.nunique()} seed(s) "
+                 "per ratio", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path, 120)
 
