@@ -30,7 +30,7 @@ from .metrics import gather_tables
 from .docs import build_appendix
 from .spec import ANALYSES, load_spec
 from .plan import Plan, Chain, expand, format_file, notebooks_dir
-from .cost import describe, check_feeding, preflight
+from .cost import describe, check_feeding, preflight, planned_design
 from recursive_loops.executors import (
     run_notebook,
     chain_state,
@@ -312,6 +312,8 @@ def run_study(
         raise SpecError(f"executor={kind!r} is invalid; allowed: local, slurm")
     # every chain's human-text need against its data, before anything is written
     unchecked = check_feeding(plan)
+    if (spec.get("hypotheses") or {}).get("primary"):
+        planned_design(plan)  # the declared primary's ratio and horizon are ones the study runs
     if dry_run:
         print(describe(plan))
         for u in unchecked:

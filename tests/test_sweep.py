@@ -89,6 +89,26 @@ hypotheses:
     assert plain.returncode == 0 and "hypothesis" not in plain.stdout and "power" not in plain.stdout
 
 
+def test_a_run_refuses_a_primary_hypothesis_the_study_does_not_run(tmp_path):
+    "Not only the dry run: a real run of a spec whose primary hypothesis names a ratio its experiment lacks stops in one line, before anything is written."
+    (tmp_path / "h.yaml").write_text(f"""
+name: h
+out_dir: {tmp_path}/out
+chain: {{n_train: 8, n_heldout: 4, n_generate: 4, generations: 3}}
+clusters: {{n_clusters: 20, min_texts: 64}}
+experiments:
+  clusters: {{train_on: every_cluster, ratios: [0.5], seeds: [0, 1]}}
+hypotheses:
+  primary: {{target: semantic_diversity, predictor: prop_selfbleu_diversity, direction: negative, effect: 0.005, ratio: 0.25, generations: 3}}
+  pilot: {{sd_seed: 0.013, sd_between: 0.005}}
+""")
+    r = cli("study", str(tmp_path / "h.yaml"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, (r.returncode, r.stderr[-2000:])
+    assert "hypotheses.primary.ratio=0.25: experiments.clusters has no chain at that ratio" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def _spec(path: Path, out: Path, model: str, executor: str = "local", generations: int = 4) -> Path:
     path.write_text(f"""
 name: t
