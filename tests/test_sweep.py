@@ -61,11 +61,10 @@ def test_bad_spec_is_one_line_exit_2(tmp_path, body, message):
     assert "Traceback" not in r.stderr and not (ROOT / "runs" / "t").exists()
 
 
-def test_dry_run_prints_the_power_of_a_declared_primary_hypothesis(tmp_path):
-    "A spec declaring hypotheses.primary: the dry run prints coefficient_power's power for the planned design and design_for_power's fewest clusters."
-    import pandas as pd
-    from recursive_loops.inference import coefficient_power, design_for_power
-    (tmp_path / "h.yaml").write_text(f"""
+def _hypothesis_spec(tmp_path: Path, ratio: float = 0.5) -> Path:
+    "A spec on 20 clusters x 2 seeds at r = 0.5, declaring a primary hypothesis at `ratio` with a pilot's SDs and VIF 1.5."
+    path = tmp_path / "h.yaml"
+    path.write_text(f"""
 name: h
 out_dir: {tmp_path}/out
 chain: {{n_train: 8, n_heldout: 4, n_generate: 4, generations: 3}}
@@ -73,11 +72,18 @@ clusters: {{n_clusters: 20, min_texts: 64}}
 experiments:
   clusters: {{train_on: every_cluster, ratios: [0.5], seeds: [0, 1]}}
 hypotheses:
-  primary: {{target: semantic_diversity, predictor: prop_selfbleu_diversity, direction: negative, effect: 0.005, ratio: 0.5, generations: 3}}
+  primary: {{target: semantic_diversity, predictor: prop_selfbleu_diversity, direction: negative, effect: 0.005, ratio: {ratio}, generations: 3}}
   pilot: {{sd_seed: 0.013, sd_between: 0.005}}
   vif: 1.5
 """)
-    r = cli("study", str(tmp_path / "h.yaml"), "--dry-run")
+    return path
+
+
+def test_dry_run_prints_the_power_of_a_declared_primary_hypothesis(tmp_path):
+    "A spec declaring hypotheses.primary: the dry run prints coefficient_power's power for the planned design and design_for_power's fewest clusters."
+    import pandas as pd
+    from recursive_loops.inference import coefficient_power, design_for_power
+    r = cli("study", str(_hypothesis_spec(tmp_path)), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
     pw = coefficient_power(0.005, 0.005, 0.013, units=20, seeds=2, predictors=1, vif=1.5)
     assert (f"planned (experiments.clusters): 20 clusters (placeholders until clustered) x 2 seeds x 3 generations = 40 chains; "
@@ -91,18 +97,7 @@ hypotheses:
 
 def test_a_run_refuses_a_primary_hypothesis_the_study_does_not_run(tmp_path):
     "Not only the dry run: a real run of a spec whose primary hypothesis names a ratio its experiment lacks stops in one line, before anything is written."
-    (tmp_path / "h.yaml").write_text(f"""
-name: h
-out_dir: {tmp_path}/out
-chain: {{n_train: 8, n_heldout: 4, n_generate: 4, generations: 3}}
-clusters: {{n_clusters: 20, min_texts: 64}}
-experiments:
-  clusters: {{train_on: every_cluster, ratios: [0.5], seeds: [0, 1]}}
-hypotheses:
-  primary: {{target: semantic_diversity, predictor: prop_selfbleu_diversity, direction: negative, effect: 0.005, ratio: 0.25, generations: 3}}
-  pilot: {{sd_seed: 0.013, sd_between: 0.005}}
-""")
-    r = cli("study", str(tmp_path / "h.yaml"))
+    r = cli("study", str(_hypothesis_spec(tmp_path, ratio=0.25)))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, (r.returncode, r.stderr[-2000:])
     assert "hypotheses.primary.ratio=0.25: experiments.clusters has no chain at that ratio" in lines[0]
