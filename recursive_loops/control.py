@@ -15,15 +15,14 @@ from .data import load_texts, dataset_label, instruction_for, MIN_TOKENS, MAX_TO
 from .metrics import self_bleu_each
 from .judges import Judge, JudgeSpec, audit_judge, audit_texts, format_audit
 from .curation import CurationSpec
-from .inference import seed_ci, paired_difference, holm_within, verdict
+from .inference import seed_ci, paired_difference, holm_verdicts
 from .regression import _ratio_refusal
 
 # %% auto #0
 __all__ = ['PROPERTIES', 'QUARTILE_FORM', 'SHIFT_DEFINITIONS', 'NO_CHANGE', 'DEMO_SHIFTS', 'CONTROL_METRICS', 'text_scores',
            'quartile_name', 'write_quartiles', 'plan_quartiles', 'write_quartiles_study', 'shift_definition',
-           'control_table', 'demo_control_results', 'decide', 'arm_effects', 'arm_costs', 'quartile_rows',
-           'quartile_shifts', 'quartile_effects', 'selects_on', 'plot_control', 'plot_control_curves', 'plot_quartiles',
-           'run_control']
+           'control_table', 'demo_control_results', 'arm_effects', 'arm_costs', 'quartile_rows', 'quartile_shifts',
+           'quartile_effects', 'selects_on', 'plot_control', 'plot_control_curves', 'plot_quartiles', 'run_control']
 
 # %% ../nbs/05c_control.ipynb #0aa609c8
 PROPERTIES = ("fluency", "selfbleu")
@@ -247,26 +246,6 @@ def demo_control_results(seeds: int = 3, generations: int = 4, noise: float = 0.
                                            and m == "semantic_diversity" else 1.0)))
     return pd.DataFrame(rows)
 
-# %% ../nbs/05c_control.ipynb #0074b196
-def decide(df: pd.DataFrame, # one row per test: the estimate, its t interval, p_holm, mde
-           est: str, low: str, high: str, # the estimate's and its interval's columns
-           alpha: float = 0.05,
-          ) -> pd.DataFrame:
-    """`df` with `clear` (Holm rejects at `alpha` and the t interval excludes 0) and the `verdict`
-    words (`inference.verdict`; 'undecided after Holm' where only the uncorrected interval
-    excludes 0)."""
-    out = (df[low] > 0) | (df[high] < 0)
-    clear = out & (df.p_holm < alpha)
-    def words(e, lo, hi, mde, c, o, ph, n):
-        if c or np.isnan(lo) or np.isnan(hi): return verdict(e, lo, hi, mde)
-        if np.isnan(ph): return "undecided (no spread over the seeds: no t test)"
-        if not o: return verdict(e, lo, hi, mde)
-        return (f"undecided after Holm (p_holm = {ph:.2g} over {n} tests); minimum detectable "
-                f"effect {mde:.2g}")
-    return df.assign(clear=clear.astype(bool),
-                     verdict=[words(*w) for w in zip(df[est], df[low], df[high], df.mde, clear,
-                                                     out, df.p_holm, df.family_size)])
-
 # %% ../nbs/05c_control.ipynb #23d0d453
 def _slope(d: pd.DataFrame) -> float:
     if d.generation.nunique() < 2: return np.nan
@@ -337,8 +316,8 @@ def arm_effects(table: pd.DataFrame, # control_table
                     reduction_kept_high=khi, slope_diff=_mean(sl),
                     slope_diff_low=slo, slope_diff_high=shi))
     if not rows: return pd.DataFrame()
-    e = decide(holm_within(pd.DataFrame(rows), "family"), "reduction", "reduction_low",
-               "reduction_high")
+    e = holm_verdicts(pd.DataFrame(rows), "family", est="reduction", low="reduction_low",
+                      high="reduction_high")
     first = ["arm", "metric", "definition", "vs", "generation", "n_seeds", "shift_arm", "shift_vs",
              "reduction", "reduction_low", "reduction_high", "p", "p_exact", "family",
              "family_size", "p_holm", "clear", "mde", "verdict"]
@@ -441,7 +420,7 @@ def quartile_effects(results: pd.DataFrame, # results.csv
                         f"shift_{name}_high": seed_ci(x)[1]})
         rows.append(row)
     if not rows: return pd.DataFrame()
-    q = decide(holm_within(pd.DataFrame(rows), "family"), "diff", "diff_low", "diff_high")
+    q = holm_verdicts(pd.DataFrame(rows), "family", low="diff_low", high="diff_high")
     first = ["property", "metric", "definition", "generation", "n_seeds", "low_part", "high_part",
              "human_low", "human_high", "diff", "diff_low", "diff_high", "p", "p_exact", "family",
              "family_size", "p_holm", "clear", "mde", "verdict"]

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import submitit
 from fastcore.xtras import working_directory
+from papermill.clientwrap import PapermillNotebookClient
+from papermill.engines import NBClientEngine, papermill_engines
+from papermill.log import logger as papermill_logger
 
 from recursive_loops.core import (
     log,
@@ -26,8 +29,9 @@ from .metrics import metrics_intact
 from .plan import Chain
 
 # %% auto #0
-__all__ = ['n_threads_per_worker', 'log_papermill', 'one_line', 'run_notebook', 'chain_task', 'SlurmChainTask', 'chain_state',
-           'run_local', 'slurm_executor', 'run_slurm', 'run_slurm_networks']
+__all__ = ['KERNELS', 'n_threads_per_worker', 'log_papermill', 'one_line', 'WarmEngine', 'WarmKernel', 'run_notebook',
+           'chain_task', 'SlurmChainTask', 'chain_state', 'run_local', 'slurm_executor', 'run_slurm',
+           'run_slurm_networks']
 
 # %% ../nbs/07c_executors.ipynb #85fe438a
 def n_threads_per_worker(workers: int) -> int:
@@ -58,17 +62,83 @@ def one_line(e: BaseException) -> str:
     lines = [l for l in str(e).splitlines() if l.strip()]
     return f"{type(e).__name__}: {lines[-1].strip() if lines else ''}"[:300]
 
+# %% ../nbs/07c_executors.ipynb #7e373f48
+class WarmEngine(NBClientEngine):
+    "A papermill engine that runs a notebook in a `WarmKernel` (engine_name `warm`, kwarg `warm`)."
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None,
+                                 stderr_file=None, start_timeout=60, execution_timeout=None,
+                                 warm=None, **kw):
+        for k in ("input_path", "timeout", "startup_timeout"): kw.pop(k, None)
+        nb_man.nb.metadata["recursive_loops"] = dict(kernel=warm.record())
+        c = PapermillNotebookClient(
+            nb_man, km=warm.km, kernel_name=kernel_name, log=papermill_logger,
+            log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file,
+            startup_timeout=start_timeout, timeout=execution_timeout, **kw)
+        c.kc = warm.kc  # the running kernel's client: nbclient starts none and shuts nothing down
+        return c.execute()
+
+
+papermill_engines.register("warm", WarmEngine)
+
+# %% ../nbs/07c_executors.ipynb #4155ccab
+class WarmKernel:
+    "One Jupyter kernel that runs a worker's notebooks in turn, emptied before each."
+
+    def __init__(self, kernel_name: str = "python3"):
+        self.kernel_name, self.km, self.kc, self.runs = kernel_name, None, None, 0
+
+    def _start(self, root: Path):
+        from jupyter_client.manager import KernelManager
+        self.close()
+        self.km = KernelManager(kernel_name=self.kernel_name)
+        self.km.start_kernel(cwd=str(root))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=120)
+        self.runs = 0
+
+    def ready(self, root: Path) -> "WarmKernel":
+        "Start (or replace a dead) kernel; empty its namespace and set its working directory."
+        if self.km is None or not self.km.is_alive(): self._start(root)
+        code = ("%reset -f\nimport gc as _gc, os as _os, sys as _sys\n"
+                f"_os.chdir({str(root)!r})\n"
+                "_plt = _sys.modules.get('matplotlib.pyplot')\n_plt and _plt.close('all')\n"
+                "_ = _gc.collect()\n%reset -f\nget_ipython().execution_count = 1")
+        r = self.kc.execute_interactive(code, timeout=120, output_hook=lambda m: None,
+                                        store_history=False)
+        if r["content"]["status"] != "ok":
+            raise RuntimeError(f"could not empty the worker's kernel: {r['content'].get('evalue')}")
+        return self
+
+    def record(self) -> dict:
+        "What an executed notebook records of the kernel that ran it (then counts the run)."
+        self.runs += 1
+        return dict(how="warm", pid=self.km.provisioner.pid, notebooks_before=self.runs - 1)
+
+    def close(self) -> None:
+        if self.kc is not None: self.kc.stop_channels()
+        if self.km is not None and self.km.is_alive(): self.km.shutdown_kernel(now=True)
+        self.km = self.kc = None
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
 # %% ../nbs/07c_executors.ipynb #dbb408ad
 def run_notebook(
     nb: Path,  # the notebook (a study's copy of a stage)
     out: Path,  # its executed copy
     params: dict,  # its parameters
     root: Path,  # the repository: the kernel's working directory
+    kernel: WarmKernel | None = None,  # a worker's kernel to run it in (None: a fresh kernel)
 ) -> None:
-    "Run `nb` into `out` with papermill, both named relative to `root` where they lie inside it."
+    """Run `nb` into `out` with papermill, both named relative to `root` where they lie inside it,
+    in a fresh kernel or in `kernel` (emptied first)."""
     import papermill as pm
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    warm = dict(engine_name="warm", warm=kernel.ready(root)) if kernel else {}
     with working_directory(root):  # papermill opens the relative names from here
         pm.execute_notebook(
             repo_relative(nb, root),
@@ -78,12 +148,14 @@ def run_notebook(
             progress_bar=False,
             log_output=True,
             kernel_name="python3",
+            **warm,
         )
 
 # %% ../nbs/07c_executors.ipynb #1adef070
 def chain_task(
     # run_dir, chain (03_chain parameters), metrics (04_metrics parameters), notebooks, root
     task: dict,
+    kernel: WarmKernel | None = None,  # the worker's kernel (None: a fresh kernel per notebook)
 ) -> dict:
     """Run (or resume) one chain (or network) and its metrics as papermill executions, or one
     network node up to a generation (`node`, `upto`); what a worker or a SLURM task runs."""
@@ -112,7 +184,7 @@ def chain_task(
         if task.get("upto") is not None:
             run_network(ChainConfig(**task["chain"]), only=[task["node"]], upto=task["upto"])
         else:
-            run_notebook(nbs / "03_chain.ipynb", rd / "03_chain.ipynb", task["chain"], root)
+            run_notebook(nbs / "03_chain.ipynb", rd / "03_chain.ipynb", task["chain"], root, kernel)
             k = (
                 NetworkSpec.from_dict(task["chain"]["network"]).nodes
                 if task["chain"].get("network")
@@ -125,6 +197,7 @@ def chain_task(
                     resolve(d, root) / "04_metrics.ipynb",
                     {"run_dir": d, **task["metrics"]},
                     root,
+                    kernel,
                 )
     except Exception as e:
         # (an interrupt or a kill of this process leaves no FAILED: the chain is just unfinished)
@@ -148,11 +221,19 @@ def chain_task(
 
 # %% ../nbs/07c_executors.ipynb #95cdabaf
 class SlurmChainTask(submitit.helpers.Checkpointable):
-    """A SLURM array task: runs `chain_task`; on preemption or timeout it is requeued and the chain
-    resumes."""
+    """A SLURM array task: runs its chains' `chain_task`s in turn, in one kernel (`warm`) or a kernel
+    per notebook (`fresh`); on preemption or timeout it is requeued and its chains resume."""
 
-    def __call__(self, task: dict) -> dict:
-        return chain_task(task)
+    def __init__(self, kernel: str = "warm"):
+        self.kernel = kernel
+
+    def __call__(self, tasks: list[dict]) -> dict:
+        done, failed = [], {}
+        with WarmKernel() as wk:
+            for t in tasks:
+                try: done.append(chain_task(t, wk if self.kernel == "warm" else None))
+                except Exception as e: failed[t["run_dir"]] = one_line(e)  # its FAILED says more
+        return dict(done=done, failed=failed)
 
 # %% ../nbs/07c_executors.ipynb #b19f198c
 def chain_state(
@@ -199,26 +280,49 @@ def chain_state(
         ", metrics to (re)compute" if n_done == g else ""
     )
 
+# %% ../nbs/07c_executors.ipynb #f6e3fae9
+KERNELS = ("warm", "fresh")
+_WORKER_KERNEL: WarmKernel | None = None
+
+
+def _start_worker(kernel: str) -> None:
+    "A pool worker's initializer: its kernel (`warm`), shut down when the worker exits."
+    global _WORKER_KERNEL
+    if kernel == "warm":
+        import atexit
+        _WORKER_KERNEL = WarmKernel()
+        atexit.register(_WORKER_KERNEL.close)
+
+
+def _worker_task(task: dict) -> dict:
+    return chain_task(task, _WORKER_KERNEL)
+
 # %% ../nbs/07c_executors.ipynb #71dd238c
 def run_local(
     tasks: list[dict],  # from make_task
     workers: int = 1,  # chains at once
+    kernel: str = "warm",  # warm: one kernel per worker for all its notebooks; fresh: one per notebook
 ) -> dict:
     "Run chain tasks here: in turn (workers = 1) or in a pool of worker processes."
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is invalid; allowed: {', '.join(KERNELS)}")
     errors = {}
     if workers <= 1:
-        for i, t in enumerate(tasks):
-            log.info("chain %d/%d: %s", i + 1, len(tasks), t["run_dir"])
-            try:
-                chain_task(t)
-                errors[t["run_dir"]] = None
-            except Exception as e:
-                errors[t["run_dir"]] = one_line(e)
+        with WarmKernel() as wk:
+            for i, t in enumerate(tasks):
+                log.info("chain %d/%d: %s", i + 1, len(tasks), t["run_dir"])
+                try:
+                    chain_task(t, wk if kernel == "warm" else None)
+                    errors[t["run_dir"]] = None
+                except Exception as e:
+                    errors[t["run_dir"]] = one_line(e)
         return errors
     # the workers' kernels inherit it
     os.environ["RECURSIVE_LOOPS_THREADS"] = str(n_threads_per_worker(workers))
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futs = {pool.submit(chain_task, t): t["run_dir"] for t in tasks}
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
+                                initargs=(kernel,)) as pool:
+        futs = {pool.submit(_worker_task, t): t["run_dir"] for t in tasks}
         for f in cf.as_completed(futs):
             try:
                 f.result()
@@ -276,44 +380,41 @@ def run_slurm(
     slurm: dict | None = None,  # executor.slurm of the spec
     poll_s: float = 3.0,  # seconds between polls
     on_submit=None,  # called with the list of jobs once submitted (tests use it)
+    kernel: str = "warm",  # each task's kernel: warm (one for its chains) or fresh (one per notebook)
 ) -> dict:
-    "Submit chain tasks as one SLURM job array and wait; `{run_dir: None | error line}`."
-    ex = slurm_executor(folder, slurm or {})
-    jobs = ex.map_array(SlurmChainTask(), tasks)
-    log.info(
-        "submitted job array %s: %d chains (logs: %s)",
-        jobs[0].job_id.split("_")[0],
-        len(jobs),
-        folder,
-    )
+    """Submit chain tasks as one SLURM job array (`chains_per_task` chains a task) and wait;
+    `{run_dir: None | error line}`."""
+    ex, k = slurm_executor(folder, slurm or {}), int((slurm or {}).get("chains_per_task", 1))
+    groups = [tasks[i:i + k] for i in range(0, len(tasks), k)]
+    jobs = ex.map_array(SlurmChainTask(kernel), groups)
+    log.info("submitted job array %s: %d chains in %d tasks (logs: %s)",
+             jobs[0].job_id.split("_")[0], len(tasks), len(jobs), folder)
     if on_submit:
         on_submit(jobs)
     errors, gone = {}, {}
-    while len(errors) < len(jobs):
+    while len(errors) < len(tasks):
         time.sleep(poll_s)
         queued = _in_queue(jobs[0].job_id.split("_")[0])
-        for j, t in zip(jobs, tasks):
-            rd = t["run_dir"]
-            if rd in errors:
+        for j, group in zip(jobs, groups):
+            if group[0]["run_dir"] in errors:
                 continue
-            # the task ended; its pickled result is not read: the run directory says how it went
+            # the task ended; its pickled result is not read: the run directories say how it went
             if j.paths.result_pickle.exists():
-                failed = resolve(rd, t["root"]) / "FAILED"
-                errors[rd] = (
-                    f"{failed.read_text().splitlines()[1]} (SLURM task {j.job_id}, log "
-                    f"{j.paths.stderr})"
-                    if failed.exists() else None)
+                for t in group:
+                    failed = resolve(t["run_dir"], t["root"]) / "FAILED"
+                    errors[t["run_dir"]] = (
+                        f"{failed.read_text().splitlines()[1]} (SLURM task {j.job_id}, log "
+                        f"{j.paths.stderr})" if failed.exists() else None)
             elif j.job_id in queued:
-                gone.pop(rd, None)
+                gone.pop(j.job_id, None)
             else:
                 # not queued and no result: give the result file two polls to appear, then
-                # call it lost
-                gone[rd] = gone.get(rd, 0) + 1
-                if gone[rd] >= 3:
-                    errors[rd] = (
+                # call it lost (a chain of it that did finish is told apart by `run_chains`)
+                gone[j.job_id] = gone.get(j.job_id, 0) + 1
+                if gone[j.job_id] >= 3:
+                    errors.update({t["run_dir"]: (
                         f"SLURM task {j.job_id} ended without a result (cancelled, killed or node "
-                        f"failure); see {j.paths.stderr}"
-                    )
+                        f"failure); see {j.paths.stderr}") for t in group})
     return errors
 
 # %% ../nbs/07c_executors.ipynb #a1786b0b
@@ -339,7 +440,8 @@ def run_slurm_networks(
         if not stage:
             continue
         log.info("networks, generation %d: %d node tasks", g, len(stage))
-        for nd, err in run_slurm(stage, folder, slurm, **kw).items():
+        # one node a task: a generation's nodes run at once
+        for nd, err in run_slurm(stage, folder, {**(slurm or {}), "chains_per_task": 1}, **kw).items():
             if err:
                 errors.setdefault(
                     nd.rsplit("/node-", 1)[0],

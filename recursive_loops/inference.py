@@ -172,16 +172,26 @@ def paired_difference(x, # per-unit differences (NaN dropped)
                 verdict=verdict(diff, lo, hi, mde, peq, margin or np.nan))
 
 # %% ../nbs/00b_inference.ipynb #c5d8d61e
-def holm_verdicts(effects: pd.DataFrame, # rows of paired_difference (and the family column)
+def holm_verdicts(effects: pd.DataFrame, # one row per test: an estimate, its t interval, p, mde
                   family: str | list[str] = "family", # the column(s) naming each row's family
                   alpha: float = 0.05,
+                  est: str = "diff", low: str = "ci_low", high: str = "ci_high", # their columns
                  ) -> pd.DataFrame:
     "`effects` with `p_holm` and `family_size`, `clear` and `verdict` after Holm within families."
     eff = holm_within(effects, family)
-    ok = (eff.p_holm < alpha) & ((eff.ci_low > 0) | (eff.ci_high < 0))
-    lost = eff.clear & ~ok  # the interval excludes 0, the family's correction does not
-    words = "undecided after Holm, minimum detectable effect " + eff.mde.map("{:.2g}".format)
-    return eff.assign(clear=ok, verdict=eff.verdict.where(~lost, words))
+    out = (eff[low] > 0) | (eff[high] < 0)
+    clear = out & (eff.p_holm < alpha)
+    own = eff.verdict if "verdict" in eff else [
+        verdict(*w) for w in zip(eff[est], eff[low], eff[high], eff.mde)]
+    def words(v, c, o, lo, hi, ph, n, mde):
+        if c or np.isnan(lo) or np.isnan(hi): return v
+        if np.isnan(ph):  # no spread over the seeds: only an equivalence test's words stand
+            return v if v.startswith("equivalent") else "undecided (no spread over the seeds: no t test)"
+        if not o: return v
+        return (f"undecided after Holm (p_holm = {ph:.2g} over {n} tests); minimum detectable "
+                f"effect {mde:.2g}")
+    return eff.assign(clear=clear.astype(bool), verdict=[words(*w) for w in zip(
+        own, clear, out, eff[low], eff[high], eff.p_holm, eff.family_size, eff.mde)])
 
 # %% ../nbs/00b_inference.ipynb #8339047c
 def _spread(d: pd.DataFrame, unit: str, value: str) -> dict:

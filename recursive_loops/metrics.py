@@ -13,7 +13,7 @@ import pandas as pd
 from .core import (log, file_sha256, resolve, read_json, read_jsonl, write_json,
                                   atomic_path, make_manifest, Timer, derive_seed, RunLock,
                                   config_hash, repo_relative)
-from .models import load_model, resolve_dtype, load_embedder
+from .models import load_model, resolve_dtype, load_embedder, keep_loaded
 from .training import pooled_nll
 from .chain import gen_dir, is_done
 from .judges import Judge, JudgeSpec, ScoreCache, audit_judge, audit_texts
@@ -451,8 +451,9 @@ def run_metrics(run_dir: str | Path, # chain run directory
         return out
     t = Timer()
     with t("load"):
-        emb = load_embedder(embedder)
-        ref, rtok = load_model(reference_model, dtype) if reference_model else (None, None)
+        # read only: a worker loads them once for all its chains
+        emb = keep_loaded(load_embedder, embedder)
+        ref, rtok = keep_loaded(load_model, reference_model, dtype) if reference_model else (None, None)
     sets, sampled, doms = eval_sets(run_dir, chain["seed"], gens, n_eval)
     rows = measure_rows(sets, emb, ref, rtok, t) + measure_rows(sampled, emb, ref, rtok, t)
     drows = domain_rows(doms, emb, ref, rtok, t, run_dir) if doms else []

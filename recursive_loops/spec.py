@@ -67,9 +67,10 @@ ALLOWED = {
     "analysis.network": _names("experiment metrics n_eval embedder"),
     "analysis.scale": _names("experiment metrics baseline"),
     "analysis.figures": _names("fig_dir"),
-    "executor": _names("kind workers slurm"),
+    "executor": _names("kind workers kernel slurm"),
     "executor.slurm": _names(
-        "partition account qos time_min cpus_per_task gres mem_gb array_parallelism additional"
+        "partition account qos time_min cpus_per_task gres mem_gb array_parallelism chains_per_task "
+        "additional"
     ),
     "cost": _names(
         "seconds_per_generation n_train exponent model_params device params gpu_tflops "

@@ -38,6 +38,7 @@ from recursive_loops.executors import (
     run_slurm,
     run_slurm_networks,
     one_line,
+    KERNELS,
 )
 from .analysis import quality_judge_of, run_analysis
 
@@ -272,6 +273,7 @@ def run_chains(
     todo: list,  # its chains that are not done
     kind: str,  # local or slurm
     workers: int,  # local workers
+    kernel: str = "warm",  # local workers' kernels: warm (one per worker) or fresh (one per notebook)
 ) -> dict:
     """Run `todo` on the executor; `{run_dir: None | error line}`, checked against each chain's
     folder."""
@@ -282,17 +284,20 @@ def run_chains(
     if not tasks:
         errors = {}
     elif kind == "local":
-        errors = run_local(tasks, workers)
+        errors = run_local(tasks, workers, kernel)
     else:
         # networks first, generation by generation; then every chain task (a network's:
         # its cross-NLL, metrics)
         errors = run_slurm_networks(tasks, plan.out / ".slurm", slurm)
         errors.update(
-            run_slurm([t for t in tasks if t["run_dir"] not in errors], plan.out / ".slurm", slurm)
+            run_slurm([t for t in tasks if t["run_dir"] not in errors], plan.out / ".slurm", slurm,
+                      kernel=kernel)
         )
     for c in todo:
         st, detail = chain_state(c, metrics_params(plan))
-        if st != "done" and not errors.get(c.config.run_dir):
+        if st == "done":  # (a lost SLURM task's chains that it finished before it was lost)
+            errors[c.config.run_dir] = None
+        elif not errors.get(c.config.run_dir):
             errors[c.config.run_dir] = f"not finished ({st}: {detail})"
     return errors
 
@@ -310,6 +315,13 @@ def run_study(
     kind = executor or ex_cfg.get("kind", "local")
     if kind not in ("local", "slurm"):
         raise SpecError(f"executor={kind!r} is invalid; allowed: local, slurm")
+    if ex_cfg.get("kernel", "warm") not in KERNELS:
+        raise SpecError(
+            f"{spec_path}: executor.kernel: {ex_cfg['kernel']!r} is invalid; allowed: {', '.join(KERNELS)}")
+    per_task = (ex_cfg.get("slurm") or {}).get("chains_per_task", 1)
+    if not (isinstance(per_task, int) and not isinstance(per_task, bool) and per_task >= 1):
+        raise SpecError(f"{spec_path}: executor.slurm.chains_per_task: {per_task!r} is invalid; "
+                        "allowed: an integer >= 1")
     # every chain's human-text need against its data, before anything is written
     unchecked = check_feeding(plan)
     if (spec.get("hypotheses") or {}).get("primary"):
@@ -334,7 +346,8 @@ def run_study(
     )
     failed = {
         k: v
-        for k, v in run_chains(plan, todo, kind, int(workers or ex_cfg.get("workers", 1))).items()
+        for k, v in run_chains(plan, todo, kind, int(workers or ex_cfg.get("workers", 1)),
+                               ex_cfg.get("kernel", "warm")).items()
         if v
     }
     summary = dict(

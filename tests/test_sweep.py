@@ -51,6 +51,8 @@ def test_demo_spec_expands_and_status_reads_it():
     ("name: t\nanalysis: {shift: last_minus_human}\nexperiments:\n  a: {}\n", "analysis.shift='last_minus_human' is invalid; allowed: relative_to_gen0"),
     ("name: t\nexperiments:\n  a: {}\nhypotheses: {primary: {target: semantic_diversity, predictor: prop_ttr_150, direction: negative, effect: 0.01, alpha: 1.5, ratio: 0.5, generations: 3}}\n",
      "hypotheses.primary.alpha=1.5 is invalid; allowed: a number in (0, 1)"),
+    ("name: t\nexperiments:\n  a: {}\nexecutor: {kernel: hot}\n", "executor.kernel: 'hot' is invalid; allowed: warm, fresh"),
+    ("name: t\nexperiments:\n  a: {}\nexecutor: {slurm: {chains_per_task: 0}}\n", "executor.slurm.chains_per_task: 0 is invalid; allowed: an integer >= 1"),
 ])
 def test_bad_spec_is_one_line_exit_2(tmp_path, body, message):
     (tmp_path / "s.yaml").write_text(body)
