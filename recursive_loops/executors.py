@@ -228,10 +228,13 @@ class SlurmChainTask(submitit.helpers.Checkpointable):
         self.kernel = kernel
 
     def __call__(self, tasks: list[dict]) -> dict:
+        # one chain a task: a kernel per notebook, as before (scancel then kills the notebook's
+        # kernel and the chain records why; a warm kernel survived the step's SIGTERM in the test)
+        warm = self.kernel == "warm" and len(tasks) > 1
         done, failed = [], {}
         with WarmKernel() as wk:
             for t in tasks:
-                try: done.append(chain_task(t, wk if self.kernel == "warm" else None))
+                try: done.append(chain_task(t, wk if warm else None))
                 except Exception as e: failed[t["run_dir"]] = one_line(e)  # its FAILED says more
         return dict(done=done, failed=failed)
 
