@@ -97,13 +97,18 @@ bench-throughput: $(STAMP)
 	  2>&1 | grep -E "chains/hour|Error|error"
 
 # the judge tests start a real vLLM server from $(JUDGE_VENV) (tests/test_judges.py)
+# pytest runs PYTEST_WORKERS tests at a time (pytest-xdist; tests/conftest.py gives each its share of the cores
+# and keeps the SLURM and vLLM tests in one worker each); PYTEST_WORKERS=0 runs them in this process, one by one;
+# the 12 slowest tests are listed at the end (what to look at when CI nears its 90 minutes)
+PYTEST_WORKERS ?= 2
+PYTEST = HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs --durations=12 $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
 test: $(STAMP) $(JUDGE_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # the slow tier: end-to-end studies that would push `make test` past 20 minutes on 2 cores (.ci/run runs it after make test)
 test-e2e: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs -m slow
+	$(PYTEST) -m slow
 
 # the docs site (nbs/06a_docs.ipynb): each stage notebook's fast cells run as nbdev_test runs them, then Sphinx -> _docs/
 DOCS_ARGS ?=

@@ -28,9 +28,9 @@ from .executors import n_threads_per_worker
 
 # %% auto #0
 __all__ = ['ARMS', 'THROUGHPUT_CHAIN', 'bench_model', 'BenchConfig', 'peak_gflops', 'random_weights_like', 'bench_data',
-           'baseline_generation', 'ours_generation', 'full_generation', 'warm_process', 'in_fresh_process', 'rates',
-           'growth_exponent', 'summarise', 'format_summary', 'run_bench', 'throughput_spec', 'training_rate',
-           'chains_per_hour']
+           'baseline_generation', 'ours_generation', 'full_generation', 'warm_process', 'in_fresh_process',
+           'peak_share', 'rates', 'growth_exponent', 'summarise', 'format_summary', 'run_bench', 'throughput_spec',
+           'training_rate', 'chains_per_hour']
 
 # %% ../nbs/08_bench.ipynb #c3ab6d9c
 def bench_model(model: str) -> str:
@@ -285,6 +285,16 @@ def in_fresh_process(name: str, bc: BenchConfig) -> dict:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
         return ex.submit(mod._run_arm, name, asdict(bc)).result()
 
+# %% ../nbs/08_bench.ipynb #a8b9aecb
+def peak_share(
+    params: int,  # the model's parameters
+    tok_s: float,  # tokens per second
+    peak: float,  # the format's matmul peak, GFLOP/s
+    work: str = "forward",  # forward | lora | full
+) -> float:
+    "Share of `peak` that `tok_s` tokens/s of `work` on a model of `params` parameters uses."
+    return round({"forward": 2, "lora": 4, "full": 6}[work] * params * tok_s / 1e9 / peak, 3)
+
 # %% ../nbs/08_bench.ipynb #9c49878e
 def rates(r: dict, peak: float) -> dict:
     """Tokens/s and share of `peak` GFLOP/s for training and sampling, and the per-generation wall
@@ -299,8 +309,8 @@ def rates(r: dict, peak: float) -> dict:
         load_s=round(t["load"], 1),
         train_tok_s=round(tr, 1),
         generate_tok_s=round(ge, 1),
-        train_peak_share=round((6 if r.get("finetune") == "full" else 4) * P * tr / 1e9 / peak, 3),
-        generate_peak_share=round(2 * P * ge / 1e9 / peak, 3),
+        train_peak_share=peak_share(P, tr, peak, r.get("finetune", "lora")),
+        generate_peak_share=peak_share(P, ge, peak),
         peak_rss_gb=r.get("peak_rss_gb"),
         dtype=r.get("dtype", "float32"),
         **{k: r[k] for k in ("attention", "allocator") if k in r},
@@ -435,10 +445,11 @@ def training_rate(folder: str | Path, params: int | None = None, peak: dict | No
           if "train" in (m := read_json(p)).get("timings", {})]
     tok, sec = sum(m["train"]["tokens"] for m in ms), sum(m["timings"]["train"] for m in ms)
     fmt = {m["train"].get("forward", "float32") for m in ms}
+    work = {m["train"].get("finetune", "lora") for m in ms}
     out = dict(generations=len(ms), train_tokens=tok, train_s=round(sec, 1),
                train_tok_s=round(tok / sec, 1) if sec else None, format="/".join(sorted(fmt)))
-    if params and peak and len(fmt) == 1 and sec:
-        out["train_peak_share"] = round(4 * params * tok / sec * workers / 1e9 / peak[fmt.pop()], 3)
+    if params and peak and len(fmt) == len(work) == 1 and sec:
+        out["train_peak_share"] = peak_share(params, tok / sec * workers, peak[fmt.pop()], work.pop())
     return out
 
 # %% ../nbs/08_bench.ipynb #295bd611

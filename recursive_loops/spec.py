@@ -189,6 +189,26 @@ def _check_variants(v, where: str, path: str) -> list:
     return v
 
 
+# %% ../nbs/07_spec.ipynb #a24ac51f
+def _check_pilot(pilot, path: str) -> None:
+    "The pilot behind the power calculation: a results.csv that exists, or the two SDs (not both 0)."
+    if isinstance(pilot, str):
+        if not resolve(pilot).is_file():
+            raise SpecError(
+                f"{path}: hypotheses.pilot={pilot!r} does not exist; give a pilot study's "
+                "results.csv, or {sd_seed: ..., sd_between: ...}")
+    elif pilot is not None:
+        _check_keys(pilot, "hypotheses.pilot", "hypotheses.pilot", path)
+        for k in ("sd_seed", "sd_between"):
+            v = pilot.get(k)
+            if not (_num(v) and v >= 0):
+                raise SpecError(
+                    f"{path}: hypotheses.pilot.{k}={v!r} is invalid; allowed: a number >= 0 "
+                    "(the pilot's SD of the shift)")
+        if pilot["sd_seed"] + pilot["sd_between"] == 0:
+            raise SpecError(f"{path}: hypotheses.pilot: sd_seed and sd_between are both 0")
+
+# %% ../nbs/07_spec.ipynb #d0410921
 def check_hypotheses(
     spec: dict,  # the spec (its experiments and analysis already checked)
     path: str,  # the spec's path, for error lines
@@ -248,20 +268,6 @@ def check_hypotheses(
     ]:
         if not ok:
             raise SpecError(f"{path}: hypotheses.{k}={out[k]!r} is invalid; allowed: {allowed}")
-    pilot = h.get("pilot")
-    if isinstance(pilot, str):
-        if not resolve(pilot).is_file():
-            raise SpecError(
-                f"{path}: hypotheses.pilot={pilot!r} does not exist; give a pilot study's "
-                "results.csv, or {sd_seed: ..., sd_between: ...}")
-    elif pilot is not None:
-        _check_keys(pilot, "hypotheses.pilot", "hypotheses.pilot", path)
-        for k in ("sd_seed", "sd_between"):
-            v = pilot.get(k)
-            if not (_num(v) and v >= 0):
-                raise SpecError(
-                    f"{path}: hypotheses.pilot.{k}={v!r} is invalid; allowed: a number >= 0 "
-                    "(the pilot's SD of the shift)")
-        if pilot["sd_seed"] + pilot["sd_between"] == 0:
-            raise SpecError(f"{path}: hypotheses.pilot: sd_seed and sd_between are both 0")
+    _check_pilot(h.get("pilot"), path)
     return out
+

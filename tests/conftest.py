@@ -8,6 +8,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RECURSIVE_LOOPS_PROGRESS", "0")
+# Under pytest-xdist (`make test` runs two workers) the cores are shared: each worker's chains, kernels and
+# servers use its share of them (two torch processes of two threads each on two cores ran up to 7x slower).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    for _k in ("RECURSIVE_LOOPS_THREADS", "OMP_NUM_THREADS"): os.environ.setdefault(_k, _share)
 
 
 def _guard_network():
@@ -55,3 +61,20 @@ def measured(table) -> str:
     import pandas as pd
     df = pd.read_csv(table, dtype=str, keep_default_na=False)
     return df.drop(columns=[c for c in ("run_dir", "network_dir") if c in df]).to_csv(index=False)
+
+
+# Tests that share a costly module fixture or a machine-wide service run in one xdist worker, one after
+# another: the local SLURM's daemons (fixture `slurm`; test_worker's `fresh` run is compared with a SLURM
+# run) and the vLLM servers (marker judge_server). Without xdist the markers do nothing.
+XDIST_GROUPS = (("slurm", lambda item: {"slurm", "fresh"} & set(item.fixturenames)),
+                ("vllm", lambda item: item.get_closest_marker("judge_server") is not None))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups off the markers
+def pytest_collection_modifyitems(config, items):
+    groups = {}
+    for item in items:
+        groups[item] = next((g for g, hit in XDIST_GROUPS if hit(item)), None)
+        if groups[item]: item.add_marker(pytest.mark.xdist_group(groups[item]))
+    items.sort(key=lambda item: groups[item] is None)  # the long groups first, so that no worker ends with one alone
+
