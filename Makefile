@@ -98,10 +98,10 @@ bench-throughput: $(STAMP)
 
 # the judge tests start a real vLLM server from $(JUDGE_VENV) (tests/test_judges.py)
 # pytest runs PYTEST_WORKERS tests at a time (pytest-xdist; tests/conftest.py gives each its share of the cores
-# and keeps the SLURM and vLLM tests in one worker each); PYTEST_WORKERS=0 runs them in this process, one by one;
+# and keeps the SLURM and vLLM tests in one worker each: its xdist_group); PYTEST_WORKERS=0 runs them in this process, one by one;
 # the 12 slowest tests are listed at the end (what to look at when CI nears its 90 minutes)
 PYTEST_WORKERS ?= 2
-PYTEST = HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs --durations=12 $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadgroup)
+PYTEST = HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -rs --durations=12 $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS))
 test: $(STAMP) $(JUDGE_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2
 	$(PYTEST) -m "not slow"

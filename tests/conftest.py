@@ -64,17 +64,32 @@ def measured(table) -> str:
 
 
 # Tests that share a costly module fixture or a machine-wide service run in one xdist worker, one after
-# another: the local SLURM's daemons (fixture `slurm`; test_worker's `fresh` run is compared with a SLURM
-# run) and the vLLM servers (marker judge_server). Without xdist the markers do nothing.
-XDIST_GROUPS = (("slurm", lambda item: {"slurm", "fresh"} & set(item.fixturenames)),
-                ("vllm", lambda item: item.get_closest_marker("judge_server") is not None))
+# another: the local SLURM's daemons (fixture `slurm`, started and stopped per module; test_worker's `fresh`
+# run is compared with a SLURM run) and the vLLM servers. The group is read off the test's id, because the
+# controller that schedules sees only ids (xdist's own --dist loadgroup renames ids, which pytest 9.2 ignores).
+def xdist_group(nodeid: str) -> str | None:
+    "`slurm`, `vllm` or None (scheduled alone) for a test id."
+    path, _, name = nodeid.partition("::")
+    name = name.split("[")[0]
+    if "slurm" in name or path.endswith("test_worker.py"): return "slurm"
+    if "vllm" in name or path.endswith(("test_judges.py", "test_vllm_sampler.py")): return "vllm"
+    return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups off the markers
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    "xdist's loadscope, with the scope of a test its group (or the test alone)."
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str: return xdist_group(nodeid) or nodeid
+    return ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    groups = {}
-    for item in items:
-        groups[item] = next((g for g, hit in XDIST_GROUPS if hit(item)), None)
-        if groups[item]: item.add_marker(pytest.mark.xdist_group(groups[item]))
-    items.sort(key=lambda item: groups[item] is None)  # the long groups first, so that no worker ends with one alone
-
+    for item in items:  # the id rule must find every test that needs a group
+        needs = "slurm" if {"slurm", "fresh"} & set(item.fixturenames) else \
+                "vllm" if item.get_closest_marker("judge_server") else None
+        if needs and xdist_group(item.nodeid) != needs:
+            raise pytest.UsageError(f"{item.nodeid} needs the xdist group {needs!r}: name it so (conftest.xdist_group)")
+    items.sort(key=lambda item: xdist_group(item.nodeid) is None)  # the long groups first, so that no worker ends with one alone
